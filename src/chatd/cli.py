@@ -1,0 +1,301 @@
+"""The ``chatd`` command: ``serve`` and ``connect``.
+
+This is the only module that configures logging, picks the event loop and
+handles signals. Signals only set an event; the server does the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+from chatd import __version__
+from chatd.config import Settings
+
+logger = logging.getLogger("chatd")
+
+T = TypeVar("T")
+
+_DEFAULTS = Settings()
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"chatd: {name} must be an integer, not {value!r}") from None
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        obj: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            obj["exc"] = self.formatException(record.exc_info)
+        return json.dumps(obj, ensure_ascii=False)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        formatter.converter = time.gmtime
+        handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def run(coro: Coroutine[Any, Any, T], loop: str) -> T:
+    """Run a coroutine on the chosen event loop implementation."""
+    if loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            logger.warning("uvloop is not installed; using the asyncio loop")
+        else:
+            return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="event loop implementation (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("CHATD_LOG_LEVEL", "info"),
+        choices=("debug", "info", "warning", "error"),
+        type=str.lower,
+        help="log verbosity (env CHATD_LOG_LEVEL; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines as text or as JSON objects, on stderr (default: %(default)s)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chatd",
+        description="A line-protocol chat daemon: talk with nc, telnet or 'chatd connect'.",
+    )
+    parser.add_argument("--version", action="version", version=f"chatd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the chat daemon",
+        description="Run the chat daemon. Stop it with SIGINT or SIGTERM: clients are told, "
+        "their queued output is flushed, and the daemon exits 0.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    net = serve.add_argument_group("listening")
+    net.add_argument(
+        "--host",
+        default=os.environ.get("CHATD_HOST", _DEFAULTS.host),
+        help="address to listen on (env CHATD_HOST)",
+    )
+    net.add_argument(
+        "--port",
+        type=int,
+        default=_env_int("CHATD_PORT", _DEFAULTS.port),
+        help="TCP port; 0 picks a free one (env CHATD_PORT)",
+    )
+    net.add_argument("--backlog", type=int, default=_DEFAULTS.backlog, help="listen backlog")
+    limits = serve.add_argument_group("limits (see docs/PROTOCOL.md)")
+    limits.add_argument(
+        "--max-line",
+        type=int,
+        default=_DEFAULTS.max_line,
+        help="longest accepted line in bytes; longer ones get line_too_long",
+    )
+    limits.add_argument(
+        "--max-queue-bytes",
+        type=int,
+        default=_DEFAULTS.max_queue_bytes,
+        help="bytes queued for one client before it is disconnected as too slow",
+    )
+    limits.add_argument(
+        "--max-queue-events",
+        type=int,
+        default=_DEFAULTS.max_queue_events,
+        help="lines queued for one client before it is disconnected as too slow",
+    )
+    limits.add_argument(
+        "--msg-rate",
+        type=float,
+        default=_DEFAULTS.msg_rate,
+        help="lines per second a client may send, sustained; 0 turns flood control off",
+    )
+    limits.add_argument(
+        "--msg-burst",
+        type=int,
+        default=_DEFAULTS.msg_burst,
+        help="lines a client may send at once before the rate applies",
+    )
+    limits.add_argument(
+        "--flood-lines",
+        type=int,
+        default=_DEFAULTS.flood_lines,
+        help="lines waiting from a throttled client before it is cut with rate_limited",
+    )
+    limits.add_argument(
+        "--max-clients",
+        type=int,
+        default=_DEFAULTS.max_clients,
+        help="connections held at once; more get server_full",
+    )
+    limits.add_argument(
+        "--max-per-ip",
+        type=int,
+        default=_DEFAULTS.max_per_ip,
+        help="connections from one address; more get too_many_connections",
+    )
+    limits.add_argument(
+        "--max-rooms",
+        type=int,
+        default=_DEFAULTS.max_rooms_per_session,
+        help="rooms one session may be in; more get too_many_rooms",
+    )
+    limits.add_argument(
+        "--register-timeout",
+        type=float,
+        default=_DEFAULTS.register_timeout,
+        help="seconds a new connection has to pick a nickname",
+    )
+    limits.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=_DEFAULTS.shutdown_grace,
+        help="seconds to flush clients' output on shutdown before cutting them",
+    )
+    limits.add_argument(
+        "--sndbuf",
+        type=int,
+        default=_DEFAULTS.sndbuf,
+        help="SO_SNDBUF for client sockets in bytes, 0 for the system default "
+        "(small values make slow-consumer handling visible in tests)",
+    )
+    _add_common(serve)
+
+    connect = sub.add_parser(
+        "connect",
+        help="the terminal client",
+        description="Chat from the terminal. With a terminal on stdin: an interactive prompt "
+        "that incoming messages never garble. Otherwise a pipe: each stdin line is sent, "
+        "each event is printed as one line, and the client quits at the end of input.",
+    )
+    connect.add_argument(
+        "host",
+        nargs="?",
+        default=os.environ.get("CHATD_HOST", "localhost"),
+        help="server address (env CHATD_HOST; default: %(default)s)",
+    )
+    connect.add_argument(
+        "--port",
+        type=int,
+        default=_env_int("CHATD_PORT", _DEFAULTS.port),
+        help="server port (env CHATD_PORT; default: %(default)s)",
+    )
+    connect.add_argument("--nick", help="nickname to take on connecting")
+    connect.add_argument(
+        "--no-reconnect",
+        action="store_true",
+        help="exit with status 1 when the connection is lost instead of reconnecting",
+    )
+    connect.add_argument(
+        "--json",
+        action="store_true",
+        help="print events as the server's JSON objects, one per line (for scripts)",
+    )
+    _add_common(connect)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    try:
+        return Settings(
+            host=args.host,
+            port=args.port,
+            backlog=args.backlog,
+            max_line=args.max_line,
+            max_queue_bytes=args.max_queue_bytes,
+            max_queue_events=args.max_queue_events,
+            msg_rate=args.msg_rate,
+            msg_burst=args.msg_burst,
+            flood_lines=args.flood_lines,
+            max_clients=args.max_clients,
+            max_per_ip=args.max_per_ip,
+            max_rooms_per_session=args.max_rooms,
+            register_timeout=args.register_timeout,
+            shutdown_grace=args.shutdown_grace,
+            sndbuf=args.sndbuf,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"chatd serve: {exc}") from None
+
+
+async def serve(settings: Settings) -> int:
+    """Run the daemon until SIGINT or SIGTERM; return the exit status."""
+    from chatd.server import Server
+
+    server = Server(settings)
+    try:
+        await server.start()
+    except OSError as exc:
+        logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        logger.info("signal received")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await server.shutdown()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    if args.command == "serve":
+        return run(serve(settings_from_args(args)), args.loop)
+    from chatd.client import ClientOptions, run_client
+
+    options = ClientOptions(
+        host=args.host,
+        port=args.port,
+        nick=args.nick,
+        reconnect=not args.no_reconnect,
+        json_output=args.json,
+    )
+    return run(run_client(options), args.loop)

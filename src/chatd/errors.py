@@ -1,0 +1,152 @@
+"""The errors a client can be told about, each with a stable wire code.
+
+Every error a client sees is an instance of :class:`ChatError`; its class
+carries the ``code`` that goes on the wire (``{"type":"error","code":...}``
+or ``! code: text``). Codes are part of the protocol and never change; texts
+are for humans and may.
+
+::
+
+    ChatError                       the client is told, the connection stays
+    ├── ProtocolError               the line itself is wrong
+    │   ├── LineTooLong             line_too_long
+    │   ├── BadEncoding             bad_encoding
+    │   ├── UnknownCommand          unknown_command
+    │   ├── BadArgs                 bad_args
+    │   ├── BadNick                 bad_nick
+    │   └── BadRoom                 bad_room
+    ├── StateError                  the line is fine, the state forbids it
+    │   ├── NotRegistered           not_registered
+    │   ├── NickTaken               nick_taken
+    │   ├── NoSuchRoom              no_such_room
+    │   ├── RoomExists              room_exists
+    │   ├── NoSuchNick              no_such_nick
+    │   └── NotInRoom               not_in_room
+    └── LimitError                  a limit was reached (some end the connection)
+        ├── RateLimited             rate_limited
+        ├── TooManyRooms            too_many_rooms
+        ├── ServerFull              server_full
+        ├── TooManyConnections      too_many_connections
+        └── RegistrationTimeout     registration_timeout
+
+Names avoid the builtins (``ConnectionError``, ``TimeoutError``) on purpose.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ChatError(Exception):
+    """Base of every error that is reported to a client."""
+
+    code: ClassVar[str] = "error"
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+class ProtocolError(ChatError):
+    """The client sent a line that cannot be understood."""
+
+
+class LineTooLong(ProtocolError):
+    code = "line_too_long"
+
+
+class BadEncoding(ProtocolError):
+    code = "bad_encoding"
+
+
+class UnknownCommand(ProtocolError):
+    code = "unknown_command"
+
+
+class BadArgs(ProtocolError):
+    code = "bad_args"
+
+
+class BadNick(ProtocolError):
+    code = "bad_nick"
+
+
+class BadRoom(ProtocolError):
+    code = "bad_room"
+
+
+class StateError(ChatError):
+    """The command is well formed but not possible in the current state."""
+
+
+class NotRegistered(StateError):
+    code = "not_registered"
+
+
+class NickTaken(StateError):
+    code = "nick_taken"
+
+
+class NoSuchRoom(StateError):
+    code = "no_such_room"
+
+
+class RoomExists(StateError):
+    code = "room_exists"
+
+
+class NoSuchNick(StateError):
+    code = "no_such_nick"
+
+
+class NotInRoom(StateError):
+    code = "not_in_room"
+
+
+class LimitError(ChatError):
+    """A configured limit was reached."""
+
+
+class RateLimited(LimitError):
+    code = "rate_limited"
+
+
+class TooManyRooms(LimitError):
+    code = "too_many_rooms"
+
+
+class ServerFull(LimitError):
+    code = "server_full"
+
+
+class TooManyConnections(LimitError):
+    code = "too_many_connections"
+
+
+class RegistrationTimeout(LimitError):
+    code = "registration_timeout"
+
+
+#: Every wire code, for documentation and tests.
+ALL_CODES: tuple[str, ...] = tuple(
+    cls.code
+    for cls in (
+        LineTooLong,
+        BadEncoding,
+        UnknownCommand,
+        BadArgs,
+        BadNick,
+        BadRoom,
+        NotRegistered,
+        NickTaken,
+        NoSuchRoom,
+        RoomExists,
+        NoSuchNick,
+        NotInRoom,
+        RateLimited,
+        TooManyRooms,
+        ServerFull,
+        TooManyConnections,
+        RegistrationTimeout,
+    )
+)

@@ -1,0 +1,617 @@
+"""The chatd wire protocol, with no I/O at all.
+
+Three pure pieces, each a plain function or object that tests call directly:
+
+* :class:`LineFramer` turns a byte stream into lines. It strips telnet
+  negotiation, accepts ``\\n`` and ``\\r\\n``, and never buffers more than
+  ``max_line`` bytes: an over-long line is reported once, as soon as it goes
+  over, and the rest of it is discarded up to the next newline, so its tail is
+  never taken for a command. (``asyncio.StreamReader.readline`` does the
+  opposite: over its limit it hands back the tail as a fresh line.)
+* :func:`parse_line` turns one line into a :data:`Command` or raises a
+  :class:`~chatd.errors.ProtocolError` carrying the wire code.
+* :func:`render` turns an :data:`Event` into bytes, in text or JSON. The
+  room manager renders a room event once per format and hands the same
+  ``bytes`` object to every recipient.
+
+Text a client sends to others is cleaned here once: control characters (C0,
+DEL, C1, which includes ``\\r``, ``\\0`` and the ESC of terminal escapes) are
+removed and tabs become spaces, so no relayed line can spoof another line or
+drive someone's terminal.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
+
+from chatd.errors import (
+    BadArgs,
+    BadEncoding,
+    BadNick,
+    BadRoom,
+    ChatError,
+    LineTooLong,
+    UnknownCommand,
+)
+
+MAX_NAME_LEN: Final = 32
+DEFAULT_ROOM: Final = "general"
+_NAME_RE: Final = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_NAME_LEN}}}\Z")
+_CONTROL_RE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+class Format(enum.IntEnum):
+    """How a session wants its events: the value indexes per-format caches."""
+
+    TEXT = 0
+    JSON = 1
+
+
+# ---------------------------------------------------------------------------
+# Framing
+
+
+_IAC: Final = 0xFF
+_SB: Final = 250
+_SE: Final = 240
+_WILL_WONT_DO_DONT: Final = frozenset({251, 252, 253, 254})
+
+# Telnet parser states.
+_T_DATA, _T_IAC, _T_OPTION, _T_SUB, _T_SUB_IAC = range(5)
+
+
+class LineFramer:
+    """Split a byte stream into lines of at most ``max_line`` bytes.
+
+    :meth:`feed` returns, in order, the complete lines found so far (without
+    their terminator) and a :class:`~chatd.errors.LineTooLong` for each line
+    that went over the limit. Memory held between calls is at most
+    ``max_line + 1`` bytes, whatever the peer sends.
+    """
+
+    __slots__ = ("_buf", "_discarding", "_telnet", "max_line")
+
+    def __init__(self, max_line: int) -> None:
+        if max_line < 1:
+            raise ValueError("max_line must be positive")
+        self.max_line = max_line
+        self._buf = bytearray()
+        self._discarding = False
+        self._telnet = _T_DATA
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete line held until its newline arrives."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[bytes | LineTooLong]:
+        if self._telnet != _T_DATA or b"\xff" in data:
+            data = self._strip_telnet(data)
+        out: list[bytes | LineTooLong] = []
+        buf = self._buf
+        limit = self.max_line
+        start = 0
+        find = data.find
+        while (nl := find(b"\n", start)) >= 0:
+            if self._discarding:
+                self._discarding = False
+            else:
+                if buf:
+                    buf += data[start:nl]
+                    line = bytes(buf)
+                    buf.clear()
+                else:
+                    line = data[start:nl]
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                out.append(line if len(line) <= limit else _too_long(limit))
+            start = nl + 1
+        if start < len(data) and not self._discarding:
+            # Keep one byte more than the limit: it may be the \r of \r\n.
+            if len(buf) + len(data) - start > limit + 1:
+                buf.clear()
+                self._discarding = True
+                out.append(_too_long(limit))
+            else:
+                buf += data[start:]
+        return out
+
+    def _strip_telnet(self, data: bytes) -> bytes:
+        """Remove telnet commands (IAC sequences), keeping state across calls.
+
+        0xFF never occurs in UTF-8, so a client that is not telnet loses
+        nothing by this.
+        """
+        out = bytearray()
+        state = self._telnet
+        for byte in data:
+            if state == _T_DATA:
+                if byte == _IAC:
+                    state = _T_IAC
+                else:
+                    out.append(byte)
+            elif state == _T_IAC:
+                if byte in _WILL_WONT_DO_DONT:
+                    state = _T_OPTION
+                elif byte == _SB:
+                    state = _T_SUB
+                else:  # a two-byte command, or IAC IAC (a literal 0xFF): dropped
+                    state = _T_DATA
+            elif state == _T_OPTION:
+                state = _T_DATA
+            elif state == _T_SUB:
+                if byte == _IAC:
+                    state = _T_SUB_IAC
+            else:  # _T_SUB_IAC
+                state = _T_DATA if byte == _SE else _T_SUB
+        self._telnet = state
+        return bytes(out)
+
+
+def _too_long(limit: int) -> LineTooLong:
+    return LineTooLong(f"line longer than {limit} bytes; discarded")
+
+
+# ---------------------------------------------------------------------------
+# Commands: what a client asks for. Named as imperatives.
+
+
+@dataclass(frozen=True, slots=True)
+class Say:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Nick:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Create:
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListRooms:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Who:
+    room: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Msg:
+    nick: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Me:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SetFormat:
+    format: Format
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Help:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Quit:
+    reason: str = ""
+
+
+Command = (
+    Say
+    | Nick
+    | Create
+    | Join
+    | Leave
+    | ListRooms
+    | Who
+    | Msg
+    | Me
+    | Topic
+    | SetFormat
+    | Ping
+    | Help
+    | Quit
+)
+
+#: (usage, what it does), in the order ``/help`` lists them.
+COMMAND_HELP: Final[tuple[tuple[str, str], ...]] = (
+    ("/nick NAME", "choose or change your nickname"),
+    ("/create ROOM", "create a new room, join it and make it current"),
+    ("/join ROOM", "join a room (created if needed) and make it current"),
+    ("/leave [ROOM]", "leave a room (default: the current one)"),
+    ("/rooms", "list rooms with their member counts"),
+    ("/who [ROOM]", "list who is in a room (default: the current one)"),
+    ("/msg NICK TEXT", "send a private message"),
+    ("/me ACTION", "send an action to the current room"),
+    ("/topic [TEXT]", "show or set the current room's topic"),
+    ("/format text|json", "switch how the server talks to you"),
+    ("/ping [TOKEN]", "ask for a pong (echoes TOKEN)"),
+    ("/help", "show this list"),
+    ("/quit [REASON]", "leave the chat"),
+    ("//TEXT", "say a line that starts with /"),
+)
+
+
+def clean_text(text: str) -> str:
+    """Remove control characters and turn tabs into spaces."""
+    if _CONTROL_RE.search(text) is None:
+        return text.replace("\t", " ") if "\t" in text else text
+    return _CONTROL_RE.sub("", text.replace("\t", " "))
+
+
+def check_nick(name: str) -> str:
+    """Return ``name`` if it is a valid nickname, else raise BadNick."""
+    if _NAME_RE.match(name) is None:
+        raise BadNick(
+            f"invalid nickname {name[:40]!r}: 1-{MAX_NAME_LEN} letters, digits, '_', '-' or '.'"
+        )
+    return name
+
+
+def check_room(name: str) -> str:
+    """Return the room name without a leading ``#``, or raise BadRoom."""
+    bare = name[1:] if name.startswith("#") else name
+    if _NAME_RE.match(bare) is None:
+        raise BadRoom(
+            f"invalid room name {name[:40]!r}: 1-{MAX_NAME_LEN} letters, digits, '_', '-' or '.'"
+        )
+    return bare
+
+
+def name_key(name: str) -> str:
+    """The case-insensitive identity of a nickname or room name."""
+    return name.lower()
+
+
+def _one_arg(args: str, usage: str) -> str:
+    if not args or " " in args:
+        raise BadArgs(f"usage: {usage}")
+    return args
+
+
+def _parse_format(args: str) -> Format:
+    try:
+        return Format[args.upper()]
+    except KeyError:
+        raise BadArgs("usage: /format text|json") from None
+
+
+def _parse_msg(args: str) -> Msg:
+    nick, _, text = args.partition(" ")
+    text = text.strip()
+    if not nick or not text:
+        raise BadArgs("usage: /msg NICK TEXT")
+    return Msg(check_nick(nick), text)
+
+
+def _parse_me(args: str) -> Me:
+    if not args:
+        raise BadArgs("usage: /me ACTION")
+    return Me(args)
+
+
+_PARSERS: Final[dict[str, Any]] = {
+    "nick": lambda a: Nick(check_nick(_one_arg(a, "/nick NAME"))),
+    "create": lambda a: Create(check_room(_one_arg(a, "/create ROOM"))),
+    "join": lambda a: Join(check_room(_one_arg(a, "/join ROOM"))),
+    "leave": lambda a: Leave(check_room(_one_arg(a, "/leave [ROOM]")) if a else None),
+    "rooms": lambda a: ListRooms(),
+    "who": lambda a: Who(check_room(_one_arg(a, "/who [ROOM]")) if a else None),
+    "msg": _parse_msg,
+    "me": _parse_me,
+    "topic": lambda a: Topic(a or None),
+    "format": lambda a: SetFormat(_parse_format(a)),
+    "ping": lambda a: Ping(a),
+    "help": lambda a: Help(),
+    "quit": lambda a: Quit(a),
+}
+
+
+def parse_line(line: bytes) -> Command | None:
+    """Parse one line (without its terminator) into a command.
+
+    Returns ``None`` for a blank line. Raises a ProtocolError subclass for
+    anything else that is not a valid command.
+    """
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadEncoding(f"line is not valid UTF-8 (byte {exc.start}); ignored") from None
+    text = clean_text(text)
+    if not text or text.isspace():
+        return None
+    if text[0] != "/":
+        return Say(text)
+    if text.startswith("//"):
+        return Say(text[1:])
+    name, _, args = text[1:].partition(" ")
+    parser = _PARSERS.get(name.lower())
+    if parser is None:
+        raise UnknownCommand(f"unknown command /{name[:40]}; /help lists the commands")
+    result: Command = parser(args.strip())
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Events: what happened. Named as facts; ``type`` is the JSON discriminator.
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    type: ClassVar[str] = "welcome"
+    server: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    type: ClassVar[str] = "registered"
+    nick: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    type: ClassVar[str] = "message"
+    id: int
+    ts: float
+    room: str
+    sender: str
+    text: str
+    action: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Direct:
+    type: ClassVar[str] = "dm"
+    id: int
+    ts: float
+    sender: str
+    to: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    type: ClassVar[str] = "join"
+    room: str
+    nick: str
+
+
+@dataclass(frozen=True, slots=True)
+class Left:
+    type: ClassVar[str] = "leave"
+    room: str
+    nick: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Current:
+    type: ClassVar[str] = "current"
+    room: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NickChanged:
+    type: ClassVar[str] = "nick"
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class TopicIs:
+    type: ClassVar[str] = "topic"
+    room: str
+    topic: str
+    by: str | None
+    changed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RoomList:
+    type: ClassVar[str] = "rooms"
+    rooms: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WhoList:
+    type: ClassVar[str] = "who"
+    room: str
+    nicks: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    type: ClassVar[str] = "pong"
+    token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FormatIs:
+    type: ClassVar[str] = "format"
+    format: Format
+
+
+@dataclass(frozen=True, slots=True)
+class HelpText:
+    type: ClassVar[str] = "help"
+    commands: tuple[tuple[str, str], ...] = COMMAND_HELP
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    type: ClassVar[str] = "error"
+    code: str
+    text: str
+
+    @classmethod
+    def of(cls, exc: ChatError) -> Error:
+        return cls(exc.code, exc.text)
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    type: ClassVar[str] = "bye"
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    type: ClassVar[str] = "shutdown"
+    reason: str = "server shutting down"
+
+
+Event = (
+    Welcome
+    | Registered
+    | Message
+    | Direct
+    | Joined
+    | Left
+    | Current
+    | NickChanged
+    | TopicIs
+    | RoomList
+    | WhoList
+    | Pong
+    | FormatIs
+    | HelpText
+    | Error
+    | Bye
+    | Shutdown
+)
+
+
+def event_to_json(event: Event) -> dict[str, Any]:
+    """The JSON object of an event (the documented contract)."""
+    match event:
+        case Message(id, ts, room, sender, text, action):
+            obj: dict[str, Any] = {
+                "type": "message",
+                "id": id,
+                "ts": ts,
+                "room": room,
+                "from": sender,
+                "text": text,
+            }
+            if action:
+                obj["action"] = True
+            return obj
+        case Direct(id, ts, sender, to, text):
+            return {"type": "dm", "id": id, "ts": ts, "from": sender, "to": to, "text": text}
+        case RoomList(rooms):
+            return {"type": "rooms", "rooms": [{"name": n, "members": k} for n, k in rooms]}
+        case WhoList(room, nicks):
+            return {"type": "who", "room": room, "nicks": list(nicks)}
+        case FormatIs(fmt):
+            return {"type": "format", "format": fmt.name.lower()}
+        case HelpText(commands):
+            return {"type": "help", "commands": [{"usage": u, "help": h} for u, h in commands]}
+        case _:
+            obj = {"type": event.type}
+            for name in event.__dataclass_fields__:
+                obj[name] = getattr(event, name)
+            return obj
+
+
+_json_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def event_to_text(event: Event) -> str:
+    """The human-readable form of an event; may span several lines (help)."""
+    match event:
+        case Message(room=room, sender=sender, text=text, action=False):
+            return f"[{room}] {sender}: {text}"
+        case Message(room=room, sender=sender, text=text):
+            return f"[{room}] * {sender} {text}"
+        case Direct(sender=sender, to=to, text=text):
+            return f"[{sender} -> {to}] {text}"
+        case Joined(room, nick):
+            return f"* {nick} joined #{room}"
+        case Left(room, nick, reason):
+            return f"* {nick} left #{room}" + (f" ({reason})" if reason else "")
+        case Current(None):
+            return "* you are in no room; /join one"
+        case Current(room):
+            return f"* now talking in #{room}"
+        case NickChanged(old, new):
+            return f"* {old} is now known as {new}"
+        case TopicIs(room, "", _, _):
+            return f"* #{room} has no topic"
+        case TopicIs(room, topic, by, True):
+            return f"* {by} set the topic of #{room}: {topic}"
+        case TopicIs(room, topic, by, False):
+            return f"* topic of #{room}: {topic}" + (f" (set by {by})" if by else "")
+        case RoomList(rooms):
+            listing = ", ".join(f"#{name} ({count})" for name, count in rooms)
+            return f"* rooms: {listing or 'none'}"
+        case WhoList(room, nicks):
+            return f"* in #{room}: {', '.join(nicks) or 'nobody'}"
+        case Pong(token):
+            return f"* pong {token}" if token else "* pong"
+        case FormatIs(fmt):
+            return f"* format: {fmt.name.lower()}"
+        case HelpText(commands):
+            width = max(len(usage) for usage, _ in commands)
+            rows = [f"  {usage:<{width}}  {text}" for usage, text in commands]
+            return "\n".join(["* commands:", *rows, "* anything else is said in your room"])
+        case Error(code, text):
+            return f"! {code}: {text}"
+        case Registered(nick):
+            return f"* you are {nick}"
+        case Welcome(server, version):
+            return (
+                f"* welcome to {server} {version}. Pick a nickname: type it, or /nick NAME."
+                " /help lists the commands."
+            )
+        case Bye(reason):
+            return "* bye" + (f" ({reason})" if reason else "")
+        case Shutdown(reason):
+            return f"! shutdown: {reason}"
+    raise TypeError(f"not an event: {event!r}")  # pragma: no cover
+
+
+def render(event: Event, fmt: Format) -> bytes:
+    """Render an event as LF-terminated bytes in the given format.
+
+    In JSON mode this is always exactly one line; in text mode ``/help`` is
+    the one event that spans several.
+    """
+    if fmt == Format.JSON:
+        return _json_encode(event_to_json(event)).encode() + b"\n"
+    return event_to_text(event).encode() + b"\n"

@@ -1,0 +1,143 @@
+"""Listeners, the session registry and the two-phase shutdown.
+
+:class:`Server` accepts connections, applies the connection limits
+(``max_clients``, ``max_per_ip``), sets socket options (TCP keepalive,
+``TCP_NODELAY``) and runs one :class:`~chatd.session.Session` per
+connection. Shutdown is explicit and bounded: stop accepting, tell everyone,
+let outboxes flush for ``shutdown_grace`` seconds, abort the stragglers and
+wait for every session to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections import Counter
+
+from chatd.config import Settings
+from chatd.errors import ChatError, ServerFull, TooManyConnections
+from chatd.protocol import Error, Format, render
+from chatd.rooms import RoomManager
+from chatd.session import Session, StreamConnection
+
+logger = logging.getLogger(__name__)
+
+
+class Server:
+    """The chat daemon's TCP front door."""
+
+    def __init__(self, settings: Settings, manager: RoomManager | None = None) -> None:
+        self.settings = settings
+        self.manager = manager or RoomManager(max_rooms_per_session=settings.max_rooms_per_session)
+        self._sessions: dict[Session, asyncio.Task[None]] = {}
+        self._per_ip: Counter[str] = Counter()
+        self._listener: asyncio.Server | None = None
+        self._closing = False
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The (host, port) pairs actually bound (useful with port 0)."""
+        if self._listener is None:
+            return []
+        return [s.getsockname()[:2] for s in self._listener.sockets]
+
+    @property
+    def port(self) -> int:
+        return self.addresses[0][1]
+
+    async def start(self) -> None:
+        self._listener = await asyncio.start_server(
+            self._on_connect,
+            self.settings.host,
+            self.settings.port,
+            backlog=self.settings.backlog,
+            limit=self.settings.max_line * 2,
+        )
+        for host, port in self.addresses:
+            logger.info("listening on %s:%d", host, port)
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = StreamConnection(reader, writer)
+        ip = conn.peer.rpartition(":")[0]
+        refusal: ChatError | None = None
+        if self._closing:
+            refusal = ServerFull("the server is shutting down")
+        elif len(self._sessions) >= self.settings.max_clients:
+            refusal = ServerFull(f"the server is full ({self.settings.max_clients} clients)")
+        elif self._per_ip[ip] >= self.settings.max_per_ip:
+            refusal = TooManyConnections(
+                f"too many connections from {ip} (at most {self.settings.max_per_ip})"
+            )
+        if refusal is not None:
+            logger.warning("refused %s: %s", conn.peer, refusal.code)
+            # The line is tiny: it fits the socket buffer, so close() cannot hang.
+            writer.write(render(Error.of(refusal), Format.TEXT))
+            writer.close()
+            return
+        self._configure_socket(writer)
+        session = Session(self.manager, self.settings, conn)
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions[session] = task
+        self._per_ip[ip] += 1
+        try:
+            await session.run()
+        finally:
+            del self._sessions[session]
+            self._per_ip[ip] -= 1
+            if not self._per_ip[ip]:
+                del self._per_ip[ip]
+
+    def _configure_socket(self, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is None:
+            return
+        s = self.settings
+        options = [
+            (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+            (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        ]
+        # Linux names; other systems keep their keepalive defaults.
+        for name, value in (
+            ("TCP_KEEPIDLE", s.keepalive_idle),
+            ("TCP_KEEPINTVL", s.keepalive_interval),
+            ("TCP_KEEPCNT", s.keepalive_count),
+        ):
+            if hasattr(socket, name):
+                options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+        if s.sndbuf:
+            options.append((socket.SOL_SOCKET, socket.SO_SNDBUF, s.sndbuf))
+        for level, option, value in options:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(level, option, value)
+
+    async def shutdown(self, reason: str = "server shutting down") -> None:
+        """Stop accepting, say goodbye, flush for a bounded time, close all."""
+        self._closing = True
+        if self._listener is not None:
+            self._listener.close()
+        sessions = list(self._sessions.items())
+        logger.info("shutting down: %d sessions", len(sessions))
+        for session, _ in sessions:
+            session.begin_shutdown(reason)
+        tasks = [task for _, task in sessions]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace)
+            for session, task in sessions:
+                if task in late:
+                    session.drop("shutdown grace expired")
+            if late:
+                _, late = await asyncio.wait(late, timeout=1.0)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+        if self._listener is not None:
+            await self._listener.wait_closed()
+        logger.info("shutdown complete")

@@ -1,0 +1,212 @@
+"""A raw line client for tests, and waiting helpers with deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+#: Generous: a safety net on a busy machine, never a synchroniser.
+DEADLINE = 10.0
+
+Event = dict[str, Any]
+
+
+class LineClient:
+    """A TCP client speaking the chatd line protocol, as ``nc`` would."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.nick: str | None = None
+
+    @classmethod
+    async def open(cls, host: str, port: int, **kwargs: Any) -> LineClient:
+        async with asyncio.timeout(DEADLINE):
+            reader, writer = await asyncio.open_connection(host, port, limit=1 << 24, **kwargs)
+        return cls(reader, writer)
+
+    async def send(self, *lines: str | bytes) -> None:
+        for line in lines:
+            data = line if isinstance(line, bytes) else line.encode()
+            self.writer.write(data if data.endswith(b"\n") else data + b"\n")
+        await self.writer.drain()
+
+    async def line(self, timeout: float = DEADLINE) -> str:
+        """The next line (without its newline); AssertionError at EOF."""
+        async with asyncio.timeout(timeout):
+            raw = await self.reader.readline()
+        if not raw:
+            raise AssertionError("connection closed while waiting for a line")
+        return raw.decode().rstrip("\n")
+
+    async def event(self, timeout: float = DEADLINE) -> Event:
+        text = await self.line(timeout)
+        obj: Event = json.loads(text)
+        return obj
+
+    async def expect(
+        self, pred: Callable[[Event], bool] | str, what: str = "", timeout: float = DEADLINE
+    ) -> Event:
+        """Read JSON events until one matches; ``pred`` may be an event type."""
+        check = (lambda e: e.get("type") == pred) if isinstance(pred, str) else pred
+        seen: list[Event] = []
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    event = await self.event()
+                    if check(event):
+                        return event
+                    seen.append(event)
+        except TimeoutError:
+            raise AssertionError(f"no {what or pred} within {timeout}s; saw {seen}") from None
+
+    async def expect_line(self, pattern: str, timeout: float = DEADLINE) -> str:
+        """Read text lines until one matches the regular expression."""
+        seen: list[str] = []
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    line = await self.line()
+                    if re.search(pattern, line):
+                        return line
+                    seen.append(line)
+        except TimeoutError:
+            raise AssertionError(f"no line matching {pattern!r}; saw {seen}") from None
+
+    async def use_json(self) -> None:
+        """Switch to JSON mode, consuming the text greeting that comes first."""
+        assert (await self.line()).startswith("* welcome")
+        await self.send("/format json")
+        await self.expect(lambda e: e.get("type") == "format", "format ack")
+
+    async def register(self, nick: str, *, json_mode: bool = True) -> None:
+        await self.send(f"/nick {nick}")
+        if json_mode:
+            await self.expect(lambda e: e.get("type") == "current", "current room after register")
+        else:
+            await self.expect_line(r"^\* now talking in #general$")
+        self.nick = nick
+
+    async def sync(self, token: str = "sync") -> list[Event]:
+        """Ping and collect every event before the pong: all earlier output has arrived."""
+        await self.send(f"/ping {token}")
+        events: list[Event] = []
+        async with asyncio.timeout(DEADLINE):
+            while (event := await self.event())["type"] != "pong" or event["token"] != token:
+                events.append(event)
+        return events
+
+    async def wait_closed(self, timeout: float = DEADLINE) -> bytes:
+        """Read until the server closes; return what came before the end."""
+        data = bytearray()
+        try:
+            async with asyncio.timeout(timeout):
+                while chunk := await self.reader.read(65536):
+                    data += chunk
+        except ConnectionResetError:
+            pass
+        return bytes(data)
+
+    def close(self) -> None:
+        self.writer.transport.abort()
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process, in KiB (Linux)."""
+    for row in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if row.startswith("VmRSS:"):
+            return int(row.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Daemon:
+    """``python -m chatd serve`` in a subprocess on a free port."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int, log: list[str]) -> None:
+        self.proc = proc
+        self.port = port
+        self.log = log
+        self._new_line = asyncio.Event()
+        self._log_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, *args: str, env: dict[str, str] | None = None) -> Daemon:
+        cmd = [sys.executable, "-m", "chatd", "serve", "--port", "0", "--msg-rate", "0", *args]
+        proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+        )
+        assert proc.stderr is not None
+        log: list[str] = []
+        try:
+            async with asyncio.timeout(DEADLINE * 2):
+                while True:
+                    raw = await proc.stderr.readline()
+                    if not raw:
+                        raise AssertionError(f"daemon exited before listening: {log}")
+                    log.append(raw.decode().rstrip())
+                    if m := re.search(r"listening on \S+:(\d+)", log[-1]):
+                        break
+        except BaseException:
+            proc.kill()
+            await proc.wait()
+            raise
+        daemon = cls(proc, int(m.group(1)), log)
+        daemon._log_task = asyncio.create_task(daemon._collect_log())
+        return daemon
+
+    async def _collect_log(self) -> None:
+        assert self.proc.stderr is not None
+        while raw := await self.proc.stderr.readline():
+            self.log.append(raw.decode().rstrip())
+            self._new_line.set()
+        self._new_line.set()
+
+    async def wait_log(self, pattern: str, timeout: float = DEADLINE) -> str:
+        """Wait until a log line matches (the log is collected in the background)."""
+        seen = 0
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    for line in self.log[seen:]:
+                        if re.search(pattern, line):
+                            return line
+                    seen = len(self.log)
+                    if self._log_task is None or self._log_task.done():
+                        raise AssertionError(f"daemon log ended without {pattern!r}")
+                    self._new_line.clear()
+                    await self._new_line.wait()
+        except TimeoutError:
+            raise AssertionError(f"no log line matching {pattern!r}: {self.log}") from None
+
+    async def stop(self, sig: int | None = None, timeout: float = DEADLINE) -> int:
+        """Send a signal (default SIGTERM) and wait for exit; return the status."""
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig if sig is not None else 15)
+        try:
+            async with asyncio.timeout(timeout):
+                code = await self.proc.wait()
+        finally:
+            if self.proc.returncode is None:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._log_task is not None:
+            await asyncio.wait([self._log_task], timeout=timeout)
+        return code
