@@ -144,8 +144,13 @@ class Daemon:
         self._log_task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def start(cls, *args: str, env: dict[str, str] | None = None) -> Daemon:
-        cmd = [sys.executable, "-m", "chatd", "serve", "--port", "0", "--msg-rate", "0", *args]
+    async def start(
+        cls, *args: str, env: dict[str, str] | None = None, port: int | None = 0
+    ) -> Daemon:
+        """Start the daemon; ``port=None`` leaves the port to the environment."""
+        cmd = [sys.executable, "-m", "chatd", "serve", "--msg-rate", "0", *args]
+        if port is not None:
+            cmd += ["--port", str(port)]
         proc = await asyncio.create_subprocess_exec(
             *cmd,
             stdin=asyncio.subprocess.DEVNULL,

@@ -41,6 +41,16 @@ class Server:
         return len(self._sessions)
 
     @property
+    def sessions(self) -> list[Session]:
+        return list(self._sessions)
+
+    async def wait_session_closed(self, session: Session) -> None:
+        """Wait until a session is over and no longer counts against any limit."""
+        task = self._sessions.get(session)
+        if task is not None:
+            await asyncio.wait([task])
+
+    @property
     def addresses(self) -> list[tuple[str, int]]:
         """The (host, port) pairs actually bound (useful with port 0)."""
         if self._listener is None:

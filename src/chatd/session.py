@@ -73,6 +73,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _LINGER_ZERO = struct.pack("ii", 1, 0)
+#: Seconds a closing connection waits for the client to close its side.
+LINGER_SECONDS = 2.0
 
 
 class Connection(Protocol):
@@ -104,6 +106,10 @@ class Connection(Protocol):
         """Close at once, discarding anything unsent."""
         ...
 
+    def get_extra_info(self, name: str) -> object:
+        """Transport details, as ``asyncio.BaseTransport.get_extra_info``."""
+        ...
+
 
 class StreamConnection:
     """A :class:`Connection` over asyncio streams (TCP, and later TLS)."""
@@ -127,6 +133,9 @@ class StreamConnection:
 
     async def drain(self) -> None:
         await self._writer.drain()
+
+    def get_extra_info(self, name: str) -> object:
+        return self._writer.get_extra_info(name)
 
     def write_eof(self) -> None:
         if self._writer.can_write_eof() and not self._writer.is_closing():
@@ -226,6 +235,10 @@ class Session(Member):
     @property
     def peer(self) -> str:
         return self._conn.peer
+
+    @property
+    def connection(self) -> Connection:
+        return self._conn
 
     def __repr__(self) -> str:
         return f"<Session {self.nick or '-'} {self.peer}>"
@@ -330,16 +343,19 @@ class Session(Member):
         self._stop_output()
         if self._dropped:
             writer.cancel()
-        try:
-            async with asyncio.timeout(self._settings.shutdown_grace):
-                await asyncio.wait([writer])
-                if not self._dropped:
-                    await self._conn.close()
-        except TimeoutError:
+        _, late = await asyncio.wait([writer], timeout=self._settings.shutdown_grace)
+        if late:
             self.drop("output not flushed in time")
-        if not writer.done():
             writer.cancel()
             await asyncio.wait([writer])
+        if self._dropped:
+            return
+        try:
+            async with asyncio.timeout(LINGER_SECONDS):
+                await self._conn.close()
+        except TimeoutError:
+            logger.debug("%s did not close its side; resetting", self.peer)
+            self._conn.abort()
 
     async def _read(self) -> bytes:
         try:

@@ -1,0 +1,111 @@
+"""The ``chatd`` command as users run it: a real daemon process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from chatd import __version__
+from tests.helpers import Daemon, LineClient, free_port
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "chatd", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"chatd {__version__}"
+
+
+def test_serve_help_explains_every_flag() -> None:
+    result = run_cli("serve", "--help")
+    assert result.returncode == 0
+    for flag in (
+        "--host",
+        "--port",
+        "--loop",
+        "--log-level",
+        "--log-format",
+        "--max-line",
+        "--max-queue-bytes",
+        "--msg-rate",
+        "--msg-burst",
+        "--max-clients",
+        "--max-per-ip",
+        "--register-timeout",
+        "CHATD_HOST",
+        "CHATD_PORT",
+    ):
+        assert flag in result.stdout, flag
+
+
+def test_connect_help() -> None:
+    result = run_cli("connect", "--help")
+    assert result.returncode == 0
+    for flag in ("--port", "--nick", "--no-reconnect", "--json"):
+        assert flag in result.stdout
+
+
+def test_bad_settings_are_refused_clearly() -> None:
+    result = run_cli("serve", "--max-line", "0")
+    assert result.returncode != 0
+    assert "max_line must be at least 1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("sig", "loop"), [(signal.SIGTERM, "uvloop"), (signal.SIGINT, "asyncio")])
+async def test_signal_shuts_down_gracefully(sig: signal.Signals, loop: str) -> None:
+    daemon = await Daemon.start("--loop", loop)
+    client = await LineClient.open("127.0.0.1", daemon.port)
+    try:
+        await client.use_json()
+        await client.register("stayer")
+        stopping = asyncio.create_task(daemon.stop(sig))
+        shutdown = await client.expect("shutdown")
+        assert shutdown["reason"]
+        await client.wait_closed()
+        client.close()  # as nc and telnet do when the server closes
+        assert await stopping == 0
+    finally:
+        client.close()
+    log = "\n".join(daemon.log)
+    assert "shutdown complete" in log
+    assert "Traceback" not in log
+    assert "Task was destroyed" not in log
+
+
+async def test_port_from_environment_and_json_logs() -> None:
+    port = free_port()
+    daemon = await Daemon.start("--log-format", "json", env={"CHATD_PORT": str(port)}, port=None)
+    try:
+        assert daemon.port == port
+    finally:
+        assert await daemon.stop() == 0
+    records = [json.loads(line) for line in daemon.log]
+    assert any(r["msg"].startswith("listening on") for r in records)
+    assert all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = run_cli("serve", "--port", str(taken.getsockname()[1]))
+    assert result.returncode == 1
+    assert "cannot listen on" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,281 @@
+"""Bad input, slow readers, floods and limits, over real loopback sockets.
+
+Each test checks what a user would notice: the offender gets an error line or
+a clean disconnect with a reason, and everyone else carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import pytest
+
+from chatd.server import Server
+from tests.conftest import Connect, StartServer
+from tests.helpers import Daemon, Event, LineClient, rss_kib
+
+
+async def open_json(port: int, nick: str | None = None, **kwargs: object) -> LineClient:
+    client = await LineClient.open("127.0.0.1", port, **kwargs)
+    await client.use_json()
+    if nick:
+        await client.register(nick)
+    return client
+
+
+async def test_invalid_utf8_is_refused_and_the_connection_stays_usable(connect: Connect) -> None:
+    alice = await connect("alice")
+    bob = await connect("bob")
+    await alice.send(b"bad \xc3\x28 byte", b"\xed\xa0\x80", "still here")
+    for _ in range(2):
+        assert (await alice.expect("error"))["code"] == "bad_encoding"
+    assert (await bob.expect("message"))["text"] == "still here"
+
+
+async def test_telnet_negotiation_is_stripped(server: Server) -> None:
+    client = await LineClient.open("127.0.0.1", server.port)
+    try:
+        await client.line()
+        # What a telnet client sends: option negotiation, then CRLF lines.
+        await client.send(b"\xff\xfd\x03\xff\xfb\x18" + b"/format json\r\n")
+        await client.expect("format")
+        await client.send(b"/nick tel\xff\xf1net\r\n", b"\xff\xfa\x18\x00xterm\xff\xf0hi there\r\n")
+        assert (await client.expect("registered"))["nick"] == "telnet"
+        assert (await client.expect("message"))["text"] == "hi there"
+    finally:
+        client.close()
+
+
+async def test_over_long_line_gets_one_error_and_its_tail_is_never_run(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(max_line=64)
+    client = await open_json(server.port, "longwinded")
+    try:
+        # The tail of the long line looks like a command; it must not run.
+        await client.send(b"x" * 100 + b" /quit\n/ping ok\n")
+        events = await client.sync("ok")
+        assert [e["code"] for e in events if e["type"] == "error"] == ["line_too_long"]
+        await client.send(b"y" * 30 + b"\n")
+        assert (await client.expect("message"))["text"] == "y" * 30
+    finally:
+        client.close()
+
+
+@pytest.mark.slow
+async def test_ten_megabyte_line_does_not_grow_the_daemon() -> None:
+    daemon = await Daemon.start()
+    client = None
+    try:
+        client = await open_json(daemon.port, "bulk")
+        await client.sync("warm")
+        before = rss_kib(daemon.proc.pid)
+        chunk = b"z" * 65536
+        for _ in range(160):  # 10 MiB, no newline
+            client.writer.write(chunk)
+            await client.writer.drain()
+        await client.send(b"\n/ping after")
+        events = await client.sync("after")
+        assert [e.get("code") for e in events] == ["line_too_long"]
+        grown = rss_kib(daemon.proc.pid) - before
+        assert grown < 4096, f"daemon grew by {grown} KiB for one 10 MiB line"
+    finally:
+        if client is not None:
+            client.close()
+        assert await daemon.stop() == 0
+
+
+async def test_slow_consumer_is_cut_and_the_room_carries_on(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One client stops reading: it is dropped; the others lose nothing."""
+    caplog.set_level(logging.WARNING, "chatd.session")
+    server = await start_server(sndbuf=4096, max_queue_bytes=32 * 1024)
+    stuck = await open_json(server.port, "stuck")
+    stuck.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    talker = await open_json(server.port, "talker")
+    listeners = [await open_json(server.port, f"listener{i}") for i in range(3)]
+    try:
+        for client in (talker, *listeners):
+            await client.sync()
+        count, payload, window = 2000, "p" * 200, 50
+
+        async def talk() -> list[int]:
+            """Send with at most ``window`` messages unconfirmed by their echo."""
+            echoed: list[int] = []
+            for start in range(0, count, window):
+                await talker.send(*(f"{n} {payload}" for n in range(start, start + window)))
+                while len(echoed) < start + window:
+                    event = await talker.expect("message")
+                    echoed.append(int(event["text"].split()[0]))
+            return echoed
+
+        async def receive_all(client: LineClient) -> tuple[list[int], list[Event]]:
+            got: list[int] = []
+            others: list[Event] = []
+            while len(got) < count:
+                event = await client.event(timeout=30)
+                if event["type"] == "message" and event["from"] == "talker":
+                    got.append(int(event["text"].split()[0]))
+                else:
+                    others.append(event)
+            return got, others
+
+        echoed, *results = await asyncio.gather(talk(), *(receive_all(c) for c in listeners))
+        assert echoed == list(range(count))
+        for got, _ in results:
+            assert got == list(range(count))
+        # Everyone saw the stuck client leave, with the reason.
+        leaves = [e for _, others in results for e in others if e["type"] == "leave"]
+        leaves += [e for e in await listeners[0].sync() if e["type"] == "leave"]
+        assert any(e["nick"] == "stuck" and "send queue overflow" in e["reason"] for e in leaves), (
+            leaves
+        )
+        await stuck.wait_closed()
+        assert "send queue overflow" in caplog.text
+    finally:
+        for client in (stuck, talker, *listeners):
+            client.close()
+
+
+async def test_replies_to_a_client_that_does_not_read_are_paced_not_dropped(
+    start_server: StartServer,
+) -> None:
+    """A client that sends many commands before reading gets every answer."""
+    server = await start_server(sndbuf=4096, max_queue_bytes=16 * 1024)
+    client = await open_json(server.port, "pasty")
+    try:
+        await client.send(*(["/help"] * 1500), "/ping done")
+        events = await client.sync("done")
+        assert sum(e["type"] == "help" for e in events) == 1500
+    finally:
+        client.close()
+
+
+async def test_over_the_rate_reading_slows_and_nothing_is_lost(start_server: StartServer) -> None:
+    server = await start_server(msg_rate=50, msg_burst=5, flood_lines=100)
+    talker = await open_json(server.port, "talker")
+    listener = await open_json(server.port, "listener")
+    try:
+        await talker.send(*(f"line {n}" for n in range(40)))
+        texts = [(await listener.expect("message"))["text"] for _ in range(40)]
+        assert texts == [f"line {n}" for n in range(40)]
+    finally:
+        talker.close()
+        listener.close()
+
+
+async def test_a_flood_is_cut_with_rate_limited(start_server: StartServer) -> None:
+    server = await start_server(msg_rate=5, msg_burst=5, flood_lines=50)
+    flooder = await open_json(server.port, "flooder")
+    bystander = await open_json(server.port, "bystander")
+    try:
+        flooder.writer.write(b"".join(b"spam %d\n" % n for n in range(5000)))
+        data = await flooder.wait_closed()
+        assert b'"code":"rate_limited"' in data
+        left = await bystander.expect(lambda e: e["type"] == "leave" and e["nick"] == "flooder")
+        assert left["reason"] == "flooding"
+        await bystander.send("/ping alive")
+        await bystander.expect("pong")
+    finally:
+        flooder.close()
+        bystander.close()
+
+
+async def test_server_full(start_server: StartServer) -> None:
+    server = await start_server(max_clients=2)
+    first = await open_json(server.port, "first")
+    second = await open_json(server.port, "second")
+    third = await LineClient.open("127.0.0.1", server.port)
+    try:
+        assert (await third.line()).startswith("! server_full:")
+        await third.wait_closed()
+        # A place frees up when someone leaves.
+        (leaving,) = [s for s in server.sessions if s.nick == "second"]
+        await second.send("/quit")
+        await second.wait_closed()
+        second.close()
+        await server.wait_session_closed(leaving)
+        fourth = await open_json(server.port, "fourth")
+        fourth.close()
+    finally:
+        for client in (first, second, third):
+            client.close()
+
+
+async def test_connections_per_ip(start_server: StartServer) -> None:
+    server = await start_server(max_per_ip=2)
+    clients = [await open_json(server.port) for _ in range(2)]
+    extra = await LineClient.open("127.0.0.1", server.port)
+    other_ip = await LineClient.open("127.0.0.1", server.port, local_addr=("127.0.0.2", 0))
+    try:
+        assert (await extra.line()).startswith("! too_many_connections:")
+        await extra.wait_closed()
+        assert (await other_ip.line()).startswith("* welcome")
+    finally:
+        for client in (*clients, extra, other_ip):
+            client.close()
+
+
+async def test_registration_timeout(start_server: StartServer) -> None:
+    server = await start_server(register_timeout=0.5)
+    silent = await LineClient.open("127.0.0.1", server.port)
+    quick = await open_json(server.port, "quick")
+    try:
+        data = await silent.wait_closed()
+        assert b"! registration_timeout:" in data
+        await quick.send("/ping later")  # registered sessions have no such deadline
+        await quick.expect("pong")
+    finally:
+        silent.close()
+        quick.close()
+
+
+async def test_keepalive_and_nodelay_on_every_connection(connect: Connect, server: Server) -> None:
+    await connect("kept")
+    (session,) = server.sessions
+    sock = session.connection.get_extra_info("socket")
+    assert isinstance(sock, socket.socket | object)
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1  # type: ignore[attr-defined]
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1  # type: ignore[attr-defined]
+    idle = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)  # type: ignore[attr-defined]
+    assert idle == server.settings.keepalive_idle
+
+
+async def test_a_storm_of_connections_all_get_in(start_server: StartServer) -> None:
+    server = await start_server(max_per_ip=1000)
+
+    async def one(n: int) -> None:
+        client = await LineClient.open("127.0.0.1", server.port)
+        try:
+            await client.use_json()
+            await client.register(f"storm{n}")
+        finally:
+            client.close()
+
+    async with asyncio.TaskGroup() as group:
+        for n in range(300):
+            group.create_task(one(n))
+
+
+async def test_shutdown_tells_everyone_and_leaves_no_task(start_server: StartServer) -> None:
+    server = await start_server(sndbuf=4096, shutdown_grace=1.0)
+    readers = [await open_json(server.port, f"r{i}") for i in range(3)]
+    stuck = await open_json(server.port, "stuck")
+    stuck.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        # Fill the stuck client's buffers so its flush cannot finish.
+        await readers[0].send(*(["/who"] * 10), *(f"{'x' * 500}" for _ in range(300)))
+        await readers[0].sync("filled")
+        await server.shutdown()
+        for client in readers:
+            assert (await client.expect("shutdown"))["reason"]
+            await client.wait_closed()
+        assert server.session_count == 0
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        assert not others, others
+    finally:
+        for client in (*readers, stuck):
+            client.close()
