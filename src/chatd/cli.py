@@ -234,6 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="print events as the server's JSON objects, one per line (for scripts)",
     )
     _add_common(connect)
+
+    from chatd import bench
+
+    bench_parser = sub.add_parser(
+        "bench",
+        help="measure a daemon under load",
+        description="Measure chatd under load generated from separate processes, against a "
+        "daemon it spawns (default) or one already running (--host/--port, --pid for its "
+        "CPU and memory). Prints a table and one JSON object per scenario.",
+    )
+    bench.add_arguments(bench_parser)
     return parser
 
 
@@ -260,10 +271,35 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise SystemExit(f"chatd serve: {exc}") from None
 
 
+def raise_fd_limit(max_clients: int) -> None:
+    """Raise the open-file limit to the hard limit; warn if max_clients cannot fit."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            logger.warning("cannot raise the open-file limit from %d: %s", soft, exc)
+    spare = 64  # listeners, logs, the loop's own descriptors
+    if soft != resource.RLIM_INFINITY and max_clients + spare > soft:
+        logger.warning(
+            "open-file limit %d is below --max-clients %d: connections past about %d "
+            "will fail; raise it with ulimit -n",
+            soft,
+            max_clients,
+            soft - spare,
+        )
+
+
 async def serve(settings: Settings) -> int:
     """Run the daemon until SIGINT or SIGTERM; return the exit status."""
     from chatd.server import Server
 
+    raise_fd_limit(settings.max_clients)
     server = Server(settings)
     try:
         await server.start()
@@ -286,9 +322,13 @@ async def serve(settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level, args.log_format)
+    setup_logging(getattr(args, "log_level", "warning"), getattr(args, "log_format", "text"))
     if args.command == "serve":
         return run(serve(settings_from_args(args)), args.loop)
+    if args.command == "bench":
+        from chatd import bench
+
+        return bench.main(args)
     from chatd.client import ClientOptions, run_client
 
     options = ClientOptions(
