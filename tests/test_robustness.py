@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 
 import pytest
 
@@ -182,6 +183,30 @@ async def test_a_flood_is_cut_with_rate_limited(start_server: StartServer) -> No
     finally:
         flooder.close()
         bystander.close()
+
+
+async def test_clients_resetting_together_leave_no_errors(
+    connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Resets racing with the leave events they cause are ordinary, not errors."""
+    caplog.set_level(logging.WARNING)
+    watcher = await connect("watcher")
+    crowd = [await connect(f"crowd{n}") for n in range(40)]
+    await watcher.sync()
+    for client in crowd:
+        reset(client)
+    for _ in crowd:
+        await watcher.expect("leave")
+    await watcher.send("still fine")
+    assert (await watcher.expect("message"))["text"] == "still fine"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def reset(client: LineClient) -> None:
+    """Close with RST, as a crashed client or a middlebox does."""
+    sock = client.writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
 
 
 async def test_server_full(start_server: StartServer) -> None:

@@ -129,6 +129,10 @@ class StreamConnection:
         return await self._reader.read(self.read_size)
 
     def write(self, chunks: list[bytes]) -> None:
+        # uvloop raises RuntimeError on a closed transport where asyncio only
+        # logs: both mean the peer is gone, which the writer handles as such.
+        if self._writer.is_closing():
+            raise ConnectionResetError("connection closed")
         self._writer.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     async def drain(self) -> None:
@@ -348,6 +352,9 @@ class Session(Member):
             self.drop("output not flushed in time")
             writer.cancel()
             await asyncio.wait([writer])
+        if not writer.cancelled() and (exc := writer.exception()) is not None:
+            logger.error("writer for %s failed", self.peer, exc_info=exc)
+            self.drop("internal error")
         if self._dropped:
             return
         try:
