@@ -301,16 +301,18 @@ async def serve(settings: Settings) -> int:
 
     raise_fd_limit(settings.max_clients)
     server = Server(settings)
-    try:
-        await server.start()
-    except OSError as exc:
-        logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
-        return 1
+    # Handlers go in before the listener announces itself: whoever acts on
+    # "listening on" may signal at once.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        try:
+            await server.start()
+        except OSError as exc:
+            logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+            return 1
         await stop.wait()
         logger.info("signal received")
     finally:
