@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv with the dev extras if needed, then run ruff and the whole test suite.
+# Create .venv with the dev extras if needed, then run ruff, mypy and the whole test suite.
 # Extra arguments go to pytest, e.g.: ./scripts/test.sh -k protocol -x
 set -euo pipefail
 . "$(dirname "$0")/_venv.sh" dev

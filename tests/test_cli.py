@@ -101,6 +101,25 @@ async def test_port_from_environment_and_json_logs() -> None:
     assert all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
 
 
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CHATD_PORT": "abc"}, "argument --port: invalid int value: 'abc'"),
+        ({"CHATD_LOG_LEVEL": "verbose"}, "invalid level 'verbose'"),
+    ],
+)
+def test_bad_environment_is_a_usage_error(
+    env: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert run_cli("--version").returncode == 0
+    result = run_cli("serve")
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_port_in_use_is_a_clear_error() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

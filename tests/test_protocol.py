@@ -109,6 +109,16 @@ def test_ten_megabytes_without_newline_keep_memory_bounded() -> None:
     assert feed_all(framer, b"tail\nhello\n") == [b"hello"]
 
 
+def test_a_last_line_without_newline_is_kept_at_end_of_input() -> None:
+    framer = LineFramer(10)
+    assert feed_all(framer, b"one\ntwo\r") == [b"one"]
+    assert framer.finish() == [b"two"]
+    assert framer.finish() == []
+    # ...unless it was already reported as too long.
+    framer.feed(b"x" * 20)
+    assert framer.finish() == []
+
+
 def test_telnet_negotiation_is_stripped() -> None:
     iac = b"\xff"
     will_echo = iac + b"\xfb\x01"

@@ -258,6 +258,25 @@ async def test_registration_timeout(start_server: StartServer) -> None:
         quick.close()
 
 
+async def test_registration_timeout_holds_for_a_throttled_client(
+    start_server: StartServer,
+) -> None:
+    """Keeping a few bad nicknames always waiting does not dodge the deadline."""
+    server = await start_server(register_timeout=1.0, msg_rate=20, msg_burst=1)
+    client = await LineClient.open("127.0.0.1", server.port)
+    try:
+        await client.line()
+        # A window of three lines: the server always has input waiting, so it
+        # stays on its throttled path without reaching the flood limit.
+        await client.send("bad nick", "bad nick", "bad nick")
+        while (line := await client.line()).startswith("! bad_nick"):
+            await client.send("bad nick")
+        assert line.startswith("! registration_timeout:")
+        await client.wait_closed()
+    finally:
+        client.close()
+
+
 async def test_keepalive_and_nodelay_on_every_connection(connect: Connect, server: Server) -> None:
     await connect("kept")
     (session,) = server.sessions

@@ -190,6 +190,22 @@ async def test_text_and_json_clients_share_a_room(connect: Connect) -> None:
     assert await human.expect_line("format") == "* format: text"
 
 
+async def test_piped_input_without_final_newline(server: Server) -> None:
+    """printf 'bob\\nhi there' | nc: the last line counts though unterminated."""
+    listener = await LineClient.open("127.0.0.1", server.port)
+    piped = await LineClient.open("127.0.0.1", server.port)
+    try:
+        await listener.use_json()
+        await listener.register("listener")
+        piped.writer.write(b"bob\nhi there")
+        piped.writer.write_eof()
+        assert (await listener.expect("message"))["text"] == "hi there"
+        await piped.wait_closed()
+    finally:
+        listener.close()
+        piped.close()
+
+
 async def test_half_closed_client_gets_all_its_answers(server: Server) -> None:
     """nc -N style: send commands, close the sending side, read every reply."""
     client = await LineClient.open("127.0.0.1", server.port)

@@ -27,14 +27,19 @@ T = TypeVar("T")
 _DEFAULTS = Settings()
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise SystemExit(f"chatd: {name} must be an integer, not {value!r}") from None
+def _env(name: str, default: object) -> str:
+    """A default from the environment, as a string that argparse converts and
+    checks like a command-line value (so a bad value is a usage error)."""
+    return os.environ.get(name) or str(default)
+
+
+def _log_level(value: str) -> str:
+    level = value.lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise argparse.ArgumentTypeError(
+            f"invalid level {value!r} (choose from debug, info, warning, error)"
+        )
+    return level
 
 
 class JsonFormatter(logging.Formatter):
@@ -86,9 +91,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--log-level",
-        default=os.environ.get("CHATD_LOG_LEVEL", "info"),
-        choices=("debug", "info", "warning", "error"),
-        type=str.lower,
+        default=_env("CHATD_LOG_LEVEL", "info"),
+        type=_log_level,
+        metavar="{debug,info,warning,error}",
         help="log verbosity (env CHATD_LOG_LEVEL; default: %(default)s)",
     )
     parser.add_argument(
@@ -123,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument(
         "--port",
         type=int,
-        default=_env_int("CHATD_PORT", _DEFAULTS.port),
+        default=_env("CHATD_PORT", _DEFAULTS.port),
         help="TCP port; 0 picks a free one (env CHATD_PORT)",
     )
     net.add_argument("--backlog", type=int, default=_DEFAULTS.backlog, help="listen backlog")
@@ -195,6 +200,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to flush clients' output on shutdown before cutting them",
     )
     limits.add_argument(
+        "--keepalive-idle",
+        type=int,
+        default=_DEFAULTS.keepalive_idle,
+        help="TCP keepalive: idle seconds before the first probe",
+    )
+    limits.add_argument(
+        "--keepalive-interval",
+        type=int,
+        default=_DEFAULTS.keepalive_interval,
+        help="TCP keepalive: seconds between probes",
+    )
+    limits.add_argument(
+        "--keepalive-count",
+        type=int,
+        default=_DEFAULTS.keepalive_count,
+        help="TCP keepalive: unanswered probes before the connection is dropped",
+    )
+    limits.add_argument(
         "--sndbuf",
         type=int,
         default=_DEFAULTS.sndbuf,
@@ -211,15 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
         "each event is printed as one line, and the client quits at the end of input.",
     )
     connect.add_argument(
-        "host",
-        nargs="?",
-        default=os.environ.get("CHATD_HOST", "localhost"),
-        help="server address (env CHATD_HOST; default: %(default)s)",
+        "host", nargs="?", default="localhost", help="server address (default: %(default)s)"
     )
     connect.add_argument(
         "--port",
         type=int,
-        default=_env_int("CHATD_PORT", _DEFAULTS.port),
+        default=_env("CHATD_PORT", _DEFAULTS.port),
         help="server port (env CHATD_PORT; default: %(default)s)",
     )
     connect.add_argument("--nick", help="nickname to take on connecting")
@@ -265,6 +285,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             max_rooms_per_session=args.max_rooms,
             register_timeout=args.register_timeout,
             shutdown_grace=args.shutdown_grace,
+            keepalive_idle=args.keepalive_idle,
+            keepalive_interval=args.keepalive_interval,
+            keepalive_count=args.keepalive_count,
             sndbuf=args.sndbuf,
         )
     except ValueError as exc:

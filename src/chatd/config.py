@@ -50,6 +50,9 @@ class Settings:
             "max_per_ip",
             "max_rooms_per_session",
             "backlog",
+            "keepalive_idle",
+            "keepalive_interval",
+            "keepalive_count",
         )
         for name in positive:
             if getattr(self, name) < 1:

@@ -120,6 +120,15 @@ class LineFramer:
                 buf += data[start:]
         return out
 
+    def finish(self) -> list[bytes | LineTooLong]:
+        """End of input: a last line without its newline still counts."""
+        line = bytes(self._buf)
+        self._buf.clear()
+        if self._discarding or not line:
+            self._discarding = False
+            return []
+        return [line[:-1] if line.endswith(b"\r") else line]
+
     def _strip_telnet(self, data: bytes) -> bytes:
         """Remove telnet commands (IAC sequences), keeping state across calls.
 

@@ -317,6 +317,7 @@ class Session(Member):
                 conn.write_eof()
         except (ConnectionError, OSError) as exc:
             logger.debug("write to %s failed: %s", self.peer, exc)
+            self.close_reason = self.close_reason or "connection lost"
             self._stop_output()
 
     # -- input -----------------------------------------------------------
@@ -364,17 +365,35 @@ class Session(Member):
             logger.debug("%s did not close its side; resetting", self.peer)
             self._conn.abort()
 
-    async def _read(self) -> bytes:
-        try:
-            if self.key is None:
-                async with asyncio.timeout_at(self._register_deadline):
-                    return await self._conn.read()
+    async def _read(self, until: float | None = None) -> bytes | None:
+        """Read some bytes; ``None`` if ``until`` (loop time) comes first.
+
+        Until the client has a nickname, its registration deadline applies
+        too, and passing it raises RegistrationTimeout.
+        """
+        registering = self.key is None
+        deadline = until
+        if registering:
+            deadline = min(self._register_deadline, until or self._register_deadline)
+        if deadline is None:
             return await self._conn.read()
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._conn.read()
         except TimeoutError:
-            raise RegistrationTimeout("no nickname chosen in time") from None
+            if registering and deadline >= self._register_deadline:
+                raise RegistrationTimeout("no nickname chosen in time") from None
+            return None
 
     async def _read_loop(self) -> str:
         """Process input until the connection should end; return why."""
+        try:
+            return await self._process_input()
+        except RegistrationTimeout as exc:
+            self.tell(Error.of(exc))
+            return "registration timeout"
+
+    async def _process_input(self) -> str:
         settings = self._settings
         framer = LineFramer(settings.max_line)
         backlog: deque[bytes | ChatError] = deque()
@@ -390,14 +409,7 @@ class Session(Member):
             if not backlog:
                 if self._eof:
                     return "connection closed"
-                try:
-                    data = await self._read()
-                except RegistrationTimeout as exc:
-                    self.tell(Error.of(exc))
-                    return "registration timeout"
-                if not data:
-                    return "connection closed"
-                backlog.extend(framer.feed(data))
+                self._take_input(await self._read(), framer, backlog)
                 continue
             item = backlog.popleft()
             if bucket is not None:
@@ -427,15 +439,21 @@ class Session(Member):
             if self._eof:
                 await asyncio.sleep(delay)
                 return False
-            try:
-                async with asyncio.timeout_at(deadline):
-                    data = await self._conn.read()
-            except TimeoutError:
+            data = await self._read(until=deadline)
+            if data is None:
                 return False
-            if not data:
-                self._eof = True
-            backlog.extend(framer.feed(data))
+            self._take_input(data, framer, backlog)
         return True
+
+    def _take_input(
+        self, data: bytes | None, framer: LineFramer, backlog: deque[bytes | ChatError]
+    ) -> None:
+        """Frame what was read; at end of input, keep a last unterminated line."""
+        if data:
+            backlog.extend(framer.feed(data))
+        else:
+            self._eof = True
+            backlog.extend(framer.finish())
 
     async def _wait_outbox(self) -> None:
         while not self._closing and (
