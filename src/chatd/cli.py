@@ -82,7 +82,7 @@ def run(coro: Coroutine[Any, Any, T], loop: str) -> T:
     return asyncio.run(coro)
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_common(parser: argparse.ArgumentParser, log_level: str = "info") -> None:
     parser.add_argument(
         "--loop",
         choices=("uvloop", "asyncio"),
@@ -91,7 +91,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--log-level",
-        default=_env("CHATD_LOG_LEVEL", "info"),
+        default=_env("CHATD_LOG_LEVEL", log_level),
         type=_log_level,
         metavar="{debug,info,warning,error}",
         help="log verbosity (env CHATD_LOG_LEVEL; default: %(default)s)",
@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print events as the server's JSON objects, one per line (for scripts)",
     )
-    _add_common(connect)
+    _add_common(connect, log_level="warning")
 
     from chatd import bench
 
