@@ -114,6 +114,19 @@ class LineClient:
             pass
         return bytes(data)
 
+    def stop_reading(self) -> None:
+        """Behave like a client that never reads: the kernel buffers fill up.
+
+        Without this the stream keeps draining the socket into its own buffer
+        even when nobody calls read().
+        """
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.writer.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.writer.transport.resume_reading()
+
     def close(self) -> None:
         self.writer.transport.abort()
 

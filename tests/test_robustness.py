@@ -95,7 +95,7 @@ async def test_slow_consumer_is_cut_and_the_room_carries_on(
     caplog.set_level(logging.WARNING, "chatd.session")
     server = await start_server(sndbuf=4096, max_queue_bytes=32 * 1024)
     stuck = await open_json(server.port, "stuck")
-    stuck.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.stop_reading()
     talker = await open_json(server.port, "talker")
     listeners = [await open_json(server.port, f"listener{i}") for i in range(3)]
     try:
@@ -134,7 +134,8 @@ async def test_slow_consumer_is_cut_and_the_room_carries_on(
         assert any(e["nick"] == "stuck" and "send queue overflow" in e["reason"] for e in leaves), (
             leaves
         )
-        await stuck.wait_closed()
+        stuck.resume_reading()
+        await stuck.wait_closed()  # what was in flight, then the reset
         assert "send queue overflow" in caplog.text
     finally:
         for client in (stuck, talker, *listeners):
@@ -148,9 +149,29 @@ async def test_replies_to_a_client_that_does_not_read_are_paced_not_dropped(
     server = await start_server(sndbuf=4096, max_queue_bytes=16 * 1024)
     client = await open_json(server.port, "pasty")
     try:
+        client.stop_reading()
         await client.send(*(["/help"] * 1500), "/ping done")
+        client.resume_reading()
         events = await client.sync("done")
         assert sum(e["type"] == "help" for e in events) == 1500
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("register", [True, False], ids=["registered", "unregistered"])
+async def test_a_client_that_never_reads_is_cut_by_the_write_timeout(
+    start_server: StartServer, register: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Commands without reading: paced, then cut, whatever the other deadlines."""
+    caplog.set_level(logging.WARNING, "chatd.session")
+    server = await start_server(sndbuf=4096, max_queue_bytes=16 * 1024, write_timeout=1.0)
+    client = await open_json(server.port, "mute" if register else None)
+    client.stop_reading()
+    try:
+        client.writer.write(b"/help\n" * 3000)
+        (session,) = server.sessions
+        await server.wait_session_closed(session)
+        assert "write timeout" in caplog.text
     finally:
         client.close()
 
@@ -308,7 +329,7 @@ async def test_shutdown_tells_everyone_and_leaves_no_task(start_server: StartSer
     server = await start_server(sndbuf=4096, shutdown_grace=1.0)
     readers = [await open_json(server.port, f"r{i}") for i in range(3)]
     stuck = await open_json(server.port, "stuck")
-    stuck.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.stop_reading()
     try:
         # Fill the stuck client's buffers so its flush cannot finish.
         await readers[0].send(*(["/who"] * 10), *(f"{'x' * 500}" for _ in range(300)))

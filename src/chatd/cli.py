@@ -194,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a new connection has to pick a nickname",
     )
     limits.add_argument(
+        "--write-timeout",
+        type=float,
+        default=_DEFAULTS.write_timeout,
+        help="seconds a client may go without reading while output waits for it",
+    )
+    limits.add_argument(
         "--shutdown-grace",
         type=float,
         default=_DEFAULTS.shutdown_grace,
@@ -285,6 +291,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             max_rooms_per_session=args.max_rooms,
             register_timeout=args.register_timeout,
             shutdown_grace=args.shutdown_grace,
+            write_timeout=args.write_timeout,
             keepalive_idle=args.keepalive_idle,
             keepalive_interval=args.keepalive_interval,
             keepalive_count=args.keepalive_count,

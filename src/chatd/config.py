@@ -35,6 +35,9 @@ class Settings:
     keepalive_interval: int = 10
     keepalive_count: int = 6
     backlog: int = 4096
+    #: Seconds a write may stay blocked (the client reads nothing) before the
+    #: client is disconnected.
+    write_timeout: float = 60.0
     #: Seconds a graceful shutdown waits for queued output to reach clients.
     shutdown_grace: float = 5.0
     #: SO_SNDBUF for client sockets, 0 for the kernel's default (tests clamp it).
@@ -59,5 +62,5 @@ class Settings:
                 raise ValueError(f"{name} must be at least 1")
         if self.msg_rate < 0 or self.msg_burst < 1:
             raise ValueError("msg_rate must be >= 0 and msg_burst >= 1")
-        if self.register_timeout <= 0 or self.shutdown_grace < 0:
-            raise ValueError("register_timeout must be > 0 and shutdown_grace >= 0")
+        if self.register_timeout <= 0 or self.write_timeout <= 0 or self.shutdown_grace < 0:
+            raise ValueError("register_timeout and write_timeout must be > 0, shutdown_grace >= 0")

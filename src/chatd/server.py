@@ -34,6 +34,7 @@ class Server:
         self._sessions: dict[Session, asyncio.Task[None]] = {}
         self._per_ip: Counter[str] = Counter()
         self._listener: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
 
     @property
@@ -69,8 +70,24 @@ class Server:
             backlog=self.settings.backlog,
             limit=self.settings.max_line * 2,
         )
+        self._sweeper = asyncio.create_task(self._sweep_loop())
         for host, port in self.addresses:
             logger.info("listening on %s:%d", host, port)
+
+    async def _sweep_loop(self) -> None:
+        """Once a second, drop clients whose writes have been blocked too long.
+
+        One O(n) pass a second keeps timers off the write path.
+        """
+        loop = asyncio.get_running_loop()
+        limit = self.settings.write_timeout
+        while True:
+            await asyncio.sleep(1.0)
+            now = loop.time()
+            for session in list(self._sessions):
+                since = session.write_blocked_since
+                if since and now - since > limit:
+                    session.drop(f"write timeout ({limit:g} s without reading)")
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = StreamConnection(reader, writer)
@@ -130,6 +147,9 @@ class Server:
     async def shutdown(self, reason: str = "server shutting down") -> None:
         """Stop accepting, say goodbye, flush for a bounded time, close all."""
         self._closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.wait([self._sweeper])
         if self._listener is not None:
             self._listener.close()
         sessions = list(self._sessions.items())

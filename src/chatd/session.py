@@ -208,6 +208,7 @@ class Session(Member):
         "_soft_events",
         "_wakeup",
         "close_reason",
+        "write_blocked_since",
     )
 
     def __init__(
@@ -235,6 +236,9 @@ class Session(Member):
         self._eof = False
         self._register_deadline = 0.0
         self.close_reason = ""
+        #: Loop time at which the current write started waiting for the
+        #: client to read, or 0.0. The server's sweeper enforces write_timeout.
+        self.write_blocked_since = 0.0
 
     @property
     def peer(self) -> str:
@@ -299,6 +303,7 @@ class Session(Member):
 
     async def _write_loop(self) -> None:
         conn = self._conn
+        clock = asyncio.get_running_loop().time
         try:
             while True:
                 if self._pending:
@@ -307,7 +312,9 @@ class Session(Member):
                     self._pending_bytes = 0
                     self._drained.set()
                     conn.write(batch)
+                    self.write_blocked_since = clock()
                     await conn.drain()
+                    self.write_blocked_since = 0.0
                 elif self._closing:
                     break
                 else:
@@ -434,10 +441,11 @@ class Session(Member):
         ``flood_lines``. Reading while waiting is what makes a flood visible;
         the backlog it builds is bounded by that same limit.
         """
-        deadline = asyncio.get_running_loop().time() + delay
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
         while len(backlog) < self._settings.flood_lines:
             if self._eof:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(max(0.0, deadline - loop.time()))
                 return False
             data = await self._read(until=deadline)
             if data is None:

@@ -1,0 +1,1002 @@
+"""The terminal client: ``chatd connect``.
+
+The client always speaks JSON to the server (it sends ``/format json`` first
+on every connection) and renders what it receives for people. JSON makes the
+client independent of the server's human wording and lets it track its own
+state: its nickname, the rooms it is in and its current room, which it needs
+to come back after a reconnect.
+
+Two modes, chosen by whether stdin and stdout are terminals:
+
+* **Interactive**: a prompt_toolkit prompt (``[general]> ``) inside
+  ``patch_stdout(raw=True)``, so incoming lines are printed above the line
+  being typed and never garble it. Lines are coloured when the terminal has
+  colours (``NO_COLOR`` or ``TERM=dumb`` turn them off): nicks by a stable
+  hash, errors red, system lines dim. The typed line is erased on Enter; the
+  server's echo of it takes its place. Ctrl-D and Ctrl-C quit, as ``/quit``.
+* **Pipe**: no prompt_toolkit. Each stdin line is sent; each event is printed
+  as one plain line on stdout (with ``--json``: the server's JSON object,
+  control characters removed), so scripts can use it. Status messages
+  (connection lost, reconnecting, fatal errors) go to stderr, prefixed
+  ``chatd connect:``, so stdout carries only events. At the end of stdin the
+  client sends ``/ping <token>`` and waits for that pong, which proves every
+  earlier line was answered and printed, then quits.
+
+What the client does not print, because the client caused it and not the user:
+
+* the server's welcome (pipe mode only; interactive mode shows it, and a
+  hint to pick a nickname when ``--nick`` was not given);
+* the answer to the client's own ``/format json``;
+* the pongs for its own ping tokens, and, in pipe mode, the ``bye`` of the
+  ``/quit`` it sends at the end of input;
+* during a restore after a reconnect: the registration, its own joins and
+  leaves, the ``current`` changes and the topics shown on join. One status
+  line ("reconnected as ...") stands for them.
+
+``/format`` typed by the user is refused locally: switching the server to
+text would break the client. ``/quit`` is sent and the client waits (a
+bounded time) for the ``bye`` or the close.
+
+Reconnecting: when the connection ends without a ``/quit`` (the server
+closed it, a network error, or a ``shutdown`` event, which is printed and
+then treated as the end of the connection), the client says so and retries
+after a delay that starts at ``backoff_initial`` (0.5 s) and doubles up to
+``backoff_max`` (30 s), each delay moved by up to +-20 % of jitter so that the
+clients of a restarted server do not all return at the same instant. A
+connection only counts as made (and resets the delay) once the server has
+acknowledged ``/format json``. On the new connection the client takes its
+nickname back, rejoins its rooms in their old order, leaves ``general`` if it
+had left it, and makes its old current room current again; lines typed while
+disconnected are sent after that. With ``--no-reconnect``, or when the very
+first connection fails, the client exits with status 1 instead.
+
+Exit status: 0 after ``/quit``, Ctrl-D, Ctrl-C at the prompt or the end of
+input; 1 when it cannot connect at start or loses the connection with
+``--no-reconnect``; 130 when a pipe-mode client is interrupted by SIGINT.
+
+Everything the server sends is untrusted: every field is passed through
+:func:`~chatd.protocol.clean_text` before it is printed, and malformed
+events are shown as well as possible, never trusted to have the right types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import re
+import secrets
+import signal
+import sys
+import threading
+import zlib
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+from typing import Any, Final, Protocol
+
+from chatd.errors import LineTooLong
+from chatd.protocol import DEFAULT_ROOM, LineFramer, clean_text, name_key
+
+logger = logging.getLogger(__name__)
+
+#: Longest line accepted from the server; a big ``/rooms`` answer stays well under it.
+_MAX_SERVER_LINE: Final = 1 << 20
+_READ_SIZE: Final = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class ClientOptions:
+    """How ``chatd connect`` was asked to run."""
+
+    host: str
+    port: int
+    nick: str | None = None
+    reconnect: bool = True
+    #: Print the server's JSON objects instead of rendered lines.
+    json_output: bool = False
+    #: First delay before a reconnection attempt, in seconds; it doubles each attempt.
+    backoff_initial: float = 0.5
+    #: Longest delay between reconnection attempts, in seconds.
+    backoff_max: float = 30.0
+    #: Each delay is moved randomly by up to this fraction of itself.
+    backoff_jitter: float = 0.2
+    #: Seconds one connection attempt may take.
+    connect_timeout: float = 10.0
+    #: Seconds to wait for the server's ``bye`` (or the close) after ``/quit``.
+    quit_timeout: float = 3.0
+    #: Force interactive (True) or pipe (False) mode; None decides by the terminals.
+    interactive: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.backoff_initial <= self.backoff_max:
+            raise ValueError("need 0 < backoff_initial <= backoff_max")
+        if not 0 <= self.backoff_jitter < 1:
+            raise ValueError("backoff_jitter must be in [0, 1)")
+        if self.connect_timeout <= 0 or self.quit_timeout < 0:
+            raise ValueError("connect_timeout must be > 0 and quit_timeout >= 0")
+
+
+# ---------------------------------------------------------------------------
+# Rendering: pure functions from one event to display text.
+
+_RESET: Final = "\x1b[0m"
+_DIM: Final = "\x1b[2m"
+_RED: Final = "\x1b[31m"
+#: Nick colours: no red (errors) and no dim (system lines), so a nick never looks like either.
+_NICK_COLOURS: Final = tuple(f"\x1b[{n}m" for n in (32, 33, 34, 35, 36, 92, 93, 94, 95, 96))
+
+
+def nick_colour(nick: str) -> str:
+    """The ANSI colour of a nick: a stable hash, the same in every client and run."""
+    return _NICK_COLOURS[zlib.crc32(name_key(nick).encode()) % len(_NICK_COLOURS)]
+
+
+def _paint(text: str, code: str, colour: bool) -> str:
+    return f"{code}{text}{_RESET}" if colour and text else text
+
+
+def _field(event: Mapping[str, Any], key: str) -> str:
+    """A field of an untrusted event as printable text ("" when missing)."""
+    value = event.get(key)
+    if value is None:
+        return ""
+    return clean_text(value if isinstance(value, str) else str(value))
+
+
+def _entries(value: object) -> list[Mapping[str, Any]]:
+    """The objects of a JSON array, skipping anything that is not an object."""
+    if not isinstance(value, list):
+        return []
+    return [item for item in value if isinstance(item, Mapping)]
+
+
+def _hhmm(ts: object, tz: tzinfo | None) -> str:
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        return "--:--"
+    try:
+        return datetime.fromtimestamp(ts, tz).strftime("%H:%M")
+    except (OverflowError, OSError, ValueError):
+        return "--:--"
+
+
+def _system_text(event: Mapping[str, Any]) -> str:
+    """The wording of every event that is not a message, a DM or an error."""
+    kind = _field(event, "type")
+    f = event.get
+    match kind:
+        case "welcome":
+            name = " ".join(p for p in (_field(event, "server"), _field(event, "version")) if p)
+            return f"* welcome to {name or 'the server'}; /help lists the commands"
+        case "registered":
+            return f"* you are {_field(event, 'nick')}"
+        case "join":
+            return f"* {_field(event, 'nick')} joined #{_field(event, 'room')}"
+        case "leave":
+            reason = _field(event, "reason")
+            text = f"* {_field(event, 'nick')} left #{_field(event, 'room')}"
+            return text + (f" ({reason})" if reason else "")
+        case "current":
+            room = _field(event, "room")
+            return f"* now talking in #{room}" if room else "* you are in no room; /join one"
+        case "nick":
+            return f"* {_field(event, 'old')} is now known as {_field(event, 'new')}"
+        case "topic":
+            room, topic, by = _field(event, "room"), _field(event, "topic"), _field(event, "by")
+            if not topic:
+                return f"* #{room} has no topic"
+            if f("changed") is True:
+                return f"* {by} set the topic of #{room}: {topic}"
+            return f"* topic of #{room}: {topic}" + (f" (set by {by})" if by else "")
+        case "rooms":
+            listing = ", ".join(
+                f"#{_field(r, 'name')} ({_field(r, 'members')})" for r in _entries(f("rooms"))
+            )
+            return f"* rooms: {listing or 'none'}"
+        case "who":
+            nicks = f("nicks")
+            names = [clean_text(str(n)) for n in nicks] if isinstance(nicks, list) else []
+            return f"* in #{_field(event, 'room')}: {', '.join(names) or 'nobody'}"
+        case "pong":
+            token = _field(event, "token")
+            return f"* pong {token}" if token else "* pong"
+        case "format":
+            return f"* format: {_field(event, 'format')}"
+        case "help":
+            rows = [f"{_field(c, 'usage')} - {_field(c, 'help')}" for c in _entries(f("commands"))]
+            return "* commands: " + "; ".join(rows)
+        case "bye":
+            reason = _field(event, "reason")
+            return "* bye" + (f" ({reason})" if reason else "")
+        case "text":
+            return _field(event, "text")
+    rest = {k: v for k, v in event.items() if k != "type"}
+    return clean_text(f"* {kind or 'event'}: {json.dumps(rest, ensure_ascii=False, default=str)}")
+
+
+def render_event(
+    event: Mapping[str, Any], *, colour: bool = False, tz: tzinfo | None = None
+) -> str:
+    """Render one server event (a decoded JSON object) as one display line.
+
+    ``colour`` adds ANSI colours; ``tz`` is the zone of the HH:MM stamps of
+    messages and DMs (None: local time). Every field is cleaned of control
+    characters, and a malformed event still renders: the server is untrusted.
+    """
+    kind = event.get("type")
+    if kind in ("message", "dm"):
+        when = _paint(_hhmm(event.get("ts"), tz), _DIM, colour)
+        sender = _field(event, "from")
+        who = _paint(sender, nick_colour(sender), colour)
+        text = _field(event, "text")
+        if kind == "dm":
+            to = _field(event, "to")
+            return f"{when} [{who} -> {_paint(to, nick_colour(to), colour)}] {text}"
+        room = _field(event, "room")
+        if event.get("action") is True:
+            return f"{when} [{room}] * {who} {text}"
+        return f"{when} [{room}] {who}: {text}"
+    if kind == "error":
+        return _paint(f"! {_field(event, 'code')}: {_field(event, 'text')}", _RED, colour)
+    if kind == "shutdown":
+        return _paint(f"! shutdown: {_field(event, 'reason')}", _RED, colour)
+    return _paint(_system_text(event), _DIM, colour)
+
+
+def help_lines(event: Mapping[str, Any], *, colour: bool = False) -> list[str]:
+    """The ``help`` event as an aligned table, for the interactive mode."""
+    rows = [(_field(c, "usage"), _field(c, "help")) for c in _entries(event.get("commands"))]
+    width = max((len(usage) for usage, _ in rows), default=0)
+    lines = [
+        "* commands:",
+        *(f"  {usage:<{width}}  {text}" for usage, text in rows),
+        "* anything else is said in your current room",
+    ]
+    return [_paint(line, _DIM, colour) for line in lines]
+
+
+def json_line(event: Mapping[str, Any], raw: str | None = None) -> str:
+    """The ``--json`` output line: the server's own text when it sent JSON.
+
+    Control characters are removed: JSON never has raw C0 characters in
+    strings, but may carry DEL and C1 characters, which terminals obey.
+    """
+    if raw is None:
+        raw = json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str)
+    return clean_text(raw)
+
+
+_TEXT_ERROR_RE: Final = re.compile(r"! ([a-z_]+): (.*)\Z", re.DOTALL)
+_TEXT_WELCOME_RE: Final = re.compile(r"\* welcome to (\S+) (\S+)")
+
+
+def parse_server_line(text: str) -> tuple[dict[str, Any], bool]:
+    """Turn one line from the server into an event dict.
+
+    Returns ``(event, True)`` for a JSON object with a string ``type``.
+    Lines that are not JSON come before the server switched to JSON (the
+    welcome, and a refusal such as ``server_full``, which is written in text
+    and followed by the close): they are turned into the matching event, or
+    into a ``{"type": "text"}`` event, and returned with False.
+    """
+    if text.startswith("{"):
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("type"), str):
+            return obj, True
+    if m := _TEXT_ERROR_RE.match(text):
+        return {"type": "error", "code": m.group(1), "text": m.group(2)}, False
+    if m := _TEXT_WELCOME_RE.match(text):
+        return {"type": "welcome", "server": m.group(1), "version": m.group(2).rstrip(".")}, False
+    return {"type": "text", "text": text}, False
+
+
+def restore_commands(rooms: Sequence[str], current: str | None) -> list[str]:
+    """The commands that bring a freshly registered session back to a state.
+
+    Registering puts a session in ``general`` only; this rejoins ``rooms`` in
+    their order, leaves ``general`` if it is not among them and makes
+    ``current`` current again (a join makes the room current).
+    """
+    keys = {name_key(room) for room in rooms}
+    commands = [f"/join {room}" for room in rooms if name_key(room) != DEFAULT_ROOM]
+    if DEFAULT_ROOM not in keys:
+        commands.append(f"/leave {DEFAULT_ROOM}")
+    if current is not None and name_key(current) in keys:
+        commands.append(f"/join {current}")
+    return commands
+
+
+class Backoff:
+    """Delays between reconnection attempts: doubling, capped, jittered.
+
+    ``rng`` returns floats in [0, 1); tests pass a fixed one.
+    """
+
+    __slots__ = ("_attempt", "_rng", "initial", "jitter", "maximum")
+
+    def __init__(
+        self,
+        initial: float,
+        maximum: float,
+        jitter: float = 0.2,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.jitter = jitter
+        self._rng = rng
+        self._attempt = 0
+
+    def next(self) -> float:
+        base = min(self.maximum, self.initial * 2.0 ** min(self._attempt, 64))
+        self._attempt += 1
+        return min(self.maximum, base * (1.0 + self.jitter * (2.0 * self._rng() - 1.0)))
+
+    def reset(self) -> None:
+        """Start again from ``initial`` (after a connection was really made)."""
+        self._attempt = 0
+
+
+# ---------------------------------------------------------------------------
+# Output: where event lines and status messages go.
+
+
+class Ui(Protocol):
+    """The client's output path (a terminal, or stdout and stderr of a pipe)."""
+
+    interactive: bool
+
+    def event(self, event: Mapping[str, Any], raw: str | None) -> None:
+        """Show one server event; ``raw`` is the server's JSON text, if it sent JSON."""
+        ...
+
+    def status(self, text: str, *, error: bool = False) -> None:
+        """Show something the client itself has to say."""
+        ...
+
+
+class TerminalUi:
+    """Printing above the prompt: ``sys.stdout`` is prompt_toolkit's proxy then."""
+
+    interactive = True
+
+    def __init__(self, *, colour: bool, json_output: bool) -> None:
+        self.colour = colour and not json_output
+        self.json_output = json_output
+
+    def event(self, event: Mapping[str, Any], raw: str | None) -> None:
+        if self.json_output:
+            self._print(json_line(event, raw))
+        elif event.get("type") == "help":
+            for line in help_lines(event, colour=self.colour):
+                self._print(line)
+        else:
+            self._print(render_event(event, colour=self.colour))
+
+    def status(self, text: str, *, error: bool = False) -> None:
+        line = clean_text(f"! {text}" if error else f"* {text}")
+        self._print(_paint(line, _RED if error else _DIM, self.colour))
+
+    @staticmethod
+    def _print(line: str) -> None:
+        # Looked up on each call: patch_stdout replaces sys.stdout.
+        print(line, flush=True)
+
+
+class PipeUi:
+    """One plain line per event on stdout; status on stderr."""
+
+    interactive = False
+
+    def __init__(self, *, json_output: bool, on_broken: Callable[[], None]) -> None:
+        self.json_output = json_output
+        self._on_broken = on_broken
+        self._broken = False
+
+    def event(self, event: Mapping[str, Any], raw: str | None) -> None:
+        self._emit(json_line(event, raw) if self.json_output else render_event(event))
+
+    def status(self, text: str, *, error: bool = False) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            print(f"chatd connect: {clean_text(text)}", file=sys.stderr, flush=True)
+
+    def _emit(self, line: str) -> None:
+        if self._broken:
+            return
+        try:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # Nobody reads our output any more: stop. Point fd 1 at /dev/null
+            # so the interpreter's final flush does not fail loudly again.
+            self._broken = True
+            with contextlib.suppress(OSError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+            self._on_broken()
+
+
+# ---------------------------------------------------------------------------
+# The connection and the client's state machine.
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """What the client was on the server, to be restored after a reconnect."""
+
+    nick: str
+    rooms: tuple[str, ...]
+    current: str | None
+
+
+class _Link:
+    """One TCP connection to the server and where its handshake stands."""
+
+    __slots__ = ("acked", "reader", "ready", "restore", "restore_token", "restored", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        #: The server acknowledged /format json: it speaks JSON, the connection is made.
+        self.acked = False
+        #: The user's lines may go out (any restore commands have been sent first).
+        self.ready = False
+        #: The state to bring back on this connection, or None.
+        self.restore: _Snapshot | None = None
+        #: The ping token whose pong ends the restore.
+        self.restore_token: str | None = None
+        self.restored = False
+
+    @property
+    def restoring(self) -> bool:
+        return self.restore is not None and not self.restored
+
+    def send(self, line: str) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(line.encode("utf-8", "replace") + b"\n")
+
+    async def drain(self) -> None:
+        """Wait while the socket buffer is full; a lost connection is noticed by the reader."""
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.drain()
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+            async with asyncio.timeout(1.0):
+                await self.writer.wait_closed()
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _command_name(line: str) -> str | None:
+    """``/quit`` for ``/QUIT bye``; None when the line is said, not a command."""
+    if not line.startswith("/") or line.startswith("//"):
+        return None
+    return line.split(" ", 1)[0].lower()
+
+
+class ChatClient:
+    """Connects, renders, reconnects: everything but where input comes from.
+
+    Input arrives through :meth:`submit`, :meth:`end_of_input` and
+    :meth:`quit`, called by whichever input loop :meth:`run` was given.
+    """
+
+    def __init__(self, options: ClientOptions, ui: Ui) -> None:
+        self._options = options
+        self._ui = ui
+        self._address = f"{options.host}:{options.port}"
+        #: The nickname the server gave us on the current connection.
+        self._nick: str | None = None
+        #: Rooms we are in (name_key -> name), in join order.
+        self._rooms: dict[str, str] = {}
+        self._current: str | None = None
+        self._link: _Link | None = None
+        self._snapshot: _Snapshot | None = None
+        #: Lines typed (interactive) while there was no connection to send them on.
+        self._backlog: list[str] = []
+        self._ready = asyncio.Event()
+        self._quit_requested = asyncio.Event()
+        self._quitting = False
+        self._quiet_quit = False
+        self._exit_status = 0
+        self._token_prefix = f"chatd-client-{secrets.token_hex(6)}"
+        self._token_count = 0
+        self._tokens: set[str] = set()
+        self._eof_token: str | None = None
+        #: Called when what the prompt shows may have changed.
+        self.on_change: Callable[[], None] = lambda: None
+
+    # -- what the input side calls ---------------------------------------
+
+    @property
+    def quitting(self) -> bool:
+        return self._quitting
+
+    def prompt(self) -> str:
+        """The prompt text: the current room, and whether we are connected."""
+        link = self._link
+        room = self._current
+        if (link is None or link.restoring) and self._snapshot is not None:
+            room = self._snapshot.current
+        prefix = "" if link is not None else "(offline) "
+        return f"{prefix}[{room or '-'}]> "
+
+    async def submit(self, line: str) -> None:
+        """Send one line the user typed: said in the room, or a slash command."""
+        line = line.rstrip("\r\n")
+        if self._quitting or not line.strip():
+            return
+        command = _command_name(line)
+        if command == "/quit":
+            self.quit(line)
+            return
+        if command == "/format":
+            self._ui.status(
+                "/format is not sent: this client needs JSON from the server "
+                "(use 'chatd connect --json' to print JSON)",
+                error=True,
+            )
+            return
+        if self._ui.interactive and (self._link is None or not self._link.ready):
+            self._backlog.append(line)
+            self._ui.status("not connected: the line will be sent after reconnecting")
+            return
+        # Pipe mode waits for a connection instead: stdin is read no faster than it is sent.
+        while (link := self._link) is None or not link.ready:
+            await self._ready.wait()
+        link.send(line)
+        await link.drain()
+
+    def end_of_input(self) -> None:
+        """No more input: quit once everything sent so far has been answered."""
+        if self._quitting or self._eof_token is not None:
+            return
+        self._eof_token = self._new_token()
+        link = self._link
+        if link is not None and link.ready:
+            link.send(f"/ping {self._eof_token}")
+        # Otherwise _make_ready sends the ping once a connection is up.
+
+    def quit(self, line: str = "/quit", *, quiet: bool = False, status: int = 0) -> None:
+        """Leave: send ``line`` (a /quit) if connected, then let :meth:`run` finish.
+
+        ``quiet`` hides the server's ``bye``: the user did not type this /quit.
+        """
+        if self._quitting:
+            return
+        self._quitting = True
+        self._quiet_quit = quiet
+        self._exit_status = status
+        if self._link is not None:
+            self._link.send(line)
+        self._quit_requested.set()
+
+    # -- the connection loop ----------------------------------------------
+
+    async def run(self, read_input: Callable[[], Awaitable[None]]) -> int:
+        """Connect, then serve until the user quits; return the exit status.
+
+        ``read_input`` is started once the first connection is up and is
+        cancelled when the client is done.
+        """
+        try:
+            link = await self._open()
+        except OSError as exc:
+            self._ui.status(f"cannot connect to {self._address}: {_describe(exc)}", error=True)
+            return 1
+        self._attach(link)
+        input_task = asyncio.create_task(self._input_boundary(read_input), name="client-input")
+        backoff = Backoff(
+            self._options.backoff_initial,
+            self._options.backoff_max,
+            self._options.backoff_jitter,
+        )
+        ever_made = False
+        try:
+            while True:
+                reason = await self._serve(link)
+                if self._quitting:
+                    return self._exit_status
+                if link.acked:
+                    ever_made = True
+                    backoff.reset()
+                elif not ever_made:
+                    self._ui.status(
+                        f"{self._address} closed the connection before it was set up: {reason}",
+                        error=True,
+                    )
+                    return 1
+                if not self._options.reconnect:
+                    self._ui.status(
+                        f"connection to {self._address} lost: {reason}; "
+                        "not reconnecting (--no-reconnect)",
+                        error=True,
+                    )
+                    return 1
+                self._ui.status(f"connection to {self._address} lost: {reason}", error=True)
+                next_link = await self._reconnect(backoff)
+                if next_link is None:
+                    return self._exit_status
+                link = next_link
+                self._attach(link)
+        finally:
+            input_task.cancel()
+            await asyncio.wait([input_task])
+
+    async def _input_boundary(self, read_input: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await read_input()
+        except Exception:
+            logger.exception("reading input failed")
+            self._ui.status("reading input failed; quitting", error=True)
+            self.quit(status=1)
+
+    async def _open(self) -> _Link:
+        async with asyncio.timeout(self._options.connect_timeout):
+            reader, writer = await asyncio.open_connection(self._options.host, self._options.port)
+        logger.debug("connected to %s", self._address)
+        return _Link(reader, writer)
+
+    async def _reconnect(self, backoff: Backoff) -> _Link | None:
+        """Retry with backoff until connected; None when the user quits meanwhile."""
+        while True:
+            delay = backoff.next()
+            self._ui.status(f"reconnecting in {delay:.1f} s")
+            try:
+                async with asyncio.timeout(delay):
+                    await self._quit_requested.wait()
+                return None
+            except TimeoutError:
+                pass
+            try:
+                link = await self._open()
+            except OSError as exc:
+                self._ui.status(f"cannot reconnect to {self._address}: {_describe(exc)}")
+                continue
+            if self._quitting:
+                await link.close()
+                return None
+            return link
+
+    def _attach(self, link: _Link) -> None:
+        """Make ``link`` the connection and start its handshake."""
+        self._link = link
+        self._start(link)
+        self.on_change()
+
+    async def _serve(self, link: _Link) -> str:
+        """Run one (attached) connection until it ends; return why it ended."""
+        reader = asyncio.create_task(self._read_events(link), name="client-reader")
+        quit_wait = asyncio.create_task(self._quit_requested.wait(), name="client-quit")
+        try:
+            await asyncio.wait([reader, quit_wait], return_when=asyncio.FIRST_COMPLETED)
+            if not reader.done():
+                # /quit went out: wait for the bye or the close, but not forever.
+                await asyncio.wait([reader], timeout=self._options.quit_timeout)
+            return reader.result() if reader.done() else "quit"
+        finally:
+            if not link.restoring:
+                self._snapshot = (
+                    _Snapshot(self._nick, tuple(self._rooms.values()), self._current)
+                    if self._nick is not None
+                    else None
+                )
+            # else: the restore did not finish; the next connection tries the same one.
+            self._link = None
+            self._ready.clear()
+            for task in (reader, quit_wait):
+                task.cancel()
+            await asyncio.wait([reader, quit_wait])
+            await link.close()
+            self.on_change()
+
+    def _start(self, link: _Link) -> None:
+        """Open the conversation: JSON first, then the nickname."""
+        # A new connection is a new session: the server knows nothing of us yet.
+        self._nick = None
+        self._rooms.clear()
+        self._current = None
+        link.send("/format json")
+        if self._snapshot is not None:
+            link.restore = self._snapshot
+            link.send(f"/nick {self._snapshot.nick}")
+            # The rest goes out once the server confirms the nickname (_on_event).
+        else:
+            if self._options.nick:
+                link.send(f"/nick {self._options.nick}")
+            self._make_ready(link)
+
+    def _make_ready(self, link: _Link) -> None:
+        link.ready = True
+        self._ready.set()
+        for line in self._backlog:
+            link.send(line)
+        self._backlog.clear()
+        if self._eof_token is not None:
+            link.send(f"/ping {self._eof_token}")
+
+    def _new_token(self) -> str:
+        self._token_count += 1
+        token = f"{self._token_prefix}-{self._token_count}"
+        self._tokens.add(token)
+        return token
+
+    async def _read_events(self, link: _Link) -> str:
+        """The reader task: handle events until the connection ends; return why."""
+        framer = LineFramer(_MAX_SERVER_LINE)
+        try:
+            while True:
+                data = await link.reader.read(_READ_SIZE)
+                if not data:
+                    return "closed by the server"
+                for item in framer.feed(data):
+                    if isinstance(item, LineTooLong):
+                        logger.warning("skipped a line from the server: %s", item.text)
+                        continue
+                    end = self._on_line(link, item)
+                    if end is not None:
+                        return end
+        except (ConnectionError, OSError) as exc:
+            return _describe(exc)
+        except Exception:
+            logger.exception("handling the server's events failed")
+            return "client error (see the log)"
+
+    def _on_line(self, link: _Link, line: bytes) -> str | None:
+        """Handle one line; return a reason when the connection should end."""
+        text = line.decode("utf-8", "replace")
+        event, is_json = parse_server_line(text)
+        hidden = self._on_event(link, event)
+        if not hidden:
+            self._ui.event(event, text if is_json else None)
+        kind = event.get("type")
+        if kind == "welcome" and not hidden and self._options.nick is None:
+            self._ui.status("pick a nickname: type it, or /nick NAME")
+        if kind == "bye":
+            return "bye"
+        if kind == "shutdown":
+            return "the server is shutting down"
+        return None
+
+    def _is_me(self, nick: object) -> bool:
+        return (
+            isinstance(nick, str)
+            and self._nick is not None
+            and name_key(nick) == name_key(self._nick)
+        )
+
+    def _on_event(self, link: _Link, event: Mapping[str, Any]) -> bool:
+        """Track our own state from an event; return True to hide it."""
+        restoring = link.restoring
+        match event.get("type"):
+            case "format":
+                if link.acked:
+                    return False
+                link.acked = True
+                return True
+            case "welcome":
+                return restoring or not self._ui.interactive
+            case "registered":
+                nick = event.get("nick")
+                self._nick = nick if isinstance(nick, str) else None
+                if restoring and link.restore_token is None:
+                    self._send_restore(link)
+                return restoring
+            case "nick":
+                if self._is_me(event.get("old")) and isinstance(new := event.get("new"), str):
+                    self._nick = new
+                return False
+            case "join":
+                room = event.get("room")
+                if self._is_me(event.get("nick")) and isinstance(room, str):
+                    self._rooms[name_key(room)] = room
+                    return restoring
+                return False
+            case "leave":
+                room = event.get("room")
+                if self._is_me(event.get("nick")) and isinstance(room, str):
+                    self._rooms.pop(name_key(room), None)
+                    return restoring
+                return False
+            case "current":
+                room = event.get("room")
+                self._current = room if isinstance(room, str) else None
+                self.on_change()
+                return restoring
+            case "topic":
+                return restoring and event.get("changed") is not True
+            case "pong":
+                return self._on_pong(link, event.get("token"))
+            case "error":
+                if restoring and link.restore_token is None:
+                    self._abandon_restore(link, event)
+                return False
+            case "bye":
+                return self._quiet_quit
+        return False
+
+    def _send_restore(self, link: _Link) -> None:
+        """Our nickname is back: rejoin the rooms, then let the user's lines through."""
+        snapshot = link.restore
+        assert snapshot is not None
+        for command in restore_commands(snapshot.rooms, snapshot.current):
+            link.send(command)
+        link.restore_token = self._new_token()
+        link.send(f"/ping {link.restore_token}")
+        self._make_ready(link)
+
+    def _abandon_restore(self, link: _Link, event: Mapping[str, Any]) -> None:
+        """The nickname could not be taken back (taken meanwhile, say): carry on without."""
+        snapshot = link.restore
+        assert snapshot is not None
+        link.restored = True
+        self._snapshot = None
+        self._ui.status(
+            f"reconnected, but could not take back the nickname {snapshot.nick} "
+            f"({_field(event, 'code')}); pick one with /nick NAME",
+            error=True,
+        )
+        self._make_ready(link)
+
+    def _on_pong(self, link: _Link, token: object) -> bool:
+        if not isinstance(token, str) or token not in self._tokens:
+            return False
+        if token == link.restore_token and link.restoring:
+            link.restored = True
+            self._snapshot = None
+            rooms = ", ".join(f"#{room}" for room in self._rooms.values()) or "no room"
+            where = f"; talking in #{self._current}" if self._current else ""
+            self._ui.status(f"reconnected as {self._nick} in {rooms}{where}")
+            self.on_change()
+        elif token == self._eof_token:
+            self.quit(quiet=True)
+        return True
+
+
+# ---------------------------------------------------------------------------
+# Input: a prompt on a terminal, lines of stdin otherwise.
+
+
+class _StdinLines:
+    """Lines of stdin, read by a daemon thread and handed to the event loop.
+
+    A thread, because it works for every kind of stdin: a pipe, a terminal
+    and a regular file (which ``connect_read_pipe`` refuses and which is
+    always "readable" to ``add_reader``). It reads the file descriptor with
+    ``os.read``, not ``sys.stdin``: a daemon thread blocked inside a buffered
+    reader holds its lock, which can abort the interpreter's shutdown. A
+    semaphore bounds the lines handed over but not yet taken, so a large
+    input file is read only as fast as it is sent.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, window: int = 64) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._slots = threading.Semaphore(window)
+        self._thread = threading.Thread(target=self._run, name="chatd-stdin", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    async def get(self) -> str | None:
+        """The next line without its terminator; None at the end of input."""
+        item = await self._queue.get()
+        self._slots.release()
+        return item
+
+    def _run(self) -> None:
+        buf = bytearray()
+        try:
+            while chunk := os.read(self._fd, _READ_SIZE):
+                buf += chunk
+                for line in self._split(buf):
+                    if not self._post(line):
+                        return
+        except OSError as exc:  # EIO from a hung-up terminal, EBADF, ...
+            logger.debug("reading stdin stopped: %s", exc)
+        if buf and not self._post(buf.decode("utf-8", "replace").rstrip("\r")):
+            return
+        self._post(None)
+
+    @staticmethod
+    def _split(buf: bytearray) -> Iterator[str]:
+        """Take the complete lines out of ``buf``."""
+        start = 0
+        while (nl := buf.find(b"\n", start)) >= 0:
+            yield buf[start:nl].decode("utf-8", "replace").rstrip("\r")
+            start = nl + 1
+        del buf[:start]
+
+    def _post(self, item: str | None) -> bool:
+        self._slots.acquire()
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: the client has finished
+            return False
+        return True
+
+
+def _terminal_has_colour() -> bool:
+    """Colours unless the user opted out (NO_COLOR) or the terminal cannot."""
+    return not os.environ.get("NO_COLOR") and os.environ.get("TERM", "dumb") != "dumb"
+
+
+async def _run_interactive(options: ClientOptions) -> int:
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.patch_stdout import patch_stdout
+
+    ui = TerminalUi(colour=_terminal_has_colour(), json_output=options.json_output)
+    client = ChatClient(options, ui)
+
+    with patch_stdout(raw=True):
+        # The typed line is erased on Enter: the server's echo of it replaces it.
+        session: PromptSession[str] = PromptSession(erase_when_done=True)
+        client.on_change = session.app.invalidate
+
+        async def read_prompt() -> None:
+            while not client.quitting:
+                try:
+                    line = await session.prompt_async(client.prompt, set_exception_handler=False)
+                except (EOFError, KeyboardInterrupt):  # Ctrl-D, Ctrl-C
+                    client.quit()
+                    return
+                await client.submit(line)
+
+        return await client.run(read_prompt)
+
+
+async def _run_pipe(options: ClientOptions) -> int:
+    client: ChatClient | None = None
+
+    def on_broken() -> None:
+        if client is not None:
+            client.quit(quiet=True, status=1)
+
+    client = ChatClient(options, PipeUi(json_output=options.json_output, on_broken=on_broken))
+    loop = asyncio.get_running_loop()
+    lines = _StdinLines(loop, sys.stdin.fileno())
+
+    async def read_stdin() -> None:
+        lines.start()
+        while (line := await lines.get()) is not None:
+            await client.submit(line)
+        client.end_of_input()
+
+    with _on_sigint(loop, lambda: client.quit(status=130)):
+        return await client.run(read_stdin)
+
+
+@contextlib.contextmanager
+def _on_sigint(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]) -> Iterator[None]:
+    """Quit cleanly on Ctrl-C instead of dying with a traceback (where the loop can)."""
+    try:
+        loop.add_signal_handler(signal.SIGINT, handler)
+    except (NotImplementedError, RuntimeError, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+async def run_client(options: ClientOptions) -> int:
+    """Run ``chatd connect``; return the exit status."""
+    interactive = options.interactive
+    if interactive is None:
+        interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if interactive:
+        return await _run_interactive(options)
+    return await _run_pipe(options)
