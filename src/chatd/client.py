@@ -46,13 +46,17 @@ clients of a restarted server do not all return at the same instant. A
 connection only counts as made (and resets the delay) once the server has
 acknowledged ``/format json``. On the new connection the client takes its
 nickname back, rejoins its rooms in their old order, leaves ``general`` if it
-had left it, and makes its old current room current again; lines typed while
-disconnected are sent after that. With ``--no-reconnect``, or when the very
-first connection fails, the client exits with status 1 instead.
+had left it, and makes its old current room current again. Lines typed at
+the prompt while disconnected are kept and sent after that; in pipe mode
+stdin is simply not read until the connection is back. If someone took the
+nickname meanwhile, the server's error is shown and the user picks another
+one. With ``--no-reconnect``, or when the very first connection fails, the
+client exits with status 1 instead.
 
 Exit status: 0 after ``/quit``, Ctrl-D, Ctrl-C at the prompt or the end of
-input; 1 when it cannot connect at start or loses the connection with
-``--no-reconnect``; 130 when a pipe-mode client is interrupted by SIGINT.
+input; 1 when it cannot connect at start, loses the connection with
+``--no-reconnect``, or (pipe mode) finds nobody reading its stdout any more;
+130 when a pipe-mode client is interrupted by SIGINT.
 
 Everything the server sends is untrusted: every field is passed through
 :func:`~chatd.protocol.clean_text` before it is printed, and malformed
@@ -550,7 +554,7 @@ class ChatClient:
             return
         if self._ui.interactive and (self._link is None or not self._link.ready):
             self._backlog.append(line)
-            self._ui.status("not connected: the line will be sent after reconnecting")
+            self._ui.status("not connected yet: the line will be sent once reconnected")
             return
         # Pipe mode waits for a connection instead: stdin is read no faster than it is sent.
         while (link := self._link) is None or not link.ready:
@@ -595,14 +599,14 @@ class ChatClient:
         except OSError as exc:
             self._ui.status(f"cannot connect to {self._address}: {_describe(exc)}", error=True)
             return 1
-        self._attach(link)
-        input_task = asyncio.create_task(self._input_boundary(read_input), name="client-input")
         backoff = Backoff(
             self._options.backoff_initial,
             self._options.backoff_max,
             self._options.backoff_jitter,
         )
         ever_made = False
+        self._attach(link)
+        input_task = asyncio.create_task(self._input_boundary(read_input), name="client-input")
         try:
             while True:
                 reason = await self._serve(link)
@@ -742,7 +746,8 @@ class ChatClient:
                     return "closed by the server"
                 for item in framer.feed(data):
                     if isinstance(item, LineTooLong):
-                        logger.warning("skipped a line from the server: %s", item.text)
+                        # Shown, not logged: a log line would garble the prompt.
+                        self._ui.status(f"skipped a line from the server: {item.text}")
                         continue
                     end = self._on_line(link, item)
                     if end is not None:
