@@ -863,3 +863,45 @@ async def test_interactive_no_reconnect_exits_1(start_server: StartServer) -> No
         pos = await term.expect(r"! shutdown: server shutting down", pos)
         await term.expect(r"lost: .*not reconnecting \(--no-reconnect\)", pos)
         assert "Traceback" not in term.stream
+
+
+# ---------------------------------------------------------------------------
+# The whole story: two nc users and one chatd connect user
+
+
+async def test_two_nc_users_and_a_terminal_client_chat_across_rooms_and_privately(
+    server: Server, connect: Connect, spawn: Spawn
+) -> None:
+    ann = await connect("ann", json_mode=False)  # nc users: plain text
+    bob = await connect("bob", json_mode=False)
+    cat = await spawn(server.port, "--nick", "cat")
+    await cat.expect(r"^\* now talking in #general$")
+    await ann.expect_line(r"^\* cat joined #general$")
+
+    # In general, everyone hears everyone.
+    await ann.send("hello all")
+    await bob.expect_line(r"^\[general\] ann: hello all$")
+    await cat.expect(r"^\d\d:\d\d \[general\] ann: hello all$")
+    await cat.send("hi from the terminal")
+    await ann.expect_line(r"^\[general\] cat: hi from the terminal$")
+    await bob.expect_line(r"^\[general\] cat: hi from the terminal$")
+
+    # A room of two: what is said there stays there.
+    await bob.send("/create dev")
+    await bob.expect_line(r"^\* now talking in #dev$")
+    await cat.send("/join dev")
+    await bob.expect_line(r"^\* cat joined #dev$")
+    await cat.send("dev only")
+    await bob.expect_line(r"^\[dev\] cat: dev only$")
+    await ann.send("/ping sync")
+    await ann.expect_line(r"^\* pong sync$")  # ann has seen everything up to now...
+    await bob.send("/msg ann psst, ann")
+    assert await ann.expect_line(r"psst") == "[bob -> ann] psst, ann"  # ...and no dev talk
+
+    # Private messages between nc and the terminal client, both ways.
+    await ann.send("/msg cat are you there?")
+    await cat.expect(r"ann -> cat.*are you there\?")
+    await cat.send("/msg ann yes")
+    assert await ann.expect_line(r"yes$") == "[cat -> ann] yes"
+    assert await cat.finish() == 0
+    await ann.expect_line(r"^\* cat left #general \(quit\)$")
