@@ -53,6 +53,7 @@ from chatd.protocol import (
     Who,
     WhoList,
     clean_text,
+    event_from_json,
     parse_line,
     render,
 )
@@ -297,6 +298,36 @@ def test_json_contract(event: object, obj: dict[str, object]) -> None:
     assert data.endswith(b"\n")
     assert data.count(b"\n") == 1
     assert json.loads(data) == obj
+
+
+@pytest.mark.parametrize(("event", "obj"), EVENTS_JSON)
+def test_event_from_json_inverts_event_to_json(event: object, obj: dict[str, object]) -> None:
+    assert event_from_json(obj) == event
+    assert event_from_json(json.loads(render(event, Format.JSON))) == event  # type: ignore[arg-type]
+
+
+def test_event_from_json_round_trips_help() -> None:
+    assert event_from_json(json.loads(render(HelpText(), Format.JSON))) == HelpText()
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {},
+        {"type": "surprise"},
+        {"type": "join", "room": "dev"},
+        {"type": "join", "room": "dev", "nick": 7},
+        {"type": "message", "id": "1", "ts": 1.0, "room": "r", "from": "a", "text": "t"},
+        {"type": "message", "id": True, "ts": 1.0, "room": "r", "from": "a", "text": "t"},
+        {"type": "rooms", "rooms": "lots"},
+        {"type": "rooms", "rooms": [{"name": "a"}]},
+        {"type": "who", "room": "r", "nicks": None},
+        {"type": "format", "format": "xml"},
+    ],
+)
+def test_event_from_json_refuses_malformed_objects(obj: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="event"):
+        event_from_json(obj)
 
 
 @pytest.mark.parametrize(

@@ -83,7 +83,14 @@ from datetime import datetime, tzinfo
 from typing import Any, Final, Protocol
 
 from chatd.errors import LineTooLong
-from chatd.protocol import DEFAULT_ROOM, LineFramer, clean_text, name_key
+from chatd.protocol import (
+    DEFAULT_ROOM,
+    LineFramer,
+    clean_text,
+    event_from_json,
+    event_to_text,
+    name_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -168,57 +175,32 @@ def _hhmm(ts: object, tz: tzinfo | None) -> str:
 
 
 def _system_text(event: Mapping[str, Any]) -> str:
-    """The wording of every event that is not a message, a DM or an error."""
+    """The wording of every event that is not a message, a DM or an error.
+
+    The server's own text rendering, so both speak alike; the welcome (with
+    the client's own hint beside it) and the help (one line, for pipes) are
+    worded here. Anything malformed is shown as it came, cleaned.
+    """
     kind = _field(event, "type")
-    f = event.get
     match kind:
         case "welcome":
             name = " ".join(p for p in (_field(event, "server"), _field(event, "version")) if p)
             return f"* welcome to {name or 'the server'}; /help lists the commands"
-        case "registered":
-            return f"* you are {_field(event, 'nick')}"
-        case "join":
-            return f"* {_field(event, 'nick')} joined #{_field(event, 'room')}"
-        case "leave":
-            reason = _field(event, "reason")
-            text = f"* {_field(event, 'nick')} left #{_field(event, 'room')}"
-            return text + (f" ({reason})" if reason else "")
-        case "current":
-            room = _field(event, "room")
-            return f"* now talking in #{room}" if room else "* you are in no room; /join one"
-        case "nick":
-            return f"* {_field(event, 'old')} is now known as {_field(event, 'new')}"
-        case "topic":
-            room, topic, by = _field(event, "room"), _field(event, "topic"), _field(event, "by")
-            if not topic:
-                return f"* #{room} has no topic"
-            if f("changed") is True:
-                return f"* {by} set the topic of #{room}: {topic}"
-            return f"* topic of #{room}: {topic}" + (f" (set by {by})" if by else "")
-        case "rooms":
-            listing = ", ".join(
-                f"#{_field(r, 'name')} ({_field(r, 'members')})" for r in _entries(f("rooms"))
-            )
-            return f"* rooms: {listing or 'none'}"
-        case "who":
-            nicks = f("nicks")
-            names = [clean_text(str(n)) for n in nicks] if isinstance(nicks, list) else []
-            return f"* in #{_field(event, 'room')}: {', '.join(names) or 'nobody'}"
-        case "pong":
-            token = _field(event, "token")
-            return f"* pong {token}" if token else "* pong"
-        case "format":
-            return f"* format: {_field(event, 'format')}"
         case "help":
-            rows = [f"{_field(c, 'usage')} - {_field(c, 'help')}" for c in _entries(f("commands"))]
+            rows = [
+                f"{_field(c, 'usage')} - {_field(c, 'help')}"
+                for c in _entries(event.get("commands"))
+            ]
             return "* commands: " + "; ".join(rows)
-        case "bye":
-            reason = _field(event, "reason")
-            return "* bye" + (f" ({reason})" if reason else "")
         case "text":
             return _field(event, "text")
-    rest = {k: v for k, v in event.items() if k != "type"}
-    return clean_text(f"* {kind or 'event'}: {json.dumps(rest, ensure_ascii=False, default=str)}")
+    try:
+        return clean_text(event_to_text(event_from_json(event)))
+    except ValueError:
+        rest = {k: v for k, v in event.items() if k != "type"}
+        return clean_text(
+            f"* {kind or 'event'}: {json.dumps(rest, ensure_ascii=False, default=str)}"
+        )
 
 
 def render_event(

@@ -22,10 +22,11 @@ drive someone's terminal.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
 from chatd.errors import (
@@ -169,73 +170,73 @@ def _too_long(limit: int) -> LineTooLong:
 # Commands: what a client asks for. Named as imperatives.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Say:
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Nick:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Create:
     room: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Join:
     room: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Leave:
     room: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class ListRooms:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Who:
     room: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Msg:
     nick: str
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Me:
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Topic:
     text: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class SetFormat:
     format: Format
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Ping:
     token: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Help:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Quit:
     reason: str = ""
 
@@ -380,20 +381,20 @@ def parse_line(line: bytes) -> Command | None:
 # Events: what happened. Named as facts; ``type`` is the JSON discriminator.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Welcome:
     type: ClassVar[str] = "welcome"
     server: str
     version: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Registered:
     type: ClassVar[str] = "registered"
     nick: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Message:
     type: ClassVar[str] = "message"
     id: int
@@ -404,7 +405,7 @@ class Message:
     action: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Direct:
     type: ClassVar[str] = "dm"
     id: int
@@ -414,14 +415,14 @@ class Direct:
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Joined:
     type: ClassVar[str] = "join"
     room: str
     nick: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Left:
     type: ClassVar[str] = "leave"
     room: str
@@ -429,20 +430,20 @@ class Left:
     reason: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Current:
     type: ClassVar[str] = "current"
     room: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class NickChanged:
     type: ClassVar[str] = "nick"
     old: str
     new: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class TopicIs:
     type: ClassVar[str] = "topic"
     room: str
@@ -451,38 +452,38 @@ class TopicIs:
     changed: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class RoomList:
     type: ClassVar[str] = "rooms"
     rooms: tuple[tuple[str, int], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class WhoList:
     type: ClassVar[str] = "who"
     room: str
     nicks: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Pong:
     type: ClassVar[str] = "pong"
     token: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class FormatIs:
     type: ClassVar[str] = "format"
     format: Format
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class HelpText:
     type: ClassVar[str] = "help"
     commands: tuple[tuple[str, str], ...] = COMMAND_HELP
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Error:
     type: ClassVar[str] = "error"
     code: str
@@ -493,13 +494,13 @@ class Error:
         return cls(exc.code, exc.text)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Bye:
     type: ClassVar[str] = "bye"
     reason: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Shutdown:
     type: ClassVar[str] = "shutdown"
     reason: str = "server shutting down"
@@ -553,9 +554,101 @@ def event_to_json(event: Event) -> dict[str, Any]:
             return {"type": "help", "commands": [{"usage": u, "help": h} for u, h in commands]}
         case _:
             obj = {"type": event.type}
-            for name in event.__dataclass_fields__:
-                obj[name] = getattr(event, name)
+            for field in dataclasses.fields(event):
+                obj[field.name] = getattr(event, field.name)
             return obj
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value is None else _str(value)
+
+
+def _int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _num(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _objects(value: object) -> list[Mapping[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+        raise TypeError("expected a list of objects")
+    return value
+
+
+#: Events whose JSON fields are all strings, named as their dataclass fields.
+_PLAIN_EVENTS: Final[dict[str, Any]] = {
+    cls.type: cls
+    for cls in (Welcome, Registered, Joined, Left, NickChanged, Pong, Error, Bye, Shutdown)
+}
+
+
+def event_from_json(obj: Mapping[str, Any]) -> Event:
+    """Rebuild an event from its JSON object: the inverse of event_to_json.
+
+    For clients, which receive JSON and may want the text rendering. Raises
+    ValueError when ``obj`` is not a well-formed event.
+    """
+    kind = obj.get("type")
+    try:
+        match kind:
+            case "message":
+                return Message(
+                    _int(obj["id"]),
+                    _num(obj["ts"]),
+                    _str(obj["room"]),
+                    _str(obj["from"]),
+                    _str(obj["text"]),
+                    obj.get("action") is True,
+                )
+            case "dm":
+                return Direct(
+                    _int(obj["id"]),
+                    _num(obj["ts"]),
+                    _str(obj["from"]),
+                    _str(obj["to"]),
+                    _str(obj["text"]),
+                )
+            case "current":
+                return Current(_opt_str(obj["room"]))
+            case "topic":
+                return TopicIs(
+                    _str(obj["room"]),
+                    _str(obj["topic"]),
+                    _opt_str(obj["by"]),
+                    obj.get("changed") is True,
+                )
+            case "rooms":
+                rooms = _objects(obj["rooms"])
+                return RoomList(tuple((_str(r["name"]), _int(r["members"])) for r in rooms))
+            case "who":
+                nicks = obj["nicks"]
+                if not isinstance(nicks, list):
+                    raise TypeError("nicks must be a list")
+                return WhoList(_str(obj["room"]), tuple(_str(n) for n in nicks))
+            case "format":
+                return FormatIs(Format[_str(obj["format"]).upper()])
+            case "help":
+                commands = _objects(obj["commands"])
+                return HelpText(tuple((_str(c["usage"]), _str(c["help"])) for c in commands))
+            case str() if kind in _PLAIN_EVENTS:
+                cls = _PLAIN_EVENTS[kind]
+                event: Event = cls(**{f.name: _str(obj[f.name]) for f in dataclasses.fields(cls)})
+                return event
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"malformed {kind!r} event: {exc}") from None
+    raise ValueError(f"unknown event type {kind!r}")
 
 
 _json_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
