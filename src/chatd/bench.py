@@ -1,28 +1,42 @@
-"""``chatd bench``: load from separate processes, figures from the daemon's /proc.
+"""``chatd bench``: load from separate processes, figures from the server's /proc.
 
-The load generator runs in worker processes (never in the daemon's), each
-with its own event loop and a share of the clients. A run goes through
-barriers so that nothing is measured while clients are still joining:
+The load generator runs in worker processes (never in the server's), each
+with its own event loop and a share of the clients. The same workers drive
+chatd (JSON lines) and, for ``--baseline redis``, a fresh ``redis-server``
+(SUBSCRIBE/PUBLISH over RESP), so every chatd figure can be read as a ratio
+to raw Redis pub/sub on the same machine at the same moment.
 
-1. *ready*: every client is connected, registered, in its room, and has had
-   a ``/ping`` answered;
+A run goes through barriers so that nothing is measured while clients are
+still joining:
+
+1. *ready*: every client is connected, registered, in its room (subscribed),
+   and has had a ping answered;
 2. *synced*: every client has pinged again after **all** clients were ready,
    so join events of late joiners are behind it, not counted as load;
-3. *go*: the measured phase starts at a wall-clock time given to all workers.
+3. *go*: the measured phase starts at a time given to all workers;
+4. *final*: after the phase every client pings once more; its answer comes
+   after every message sent in the phase, so counts are complete (loss).
 
-Workers count what they receive cheaply: they read large chunks and count
-byte markers (``"type":"message"``), never parsing JSON on the hot path.
-Daemon CPU comes from ``/proc/PID/stat``, memory from ``/proc/PID/status``,
-so this measures a daemon on this machine (spawned, or given by ``--pid``).
+Workers read large chunks and count byte markers, never parsing JSON on the
+hot path. Every payload carries its talker's tag (``~t3~``) and, where
+latency is measured, the time it was *scheduled* to be sent (open loop: a
+stall shows up as latency instead of being hidden by a slower send rate).
+Only sampled listeners parse stamps. Server CPU comes from
+``/proc/PID/stat``, memory from ``/proc/PID/status``.
 
-Scenarios:
+Scenarios (``--scenario``, comma-separated):
 
-* ``fanout``: one room, L listeners and T talkers; each talker keeps a window
-  of W messages in flight (confirmed by its own echo), so this measures
-  capacity, not overload. Reports deliveries per second, daemon CPU per
-  delivery and loss.
-* ``idle``: N registered connections spread over R rooms; reports the
-  daemon's RSS per connection.
+* ``fanout``: 1 room, 100 listeners + 10 talkers; each talker keeps a window
+  of 32 messages unconfirmed by its own echo (closed loop: capacity, not
+  overload). Deliveries per second, server CPU per delivery, loss.
+* ``latency``: 10 rooms of 50 listeners + 2 talkers, 20 talkers sending at a
+  fixed total rate (``--rates``, open loop). p50/p99/p99.9 and server CPU.
+* ``rooms``: 1000 rooms of 5 members who all talk, 2000 messages/s in total.
+  p99 latency, server CPU, loss.
+* ``idle``: 5000 and 10000 registered idle connections in 1000 rooms. Server
+  RSS per connection.
+* ``storm``: 2000 connections opened at once, each registering and joining.
+  Connections per second to "ready", failures.
 """
 
 from __future__ import annotations
@@ -36,20 +50,26 @@ import multiprocessing.connection
 import os
 import re
 import resource
+import shutil
+import socket
+import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-_MESSAGE = b'"type":"message"'
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_STAMP_RE = re.compile(rb"~t[0-9x]+~(\d+)~")
+_MARKERS = {"chatd": b'"type":"message"', "redis": b"$7\r\nmessage\r\n"}
+SCENARIOS = ("fanout", "latency", "rooms", "idle", "storm")
 
 
 # ---------------------------------------------------------------------------
-# The daemon under test
+# Servers under test
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -69,6 +89,9 @@ def proc_rss_kib(pid: int) -> int:
 
 @dataclass
 class Target:
+    """A server to load: chatd or redis-server, spawned or already running."""
+
+    kind: str  # "chatd" or "redis"
     host: str
     port: int
     pid: int | None
@@ -91,7 +114,7 @@ class Target:
             self.proc.wait()
 
 
-def spawn_daemon(extra: list[str], loop: str) -> Target:
+def spawn_chatd(loop: str) -> Target:
     """Start ``chatd serve`` on a free loopback port, configured for load."""
     cmd = [
         sys.executable,
@@ -108,7 +131,8 @@ def spawn_daemon(extra: list[str], loop: str) -> Target:
         "100000",
         "--max-per-ip",
         "100000",
-        *extra,
+        "--max-rooms",
+        "1000",
     ]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
@@ -120,43 +144,101 @@ def spawn_daemon(extra: list[str], loop: str) -> Target:
             break
         seen.append(raw.decode(errors="replace").rstrip())
         if m := re.search(r"listening on (\S+):(\d+)", seen[-1]):
-            _drain_stderr(proc)
-            return Target(m.group(1), int(m.group(2)), proc.pid, proc)
+            _pump_stderr(proc, "chatd")
+            return Target("chatd", m.group(1), int(m.group(2)), proc.pid, proc)
     proc.kill()
     proc.wait()
     raise SystemExit("chatd bench: the daemon did not start:\n" + "\n".join(seen))
 
 
-def _drain_stderr(proc: subprocess.Popen[bytes]) -> None:
-    """Keep reading the daemon's log so it never blocks; show only problems."""
+def spawn_redis() -> Target:
+    """Start a throwaway ``redis-server`` on a free port: no persistence."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise SystemExit("chatd bench: --baseline redis needs redis-server on the PATH")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [
+        exe,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--tcp-backlog",
+        "4096",
+        "--maxclients",
+        "100000",
+        "--client-output-buffer-limit",
+        "pubsub 0 0 0",
+        "--loglevel",
+        "warning",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    _pump_stderr(proc, "redis", stream="stdout")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(64).startswith(b"+PONG"):
+                    return Target("redis", "127.0.0.1", port, proc.pid, proc)
+        except OSError:
+            time.sleep(0.05)  # starting up; this is the harness, not a test
+    proc.kill()
+    proc.wait()
+    raise SystemExit("chatd bench: redis-server did not start")
+
+
+def _pump_stderr(proc: subprocess.Popen[bytes], name: str, stream: str = "stderr") -> None:
+    """Keep reading a server's log so it never blocks; show only problems."""
+    pipe = proc.stderr if stream == "stderr" else proc.stdout
 
     def pump() -> None:
-        assert proc.stderr is not None
-        for raw in proc.stderr:
+        assert pipe is not None
+        for raw in pipe:
             line = raw.decode(errors="replace")
-            if " WARNING " in line or " ERROR " in line or "Traceback" in line:
-                sys.stderr.write("daemon: " + line)
+            if any(w in line for w in (" WARNING ", " ERROR ", "Traceback", "rror:")):
+                sys.stderr.write(f"{name}: {line}")
 
     threading.Thread(target=pump, daemon=True).start()
 
 
 # ---------------------------------------------------------------------------
-# Worker processes
+# Worker side: one client
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    name: str
+    room: str
+    talks: bool = False  # sends messages
+    samples: bool = False  # parses latency stamps
 
 
 class BenchClient:
-    """One connection in a worker: a reader task that counts markers."""
+    """One connection in a worker; a reader task counts what arrives."""
 
-    def __init__(self, nick: str, room: str) -> None:
-        self.nick = nick
-        self.room = room
-        self.messages = 0  # message lines received
-        self.base = 0  # messages received before the measured phase
-        self.mine = 0  # own echoes received
-        self._mine_marker = f'"from":"{nick}"'.encode()
+    def __init__(self, spec: ClientSpec, kind: str) -> None:
+        self.spec = spec
+        self.kind = kind
+        self.messages = 0
+        self.base = 0
+        self.mine = 0
+        self.sent = 0
+        self.latencies: list[float] = []
+        self.sampling = False
+        self.progress = asyncio.Event()
+        self._marker = _MARKERS[kind]
+        self._tag = f"~{spec.name}~".encode()
         self._awaited: bytes | None = None
         self._found = asyncio.Event()
-        self.progress = asyncio.Event()
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
@@ -164,36 +246,64 @@ class BenchClient:
     async def connect(self, host: str, port: int) -> None:
         self.reader, self.writer = await asyncio.open_connection(host, port)
         self._task = asyncio.create_task(self._read_loop())
-        await self.roundtrip(
-            f"/format json\n/nick {self.nick}\n/join {self.room}\n".encode(), "ready"
-        )
+        if self.kind == "chatd":
+            hello = f"/format json\n/nick {self.spec.name}\n/join {self.spec.room}\n"
+        else:
+            hello = f"SUBSCRIBE {self.spec.room}\r\n"
+        await self.roundtrip("ready", hello.encode())
 
-    async def roundtrip(self, lines: bytes, token: str) -> None:
-        """Send lines then a ping; wait for its pong (all earlier output is in)."""
+    async def roundtrip(self, token: str, before: bytes = b"") -> None:
+        """Send, then a ping; wait for its answer (all earlier output is in)."""
         assert self.writer is not None
-        self._awaited = f'"token":"{token}"'.encode()
+        if self.kind == "chatd":
+            self._awaited = f'"token":"{token}"'.encode()
+            ping = f"/ping {token}\n".encode()
+        else:
+            self._awaited = f"${len(token)}\r\n{token}\r\n".encode()
+            ping = f"PING {token}\r\n".encode()
         self._found.clear()
-        self.writer.write(lines + f"/ping {token}\n".encode())
+        self.writer.write(before + ping)
         await self.writer.drain()
         await self._found.wait()
 
     async def _read_loop(self) -> None:
         assert self.reader is not None
-        keep = max(len(_MESSAGE), len(self._mine_marker), 64)
+        marker, tag = self._marker, self._tag
+        keep = 256
         tail = b""
+        stamps = b""
         while data := await self.reader.read(1 << 18):
+            now = time.monotonic()
             buf = tail + data
-            # Count markers that end inside the new data only (not in the old tail).
-            start = len(tail)
-            self.messages += _count_from(buf, _MESSAGE, start)
-            mine = _count_from(buf, self._mine_marker, start)
-            if mine:
-                self.mine += mine
-                self.progress.set()
+            start = max(0, len(tail) - len(marker) + 1)
+            self.messages += buf.count(marker, start)
+            if self.spec.talks:
+                mine = buf.count(tag, max(0, len(tail) - len(tag) + 1))
+                if mine:
+                    self.mine += mine
+                    self.progress.set()
+            if self.sampling:
+                stamps = self._take_stamps(stamps + data, now)
             if self._awaited is not None and self._awaited in buf:
                 self._awaited = None
                 self._found.set()
             tail = buf[-keep:]
+
+    def _take_stamps(self, buf: bytes, now: float) -> bytes:
+        """Record the latency of each stamp in ``buf``; return the unparsed rest."""
+        last = 0
+        for m in _STAMP_RE.finditer(buf):
+            self.latencies.append(now - int(m.group(1)) / 1e6)
+            last = m.end()
+        return buf[last:] if last else buf[-256:]
+
+    def message(self, stamp: float, size: int) -> bytes:
+        """One payload of about ``size`` bytes: tag, scheduled time, padding."""
+        head = f"{self.spec.name}~{int(stamp * 1e6)}~"
+        body = "~" + head + "x" * max(0, size - len(head) - 1)
+        if self.kind == "chatd":
+            return body.encode() + b"\n"
+        return f"PUBLISH {self.spec.room} {body}\r\n".encode()
 
     def close(self) -> None:
         if self.writer is not None:
@@ -202,144 +312,231 @@ class BenchClient:
             self._task.cancel()
 
 
-def _count_from(buf: bytes, marker: bytes, start: int) -> int:
-    """Occurrences of ``marker`` in ``buf`` that end after index ``start``."""
-    first = max(0, start - len(marker) + 1)
-    return buf.count(marker, first)
+class Publisher:
+    """Redis talkers publish through one connection per worker; replies drained."""
+
+    def __init__(self) -> None:
+        self.writer: asyncio.StreamWriter | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def connect(self, host: str, port: int) -> None:
+        reader, self.writer = await asyncio.open_connection(host, port)
+
+        async def drain_replies() -> None:
+            while await reader.read(1 << 16):
+                pass
+
+        self._task = asyncio.create_task(drain_replies())
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.transport.abort()
+        if self._task is not None:
+            self._task.cancel()
 
 
-async def _talk(client: BenchClient, deadline: float, window: int, line: bytes) -> int:
-    """Send as fast as a window of unconfirmed messages allows; return the count."""
-    assert client.writer is not None
-    sent = 0
-    while time.time() < deadline:
-        room = window - (sent - client.mine)
-        if room > 0:
-            client.writer.write(line * room)
-            sent += room
-            await client.writer.drain()
-        else:
-            client.progress.clear()
+class Worker:
+    """The clients of one worker process and the phases they go through."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.job = job
+        self.kind: str = job["kind"]
+        self.clients = [BenchClient(ClientSpec(*spec), self.kind) for spec in job["clients"]]
+        self.publisher = Publisher() if self.kind == "redis" else None
+
+    def writer_for(self, client: BenchClient) -> asyncio.StreamWriter:
+        writer = self.publisher.writer if self.publisher else client.writer
+        assert writer is not None
+        return writer
+
+    async def connect_all(self, parallel: int | None) -> tuple[int, int]:
+        """Connect every client; return (ready, failed)."""
+        limiter = asyncio.Semaphore(parallel or len(self.clients) or 1)
+        host, port = self.job["host"], self.job["port"]
+
+        async def one(client: BenchClient) -> bool:
+            async with limiter:
+                try:
+                    async with asyncio.timeout(60):
+                        await client.connect(host, port)
+                except (OSError, TimeoutError):
+                    return False
+                return True
+
+        if self.publisher is not None and any(c.spec.talks for c in self.clients):
+            await self.publisher.connect(host, port)
+        results = await asyncio.gather(*(one(c) for c in self.clients))
+        return sum(results), len(results) - sum(results)
+
+    async def sync(self, token: str) -> None:
+        await asyncio.gather(*(c.roundtrip(token) for c in self.clients if c.writer))
+
+    async def closed_loop(self, start: float, duration: float) -> dict[str, Any]:
+        """Talkers keep a window of messages unconfirmed by their own echo."""
+        window, size = self.job["window"], self.job["payload"]
+        deadline = start + duration
+        talkers = [c for c in self.clients if c.spec.talks]
+
+        async def talk(client: BenchClient) -> None:
+            writer = self.writer_for(client)
+            line = client.message(0.0, size)
+            while time.monotonic() < deadline:
+                room = window - (client.sent - client.mine)
+                if room > 0:
+                    writer.write(line * room)
+                    client.sent += room
+                    await writer.drain()
+                else:
+                    client.progress.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                            await client.progress.wait()
+
+        return await self._measure(start, duration, [talk(c) for c in talkers], wait_echoes=True)
+
+    async def open_loop(self, start: float, duration: float, rate: float) -> dict[str, Any]:
+        """Every talker sends at ``rate`` per second on a fixed schedule."""
+        size = self.job["payload"]
+        deadline = start + duration
+
+        async def talk(client: BenchClient, offset: float) -> None:
+            writer = self.writer_for(client)
+            interval = 1.0 / rate
+            k = 0
+            while (due := start + offset + k * interval) < deadline:
+                now = time.monotonic()
+                if due > now:
+                    await asyncio.sleep(due - now)
+                    now = time.monotonic()
+                batch = []
+                while (due := start + offset + k * interval) <= now and due < deadline:
+                    batch.append(client.message(due, size))
+                    k += 1
+                writer.write(b"".join(batch))
+                client.sent += len(batch)
+                await writer.drain()
+
+        talkers = [c for c in self.clients if c.spec.talks]
+        # Spread the talkers over one interval so they do not all fire at once.
+        spread = [(i / max(len(talkers), 1)) / rate for i in range(len(talkers))]
+        coros = [talk(c, off) for c, off in zip(talkers, spread, strict=True)]
+        return await self._measure(start, duration, coros, wait_echoes=False)
+
+    async def _measure(
+        self, start: float, duration: float, coros: list[Any], *, wait_echoes: bool
+    ) -> dict[str, Any]:
+        # Sampling starts before the start: the first messages may beat our wake-up.
+        for client in self.clients:
+            client.sampling = client.spec.samples
+        await asyncio.sleep(max(0.0, start - time.monotonic()))
+        cpu0 = time.process_time()
+        base = sum(c.messages for c in self.clients)
+        tasks = [asyncio.create_task(c) for c in coros]
+        await asyncio.sleep(max(0.0, start + duration - time.monotonic()))
+        in_window = sum(c.messages for c in self.clients) - base
+        cpu = time.process_time() - cpu0
+        await asyncio.gather(*tasks)
+        if wait_echoes:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, deadline - time.time())):
-                    await client.progress.wait()
-    return sent
+                async with asyncio.timeout(30):
+                    for client in self.clients:
+                        while client.spec.talks and client.mine < client.sent:
+                            client.progress.clear()
+                            await client.progress.wait()
+        sent: dict[str, int] = defaultdict(int)
+        for client in self.clients:
+            sent[client.spec.room] += client.sent
+        return {"received_in_window": in_window, "sent": dict(sent), "cpu": cpu}
 
+    def counts(self) -> dict[str, Any]:
+        latencies = [x for c in self.clients for x in c.latencies]
+        return {
+            "received": sum(c.messages - c.base for c in self.clients),
+            "latencies": latencies,
+        }
 
-async def _wait_echoes(client: BenchClient, sent: int, within: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(within):
-            while client.mine < sent:
-                client.progress.clear()
-                await client.progress.wait()
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+        if self.publisher is not None:
+            self.publisher.close()
 
 
 async def _worker(pipe: multiprocessing.connection.Connection, job: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
     recv: Callable[[], Any] = pipe.recv
-
-    async def command() -> tuple[str, Any]:
-        msg: tuple[str, Any] = await loop.run_in_executor(None, recv)
-        return msg
-
-    clients = [BenchClient(nick, room) for nick, room in job["clients"]]
-    limiter = asyncio.Semaphore(job.get("connect_parallel", 200))
-
-    async def open_one(client: BenchClient) -> None:
-        async with limiter:
-            await client.connect(job["host"], job["port"])
-
+    worker = Worker(job)
     try:
-        await asyncio.gather(*(open_one(c) for c in clients))
-        pipe.send(("ready", None))
         while True:
-            what, arg = await command()
-            if what == "sync":
-                await asyncio.gather(*(c.roundtrip(b"", "sync") for c in clients))
-                for client in clients:
+            what, arg = await loop.run_in_executor(None, recv)
+            if what == "connect":
+                t0 = time.monotonic()
+                ready, failed = await worker.connect_all(arg)
+                pipe.send(("connected", (ready, failed, time.monotonic() - t0)))
+            elif what == "sync":
+                await worker.sync("sync")
+                for client in worker.clients:
                     client.base = client.messages
                 pipe.send(("synced", None))
+            elif what == "closed":
+                pipe.send(("done", await worker.closed_loop(*arg)))
+            elif what == "open":
+                pipe.send(("done", await worker.open_loop(*arg)))
             elif what == "final":
-                # Every talker has its echoes: a ping now comes after all messages.
-                await asyncio.gather(*(c.roundtrip(b"", "final") for c in clients))
-                pipe.send(("counted", sum(c.messages - c.base for c in clients)))
-            elif what == "go":
-                pipe.send(("done", await _measure(clients, job, start=arg)))
+                await worker.sync("final")
+                pipe.send(("counted", worker.counts()))
             elif what == "stop":
                 break
     finally:
-        for client in clients:
-            client.close()
-
-
-async def _measure(clients: list[BenchClient], job: dict[str, Any], start: float) -> dict[str, Any]:
-    talkers = {c.nick for c in clients if c.nick.startswith("t")}
-    line = ("x" * (job["payload"] - 1)).encode() + b"\n"
-    deadline = start + job["duration"]
-    await asyncio.sleep(max(0.0, start - time.time()))
-    cpu0 = time.process_time()
-    base = sum(c.messages for c in clients)
-    tasks = [
-        asyncio.create_task(_talk(c, deadline, job["window"], line))
-        for c in clients
-        if c.nick in talkers
-    ]
-    await asyncio.sleep(max(0.0, deadline - time.time()))
-    in_window = sum(c.messages for c in clients) - base
-    cpu = time.process_time() - cpu0
-    sent = await asyncio.gather(*tasks)
-    for client, count in zip((c for c in clients if c.nick in talkers), sent, strict=True):
-        await _wait_echoes(client, count, within=30)
-    return {"received_in_window": in_window, "sent": sum(sent), "cpu": cpu}
+        worker.close()
 
 
 def _worker_main(pipe: multiprocessing.connection.Connection, job: dict[str, Any]) -> None:
-    _raise_nofile()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         import uvloop
-
-        uvloop.run(_worker(pipe, job))
     except ImportError:
         asyncio.run(_worker(pipe, job))
+    else:
+        uvloop.run(_worker(pipe, job))
 
 
-def _raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+# ---------------------------------------------------------------------------
+# Main side
 
 
 class Workers:
-    """A set of worker processes sharing out the clients."""
+    """Worker processes sharing out the clients, driven in lock step."""
 
-    def __init__(self, target: Target, clients: list[tuple[str, str]], procs: int, **job: Any):
+    def __init__(self, target: Target, specs: Sequence[ClientSpec], procs: int, **job: Any):
         ctx = multiprocessing.get_context("spawn")
         self.pipes: list[multiprocessing.connection.Connection] = []
         self.procs: list[multiprocessing.process.BaseProcess] = []
         for n in range(procs):
             mine, theirs = ctx.Pipe()
-            share = clients[n::procs]
-            spec = {"host": target.host, "port": target.port, "clients": share, **job}
-            proc = ctx.Process(target=_worker_main, args=(theirs, spec), daemon=True)
+            share = [tuple(vars(s).values()) for s in specs[n::procs]]
+            spec = {"kind": target.kind, "host": target.host, "port": target.port}
+            proc = ctx.Process(
+                target=_worker_main, args=(theirs, {**spec, "clients": share, **job}), daemon=True
+            )
             proc.start()
             self.pipes.append(mine)
             self.procs.append(proc)
 
-    def expect(self, what: str, timeout: float = 120) -> list[Any]:
+    def ask(self, what: str, arg: Any = None, *, answer: str, timeout: float = 300) -> list[Any]:
+        for pipe in self.pipes:
+            pipe.send((what, arg))
         results = []
         for pipe in self.pipes:
             if not pipe.poll(timeout):
-                raise SystemExit(f"chatd bench: a worker did not report {what!r} in time")
+                raise SystemExit(f"chatd bench: a worker did not answer {what!r} in time")
             got, value = pipe.recv()
-            if got != what:
-                raise SystemExit(f"chatd bench: worker said {got!r}, expected {what!r}")
+            if got != answer:
+                raise SystemExit(f"chatd bench: worker said {got!r} to {what!r}")
             results.append(value)
         return results
-
-    def send(self, what: str, arg: Any = None) -> None:
-        for pipe in self.pipes:
-            pipe.send((what, arg))
 
     def close(self) -> None:
         for pipe in self.pipes:
@@ -354,119 +551,257 @@ class Workers:
 
 @contextlib.contextmanager
 def workers(
-    target: Target, clients: list[tuple[str, str]], procs: int, **job: Any
+    target: Target, specs: Sequence[ClientSpec], procs: int, parallel: int | None = 200, **job: Any
 ) -> Iterator[Workers]:
-    group = Workers(target, clients, procs, **job)
+    """Workers with every client connected, ready and synced."""
+    group = Workers(target, specs, procs, **job)
     try:
-        group.expect("ready")
+        results = group.ask("connect", parallel, answer="connected")
+        failed = sum(r[1] for r in results)
+        if failed:
+            raise SystemExit(f"chatd bench: {failed} of {len(specs)} clients failed to connect")
+        group.ask("sync", answer="synced")
         yield group
     finally:
         group.close()
 
 
-# ---------------------------------------------------------------------------
-# Scenarios
-
-
 @dataclass
 class Result:
     scenario: str
+    server: str
     figures: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
+    def row(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "server": self.server,
+            **self.figures,
+            "notes": self.notes,
+        }
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def _run_phase(
+    target: Target, group: Workers, what: str, duration: float, *extra: Any
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float | None]:
+    start = time.monotonic() + 0.5
+    for pipe in group.pipes:
+        pipe.send((what, (start, duration, *extra)))
+    time.sleep(max(0.0, start - time.monotonic()))
+    cpu0 = target.cpu()
+    time.sleep(duration)
+    cpu1 = target.cpu()
+    reports = []
+    for pipe in group.pipes:
+        if not pipe.poll(duration + 120):
+            raise SystemExit("chatd bench: a worker did not finish its phase")
+        got, value = pipe.recv()
+        if got != "done":
+            raise SystemExit(f"chatd bench: worker said {got!r}")
+        reports.append(value)
+    counts = group.ask("final", answer="counted")
+    cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
+    return reports, counts, cpu
+
+
+def _loss(
+    reports: list[dict[str, Any]], counts: list[dict[str, Any]], members: dict[str, int]
+) -> tuple[int, int]:
+    sent: dict[str, int] = defaultdict(int)
+    for report in reports:
+        for room, n in report["sent"].items():
+            sent[room] += n
+    expected = sum(n * members[room] for room, n in sent.items())
+    return sum(sent.values()), expected - sum(c["received"] for c in counts)
+
+
+def _cpu_figures(
+    result: Result, cpu: float | None, duration: float, deliveries: int, gen_cpu: float, procs: int
+) -> None:
+    f = result.figures
+    f["generator_cpu_util"] = round(gen_cpu / duration, 2)
+    if cpu is None:
+        return
+    f["server_cpu_util"] = round(cpu / duration, 2)
+    f["server_cpu_us_per_delivery"] = round(cpu / max(deliveries, 1) * 1e6, 3)
+    cores = os.cpu_count() or 1
+    util = cpu / duration
+    if util < 0.85 and gen_cpu / duration > 0.85 * min(procs, max(cores - util, 0.5)):
+        result.notes.append(
+            f"the server used {util:.0%} of a core while the generator used "
+            f"{gen_cpu / duration:.0%}: the generator, not the server, may be the limit"
+        )
+
 
 def run_fanout(target: Target, opts: argparse.Namespace) -> Result:
-    members = opts.listeners + opts.talkers
-    clients = [(f"l{n}", "fanout") for n in range(opts.listeners)]
-    clients += [(f"t{n}", "fanout") for n in range(opts.talkers)]
-    with workers(
-        target,
-        clients,
-        opts.procs,
-        window=opts.window,
-        payload=opts.payload,
-        duration=opts.duration,
-    ) as group:
-        group.send("sync")
-        group.expect("synced")
-        start = time.time() + 0.5
-        group.send("go", start)
-        time.sleep(max(0.0, start - time.time()))
-        cpu0 = target.cpu()
-        time.sleep(opts.duration)
-        cpu1 = target.cpu()
-        reports = group.expect("done", timeout=opts.duration + 120)
-        group.send("final")
-        received = sum(group.expect("counted"))
-    sent = sum(r["sent"] for r in reports)
+    specs = [ClientSpec(f"l{n}", "fanout") for n in range(opts.listeners)]
+    specs += [ClientSpec(f"t{n}", "fanout", talks=True) for n in range(opts.talkers)]
+    members = {"fanout": len(specs)}
+    with workers(target, specs, opts.procs, window=opts.window, payload=opts.payload) as group:
+        reports, counts, cpu = _run_phase(target, group, "closed", opts.duration)
     in_window = sum(r["received_in_window"] for r in reports)
-    gen_cpu = sum(r["cpu"] for r in reports)
-    result = Result("fanout")
-    f = result.figures
-    f.update(
-        listeners=opts.listeners,
-        talkers=opts.talkers,
+    sent, loss = _loss(reports, counts, members)
+    result = Result("fanout", target.kind)
+    result.figures.update(
+        members=len(specs),
         window=opts.window,
         payload=opts.payload,
         duration_s=opts.duration,
         deliveries_per_s=round(in_window / opts.duration),
-        messages_per_s=round(in_window / opts.duration / members),
         messages_sent=sent,
-        loss=sent * members - received,
-        generator_cpu_util=round(gen_cpu / opts.duration, 2),
+        loss=loss,
     )
-    if cpu0 is not None and cpu1 is not None:
-        daemon_cpu = cpu1 - cpu0
-        f["daemon_cpu_util"] = round(daemon_cpu / opts.duration, 2)
-        f["daemon_cpu_us_per_delivery"] = round(daemon_cpu / max(in_window, 1) * 1e6, 3)
-        _note_limit(result, daemon_cpu / opts.duration, gen_cpu / opts.duration, opts.procs)
+    _cpu_figures(result, cpu, opts.duration, in_window, sum(r["cpu"] for r in reports), opts.procs)
     return result
 
 
-def _note_limit(result: Result, daemon_util: float, gen_util: float, procs: int) -> None:
-    cores = os.cpu_count() or 1
-    if daemon_util < 0.85 and gen_util > 0.85 * min(procs, max(cores - daemon_util, 0.5)):
-        result.notes.append(
-            f"the daemon used {daemon_util:.0%} of a core while the generator used "
-            f"{gen_util:.0%}: the generator, not the daemon, may be the limit"
+def _open_loop_scenario(
+    target: Target,
+    opts: argparse.Namespace,
+    name: str,
+    specs: list[ClientSpec],
+    rate_total: float,
+    extra: dict[str, Any],
+) -> Result:
+    members: dict[str, int] = defaultdict(int)
+    for spec in specs:
+        members[spec.room] += 1
+    talkers = sum(s.talks for s in specs)
+    with workers(target, specs, opts.procs, window=0, payload=opts.payload) as group:
+        reports, counts, cpu = _run_phase(
+            target, group, "open", opts.duration, rate_total / talkers
         )
+    in_window = sum(r["received_in_window"] for r in reports)
+    sent, loss = _loss(reports, counts, members)
+    latencies = sorted(x for c in counts for x in c["latencies"])
+    result = Result(name, target.kind)
+    result.figures.update(extra)
+    result.figures.update(
+        rate=rate_total,
+        duration_s=opts.duration,
+        messages_sent=sent,
+        loss=loss,
+        samples=len(latencies),
+        p50_ms=round(_percentile(latencies, 0.5) * 1e3, 3),
+        p99_ms=round(_percentile(latencies, 0.99) * 1e3, 3),
+        p999_ms=round(_percentile(latencies, 0.999) * 1e3, 3),
+        max_ms=round(latencies[-1] * 1e3, 3) if latencies else None,
+    )
+    _cpu_figures(result, cpu, opts.duration, in_window, sum(r["cpu"] for r in reports), opts.procs)
+    return result
+
+
+def run_latency(target: Target, opts: argparse.Namespace, rate: float) -> Result:
+    specs = []
+    for r in range(opts.latency_rooms):
+        room = f"lat{r}"
+        # Five listeners per room parse stamps; the rest only count.
+        specs += [
+            ClientSpec(f"l{r}x{n}", room, samples=n < 5) for n in range(opts.latency_listeners)
+        ]
+        specs += [ClientSpec(f"t{r}x{n}", room, talks=True) for n in range(2)]
+    extra = {"rooms": opts.latency_rooms, "listeners_per_room": opts.latency_listeners}
+    return _open_loop_scenario(target, opts, "latency", specs, rate, extra)
+
+
+def run_rooms(target: Target, opts: argparse.Namespace) -> Result:
+    specs = [
+        ClientSpec(f"t{r}x{n}", f"r{r}", talks=True, samples=True)
+        for r in range(opts.rooms_count)
+        for n in range(5)
+    ]
+    extra = {"rooms": opts.rooms_count, "members_per_room": 5}
+    return _open_loop_scenario(target, opts, "rooms", specs, opts.rooms_rate, extra)
 
 
 def run_idle(target: Target, opts: argparse.Namespace, count: int) -> Result:
     rss0 = target.rss_kib()
-    clients = [(f"i{n}", f"room{n % opts.rooms}") for n in range(count)]
-    t0 = time.monotonic()
-    with workers(target, clients, opts.procs, window=0, payload=0, duration=0) as group:
-        ready_s = time.monotonic() - t0
-        group.send("sync")
-        group.expect("synced")
+    specs = [ClientSpec(f"i{n}", f"room{n % opts.idle_rooms}") for n in range(count)]
+    with workers(target, specs, opts.procs, window=0, payload=0):
         rss1 = target.rss_kib()
-    result = Result("idle")
-    result.figures.update(connections=count, rooms=opts.rooms, setup_s=round(ready_s, 2))
+    result = Result("idle", target.kind)
+    result.figures.update(connections=count, rooms=opts.idle_rooms)
     if rss0 is not None and rss1 is not None:
         result.figures.update(
-            daemon_rss_before_kib=rss0,
-            daemon_rss_kib=rss1,
+            server_rss_before_kib=rss0,
+            server_rss_kib=rss1,
             rss_per_connection_kib=round((rss1 - rss0) / count, 2),
         )
     return result
+
+
+def run_storm(target: Target, opts: argparse.Namespace) -> Result:
+    specs = [ClientSpec(f"s{n}", f"storm{n % 100}") for n in range(opts.storm)]
+    group = Workers(target, specs, opts.procs, window=0, payload=0)
+    try:
+        t0 = time.monotonic()
+        results = group.ask("connect", None, answer="connected")
+        elapsed = time.monotonic() - t0
+    finally:
+        group.close()
+    ready = sum(r[0] for r in results)
+    result = Result("storm", target.kind)
+    result.figures.update(
+        connections=opts.storm,
+        ready=ready,
+        failed=sum(r[1] for r in results),
+        seconds=round(elapsed, 3),
+        connections_per_s=round(ready / elapsed),
+    )
+    return result
+
+
+def run_all(target: Target, opts: argparse.Namespace, scenarios: list[str]) -> list[Result]:
+    results: list[Result] = []
+    for name in scenarios:
+        if name == "fanout":
+            results.append(run_fanout(target, opts))
+        elif name == "latency":
+            results += [run_latency(target, opts, rate) for rate in opts.rates]
+        elif name == "rooms":
+            results.append(run_rooms(target, opts))
+        elif name == "idle":
+            results += [run_idle(target, opts, count) for count in opts.idle]
+        elif name == "storm":
+            results.append(run_storm(target, opts))
+    return results
 
 
 # ---------------------------------------------------------------------------
 # Command line
 
 
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scenario",
-        default="fanout,idle",
-        help="comma-separated scenarios to run: fanout, idle (default: %(default)s)",
+        default=",".join(SCENARIOS),
+        help="comma-separated scenarios: " + ", ".join(SCENARIOS) + " (default: all)",
     )
-    parser.add_argument("--host", help="benchmark a daemon already running here (no spawn)")
-    parser.add_argument("--port", type=int, default=9999, help="its port (default: %(default)s)")
     parser.add_argument(
-        "--pid", type=int, help="its process id, to read its CPU and memory from /proc"
+        "--baseline",
+        choices=("redis",),
+        help="also run the same workloads against a fresh redis-server (SUBSCRIBE/PUBLISH)",
     )
+    parser.add_argument("--runs", type=int, default=1, help="repeat everything; report medians")
+    parser.add_argument("--host", help="benchmark a chatd already running here (no spawn)")
+    parser.add_argument("--port", type=int, default=9999, help="its port (default: %(default)s)")
+    parser.add_argument("--pid", type=int, help="its process id, for CPU and memory from /proc")
     parser.add_argument(
         "--loop",
         choices=("uvloop", "asyncio"),
@@ -474,53 +809,115 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="event loop of the spawned daemon (default: %(default)s)",
     )
     parser.add_argument("--procs", type=int, default=2, help="load generator processes")
-    parser.add_argument("--listeners", type=int, default=100, help="fanout: listening clients")
-    parser.add_argument("--talkers", type=int, default=10, help="fanout: talking clients")
-    parser.add_argument(
-        "--window", type=int, default=32, help="fanout: messages in flight per talker"
-    )
-    parser.add_argument("--payload", type=int, default=128, help="fanout: message bytes")
-    parser.add_argument("--duration", type=float, default=10.0, help="fanout: seconds measured")
-    parser.add_argument(
-        "--idle",
-        default="1000",
-        help="idle: comma-separated connection counts (default: %(default)s)",
-    )
-    parser.add_argument("--rooms", type=int, default=1000, help="idle: rooms to spread over")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per phase")
+    parser.add_argument("--payload", type=int, default=128, help="message bytes")
+    g = parser.add_argument_group("fanout")
+    g.add_argument("--listeners", type=int, default=100, help="listening clients")
+    g.add_argument("--talkers", type=int, default=10, help="talking clients")
+    g.add_argument("--window", type=int, default=32, help="messages in flight per talker")
+    g = parser.add_argument_group("latency")
+    g.add_argument("--rates", type=_floats, default=[500.0, 1000.0, 2000.0], help="total msg/s")
+    g.add_argument("--latency-rooms", type=int, default=10, help="rooms")
+    g.add_argument("--latency-listeners", type=int, default=50, help="listeners per room")
+    g = parser.add_argument_group("rooms")
+    g.add_argument("--rooms-count", type=int, default=1000, help="rooms of 5 talkers")
+    g.add_argument("--rooms-rate", type=float, default=2000.0, help="total msg/s")
+    g = parser.add_argument_group("idle and storm")
+    g.add_argument("--idle", type=_ints, default=[5000, 10000], help="connection counts")
+    g.add_argument("--idle-rooms", type=int, default=1000, help="rooms to spread over")
+    g.add_argument("--storm", type=int, default=2000, help="connections opened at once")
     parser.add_argument(
         "--quick", action="store_true", help="a small, fast run that checks everything works"
     )
     parser.add_argument("--json", action="store_true", help="print only the JSON lines")
 
 
+def _quick(opts: argparse.Namespace) -> None:
+    opts.listeners, opts.talkers, opts.duration = 10, 2, 1.0
+    opts.rates, opts.latency_rooms, opts.latency_listeners = [200.0], 2, 6
+    opts.rooms_count, opts.rooms_rate = 20, 200.0
+    opts.idle, opts.idle_rooms, opts.storm = [50], 10, 50
+
+
+def _median_results(runs: list[list[Result]]) -> list[Result]:
+    """Merge repeated runs: numeric figures become medians (with min and max)."""
+    merged = []
+    for group in zip(*runs, strict=True):
+        first = group[0]
+        out = Result(first.scenario, first.server, notes=[n for r in group for n in r.notes])
+        for key, value in first.figures.items():
+            values = [r.figures.get(key) for r in group]
+            if len(group) > 1 and all(isinstance(v, int | float) for v in values):
+                nums = [float(v) for v in values if v is not None]
+                out.figures[key] = round(statistics.median(nums), 3)
+                out.figures[f"{key}_range"] = [min(nums), max(nums)]
+            else:
+                out.figures[key] = value
+        merged.append(out)
+    return merged
+
+
 def main(opts: argparse.Namespace) -> int:
     if opts.quick:
-        opts.listeners, opts.talkers, opts.duration, opts.idle, opts.rooms = 10, 2, 1.0, "50", 10
+        _quick(opts)
     scenarios = [s.strip() for s in opts.scenario.split(",") if s.strip()]
-    unknown = set(scenarios) - {"fanout", "idle"}
+    unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
         raise SystemExit(f"chatd bench: unknown scenario(s): {', '.join(sorted(unknown))}")
-    target = Target(opts.host, opts.port, opts.pid) if opts.host else spawn_daemon([], opts.loop)
-    results: list[Result] = []
-    try:
-        for name in scenarios:
-            if name == "fanout":
-                results.append(run_fanout(target, opts))
+    chatd_runs: list[list[Result]] = []
+    redis_runs: list[list[Result]] = []
+    for _ in range(opts.runs):
+        # chatd and Redis alternate within each run, so both see the same machine.
+        for kind, runs in (("chatd", chatd_runs), ("redis", redis_runs)):
+            if kind == "redis" and opts.baseline != "redis":
+                continue
+            if kind == "chatd":
+                target = (
+                    Target("chatd", opts.host, opts.port, opts.pid)
+                    if opts.host
+                    else spawn_chatd(opts.loop)
+                )
             else:
-                for count in (int(n) for n in opts.idle.split(",")):
-                    results.append(run_idle(target, opts, count))
-    finally:
-        target.stop()
+                target = spawn_redis()
+            try:
+                runs.append(run_all(target, opts, scenarios))
+            finally:
+                target.stop()
+    results = _median_results(chatd_runs)
+    if redis_runs:
+        baseline = _median_results(redis_runs)
+        _add_ratios(results, baseline)
+        results = [r for pair in zip(results, baseline, strict=True) for r in pair]
     for result in results:
         if not opts.json:
             print(_table(result))
-        print(json.dumps({"scenario": result.scenario, **result.figures, "notes": result.notes}))
+        print(json.dumps(result.row()))
     return 0
+
+
+#: Figures compared with Redis, and whether higher is better.
+_RATIOS = {
+    "deliveries_per_s": True,
+    "server_cpu_us_per_delivery": False,
+    "p50_ms": False,
+    "p99_ms": False,
+    "p999_ms": False,
+    "rss_per_connection_kib": False,
+    "connections_per_s": True,
+}
+
+
+def _add_ratios(results: list[Result], baseline: list[Result]) -> None:
+    for ours, theirs in zip(results, baseline, strict=True):
+        for key in _RATIOS:
+            a, b = ours.figures.get(key), theirs.figures.get(key)
+            if isinstance(a, int | float) and isinstance(b, int | float) and b:
+                ours.figures[f"{key}_vs_redis"] = round(a / b, 2)
 
 
 def _table(result: Result) -> str:
     width = max(len(k) for k in result.figures)
-    rows = [f"== {result.scenario}"]
+    rows = [f"== {result.scenario} ({result.server})"]
     rows += [f"  {k:<{width}}  {v}" for k, v in result.figures.items()]
     rows += [f"  note: {n}" for n in result.notes]
     return "\n".join(rows)
