@@ -103,6 +103,14 @@ class LineClient:
                 events.append(event)
         return events
 
+    async def expect_eof(self, timeout: float = DEADLINE) -> bytes:
+        """Read until a clean end of stream (FIN); a reset is a failure."""
+        data = bytearray()
+        async with asyncio.timeout(timeout):
+            while chunk := await self.reader.read(65536):
+                data += chunk
+        return bytes(data)
+
     async def wait_closed(self, timeout: float = DEADLINE) -> bytes:
         """Read until the server closes; return what came before the end."""
         data = bytearray()

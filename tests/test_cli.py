@@ -61,11 +61,68 @@ def test_connect_help() -> None:
         assert flag in result.stdout
 
 
-def test_bad_settings_are_refused_clearly() -> None:
-    result = run_cli("serve", "--max-line", "0")
-    assert result.returncode != 0
-    assert "max_line must be at least 1" in result.stderr
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-line", "0"], "max_line must be at least 1"),
+        (["--port", "70000"], "port must be between 0 and 65535"),
+        (["--register-timeout", "nan"], "register_timeout must be a finite number"),
+        (["--msg-rate", "inf"], "msg_rate must be a finite number"),
+        (["--max-line", "4096", "--max-queue-bytes", "8192"], "at least 4 x max_line"),
+        (["--host", ""], "host must not be empty"),
+    ],
+)
+def test_bad_settings_are_refused_clearly(args: list[str], message: str) -> None:
+    result = run_cli("serve", *args)
+    assert result.returncode == 1
+    assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_empty_host_in_the_environment_means_the_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CHATD_HOST= (say, from compose interpolation) must not mean every interface."""
+    from chatd.cli import build_parser
+
+    monkeypatch.setenv("CHATD_HOST", "")
+    assert build_parser().parse_args(["serve"]).host == "127.0.0.1"
+
+
+async def test_a_second_signal_cuts_everyone_and_still_exits_0() -> None:
+    daemon = await Daemon.start("--shutdown-grace", "60", "--sndbuf", "4096")
+    stuck = await LineClient.open("127.0.0.1", daemon.port)
+    try:
+        await stuck.use_json()
+        await stuck.register("stuck")
+        stuck.stop_reading()
+        await stuck.send(*(["/help"] * 400))  # replies it will never read
+        await stuck.send("/ping queued")
+        daemon.proc.send_signal(signal.SIGTERM)
+        await daemon.wait_log("shutting down")
+        # The first signal would wait the 60 s grace for the stuck client.
+        assert await daemon.stop(signal.SIGINT, timeout=20) == 0
+    finally:
+        stuck.close()
+    log = "\n".join(daemon.log)
+    assert "second signal: cutting every connection now" in log
+    assert "shutdown complete" in log
+    assert "Traceback" not in log
+
+
+async def test_shutdown_while_a_client_is_throttled_is_clean() -> None:
+    daemon = await Daemon.start("--msg-rate", "0.2", "--msg-burst", "3", "--shutdown-grace", "1")
+    client = await LineClient.open("127.0.0.1", daemon.port)
+    try:
+        await client.use_json()  # 1 token
+        await client.register("slow")  # 2 tokens; the lines below wait
+        await client.send("one", "two", "three")
+        assert await daemon.stop() == 0
+    finally:
+        client.close()
+    log = "\n".join(daemon.log)
+    assert "Traceback" not in log
+    assert " ERROR " not in log
 
 
 @pytest.mark.parametrize(("sig", "loop"), [(signal.SIGTERM, "uvloop"), (signal.SIGINT, "asyncio")])

@@ -27,3 +27,13 @@ def test_a_fast_typist_never_waits_at_the_defaults() -> None:
     bucket = TokenBucket(rate=10.0, burst=40, now=0.0)
     # Three lines a second for a minute, much faster than anyone types.
     assert all(bucket.take(n / 3) == 0.0 for n in range(180))
+
+
+def test_input_that_piled_up_is_judged_by_the_time_it_took() -> None:
+    """After a pause, 30 lines in 0.2 s is 150 lines/s: within 400/s, not a flood."""
+    arrivals = TokenBucket(rate=400.0, burst=20, now=0.0)
+    assert arrivals.take(0.2, 30) > 0  # capped at the burst: looks like a flood
+    arrivals = TokenBucket(rate=400.0, burst=20, now=0.0)
+    arrivals.take(0.0, 20)
+    assert arrivals.take(0.2, 30, uncapped=True) == 0.0  # judged by the 0.2 s it took
+    assert arrivals.take(0.3, 100, uncapped=True) > 0  # 1000 lines/s is a flood still

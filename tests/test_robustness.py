@@ -7,9 +7,11 @@ a clean disconnect with a reason, and everyone else carries on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import struct
+from typing import Any
 
 import pytest
 
@@ -189,6 +191,54 @@ async def test_over_the_rate_reading_slows_and_nothing_is_lost(start_server: Sta
         listener.close()
 
 
+async def test_a_steady_sender_above_the_rate_is_slowed_never_cut(
+    start_server: StartServer,
+) -> None:
+    """Half again the rate, for longer than the read-ahead lasts: all delivered."""
+    server = await start_server(msg_rate=100, msg_burst=5, flood_lines=20)
+    talker = await open_json(server.port, "steady")
+    listener = await open_json(server.port, "listener")
+    try:
+        count = 200
+
+        async def paced() -> None:
+            # Pacing the load at 150 lines/s; nothing in the test waits on it.
+            for n in range(count):
+                await talker.send(f"line {n}")
+                await asyncio.sleep(1 / 150)
+
+        sender = asyncio.create_task(paced())
+        texts = [(await listener.expect("message"))["text"] for _ in range(count)]
+        await sender
+        assert texts == [f"line {n}" for n in range(count)]
+        await talker.send("/ping still-here")
+        await talker.expect(lambda e: e.get("token") == "still-here")
+    finally:
+        talker.close()
+        listener.close()
+
+
+async def test_a_steady_flood_in_small_writes_is_cut(start_server: StartServer) -> None:
+    """Ten times the rate, one line per write: pushback alone does not save it."""
+    server = await start_server(msg_rate=20, msg_burst=5, flood_lines=20)
+    flooder = await open_json(server.port, "flooder")
+    try:
+
+        async def flood() -> None:
+            with contextlib.suppress(ConnectionError):
+                for n in range(3000):
+                    await flooder.send(f"spam {n}")
+                    await asyncio.sleep(1 / 200)  # pacing the load, not waiting on it
+
+        sender = asyncio.create_task(flood())
+        data = await flooder.wait_closed()
+        assert b'"code":"rate_limited"' in data
+        sender.cancel()
+        await asyncio.wait([sender])
+    finally:
+        flooder.close()
+
+
 async def test_a_flood_is_cut_with_rate_limited(start_server: StartServer) -> None:
     server = await start_server(msg_rate=5, msg_burst=5, flood_lines=50)
     flooder = await open_json(server.port, "flooder")
@@ -301,12 +351,13 @@ async def test_registration_timeout_holds_for_a_throttled_client(
 async def test_keepalive_and_nodelay_on_every_connection(connect: Connect, server: Server) -> None:
     await connect("kept")
     (session,) = server.sessions
-    sock = session.connection.get_extra_info("socket")
-    assert isinstance(sock, socket.socket | object)
-    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1  # type: ignore[attr-defined]
-    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1  # type: ignore[attr-defined]
-    idle = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)  # type: ignore[attr-defined]
-    assert idle == server.settings.keepalive_idle
+    sock: Any = session.connection.get_extra_info("socket")
+    settings = server.settings
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == settings.keepalive_idle
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == settings.keepalive_interval
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == settings.keepalive_count
 
 
 async def test_a_storm_of_connections_all_get_in(start_server: StartServer) -> None:
@@ -325,22 +376,69 @@ async def test_a_storm_of_connections_all_get_in(start_server: StartServer) -> N
             group.create_task(one(n))
 
 
-async def test_shutdown_tells_everyone_and_leaves_no_task(start_server: StartServer) -> None:
+async def test_shutdown_tells_everyone_and_leaves_no_task(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "chatd.session")
     server = await start_server(sndbuf=4096, shutdown_grace=1.0)
     readers = [await open_json(server.port, f"r{i}") for i in range(3)]
     stuck = await open_json(server.port, "stuck")
     stuck.stop_reading()
     try:
         # Fill the stuck client's buffers so its flush cannot finish.
-        await readers[0].send(*(["/who"] * 10), *(f"{'x' * 500}" for _ in range(300)))
+        await readers[0].send(*(f"{'x' * 500}" for _ in range(300)))
         await readers[0].sync("filled")
-        await server.shutdown()
-        for client in readers:
-            assert (await client.expect("shutdown"))["reason"]
-            await client.wait_closed()
+
+        async def read_to_the_end(client: LineClient) -> Event:
+            """As nc does: read until the server closes, then close."""
+            shutdown = await client.expect("shutdown")
+            await client.expect_eof()
+            client.writer.close()
+            return shutdown
+
+        stopping = asyncio.create_task(server.shutdown())
+        for event in await asyncio.gather(*(read_to_the_end(c) for c in readers)):
+            assert event["reason"] == "server shutting down"
+        await stopping
         assert server.session_count == 0
         others = asyncio.all_tasks() - {asyncio.current_task()}
         assert not others, others
+        # Only the client that never read was cut.
+        cut = [r.getMessage() for r in caplog.records if "shutdown grace expired" in r.getMessage()]
+        assert len(cut) == 1
+        assert "stuck" in cut[0]
     finally:
         for client in (*readers, stuck):
             client.close()
+
+
+async def test_a_room_limit_for_the_whole_server(start_server: StartServer) -> None:
+    server = await start_server(max_total_rooms=3)
+    alice = await open_json(server.port, "alice")
+    try:
+        await alice.send("/create one", "/create two", "/create three", "/join two")
+        events = await alice.sync()
+        errors = [e for e in events if e["type"] == "error"]
+        assert [e["code"] for e in errors] == ["too_many_rooms"]
+        assert events[-1] == {"type": "current", "room": "two"}  # existing rooms still work
+    finally:
+        alice.close()
+
+
+def test_refusals_are_logged_once_per_address_and_window(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from chatd.server import _RefusalLog
+
+    now = [0.0]
+    log = _RefusalLog(clock=lambda: now[0])
+    caplog.set_level(logging.WARNING, "chatd.server")
+    for _ in range(1000):
+        log.note("10.0.0.1", "too_many_connections")
+    log.note("10.0.0.2", "server_full")
+    assert len(caplog.records) == 2
+    now[0] = 11.0
+    log.note("10.0.0.1", "too_many_connections")
+    messages = [r.getMessage() for r in caplog.records]
+    assert "refused 999 more connections from 10.0.0.1" in messages
+    assert len(messages) == 4

@@ -122,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     net = serve.add_argument_group("listening")
     net.add_argument(
         "--host",
-        default=os.environ.get("CHATD_HOST", _DEFAULTS.host),
-        help="address to listen on (env CHATD_HOST)",
+        default=_env("CHATD_HOST", _DEFAULTS.host),
+        help="address to listen on; 0.0.0.0 for every interface (env CHATD_HOST)",
     )
     net.add_argument(
         "--port",
@@ -167,7 +167,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--flood-lines",
         type=int,
         default=_DEFAULTS.flood_lines,
-        help="lines waiting from a throttled client before it is cut with rate_limited",
+        help="lines read ahead from a throttled client; past them it is read no further "
+        "until it catches up (TCP pushes back)",
+    )
+    limits.add_argument(
+        "--flood-factor",
+        type=float,
+        default=_DEFAULTS.flood_factor,
+        help="lines arriving faster than this many times --msg-rate, beyond a burst of "
+        "--flood-lines, are a flood: rate_limited and a disconnect",
+    )
+    limits.add_argument(
+        "--max-total-rooms",
+        type=int,
+        default=_DEFAULTS.max_total_rooms,
+        help="rooms on the whole server; more get too_many_rooms",
     )
     limits.add_argument(
         "--max-clients",
@@ -203,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--shutdown-grace",
         type=float,
         default=_DEFAULTS.shutdown_grace,
-        help="seconds to flush clients' output on shutdown before cutting them",
+        help="seconds a closing connection (on shutdown, or any other close) may take "
+        "to flush its output before it is cut",
     )
     limits.add_argument(
         "--keepalive-idle",
@@ -286,6 +301,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             msg_rate=args.msg_rate,
             msg_burst=args.msg_burst,
             flood_lines=args.flood_lines,
+            flood_factor=args.flood_factor,
+            max_total_rooms=args.max_total_rooms,
             max_clients=args.max_clients,
             max_per_ip=args.max_per_ip,
             max_rooms_per_session=args.max_rooms,
@@ -331,24 +348,33 @@ async def serve(settings: Settings) -> int:
 
     raise_fd_limit(settings.max_clients)
     server = Server(settings)
-    # Handlers go in before the listener announces itself: whoever acts on
-    # "listening on" may signal at once.
+    # Handlers go in before the listener announces itself (whoever acts on
+    # "listening on" may signal at once) and stay until shutdown is over: a
+    # second signal cuts every connection instead of killing the process.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            logger.info("signal received")
+            stop.set()
+        else:
+            logger.warning("second signal: cutting every connection now")
+            server.abort_all("server stopping now")
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     try:
         try:
             await server.start()
-        except OSError as exc:
+        except (OSError, OverflowError) as exc:
             logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
             return 1
         await stop.wait()
-        logger.info("signal received")
     finally:
+        await server.shutdown()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        await server.shutdown()
     return 0
 
 

@@ -7,6 +7,7 @@ is documented in ``docs/PROTOCOL.md`` under "Limits".
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -23,11 +24,17 @@ class Settings:
     #: Sustained lines per second and burst per session; 0 turns flood control off.
     msg_rate: float = 10.0
     msg_burst: int = 40
-    #: Lines a throttled session may have waiting before it is cut for flooding.
+    #: Lines read ahead while a session is throttled; past them the daemon
+    #: stops reading (TCP pushes back). Also the burst of the arrival limit.
     flood_lines: int = 200
+    #: Lines arriving faster than flood_factor x msg_rate, beyond a burst of
+    #: flood_lines, are a flood: rate_limited and a disconnect.
+    flood_factor: float = 4.0
     max_clients: int = 10_000
     max_per_ip: int = 100
     max_rooms_per_session: int = 100
+    #: Rooms on the whole server (general included).
+    max_total_rooms: int = 10_000
     #: Seconds a new connection has to choose a nickname.
     register_timeout: float = 60.0
     #: TCP keepalive: idle seconds before the first probe, probe interval, probe count.
@@ -44,6 +51,19 @@ class Settings:
     sndbuf: int = 0
 
     def __post_init__(self) -> None:
+        if not self.host:
+            raise ValueError("host must not be empty (use 0.0.0.0 for every interface)")
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be between 0 and 65535")
+        for name in (
+            "msg_rate",
+            "flood_factor",
+            "register_timeout",
+            "write_timeout",
+            "shutdown_grace",
+        ):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number")
         positive = (
             "max_line",
             "max_queue_bytes",
@@ -52,6 +72,7 @@ class Settings:
             "max_clients",
             "max_per_ip",
             "max_rooms_per_session",
+            "max_total_rooms",
             "backlog",
             "keepalive_idle",
             "keepalive_interval",
@@ -60,7 +81,9 @@ class Settings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if self.msg_rate < 0 or self.msg_burst < 1:
-            raise ValueError("msg_rate must be >= 0 and msg_burst >= 1")
+        if self.msg_rate < 0 or self.msg_burst < 1 or self.flood_factor < 1:
+            raise ValueError("msg_rate must be >= 0, msg_burst >= 1 and flood_factor >= 1")
+        if self.max_queue_bytes < 4 * self.max_line:
+            raise ValueError("max_queue_bytes must be at least 4 x max_line")
         if self.register_timeout <= 0 or self.write_timeout <= 0 or self.shutdown_grace < 0:
             raise ValueError("register_timeout and write_timeout must be > 0, shutdown_grace >= 0")

@@ -90,9 +90,11 @@ class RoomManager:
         self,
         *,
         max_rooms_per_session: int = 100,
+        max_rooms: int = 10_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.max_rooms_per_session = max_rooms_per_session
+        self.max_rooms = max_rooms
         self._clock = clock
         self._nicks: dict[str, Member] = {}
         self._rooms: dict[str, Room] = {}
@@ -111,6 +113,11 @@ class RoomManager:
 
     def find(self, nick: str) -> Member | None:
         return self._nicks.get(name_key(nick))
+
+    def member_count(self, room_name: str | None, member: Member) -> int:
+        """Members of a room (default: the member's current one), 0 if none."""
+        room = member.current if room_name is None else self._rooms.get(name_key(room_name))
+        return len(room.members) if room is not None else 0
 
     def room_list(self) -> RoomList:
         rooms = sorted(self._rooms.values(), key=lambda r: r.key)
@@ -175,6 +182,11 @@ class RoomManager:
                     f"you are in {len(member.rooms)} rooms, the most allowed; /leave one first"
                 )
             if room is None:
+                if len(self._rooms) >= self.max_rooms:
+                    raise TooManyRooms(
+                        f"the server has {len(self._rooms)} rooms, the most allowed; "
+                        "/join an existing one"
+                    )
                 room = self._add_room(room_name)
             room.members[member] = None
             member.rooms[key] = room

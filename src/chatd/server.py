@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections import Counter
+from collections.abc import Callable
 
 from chatd.config import Settings
 from chatd.errors import ChatError, ServerFull, TooManyConnections
@@ -30,12 +32,15 @@ class Server:
 
     def __init__(self, settings: Settings, manager: RoomManager | None = None) -> None:
         self.settings = settings
-        self.manager = manager or RoomManager(max_rooms_per_session=settings.max_rooms_per_session)
+        self.manager = manager or RoomManager(
+            max_rooms_per_session=settings.max_rooms_per_session, max_rooms=settings.max_total_rooms
+        )
         self._sessions: dict[Session, asyncio.Task[None]] = {}
         self._per_ip: Counter[str] = Counter()
         self._listener: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
+        self._refusals = _RefusalLog()
 
     @property
     def session_count(self) -> int:
@@ -102,7 +107,7 @@ class Server:
                 f"too many connections from {ip} (at most {self.settings.max_per_ip})"
             )
         if refusal is not None:
-            logger.warning("refused %s: %s", conn.peer, refusal.code)
+            self._refusals.note(ip, refusal.code)
             # The line is tiny: it fits the socket buffer, so close() cannot hang.
             writer.write(render(Error.of(refusal), Format.TEXT))
             writer.close()
@@ -115,6 +120,11 @@ class Server:
         self._per_ip[ip] += 1
         try:
             await session.run()
+        except asyncio.CancelledError:
+            # The last resort of shutdown. Python 3.11's start_server callback
+            # logs a traceback for a cancelled connection task, so the task
+            # ends normally instead; the session has already cleaned up.
+            logger.debug("session %s cancelled", session.peer)
         finally:
             del self._sessions[session]
             self._per_ip[ip] -= 1
@@ -144,6 +154,11 @@ class Server:
             with contextlib.suppress(OSError):
                 sock.setsockopt(level, option, value)
 
+    def abort_all(self, reason: str) -> None:
+        """Cut every connection now, without waiting for output to flush."""
+        for session in list(self._sessions):
+            session.drop(reason)
+
     async def shutdown(self, reason: str = "server shutting down") -> None:
         """Stop accepting, say goodbye, flush for a bounded time, close all."""
         self._closing = True
@@ -171,3 +186,32 @@ class Server:
         if self._listener is not None:
             await self._listener.wait_closed()
         logger.info("shutdown complete")
+
+
+class _RefusalLog:
+    """Log refused connections without letting a flood of them flood the log.
+
+    The first refusal of an address in a 10-second window is logged; the rest
+    are counted and reported when the next window opens.
+    """
+
+    WINDOW = 10.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._windows: dict[str, tuple[float, int]] = {}
+
+    def note(self, ip: str, code: str) -> None:
+        now = self._clock()
+        start, suppressed = self._windows.get(ip, (-self.WINDOW, 0))
+        if now - start < self.WINDOW:
+            self._windows[ip] = (start, suppressed + 1)
+            return
+        if suppressed:
+            logger.warning("refused %d more connections from %s", suppressed, ip)
+        logger.warning("refused a connection from %s: %s", ip, code)
+        self._windows[ip] = (now, 0)
+        if len(self._windows) > 10_000:  # forget quiet addresses
+            self._windows = {
+                k: v for k, v in self._windows.items() if now - v[0] < self.WINDOW or v[1]
+            }

@@ -30,6 +30,7 @@ import logging
 import socket
 import struct
 from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from chatd import __version__
@@ -181,11 +182,56 @@ class TokenBucket:
         self.tokens = float(burst)
         self.stamp = now
 
-    def take(self, now: float) -> float:
-        """Take a token; return 0, or the seconds until it is really there."""
-        self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate) - 1.0
+    def take(self, now: float, n: float = 1.0, *, uncapped: bool = False) -> float:
+        """Take ``n`` tokens; return 0, or the seconds until they are really there.
+
+        ``uncapped`` refills for the whole time since the last take, beyond
+        the burst: for input that piled up while the reader was not reading.
+        """
+        refill = (now - self.stamp) * self.rate
+        if uncapped:
+            self.tokens = min(float(self.burst), self.tokens) + refill - n
+        else:
+            self.tokens = min(float(self.burst), self.tokens + refill) - n
         self.stamp = now
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+    def charge(self, n: float) -> None:
+        """Take ``n`` more tokens for what was just done (a costly command)."""
+        self.tokens -= n
+
+
+@dataclass(slots=True)
+class _InputLimits:
+    """Flood control for one session: three buckets, all in loop time.
+
+    * ``lines``: commands run at most ``msg_rate`` a second (burst
+      ``msg_burst``); excess lines wait, nothing is dropped;
+    * ``arrivals``: lines arriving faster than ``flood_factor`` x ``msg_rate``
+      beyond a burst of ``flood_lines`` are a flood, and the client is cut;
+    * ``volume``: input bytes, whatever they are (telnet negotiation, parts of
+      over-long lines), at ``msg_rate`` x ``max_line`` a second; past it the
+      session stops reading for a while, so no client costs much CPU.
+    """
+
+    lines: TokenBucket
+    arrivals: TokenBucket
+    volume: TokenBucket
+    #: The session stopped reading for a while (pushback): what it reads next
+    #: piled up in the kernel meanwhile and is judged by the time it took.
+    pushed_back: bool = False
+
+    @classmethod
+    def of(cls, s: Settings, now: float) -> _InputLimits:
+        return cls(
+            TokenBucket(s.msg_rate, s.msg_burst, now),
+            TokenBucket(s.msg_rate * s.flood_factor, s.flood_lines, now),
+            TokenBucket(s.msg_rate * s.max_line, s.msg_burst * s.max_line, now),
+        )
+
+    def bytes_wait(self, now: float) -> float:
+        """Seconds until the byte budget is positive again."""
+        return self.volume.take(now, 0.0)
 
 
 class Session(Member):
@@ -194,9 +240,11 @@ class Session(Member):
     __slots__ = (
         "_closing",
         "_conn",
+        "_cost",
         "_drained",
         "_dropped",
         "_eof",
+        "_in_flight",
         "_manager",
         "_max_bytes",
         "_max_events",
@@ -206,6 +254,7 @@ class Session(Member):
         "_settings",
         "_soft_bytes",
         "_soft_events",
+        "_stopped",
         "_wakeup",
         "close_reason",
         "write_blocked_since",
@@ -231,8 +280,11 @@ class Session(Member):
         self._soft_events = settings.max_queue_events // 4
         self._wakeup = asyncio.Event()  # set: the writer has work (or must stop)
         self._drained = asyncio.Event()  # set: the writer took a batch
+        self._stopped = asyncio.Event()  # set: the session is closing; waits end
         self._closing = False  # no more output is accepted
         self._dropped = False  # the connection was aborted
+        self._in_flight = 0  # bytes of the batch whose drain() is waiting
+        self._cost = 0  # extra flood-control tokens the last command costs
         self._eof = False
         self._register_deadline = 0.0
         self.close_reason = ""
@@ -259,9 +311,14 @@ class Session(Member):
         pending = self._pending
         pending.append(data)
         self._pending_bytes += len(data)
-        if self._pending_bytes > self._max_bytes or len(pending) > self._max_events:
+        # The batch still waiting in the transport counts too: that is the bound.
+        if (
+            self._pending_bytes + self._in_flight > self._max_bytes
+            or len(pending) > self._max_events
+        ):
             self.drop(
-                f"send queue overflow ({self._pending_bytes} bytes, {len(pending)} events queued)"
+                f"send queue overflow ({self._pending_bytes + self._in_flight} bytes, "
+                f"{len(pending)} events queued)"
             )
         else:
             self._wakeup.set()
@@ -300,6 +357,7 @@ class Session(Member):
         self._closing = True
         self._wakeup.set()
         self._drained.set()
+        self._stopped.set()
 
     async def _write_loop(self) -> None:
         conn = self._conn
@@ -308,12 +366,16 @@ class Session(Member):
             while True:
                 if self._pending:
                     batch = self._pending
+                    size = self._pending_bytes
                     self._pending = []
                     self._pending_bytes = 0
                     self._drained.set()
                     conn.write(batch)
+                    # Only seen by others while drain() really waits.
+                    self._in_flight = size
                     self.write_blocked_since = clock()
                     await conn.drain()
+                    self._in_flight = 0
                     self.write_blocked_since = 0.0
                 elif self._closing:
                     break
@@ -405,63 +467,104 @@ class Session(Member):
         framer = LineFramer(settings.max_line)
         backlog: deque[bytes | ChatError] = deque()
         loop = asyncio.get_running_loop()
-        bucket = (
-            TokenBucket(settings.msg_rate, settings.msg_burst, loop.time())
-            if settings.msg_rate > 0
-            else None
-        )
+        limits = _InputLimits.of(settings, loop.time()) if settings.msg_rate > 0 else None
         while True:
             if self._closing:
                 return self.close_reason or "closing"
             if not backlog:
                 if self._eof:
                     return "connection closed"
-                self._take_input(await self._read(), framer, backlog)
+                if limits is not None and (wait := limits.bytes_wait(loop.time())) > 0:
+                    limits.pushed_back = True
+                    await self._pause(wait)
+                if self._take_input(await self._read(), framer, backlog, limits):
+                    return self._flooding()
                 continue
             item = backlog.popleft()
-            if bucket is not None:
-                delay = bucket.take(loop.time())
-                if delay > 0 and await self._throttle(delay, framer, backlog):
-                    self.tell(Error.of(RateLimited("flooding: too many lines too fast")))
-                    return "flooding"
+            if limits is not None:
+                delay = limits.lines.take(loop.time())
+                if delay > 0 and await self._throttle(delay, framer, backlog, limits):
+                    return self._flooding()
             if self._pending_bytes > self._soft_bytes or len(self._pending) > self._soft_events:
+                if limits is not None:
+                    limits.pushed_back = True
                 await self._wait_outbox()
-                if self._closing:
-                    continue
+            if self._closing:
+                continue  # dropped or shutting down while this line waited: it does not run
             reason = self._handle(item)
             if reason is not None:
                 return reason
+            if self._cost and limits is not None:
+                limits.lines.charge(self._cost)
+            self._cost = 0
+
+    def _flooding(self) -> str:
+        self.tell(Error.of(RateLimited("flooding: too many lines too fast")))
+        return "flooding"
 
     async def _throttle(
-        self, delay: float, framer: LineFramer, backlog: deque[bytes | ChatError]
+        self,
+        delay: float,
+        framer: LineFramer,
+        backlog: deque[bytes | ChatError],
+        limits: _InputLimits,
     ) -> bool:
-        """Wait ``delay`` seconds before the next line, reading meanwhile.
+        """Wait ``delay`` seconds before the next line, reading ahead meanwhile.
 
-        Returns True when the client is flooding: more lines waiting than
-        ``flood_lines``. Reading while waiting is what makes a flood visible;
-        the backlog it builds is bounded by that same limit.
+        Reading ahead (at most ``flood_lines`` lines) is what lets a flood be
+        seen: lines arriving far beyond the rate overdraw the arrival limit,
+        and True is returned. Past the read-ahead the session stops reading,
+        so TCP pushes back on a sender that is only somewhat too fast.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + delay
-        while len(backlog) < self._settings.flood_lines:
+        while not self._closing:
+            now = loop.time()
             if self._eof:
-                await asyncio.sleep(max(0.0, deadline - loop.time()))
+                await self._pause(deadline - now)
+                return False
+            if len(backlog) >= self._settings.flood_lines or limits.bytes_wait(now) > 0:
+                limits.pushed_back = True
+                await self._pause(deadline - now)
                 return False
             data = await self._read(until=deadline)
             if data is None:
                 return False
-            self._take_input(data, framer, backlog)
-        return True
+            if self._take_input(data, framer, backlog, limits):
+                return True
+        return False
 
     def _take_input(
-        self, data: bytes | None, framer: LineFramer, backlog: deque[bytes | ChatError]
-    ) -> None:
-        """Frame what was read; at end of input, keep a last unterminated line."""
+        self,
+        data: bytes | None,
+        framer: LineFramer,
+        backlog: deque[bytes | ChatError],
+        limits: _InputLimits | None,
+    ) -> bool:
+        """Frame what was read (at end of input, keep a last unterminated
+        line); return True when it shows a flood."""
+        before = len(backlog)
         if data:
             backlog.extend(framer.feed(data))
         else:
             self._eof = True
             backlog.extend(framer.finish())
+        if limits is None or not data:
+            return False
+        now = asyncio.get_running_loop().time()
+        limits.volume.take(now, len(data))
+        arrived = len(backlog) - before
+        flood = limits.arrivals.take(now, arrived, uncapped=limits.pushed_back) > 0
+        limits.pushed_back = False
+        return flood
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once when the session starts closing."""
+        if seconds <= 0 or self._closing:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopped.wait()
 
     async def _wait_outbox(self) -> None:
         while not self._closing and (
@@ -516,9 +619,13 @@ class Session(Member):
             case Leave(room):
                 manager.leave(self, room)
             case ListRooms():
-                self.tell(manager.room_list())
+                rooms = manager.room_list()
+                self.tell(rooms)
+                self._cost = len(rooms.rooms) // 100  # big answers cost more
             case Who(room):
-                self.tell(manager.who(self, room))
+                who = manager.who(self, room)
+                self.tell(who)
+                self._cost = len(who.nicks) // 100
             case Topic(text):
                 if text is None:
                     self.tell(manager.topic_of(self))
