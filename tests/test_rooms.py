@@ -235,3 +235,20 @@ def test_disconnect_tells_rooms_and_frees_the_nick(manager: RoomManager) -> None
     assert bob.take() == []  # the leaver is not told
     assert manager.find("bob") is None
     manager.register(Inbox(), "bob")  # the nickname is free again
+
+
+def test_crowded_rooms_announce_joins_and_leaves_only_to_the_member() -> None:
+    manager = RoomManager(announce_limit=2)
+    ann, bob = member(manager, "ann"), member(manager, "bob")
+    clear(ann, bob)
+    cat = Inbox()
+    manager.register(cat, "cat")  # general now has 3 > 2 members
+    assert [e["type"] for e in ann.take()] == []
+    assert cat.take()[1] == {"type": "join", "room": "general", "nick": "cat"}
+    manager.leave(cat, "general")
+    assert ann.take() == []
+    assert cat.take()[0] == {"type": "leave", "room": "general", "nick": "cat", "reason": ""}
+    # Back under the limit, rooms talk about arrivals again.
+    manager.disconnect(bob, "quit")
+    assert ann.take() == [{"type": "leave", "room": "general", "nick": "bob", "reason": "quit"}]
+    assert manager.who(ann, None).nicks == ("ann",)

@@ -184,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="rooms on the whole server; more get too_many_rooms",
     )
     limits.add_argument(
+        "--announce-limit",
+        type=int,
+        default=_DEFAULTS.announce_limit,
+        help="rooms with more members than this announce joins and leaves only to the "
+        "member concerned",
+    )
+    limits.add_argument(
         "--max-clients",
         type=int,
         default=_DEFAULTS.max_clients,
@@ -303,6 +310,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             flood_lines=args.flood_lines,
             flood_factor=args.flood_factor,
             max_total_rooms=args.max_total_rooms,
+            announce_limit=args.announce_limit,
             max_clients=args.max_clients,
             max_per_ip=args.max_per_ip,
             max_rooms_per_session=args.max_rooms,

@@ -35,6 +35,8 @@ class Settings:
     max_rooms_per_session: int = 100
     #: Rooms on the whole server (general included).
     max_total_rooms: int = 10_000
+    #: Rooms with more members do not announce joins and leaves to everyone.
+    announce_limit: int = 100
     #: Seconds a new connection has to choose a nickname.
     register_timeout: float = 60.0
     #: TCP keepalive: idle seconds before the first probe, probe interval, probe count.
@@ -73,6 +75,7 @@ class Settings:
             "max_per_ip",
             "max_rooms_per_session",
             "max_total_rooms",
+            "announce_limit",
             "backlog",
             "keepalive_idle",
             "keepalive_interval",

@@ -91,10 +91,15 @@ class RoomManager:
         *,
         max_rooms_per_session: int = 100,
         max_rooms: int = 10_000,
+        announce_limit: int = 100,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.max_rooms_per_session = max_rooms_per_session
         self.max_rooms = max_rooms
+        #: Rooms with more members than this do not announce joins and leaves
+        #: to everyone: in a crowd they are noise, and N arrivals would cost
+        #: N*N/2 deliveries. The member who joins or leaves is still told.
+        self.announce_limit = announce_limit
         self._clock = clock
         self._nicks: dict[str, Member] = {}
         self._rooms: dict[str, Room] = {}
@@ -190,7 +195,7 @@ class RoomManager:
                 room = self._add_room(room_name)
             room.members[member] = None
             member.rooms[key] = room
-            self._fanout(room, Joined(room.name, member.nick or ""))
+            self._announce(room, member, Joined(room.name, member.nick or ""))
             if room.topic:
                 self._tell(member, TopicIs(room.name, room.topic, room.topic_by))
         member.current = room
@@ -208,7 +213,7 @@ class RoomManager:
                 raise NoSuchRoom(f"no room #{room_name}")
             room = found
         was_current = member.current is room
-        self._fanout(room, Left(room.name, member.nick or ""))
+        self._announce(room, member, Left(room.name, member.nick or ""))
         self._remove(member, room)
         if was_current:
             # Fall back to the most recently joined room, if any.
@@ -239,8 +244,10 @@ class RoomManager:
         if member.key is None:
             return
         for room in list(member.rooms.values()):
+            crowded = len(room.members) > self.announce_limit
             self._remove(member, room)
-            self._fanout(room, Left(room.name, member.nick or "", reason))
+            if not crowded:
+                self._fanout(room, Left(room.name, member.nick or "", reason))
         member.current = None
         del self._nicks[member.key]
         member.key = None
@@ -274,6 +281,13 @@ class RoomManager:
 
     def _tell(self, member: Member, event: Event) -> None:
         member.reply(render(event, member.fmt))
+
+    def _announce(self, room: Room, member: Member, event: Joined | Left) -> None:
+        """A join or leave: to the room, or only to the member in a crowded room."""
+        if len(room.members) > self.announce_limit:
+            self._tell(member, event)
+        else:
+            self._fanout(room, event)
 
     def _fanout(self, room: Room, event: Event) -> None:
         """Deliver an event to every member of a room, rendering once per format."""

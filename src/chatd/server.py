@@ -33,7 +33,9 @@ class Server:
     def __init__(self, settings: Settings, manager: RoomManager | None = None) -> None:
         self.settings = settings
         self.manager = manager or RoomManager(
-            max_rooms_per_session=settings.max_rooms_per_session, max_rooms=settings.max_total_rooms
+            max_rooms_per_session=settings.max_rooms_per_session,
+            max_rooms=settings.max_total_rooms,
+            announce_limit=settings.announce_limit,
         )
         self._sessions: dict[Session, asyncio.Task[None]] = {}
         self._per_ip: Counter[str] = Counter()
