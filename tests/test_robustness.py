@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 import struct
@@ -270,6 +271,22 @@ async def test_clients_resetting_together_leave_no_errors(
         await watcher.expect("leave")
     await watcher.send("still fine")
     assert (await watcher.expect("message"))["text"] == "still fine"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_a_reset_during_the_lingering_close_leaves_no_error(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    client = await open_json(server.port, "leaver")
+    (session,) = server.sessions
+    await client.send("/quit")
+    await client.expect("bye")
+    await client.expect_eof()  # the server is now lingering for our side to close
+    reset(client)
+    await server.wait_session_closed(session)
+    del session
+    gc.collect()  # an unretrieved error would be reported now
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 

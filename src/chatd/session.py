@@ -111,6 +111,10 @@ class Connection(Protocol):
         """Transport details, as ``asyncio.BaseTransport.get_extra_info``."""
         ...
 
+    async def wait_closed(self) -> None:
+        """Wait until the transport is closed (after close() or abort())."""
+        ...
+
 
 class StreamConnection:
     """A :class:`Connection` over asyncio streams (TCP, and later TLS)."""
@@ -154,9 +158,14 @@ class StreamConnection:
         with contextlib.suppress(ConnectionError, OSError):
             while await self._reader.read(self.read_size):
                 pass
-            self._writer.close()
-            await self._writer.wait_closed()
         self._writer.close()
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        # Always awaited: a reset leaves its error in the stream's close
+        # future, which asyncio reports as never retrieved otherwise.
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._writer.wait_closed()
 
     def abort(self) -> None:
         # With SO_LINGER 0 the kernel sends RST and forgets the unsent data,
@@ -426,6 +435,9 @@ class Session(Member):
             logger.error("writer for %s failed", self.peer, exc_info=exc)
             self.drop("internal error")
         if self._dropped:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LINGER_SECONDS):
+                    await self._conn.wait_closed()
             return
         try:
             async with asyncio.timeout(LINGER_SECONDS):
