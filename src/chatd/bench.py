@@ -759,19 +759,33 @@ def run_storm(target: Target, opts: argparse.Namespace) -> Result:
     return result
 
 
-def run_all(target: Target, opts: argparse.Namespace, scenarios: list[str]) -> list[Result]:
-    results: list[Result] = []
+def run_all(
+    start: Callable[[], Target], opts: argparse.Namespace, scenarios: list[str]
+) -> list[Result]:
+    """Every scenario (and every rate, every count) on a server of its own.
+
+    A fresh server per measurement keeps one from inheriting another's
+    memory (the idle figures) or leftover connections.
+    """
+    jobs: list[tuple[Callable[..., Result], tuple[Any, ...]]] = []
     for name in scenarios:
         if name == "fanout":
-            results.append(run_fanout(target, opts))
+            jobs.append((run_fanout, ()))
         elif name == "latency":
-            results += [run_latency(target, opts, rate) for rate in opts.rates]
+            jobs += [(run_latency, (rate,)) for rate in opts.rates]
         elif name == "rooms":
-            results.append(run_rooms(target, opts))
+            jobs.append((run_rooms, ()))
         elif name == "idle":
-            results += [run_idle(target, opts, count) for count in opts.idle]
+            jobs += [(run_idle, (count,)) for count in opts.idle]
         elif name == "storm":
-            results.append(run_storm(target, opts))
+            jobs.append((run_storm, ()))
+    results = []
+    for job, args in jobs:
+        target = start()
+        try:
+            results.append(job(target, opts, *args))
+        finally:
+            target.stop()
     return results
 
 
@@ -871,18 +885,14 @@ def main(opts: argparse.Namespace) -> int:
         for kind, runs in (("chatd", chatd_runs), ("redis", redis_runs)):
             if kind == "redis" and opts.baseline != "redis":
                 continue
-            if kind == "chatd":
-                target = (
-                    Target("chatd", opts.host, opts.port, opts.pid)
-                    if opts.host
-                    else spawn_chatd(opts.loop)
-                )
+            start: Callable[[], Target]
+            if kind == "redis":
+                start = spawn_redis
+            elif opts.host:
+                start = lambda: Target("chatd", opts.host, opts.port, opts.pid)  # noqa: E731
             else:
-                target = spawn_redis()
-            try:
-                runs.append(run_all(target, opts, scenarios))
-            finally:
-                target.stop()
+                start = lambda: spawn_chatd(opts.loop)  # noqa: E731
+            runs.append(run_all(start, opts, scenarios))
     results = _median_results(chatd_runs)
     if redis_runs:
         baseline = _median_results(redis_runs)
