@@ -54,6 +54,7 @@ from chatd.protocol import (
     WhoList,
     clean_text,
     event_from_json,
+    event_to_json,
     parse_line,
     render,
 )
@@ -369,3 +370,22 @@ def test_json_text_is_one_line_even_with_odd_characters() -> None:
     data = render(Message(1, 0.0, "r", "n", 'line\u2028sep "quoted" \\ caf\u00e9'), Format.JSON)
     assert data.count(b"\n") == 1
     assert json.loads(data)["text"] == 'line\u2028sep "quoted" \\ caf\u00e9'
+
+
+@given(
+    text=st.text(max_size=60),
+    room=st.text(min_size=1, max_size=10),
+    sender=st.text(min_size=1, max_size=10),
+    msg_id=st.integers(min_value=0, max_value=2**53),
+    ts=st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    action=st.booleans(),
+)
+def test_the_fast_message_rendering_is_the_generic_one(
+    text: str, room: str, sender: str, msg_id: int, ts: float, action: bool
+) -> None:
+    """Room messages skip the dict and the generic encoder: same bytes."""
+    from chatd.protocol import _json_encode
+
+    message = Message(msg_id, ts, room, sender, text, action)
+    generic = _json_encode(event_to_json(message)).encode() + b"\n"
+    assert render(message, Format.JSON) == generic

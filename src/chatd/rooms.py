@@ -295,10 +295,14 @@ class RoomManager:
 
     @staticmethod
     def _send_all(members: Iterable[Member], event: Event) -> None:
-        cache: list[bytes | None] = [None, None]
+        as_json: bytes | None = None
+        as_text: bytes | None = None
         for member in members:
-            fmt = member.fmt
-            data = cache[fmt]
-            if data is None:
-                data = cache[fmt] = render(event, fmt)
-            member.deliver(data)
+            if member.fmt:
+                if as_json is None:
+                    as_json = render(event, Format.JSON)
+                member.deliver(as_json)
+            else:
+                if as_text is None:
+                    as_text = render(event, Format.TEXT)
+                member.deliver(as_text)

@@ -264,7 +264,7 @@ class Session(Member):
         "_soft_bytes",
         "_soft_events",
         "_stopped",
-        "_wakeup",
+        "_waiter",
         "close_reason",
         "write_blocked_since",
     )
@@ -287,7 +287,8 @@ class Session(Member):
         self._max_events = settings.max_queue_events
         self._soft_bytes = settings.max_queue_bytes // 4
         self._soft_events = settings.max_queue_events // 4
-        self._wakeup = asyncio.Event()  # set: the writer has work (or must stop)
+        #: The idle writer waits on this future; whoever queues output wakes it.
+        self._waiter: asyncio.Future[None] | None = None
         self._drained = asyncio.Event()  # set: the writer took a batch
         self._stopped = asyncio.Event()  # set: the session is closing; waits end
         self._closing = False  # no more output is accepted
@@ -329,15 +330,17 @@ class Session(Member):
                 f"send queue overflow ({self._pending_bytes + self._in_flight} bytes, "
                 f"{len(pending)} events queued)"
             )
-        else:
-            self._wakeup.set()
+        elif (waiter := self._waiter) is not None:
+            # The hot path of fan-out: a writer already woken costs one check.
+            self._waiter = None
+            waiter.set_result(None)
 
     def reply(self, data: bytes) -> None:
         if self._closing:
             return
         self._pending.append(data)
         self._pending_bytes += len(data)
-        self._wakeup.set()
+        self._wake_writer()
 
     def tell(self, event: Event) -> None:
         self.reply(render(event, self.fmt))
@@ -362,9 +365,16 @@ class Session(Member):
         self.close_reason = self.close_reason or "server shutting down"
         self._stop_output()
 
+    def _wake_writer(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
     def _stop_output(self) -> None:
         self._closing = True
-        self._wakeup.set()
+        self._wake_writer()
         self._drained.set()
         self._stopped.set()
 
@@ -389,8 +399,8 @@ class Session(Member):
                 elif self._closing:
                     break
                 else:
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
+                    self._waiter = waiter = asyncio.get_running_loop().create_future()
+                    await waiter
             if not self._dropped:
                 conn.write_eof()
         except (ConnectionError, OSError) as exc:
