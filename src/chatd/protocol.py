@@ -528,6 +528,17 @@ Event = (
 )
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    """An event class's fields, computed once (dataclasses.fields() is slow)."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 def event_to_json(event: Event) -> dict[str, Any]:
     """The JSON object of an event (the documented contract)."""
     match event:
@@ -555,8 +566,8 @@ def event_to_json(event: Event) -> dict[str, Any]:
             return {"type": "help", "commands": [{"usage": u, "help": h} for u, h in commands]}
         case _:
             obj = {"type": event.type}
-            for field in dataclasses.fields(event):
-                obj[field.name] = getattr(event, field.name)
+            for name in _field_names(type(event)):
+                obj[name] = getattr(event, name)
             return obj
 
 

@@ -95,6 +95,10 @@ class Connection(Protocol):
         """Wait until the transport's buffer is below its high-water mark."""
         ...
 
+    def congested(self) -> bool:
+        """True when the transport's buffer is over its high-water mark."""
+        ...
+
     def write_eof(self) -> None:
         """Signal the end of output after what was written, if the transport can."""
         ...
@@ -119,7 +123,7 @@ class Connection(Protocol):
 class StreamConnection:
     """A :class:`Connection` over asyncio streams (TCP, and later TLS)."""
 
-    __slots__ = ("_reader", "_writer", "peer", "read_size")
+    __slots__ = ("_high_water", "_reader", "_writer", "peer", "read_size")
 
     def __init__(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, read_size: int = 65536
@@ -127,6 +131,7 @@ class StreamConnection:
         self._reader = reader
         self._writer = writer
         self.read_size = read_size
+        self._high_water = writer.transport.get_write_buffer_limits()[1]
         peername = writer.get_extra_info("peername")
         self.peer = f"{peername[0]}:{peername[1]}" if peername else "?"
 
@@ -142,6 +147,9 @@ class StreamConnection:
 
     async def drain(self) -> None:
         await self._writer.drain()
+
+    def congested(self) -> bool:
+        return self._writer.transport.get_write_buffer_size() > self._high_water
 
     def get_extra_info(self, name: str) -> object:
         return self._writer.get_extra_info(name)
@@ -253,7 +261,9 @@ class Session(Member):
         "_drained",
         "_dropped",
         "_eof",
+        "_flush_scheduled",
         "_in_flight",
+        "_loop",
         "_manager",
         "_max_bytes",
         "_max_events",
@@ -287,7 +297,11 @@ class Session(Member):
         self._max_events = settings.max_queue_events
         self._soft_bytes = settings.max_queue_bytes // 4
         self._soft_events = settings.max_queue_events // 4
-        #: The idle writer waits on this future; whoever queues output wakes it.
+        self._loop = asyncio.get_running_loop()
+        #: A flush is due (a loop callback, or the writer after its drain).
+        self._flush_scheduled = False
+        #: The writer task waits on this future until a write is congested or
+        #: the session closes.
         self._waiter: asyncio.Future[None] | None = None
         self._drained = asyncio.Event()  # set: the writer took a batch
         self._stopped = asyncio.Event()  # set: the session is closing; waits end
@@ -330,17 +344,20 @@ class Session(Member):
                 f"send queue overflow ({self._pending_bytes + self._in_flight} bytes, "
                 f"{len(pending)} events queued)"
             )
-        elif (waiter := self._waiter) is not None:
-            # The hot path of fan-out: a writer already woken costs one check.
-            self._waiter = None
-            waiter.set_result(None)
+        elif not self._flush_scheduled:
+            # The hot path of fan-out: one flush per loop pass, however many
+            # events arrive in it; after the first, a delivery costs one check.
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
     def reply(self, data: bytes) -> None:
         if self._closing:
             return
         self._pending.append(data)
         self._pending_bytes += len(data)
-        self._wake_writer()
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
     def tell(self, event: Event) -> None:
         self.reply(render(event, self.fmt))
@@ -378,28 +395,51 @@ class Session(Member):
         self._drained.set()
         self._stopped.set()
 
+    def _flush(self) -> None:
+        """Hand everything queued to the transport in one write.
+
+        Runs as a loop callback, once per loop pass with output, so a burst of
+        events costs one system call per client. When the client reads slower
+        than it is written to, the writer task takes over until drain()
+        returns; meanwhile nothing else flushes.
+        """
+        self._flush_scheduled = False
+        if not self._pending or self._dropped:
+            return
+        batch = self._pending
+        size = self._pending_bytes
+        self._pending = []
+        self._pending_bytes = 0
+        self._drained.set()
+        try:
+            self._conn.write(batch)
+        except (ConnectionError, OSError) as exc:
+            logger.debug("write to %s failed: %s", self.peer, exc)
+            self.close_reason = self.close_reason or "connection lost"
+            self._stop_output()
+            return
+        if self._conn.congested():
+            self._flush_scheduled = True  # the writer flushes after its drain
+            self._in_flight = size  # counted against the bound while it waits
+            self.write_blocked_since = self._loop.time()
+            self._wake_writer()
+
     async def _write_loop(self) -> None:
+        """Wait out congested writes; at the end, flush and close the output."""
         conn = self._conn
-        clock = asyncio.get_running_loop().time
         try:
             while True:
-                if self._pending:
-                    batch = self._pending
-                    size = self._pending_bytes
-                    self._pending = []
-                    self._pending_bytes = 0
-                    self._drained.set()
-                    conn.write(batch)
-                    # Only seen by others while drain() really waits.
-                    self._in_flight = size
-                    self.write_blocked_since = clock()
+                if self._in_flight:
                     await conn.drain()
                     self._in_flight = 0
                     self.write_blocked_since = 0.0
+                    self._flush()  # what queued meanwhile; may congest again
                 elif self._closing:
-                    break
+                    if not self._pending:
+                        break
+                    self._flush()
                 else:
-                    self._waiter = waiter = asyncio.get_running_loop().create_future()
+                    self._waiter = waiter = self._loop.create_future()
                     await waiter
             if not self._dropped:
                 conn.write_eof()
@@ -415,7 +455,8 @@ class Session(Member):
         loop = asyncio.get_running_loop()
         self._register_deadline = loop.time() + self._settings.register_timeout
         writer = asyncio.create_task(self._write_loop())
-        logger.info("connect %s", self.peer)
+        started = loop.time()
+        logger.debug("connect %s", self.peer)
         reason = "connection closed"
         try:
             self.tell(Welcome("chatd", __version__))
@@ -429,7 +470,14 @@ class Session(Member):
             self.close_reason = self.close_reason or reason
             self._manager.disconnect(self, self.close_reason)
             await self._finish(writer)
-            logger.info("disconnect %s %s: %s", self.nick or "-", self.peer, self.close_reason)
+            # One line per connection, at its end: what, who, why and how long.
+            logger.info(
+                "disconnect %s %s after %.1f s: %s",
+                self.nick or "-",
+                self.peer,
+                loop.time() - started,
+                self.close_reason,
+            )
 
     async def _finish(self, writer: asyncio.Task[None]) -> None:
         """Flush and close within ``shutdown_grace``; abort whatever is late."""
