@@ -2,8 +2,12 @@
 
 The reader loop frames input (:class:`~chatd.protocol.LineFramer`), parses
 each line and hands the command to the :class:`~chatd.rooms.RoomManager`.
-Output goes into a bounded outbox that one writer task drains: everything
-queued is written in one call, then the writer awaits ``drain()``.
+Output goes into a bounded outbox. Once per loop pass a flush callback
+writes everything queued in one call; when the client reads slower than it
+is written to, the writer task awaits ``drain()`` before the next flush, and
+at the end it sends the last output and EOF. An idle connection has no
+writer task and no waiting futures: they are made when needed, which keeps
+an idle connection near 8 KiB.
 
 Two kinds of output, two policies:
 
@@ -258,7 +262,6 @@ class Session(Member):
         "_closing",
         "_conn",
         "_cost",
-        "_drained",
         "_dropped",
         "_eof",
         "_flush_scheduled",
@@ -269,12 +272,13 @@ class Session(Member):
         "_max_events",
         "_pending",
         "_pending_bytes",
+        "_reader_waiter",
         "_register_deadline",
         "_settings",
         "_soft_bytes",
         "_soft_events",
-        "_stopped",
         "_waiter",
+        "_writer_task",
         "close_reason",
         "write_blocked_since",
     )
@@ -303,8 +307,11 @@ class Session(Member):
         #: The writer task waits on this future until a write is congested or
         #: the session closes.
         self._waiter: asyncio.Future[None] | None = None
-        self._drained = asyncio.Event()  # set: the writer took a batch
-        self._stopped = asyncio.Event()  # set: the session is closing; waits end
+        #: The reader waits on this future (outbox full, or a pause) until a
+        #: flush takes the outbox or the session closes. Made on demand, like
+        #: the writer task: an idle connection holds neither.
+        self._reader_waiter: asyncio.Future[None] | None = None
+        self._writer_task: asyncio.Task[None] | None = None
         self._closing = False  # no more output is accepted
         self._dropped = False  # the connection was aborted
         self._in_flight = 0  # bytes of the batch whose drain() is waiting
@@ -383,17 +390,32 @@ class Session(Member):
         self._stop_output()
 
     def _wake_writer(self) -> None:
+        """Start the writer task, or wake it (a congested write, or closing)."""
+        if self._writer_task is None:
+            self._writer_task = self._loop.create_task(self._write_loop())
+            return
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
 
+    def _wake_reader(self) -> None:
+        waiter = self._reader_waiter
+        if waiter is not None:
+            self._reader_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _reader_wait(self) -> None:
+        """Wait for the next flush or the start of closing."""
+        self._reader_waiter = waiter = self._loop.create_future()
+        await waiter
+
     def _stop_output(self) -> None:
         self._closing = True
-        self._wake_writer()
-        self._drained.set()
-        self._stopped.set()
+        self._wake_reader()
+        self._wake_writer()  # it does the last flush and the end of output (FIN)
 
     def _flush(self) -> None:
         """Hand everything queued to the transport in one write.
@@ -410,7 +432,7 @@ class Session(Member):
         size = self._pending_bytes
         self._pending = []
         self._pending_bytes = 0
-        self._drained.set()
+        self._wake_reader()
         try:
             self._conn.write(batch)
         except (ConnectionError, OSError) as exc:
@@ -454,7 +476,6 @@ class Session(Member):
         """Serve the connection until it ends, whichever way it ends."""
         loop = asyncio.get_running_loop()
         self._register_deadline = loop.time() + self._settings.register_timeout
-        writer = asyncio.create_task(self._write_loop())
         started = loop.time()
         logger.debug("connect %s", self.peer)
         reason = "connection closed"
@@ -469,7 +490,7 @@ class Session(Member):
         finally:
             self.close_reason = self.close_reason or reason
             self._manager.disconnect(self, self.close_reason)
-            await self._finish(writer)
+            await self._finish()
             # One line per connection, at its end: what, who, why and how long.
             logger.info(
                 "disconnect %s %s after %.1f s: %s",
@@ -479,9 +500,11 @@ class Session(Member):
                 self.close_reason,
             )
 
-    async def _finish(self, writer: asyncio.Task[None]) -> None:
+    async def _finish(self) -> None:
         """Flush and close within ``shutdown_grace``; abort whatever is late."""
         self._stop_output()
+        writer = self._writer_task
+        assert writer is not None
         if self._dropped:
             writer.cancel()
         _, late = await asyncio.wait([writer], timeout=self._settings.shutdown_grace)
@@ -634,14 +657,14 @@ class Session(Member):
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
-                await self._stopped.wait()
+                while not self._closing:
+                    await self._reader_wait()
 
     async def _wait_outbox(self) -> None:
         while not self._closing and (
             self._pending_bytes > self._soft_bytes or len(self._pending) > self._soft_events
         ):
-            self._drained.clear()
-            await self._drained.wait()
+            await self._reader_wait()
 
     def _handle(self, item: bytes | ChatError) -> str | None:
         try:
