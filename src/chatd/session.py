@@ -33,6 +33,7 @@ import contextlib
 import logging
 import socket
 import struct
+import weakref
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -189,6 +190,45 @@ class StreamConnection:
         self._writer.transport.abort()
 
 
+class _Flusher:
+    """Flushes every session with output once per loop pass, in one callback.
+
+    A room message reaches dozens of sessions; one loop callback for all of
+    them costs less than a callback each.
+    """
+
+    __slots__ = ("_dirty", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._dirty: list[Session] = []
+        self._scheduled = False
+
+    def add(self, session: Session) -> None:
+        self._dirty.append(session)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for session in dirty:
+            session._flush()
+
+
+_FLUSHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _flusher(loop: asyncio.AbstractEventLoop) -> _Flusher:
+    flusher = _FLUSHERS.get(loop)
+    if flusher is None:
+        flusher = _FLUSHERS[loop] = _Flusher(loop)
+    return flusher
+
+
 class TokenBucket:
     """Flood control: ``rate`` tokens a second, at most ``burst`` saved up.
 
@@ -265,6 +305,7 @@ class Session(Member):
         "_dropped",
         "_eof",
         "_flush_scheduled",
+        "_flusher",
         "_in_flight",
         "_loop",
         "_manager",
@@ -302,6 +343,7 @@ class Session(Member):
         self._soft_bytes = settings.max_queue_bytes // 4
         self._soft_events = settings.max_queue_events // 4
         self._loop = asyncio.get_running_loop()
+        self._flusher = _flusher(self._loop)
         #: A flush is due (a loop callback, or the writer after its drain).
         self._flush_scheduled = False
         #: The writer task waits on this future until a write is congested or
@@ -355,7 +397,7 @@ class Session(Member):
             # The hot path of fan-out: one flush per loop pass, however many
             # events arrive in it; after the first, a delivery costs one check.
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._flusher.add(self)
 
     def reply(self, data: bytes) -> None:
         if self._closing:
@@ -364,7 +406,7 @@ class Session(Member):
         self._pending_bytes += len(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._flusher.add(self)
 
     def tell(self, event: Event) -> None:
         self.reply(render(event, self.fmt))
