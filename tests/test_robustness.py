@@ -179,19 +179,6 @@ async def test_a_client_that_never_reads_is_cut_by_the_write_timeout(
         client.close()
 
 
-async def test_over_the_rate_reading_slows_and_nothing_is_lost(start_server: StartServer) -> None:
-    server = await start_server(msg_rate=50, msg_burst=5, flood_lines=100)
-    talker = await open_json(server.port, "talker")
-    listener = await open_json(server.port, "listener")
-    try:
-        await talker.send(*(f"line {n}" for n in range(40)))
-        texts = [(await listener.expect("message"))["text"] for _ in range(40)]
-        assert texts == [f"line {n}" for n in range(40)]
-    finally:
-        talker.close()
-        listener.close()
-
-
 async def test_a_steady_sender_above_the_rate_is_slowed_never_cut(
     start_server: StartServer,
 ) -> None:
