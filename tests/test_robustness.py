@@ -446,3 +446,101 @@ def test_refusals_are_logged_once_per_address_and_window(
     messages = [r.getMessage() for r in caplog.records]
     assert "refused 999 more connections from 10.0.0.1" in messages
     assert len(messages) == 4
+
+
+class FaultyConnection:
+    """A Connection whose writes fail with an unexpected error, or are kept."""
+
+    def __init__(self, peer: str, *, fail: bool) -> None:
+        self.peer = peer
+        self.fail = fail
+        self.written: list[bytes] = []
+        self.aborted = False
+
+    async def read(self) -> bytes:
+        await asyncio.get_running_loop().create_future()  # never: no input
+        return b""
+
+    def write(self, chunks: list[bytes]) -> None:
+        if self.fail:
+            raise RuntimeError("a transport bug")
+        self.written += chunks
+
+    async def drain(self) -> None:
+        return
+
+    def congested(self) -> bool:
+        return False
+
+    def write_eof(self) -> None:
+        return
+
+    async def close(self) -> None:
+        return
+
+    async def wait_closed(self) -> None:
+        return
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_extra_info(self, name: str) -> object:
+        return None
+
+
+async def test_one_sessions_failing_flush_does_not_stop_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from chatd.config import Settings
+    from chatd.rooms import RoomManager
+    from chatd.session import Session
+
+    manager = RoomManager()
+    bad_conn = FaultyConnection("bad", fail=True)
+    good_conn = FaultyConnection("good", fail=False)
+    bad = Session(manager, Settings(), bad_conn)  # type: ignore[arg-type]
+    good = Session(manager, Settings(), good_conn)  # type: ignore[arg-type]
+    manager.register(bad, "bad")  # bad is flushed first in every pass
+    manager.register(good, "good")
+    for text in ("one", "two"):
+        manager.say(good, text)
+        flushed = asyncio.Event()
+        asyncio.get_running_loop().call_soon(flushed.set)  # after the flush pass
+        await flushed.wait()
+    assert b"[general] good: one\n" in good_conn.written
+    assert b"[general] good: two\n" in good_conn.written
+    assert bad_conn.aborted
+    assert "flushing bad failed" in caplog.text
+
+
+def test_a_finished_event_loop_is_not_kept_alive() -> None:
+    import weakref
+
+    from chatd.session import _flusher
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(asyncio.sleep(0))
+    _flusher(loop).add  # noqa: B018 - registers the loop's flusher
+    gone = weakref.ref(loop)
+    loop.close()
+    del loop
+    gc.collect()
+    assert gone() is None
+
+
+async def test_after_congestion_clears_no_writer_task_remains(start_server: StartServer) -> None:
+    server = await start_server(sndbuf=4096)
+    slow = await open_json(server.port, "slow")
+    talker = await open_json(server.port, "talker")
+    try:
+        slow.stop_reading()
+        await talker.send(*(f"{n} {'x' * 500}" for n in range(400)))
+        await talker.sync("sent")
+        slow.resume_reading()
+        events = await slow.sync("caught-up")
+        assert sum(e["type"] == "message" for e in events) == 400
+        writers = [t for t in asyncio.all_tasks() if "_write_loop" in repr(t.get_coro())]
+        assert writers == []
+    finally:
+        slow.close()
+        talker.close()

@@ -197,10 +197,10 @@ class _Flusher:
     them costs less than a callback each.
     """
 
-    __slots__ = ("_dirty", "_loop", "_scheduled")
+    # No reference to the loop: the registry below is keyed weakly by it.
+    __slots__ = ("__weakref__", "_dirty", "_scheduled")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:
         self._dirty: list[Session] = []
         self._scheduled = False
 
@@ -208,13 +208,18 @@ class _Flusher:
         self._dirty.append(session)
         if not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon(self._run)
+            asyncio.get_running_loop().call_soon(self._run)
 
     def _run(self) -> None:
         self._scheduled = False
         dirty, self._dirty = self._dirty, []
         for session in dirty:
-            session._flush()
+            try:
+                session._flush()
+            except Exception:
+                # One session's bug must not stop everyone else's output.
+                logger.exception("flushing %s failed", session.peer)
+                session.drop("internal error")
 
 
 _FLUSHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = (
@@ -225,7 +230,7 @@ _FLUSHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = (
 def _flusher(loop: asyncio.AbstractEventLoop) -> _Flusher:
     flusher = _FLUSHERS.get(loop)
     if flusher is None:
-        flusher = _FLUSHERS[loop] = _Flusher(loop)
+        flusher = _FLUSHERS[loop] = _Flusher()
     return flusher
 
 
@@ -318,7 +323,6 @@ class Session(Member):
         "_settings",
         "_soft_bytes",
         "_soft_events",
-        "_waiter",
         "_writer_task",
         "close_reason",
         "write_blocked_since",
@@ -346,9 +350,6 @@ class Session(Member):
         self._flusher = _flusher(self._loop)
         #: A flush is due (a loop callback, or the writer after its drain).
         self._flush_scheduled = False
-        #: The writer task waits on this future until a write is congested or
-        #: the session closes.
-        self._waiter: asyncio.Future[None] | None = None
         #: The reader waits on this future (outbox full, or a pause) until a
         #: flush takes the outbox or the session closes. Made on demand, like
         #: the writer task: an idle connection holds neither.
@@ -432,15 +433,13 @@ class Session(Member):
         self._stop_output()
 
     def _wake_writer(self) -> None:
-        """Start the writer task, or wake it (a congested write, or closing)."""
-        if self._writer_task is None:
+        """Start the writer task for a congested write or the end of output.
+
+        The task exits whenever nothing is congested, so an idle connection,
+        even one that was slow once, holds no task.
+        """
+        if self._writer_task is None or self._writer_task.done():
             self._writer_task = self._loop.create_task(self._write_loop())
-            return
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
 
     def _wake_reader(self) -> None:
         waiter = self._reader_waiter
@@ -489,7 +488,7 @@ class Session(Member):
             self._wake_writer()
 
     async def _write_loop(self) -> None:
-        """Wait out congested writes; at the end, flush and close the output."""
+        """Wait out a congested write; at the end, the last flush and EOF."""
         conn = self._conn
         try:
             while True:
@@ -498,19 +497,23 @@ class Session(Member):
                     self._in_flight = 0
                     self.write_blocked_since = 0.0
                     self._flush()  # what queued meanwhile; may congest again
-                elif self._closing:
-                    if not self._pending:
-                        break
+                elif not self._closing:
+                    return  # nothing congested: the next congestion starts a new task
+                elif self._pending:
                     self._flush()
                 else:
-                    self._waiter = waiter = self._loop.create_future()
-                    await waiter
+                    break
             if not self._dropped:
                 conn.write_eof()
         except (ConnectionError, OSError) as exc:
             logger.debug("write to %s failed: %s", self.peer, exc)
             self.close_reason = self.close_reason or "connection lost"
+            self._in_flight = 0
+            self.write_blocked_since = 0.0
             self._stop_output()
+        except Exception:
+            logger.exception("writer for %s failed", self.peer)
+            self.drop("internal error")
 
     # -- input -----------------------------------------------------------
 
@@ -554,9 +557,6 @@ class Session(Member):
             self.drop("output not flushed in time")
             writer.cancel()
             await asyncio.wait([writer])
-        if not writer.cancelled() and (exc := writer.exception()) is not None:
-            logger.error("writer for %s failed", self.peer, exc_info=exc)
-            self.drop("internal error")
         if self._dropped:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(LINGER_SECONDS):
