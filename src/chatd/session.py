@@ -432,7 +432,7 @@ class Session(Member):
         self.close_reason = self.close_reason or "server shutting down"
         self._stop_output()
 
-    def _wake_writer(self) -> None:
+    def _start_writer(self) -> None:
         """Start the writer task for a congested write or the end of output.
 
         The task exits whenever nothing is congested, so an idle connection,
@@ -456,7 +456,7 @@ class Session(Member):
     def _stop_output(self) -> None:
         self._closing = True
         self._wake_reader()
-        self._wake_writer()  # it does the last flush and the end of output (FIN)
+        self._start_writer()  # it does the last flush and the end of output (FIN)
 
     def _flush(self) -> None:
         """Hand everything queued to the transport in one write.
@@ -485,7 +485,7 @@ class Session(Member):
             self._flush_scheduled = True  # the writer flushes after its drain
             self._in_flight = size  # counted against the bound while it waits
             self.write_blocked_since = self._loop.time()
-            self._wake_writer()
+            self._start_writer()
 
     async def _write_loop(self) -> None:
         """Wait out a congested write; at the end, the last flush and EOF."""
