@@ -108,21 +108,8 @@ class RoomManager:
 
     # -- queries ---------------------------------------------------------
 
-    @property
-    def nick_count(self) -> int:
-        return len(self._nicks)
-
-    @property
-    def room_count(self) -> int:
-        return len(self._rooms)
-
     def find(self, nick: str) -> Member | None:
         return self._nicks.get(name_key(nick))
-
-    def member_count(self, room_name: str | None, member: Member) -> int:
-        """Members of a room (default: the member's current one), 0 if none."""
-        room = member.current if room_name is None else self._rooms.get(name_key(room_name))
-        return len(room.members) if room is not None else 0
 
     def room_list(self) -> RoomList:
         rooms = sorted(self._rooms.values(), key=lambda r: r.key)
