@@ -477,15 +477,21 @@ class Session(Member):
         try:
             self._conn.write(batch)
         except (ConnectionError, OSError) as exc:
-            logger.debug("write to %s failed: %s", self.peer, exc)
-            self.close_reason = self.close_reason or "connection lost"
-            self._stop_output()
+            self._write_failed(exc)
             return
         if self._conn.congested():
             self._flush_scheduled = True  # the writer flushes after its drain
             self._in_flight = size  # counted against the bound while it waits
             self.write_blocked_since = self._loop.time()
             self._start_writer()
+
+    def _write_failed(self, exc: BaseException) -> None:
+        """The peer is gone: no congestion left to wait out, no more output."""
+        logger.debug("write to %s failed: %s", self.peer, exc)
+        self.close_reason = self.close_reason or "connection lost"
+        self._in_flight = 0
+        self.write_blocked_since = 0.0
+        self._stop_output()
 
     async def _write_loop(self) -> None:
         """Wait out a congested write; at the end, the last flush and EOF."""
@@ -506,11 +512,7 @@ class Session(Member):
             if not self._dropped:
                 conn.write_eof()
         except (ConnectionError, OSError) as exc:
-            logger.debug("write to %s failed: %s", self.peer, exc)
-            self.close_reason = self.close_reason or "connection lost"
-            self._in_flight = 0
-            self.write_blocked_since = 0.0
-            self._stop_output()
+            self._write_failed(exc)
         except Exception:
             logger.exception("writer for %s failed", self.peer)
             self.drop("internal error")
