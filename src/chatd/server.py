@@ -43,6 +43,7 @@ class Server:
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
         self._refusals = _RefusalLog()
+        self._socket_options = _socket_options(settings)
 
     @property
     def session_count(self) -> int:
@@ -137,22 +138,7 @@ class Server:
         sock = writer.get_extra_info("socket")
         if sock is None:
             return
-        s = self.settings
-        options = [
-            (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
-            (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
-        ]
-        # Linux names; other systems keep their keepalive defaults.
-        for name, value in (
-            ("TCP_KEEPIDLE", s.keepalive_idle),
-            ("TCP_KEEPINTVL", s.keepalive_interval),
-            ("TCP_KEEPCNT", s.keepalive_count),
-        ):
-            if hasattr(socket, name):
-                options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
-        if s.sndbuf:
-            options.append((socket.SOL_SOCKET, socket.SO_SNDBUF, s.sndbuf))
-        for level, option, value in options:
+        for level, option, value in self._socket_options:
             with contextlib.suppress(OSError):
                 sock.setsockopt(level, option, value)
 
@@ -188,6 +174,25 @@ class Server:
         if self._listener is not None:
             await self._listener.wait_closed()
         logger.info("shutdown complete")
+
+
+def _socket_options(s: Settings) -> list[tuple[int, int, int]]:
+    """(level, option, value) for every client socket, from the settings."""
+    options = [
+        (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+    ]
+    # Linux names; other systems keep their keepalive defaults.
+    for name, value in (
+        ("TCP_KEEPIDLE", s.keepalive_idle),
+        ("TCP_KEEPINTVL", s.keepalive_interval),
+        ("TCP_KEEPCNT", s.keepalive_count),
+    ):
+        if hasattr(socket, name):
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    if s.sndbuf:
+        options.append((socket.SOL_SOCKET, socket.SO_SNDBUF, s.sndbuf))
+    return options
 
 
 class _RefusalLog:
