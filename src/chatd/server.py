@@ -14,9 +14,11 @@ import asyncio
 import contextlib
 import logging
 import socket
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 from chatd.config import Settings
 from chatd.errors import ChatError, ServerFull, TooManyConnections
@@ -78,6 +80,10 @@ class Server:
             backlog=self.settings.backlog,
             limit=self.settings.max_line * 2,
         )
+        # Linux copies these options from the listening socket to every
+        # accepted one, which saves five system calls per connection.
+        for sock in self._listener.sockets:
+            self._configure_socket(sock)
         self._sweeper = asyncio.create_task(self._sweep_loop())
         for host, port in self.addresses:
             logger.info("listening on %s:%d", host, port)
@@ -115,7 +121,8 @@ class Server:
             writer.write(render(Error.of(refusal), Format.TEXT))
             writer.close()
             return
-        self._configure_socket(writer)
+        if not _INHERITS_SOCKET_OPTIONS:
+            self._configure_socket(writer.get_extra_info("socket"))
         session = Session(self.manager, self.settings, conn)
         task = asyncio.current_task()
         assert task is not None
@@ -134,8 +141,7 @@ class Server:
             if not self._per_ip[ip]:
                 del self._per_ip[ip]
 
-    def _configure_socket(self, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
+    def _configure_socket(self, sock: Any) -> None:
         if sock is None:
             return
         for level, option, value in self._socket_options:
@@ -174,6 +180,9 @@ class Server:
         if self._listener is not None:
             await self._listener.wait_closed()
         logger.info("shutdown complete")
+
+
+_INHERITS_SOCKET_OPTIONS = sys.platform.startswith("linux")
 
 
 def _socket_options(s: Settings) -> list[tuple[int, int, int]]:
