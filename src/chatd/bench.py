@@ -865,8 +865,14 @@ def _median_results(runs: list[list[Result]]) -> list[Result]:
         for key, value in first.figures.items():
             values = [r.figures.get(key) for r in group]
             if len(group) > 1 and all(isinstance(v, int | float) for v in values):
-                nums = [float(v) for v in values if v is not None]
-                out.figures[key] = round(statistics.median(nums), 3)
+                nums = [v for v in values if v is not None]
+                median = statistics.median(nums)
+                # Counts stay integers; an even number of runs may give a half.
+                if isinstance(median, float) and not median.is_integer():
+                    median = round(median, 3)
+                elif all(isinstance(v, int) for v in nums):
+                    median = int(median)
+                out.figures[key] = median
                 out.figures[f"{key}_range"] = [min(nums), max(nums)]
             else:
                 out.figures[key] = value
