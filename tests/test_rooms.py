@@ -56,7 +56,7 @@ def test_register_puts_member_in_general(manager: RoomManager) -> None:
     alice = Inbox()
     manager.register(alice, "alice")
     assert alice.take() == [
-        {"type": "registered", "nick": "alice"},
+        {"type": "registered", "nick": "alice", "account": False},
         {"type": "join", "room": "general", "nick": "alice"},
         {"type": "current", "room": "general"},
     ]

@@ -49,6 +49,18 @@ class Settings:
     write_timeout: float = 60.0
     #: Seconds a graceful shutdown waits for queued output to reach clients.
     shutdown_grace: float = 5.0
+    #: The database file; ":memory:" keeps nothing (see chatd.store).
+    db: str = ":memory:"
+    #: SQLite's synchronous mode: "normal" survives a crash of the daemon,
+    #: "full" also a crash of the machine (an fsync per group commit).
+    db_sync: str = "normal"
+    #: Messages a member is shown when joining a room.
+    history_on_join: int = 20
+    #: Password hashing cost: "standard" (argon2id, 19 MiB, 2 passes) or
+    #: "test" (the cheapest argon2id, for test suites only).
+    password_cost: str = "standard"
+    #: Seconds before a wrong password is answered.
+    login_fail_delay: float = 1.0
     #: SO_SNDBUF for client sockets, 0 for the kernel's default (tests clamp it).
     sndbuf: int = 0
 
@@ -63,6 +75,7 @@ class Settings:
             "register_timeout",
             "write_timeout",
             "shutdown_grace",
+            "login_fail_delay",
         ):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number")
@@ -88,5 +101,11 @@ class Settings:
             raise ValueError("msg_rate must be >= 0, msg_burst >= 1 and flood_factor >= 1")
         if self.max_queue_bytes < 4 * self.max_line:
             raise ValueError("max_queue_bytes must be at least 4 x max_line")
+        if self.db_sync not in ("normal", "full"):
+            raise ValueError("db_sync must be normal or full")
+        if self.password_cost not in ("standard", "test"):
+            raise ValueError("password_cost must be standard or test")
+        if not 0 <= self.history_on_join <= 1000 or self.login_fail_delay < 0:
+            raise ValueError("history_on_join must be 0-1000 and login_fail_delay >= 0")
         if self.register_timeout <= 0 or self.write_timeout <= 0 or self.shutdown_grace < 0:
             raise ValueError("register_timeout and write_timeout must be > 0, shutdown_grace >= 0")

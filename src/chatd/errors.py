@@ -21,13 +21,18 @@ are for humans and may.
     │   ├── NoSuchRoom              no_such_room
     │   ├── RoomExists              room_exists
     │   ├── NoSuchNick              no_such_nick
-    │   └── NotInRoom               not_in_room
+    │   ├── NotInRoom               not_in_room
+    │   ├── NickRegistered          nick_registered
+    │   ├── BadLogin                bad_login
+    │   └── NotLoggedIn             not_logged_in
     └── LimitError                  a limit was reached (some end the connection)
         ├── RateLimited             rate_limited
         ├── TooManyRooms            too_many_rooms
         ├── ServerFull              server_full
         ├── TooManyConnections      too_many_connections
-        └── RegistrationTimeout     registration_timeout
+        ├── RegistrationTimeout     registration_timeout
+        ├── LoginThrottled          login_throttled
+        └── StorageUnavailable      storage_unavailable
 
 Names avoid the builtins (``ConnectionError``, ``TimeoutError``) on purpose.
 """
@@ -103,6 +108,18 @@ class NotInRoom(StateError):
     code = "not_in_room"
 
 
+class NickRegistered(StateError):
+    code = "nick_registered"
+
+
+class BadLogin(StateError):
+    code = "bad_login"
+
+
+class NotLoggedIn(StateError):
+    code = "not_logged_in"
+
+
 class LimitError(ChatError):
     """A configured limit was reached."""
 
@@ -127,6 +144,14 @@ class RegistrationTimeout(LimitError):
     code = "registration_timeout"
 
 
+class LoginThrottled(LimitError):
+    code = "login_throttled"
+
+
+class StorageUnavailable(LimitError):
+    code = "storage_unavailable"
+
+
 #: Every wire code, for documentation and tests.
 ALL_CODES: tuple[str, ...] = tuple(
     cls.code
@@ -143,10 +168,15 @@ ALL_CODES: tuple[str, ...] = tuple(
         RoomExists,
         NoSuchNick,
         NotInRoom,
+        NickRegistered,
+        BadLogin,
+        NotLoggedIn,
         RateLimited,
         TooManyRooms,
         ServerFull,
         TooManyConnections,
         RegistrationTimeout,
+        LoginThrottled,
+        StorageUnavailable,
     )
 )

@@ -27,6 +27,7 @@ import enum
 import json
 import json.encoder
 import re
+import time
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
@@ -242,6 +243,37 @@ class Quit:
     reason: str = ""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Register:
+    password: str = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Login:
+    nick: str
+    password: str = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Logout:
+    pass
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Passwd:
+    old: str = dataclasses.field(repr=False)
+    new: str = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ShowHistory:
+    #: A room name, or ``@nick`` for the private conversation with nick;
+    #: None for the current room.
+    target: str | None = None
+    count: int = 20
+    before: int | None = None
+
+
 Command = (
     Say
     | Nick
@@ -257,6 +289,11 @@ Command = (
     | Ping
     | Help
     | Quit
+    | Register
+    | Login
+    | Logout
+    | Passwd
+    | ShowHistory
 )
 
 #: (usage, what it does), in the order ``/help`` lists them.
@@ -270,6 +307,11 @@ COMMAND_HELP: Final[tuple[tuple[str, str], ...]] = (
     ("/msg NICK TEXT", "send a private message"),
     ("/me ACTION", "send an action to the current room"),
     ("/topic [TEXT]", "show or set the current room's topic"),
+    ("/register PASSWORD", "protect your nickname with a password"),
+    ("/login NICK PASSWORD", "log in to your registered nickname"),
+    ("/logout", "log out (choose a nickname again)"),
+    ("/passwd OLD NEW", "change your password"),
+    ("/history [ROOM|@NICK] [N] [before=ID]", "show earlier messages"),
     ("/format text|json", "switch how the server talks to you"),
     ("/ping [TOKEN]", "ask for a pong (echoes TOKEN)"),
     ("/help", "show this list"),
@@ -336,6 +378,66 @@ def _parse_me(args: str) -> Me:
     return Me(args)
 
 
+#: Passwords: 8 to 128 characters, no spaces (they separate arguments).
+MIN_PASSWORD_LEN: Final = 8
+MAX_PASSWORD_LEN: Final = 128
+#: Most messages one /history answers.
+MAX_HISTORY: Final = 1000
+
+
+def check_password(password: str) -> str:
+    if not MIN_PASSWORD_LEN <= len(password) <= MAX_PASSWORD_LEN or " " in password:
+        raise BadArgs(
+            f"a password has {MIN_PASSWORD_LEN}-{MAX_PASSWORD_LEN} characters and no spaces"
+        )
+    return password
+
+
+def _parse_register(args: str) -> Register:
+    if not args:
+        raise BadArgs("usage: /register PASSWORD")
+    return Register(check_password(args))
+
+
+def _parse_login(args: str) -> Login:
+    nick, _, password = args.partition(" ")
+    if not nick or not password:
+        raise BadArgs("usage: /login NICK PASSWORD")
+    # A wrong password is a bad login, not a usage error: no hint about rules.
+    return Login(check_nick(nick), password.strip())
+
+
+def _parse_passwd(args: str) -> Passwd:
+    parts = args.split()
+    if len(parts) != 2:
+        raise BadArgs("usage: /passwd OLD NEW")
+    return Passwd(parts[0], check_password(parts[1]))
+
+
+def _parse_history(args: str) -> ShowHistory:
+    usage = f"usage: /history [ROOM|@NICK] [N] [before=ID] (N at most {MAX_HISTORY})"
+    target: str | None = None
+    count = 20
+    before: int | None = None
+    for i, word in enumerate(args.split()):
+        if word.startswith("before="):
+            value = word[7:]
+            if not value.isdigit() or before is not None:
+                raise BadArgs(usage)
+            before = int(value)
+        elif word.isdigit():
+            count = int(word)
+            if not 1 <= count <= MAX_HISTORY:
+                raise BadArgs(usage)
+        elif i == 0 and word.startswith("@"):
+            target = "@" + check_nick(word[1:])
+        elif i == 0:
+            target = check_room(word)
+        else:
+            raise BadArgs(usage)
+    return ShowHistory(target, count, before)
+
+
 _PARSERS: Final[dict[str, Any]] = {
     "nick": lambda a: Nick(check_nick(_one_arg(a, "/nick NAME"))),
     "create": lambda a: Create(check_room(_one_arg(a, "/create ROOM"))),
@@ -350,6 +452,11 @@ _PARSERS: Final[dict[str, Any]] = {
     "ping": lambda a: Ping(a),
     "help": lambda a: Help(),
     "quit": lambda a: Quit(a),
+    "register": _parse_register,
+    "login": _parse_login,
+    "logout": lambda a: Logout(),
+    "passwd": _parse_passwd,
+    "history": _parse_history,
 }
 
 
@@ -393,6 +500,8 @@ class Welcome:
 class Registered:
     type: ClassVar[str] = "registered"
     nick: str
+    #: Logged in to a registered account, not a guest.
+    account: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -404,6 +513,8 @@ class Message:
     sender: str
     text: str
     action: bool = False
+    #: Sent again from the store (on join or /history), not live.
+    history: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -414,6 +525,7 @@ class Direct:
     sender: str
     to: str
     text: str
+    history: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -502,6 +614,32 @@ class Bye:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class History:
+    """The end of a run of stored messages (each marked ``history``)."""
+
+    type: ClassVar[str] = "history"
+    #: The room, or None for a private conversation with ``peer``.
+    room: str | None
+    peer: str | None
+    count: int
+    #: Older messages exist; ask with ``before`` for the next page.
+    more: bool
+    before: int | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LoggedOut:
+    type: ClassVar[str] = "logout"
+    nick: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PasswordChanged:
+    type: ClassVar[str] = "passwd"
+    nick: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Shutdown:
     type: ClassVar[str] = "shutdown"
     reason: str = "server shutting down"
@@ -525,6 +663,9 @@ Event = (
     | Error
     | Bye
     | Shutdown
+    | History
+    | LoggedOut
+    | PasswordChanged
 )
 
 
@@ -542,7 +683,7 @@ def _field_names(cls: type) -> tuple[str, ...]:
 def event_to_json(event: Event) -> dict[str, Any]:
     """The JSON object of an event (the documented contract)."""
     match event:
-        case Message(id, ts, room, sender, text, action):
+        case Message(id, ts, room, sender, text, action, history):
             obj: dict[str, Any] = {
                 "type": "message",
                 "id": id,
@@ -553,9 +694,14 @@ def event_to_json(event: Event) -> dict[str, Any]:
             }
             if action:
                 obj["action"] = True
+            if history:
+                obj["history"] = True
             return obj
-        case Direct(id, ts, sender, to, text):
-            return {"type": "dm", "id": id, "ts": ts, "from": sender, "to": to, "text": text}
+        case Direct(id, ts, sender, to, text, history):
+            obj = {"type": "dm", "id": id, "ts": ts, "from": sender, "to": to, "text": text}
+            if history:
+                obj["history"] = True
+            return obj
         case RoomList(rooms):
             return {"type": "rooms", "rooms": [{"name": n, "members": k} for n, k in rooms]}
         case WhoList(room, nicks):
@@ -602,7 +748,18 @@ def _objects(value: object) -> list[Mapping[str, Any]]:
 #: Events whose JSON fields are all strings, named as their dataclass fields.
 _PLAIN_EVENTS: Final[dict[str, Any]] = {
     cls.type: cls
-    for cls in (Welcome, Registered, Joined, Left, NickChanged, Pong, Error, Bye, Shutdown)
+    for cls in (
+        Welcome,
+        Joined,
+        Left,
+        NickChanged,
+        Pong,
+        Error,
+        Bye,
+        Shutdown,
+        LoggedOut,
+        PasswordChanged,
+    )
 }
 
 
@@ -623,6 +780,7 @@ def event_from_json(obj: Mapping[str, Any]) -> Event:
                     _str(obj["from"]),
                     _str(obj["text"]),
                     obj.get("action") is True,
+                    obj.get("history") is True,
                 )
             case "dm":
                 return Direct(
@@ -631,6 +789,18 @@ def event_from_json(obj: Mapping[str, Any]) -> Event:
                     _str(obj["from"]),
                     _str(obj["to"]),
                     _str(obj["text"]),
+                    obj.get("history") is True,
+                )
+            case "registered":
+                return Registered(_str(obj["nick"]), obj.get("account") is True)
+            case "history":
+                before = obj.get("before")
+                return History(
+                    _opt_str(obj.get("room")),
+                    _opt_str(obj.get("peer")),
+                    _int(obj["count"]),
+                    obj.get("more") is True,
+                    None if before is None else _int(before),
                 )
             case "current":
                 return Current(_opt_str(obj["room"]))
@@ -671,12 +841,27 @@ _json_str: Final = json.encoder.encode_basestring
 def event_to_text(event: Event) -> str:
     """The human-readable form of an event; may span several lines (help)."""
     match event:
+        case Message(history=True) | Direct(history=True):
+            # A stored message: its time first, so it reads as the past.
+            when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(event.ts))
+            return f"{when} " + event_to_text(dataclasses.replace(event, history=False))
         case Message(room=room, sender=sender, text=text, action=False):
             return f"[{room}] {sender}: {text}"
         case Message(room=room, sender=sender, text=text):
             return f"[{room}] * {sender} {text}"
         case Direct(sender=sender, to=to, text=text):
             return f"[{sender} -> {to}] {text}"
+        case History(room, peer, count, more, before):
+            where = f"#{room}" if room is not None else f"you and {peer}"
+            line = f"* {count} earlier message{'s' * (count != 1)} of {where}"
+            if more:
+                target = room if room is not None else f"@{peer}"
+                line += f"; more: /history {target} 20 before={before}"
+            return line
+        case LoggedOut(nick):
+            return f"* logged out of {nick}; choose a nickname (/nick NAME or /login NICK PASSWORD)"
+        case PasswordChanged(nick):
+            return f"* password of {nick} changed"
         case Joined(room, nick):
             return f"* {nick} joined #{room}"
         case Left(room, nick, reason):
@@ -708,6 +893,8 @@ def event_to_text(event: Event) -> str:
             return "\n".join(["* commands:", *rows, "* anything else is said in your room"])
         case Error(code, text):
             return f"! {code}: {text}"
+        case Registered(nick, True):
+            return f"* you are {nick} (logged in)"
         case Registered(nick):
             return f"* you are {nick}"
         case Welcome(server, version):
@@ -729,6 +916,8 @@ def _message_json(m: Message) -> bytes:
     generic encoder makes of event_to_json(m) (a test holds it to that).
     """
     action = ',"action":true' if m.action else ""
+    if m.history:
+        action += ',"history":true'
     return (
         f'{{"type":"message","id":{m.id},"ts":{m.ts!r},"room":{_json_str(m.room)},'
         f'"from":{_json_str(m.sender)},"text":{_json_str(m.text)}{action}}}\n'
