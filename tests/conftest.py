@@ -26,7 +26,14 @@ def pytest_asyncio_loop_factories(
 
 
 #: Test defaults: flood control off unless a test turns it on.
-TEST_SETTINGS = Settings(host="127.0.0.1", port=0, msg_rate=0, shutdown_grace=2.0)
+TEST_SETTINGS = Settings(
+    host="127.0.0.1",
+    port=0,
+    msg_rate=0,
+    shutdown_grace=2.0,
+    password_cost="test",
+    login_fail_delay=0.05,
+)
 
 StartServer = Callable[..., Awaitable[Server]]
 Connect = Callable[..., Awaitable[LineClient]]

@@ -170,6 +170,10 @@ class Daemon:
     ) -> Daemon:
         """Start the daemon; ``port=None`` leaves the port to the environment."""
         cmd = [sys.executable, "-m", "chatd", "serve", "--msg-rate", "0", *args]
+        if "--db" not in args and "CHATD_DB" not in (env or {}):
+            cmd += ["--db", ":memory:"]  # never the user's own database
+        if "--password-cost" not in args:
+            cmd += ["--password-cost", "test"]
         if port is not None:
             cmd += ["--port", str(port)]
         proc = await asyncio.create_subprocess_exec(

@@ -451,7 +451,7 @@ async def test_pipe_mode_without_nick_registers_with_the_first_line(
     await dan.send("/who", "dan", "/who")
     assert await dan.finish() == 0
     assert dan.out == [
-        "! not_registered: choose a nickname first: type it, or /nick NAME",
+        "! not_registered: choose a nickname first: type it, /nick NAME, or /login NICK PASSWORD",
         "* you are dan",
         "* dan joined #general",
         "* now talking in #general",

@@ -42,7 +42,11 @@ async def test_commands_before_registration(connect: Connect) -> None:
     await guest.send("bad nick!")
     assert (await guest.expect("error"))["code"] == "bad_nick"
     await guest.send("guest")
-    assert await guest.expect("registered") == {"type": "registered", "nick": "guest", "account": False}
+    assert await guest.expect("registered") == {
+        "type": "registered",
+        "nick": "guest",
+        "account": False,
+    }
     assert await guest.expect("join") == {"type": "join", "room": "general", "nick": "guest"}
 
 

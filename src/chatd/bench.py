@@ -114,8 +114,15 @@ class Target:
             self.proc.wait()
 
 
-def spawn_chatd(loop: str) -> Target:
-    """Start ``chatd serve`` on a free loopback port, configured for load."""
+def spawn_chatd(loop: str, db: str = ":memory:") -> Target:
+    """Start ``chatd serve`` on a free loopback port, configured for load.
+
+    A database file is emptied first: each spawn measures a fresh store.
+    """
+    if db != ":memory:":
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(db + suffix)
     cmd = [
         sys.executable,
         "-m",
@@ -133,6 +140,8 @@ def spawn_chatd(loop: str) -> Target:
         "100000",
         "--max-rooms",
         "1000",
+        "--db",
+        db,
     ]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
@@ -820,6 +829,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=9999, help="its port (default: %(default)s)")
     parser.add_argument("--pid", type=int, help="its process id, for CPU and memory from /proc")
     parser.add_argument(
+        "--db",
+        default=":memory:",
+        help="database of the spawned daemon (default: :memory:); a file is emptied first",
+    )
+    parser.add_argument(
         "--loop",
         choices=("uvloop", "asyncio"),
         default="uvloop",
@@ -900,7 +914,7 @@ def main(opts: argparse.Namespace) -> int:
             elif opts.host:
                 start = lambda: Target("chatd", opts.host, opts.port, opts.pid)  # noqa: E731
             else:
-                start = lambda: spawn_chatd(opts.loop)  # noqa: E731
+                start = lambda: spawn_chatd(opts.loop, opts.db)  # noqa: E731
             runs.append(run_all(start, opts, scenarios))
     results = _median_results(chatd_runs)
     if redis_runs:

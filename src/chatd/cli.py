@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 from chatd import __version__
 from chatd.config import Settings
+from chatd.errors import ChatError
+from chatd.store import SqliteStore, StoreError, default_db_path
 
 logger = logging.getLogger("chatd")
 
@@ -252,7 +254,61 @@ def build_parser() -> argparse.ArgumentParser:
         help="SO_SNDBUF for client sockets in bytes, 0 for the system default "
         "(small values make slow-consumer handling visible in tests)",
     )
+    storage = serve.add_argument_group("accounts and history")
+    storage.add_argument(
+        "--db",
+        default=_env("CHATD_DB", default_db_path()),
+        help="SQLite database of accounts, rooms and messages, created if missing; "
+        ":memory: keeps nothing (env CHATD_DB)",
+    )
+    storage.add_argument(
+        "--db-sync",
+        choices=("normal", "full"),
+        default=_DEFAULTS.db_sync,
+        help="normal: what clients saw survives a crash of chatd; full: also a crash of "
+        "the machine (an fsync per group commit)",
+    )
+    storage.add_argument(
+        "--history-on-join",
+        type=int,
+        default=_DEFAULTS.history_on_join,
+        help="messages of a room shown when joining it (0-1000)",
+    )
+    storage.add_argument(
+        "--login-fail-delay",
+        type=float,
+        default=_DEFAULTS.login_fail_delay,
+        help="seconds before a wrong password is answered",
+    )
+    storage.add_argument(
+        "--password-cost",
+        choices=("standard", "test"),
+        default=_DEFAULTS.password_cost,
+        help="argon2id cost: standard (19 MiB, 2 passes) or test (the cheapest; "
+        "only for test suites)",
+    )
     _add_common(serve)
+
+    accounts = sub.add_parser(
+        "accounts",
+        help="list, delete or reset accounts in a database",
+        description="Manage the accounts in a chatd database. Safe while the daemon runs; "
+        "a deleted nickname stays reserved in a running daemon until it restarts.",
+    )
+    accounts.add_argument(
+        "--db",
+        default=_env("CHATD_DB", default_db_path()),
+        help="the database (env CHATD_DB)",
+    )
+    actions = accounts.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", help="one line per account: nickname, created (UTC)")
+    delete = actions.add_parser("delete", help="delete an account; its nickname is free again")
+    delete.add_argument("nick")
+    reset = actions.add_parser(
+        "reset-password",
+        help="set a new password, read from the terminal (or one line of stdin)",
+    )
+    reset.add_argument("nick")
 
     connect = sub.add_parser(
         "connect",
@@ -321,6 +377,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             keepalive_interval=args.keepalive_interval,
             keepalive_count=args.keepalive_count,
             sndbuf=args.sndbuf,
+            db=args.db,
+            db_sync=args.db_sync,
+            history_on_join=args.history_on_join,
+            login_fail_delay=args.login_fail_delay,
+            password_cost=args.password_cost,
         )
     except ValueError as exc:
         raise SystemExit(f"chatd serve: {exc}") from None
@@ -375,6 +436,9 @@ async def serve(settings: Settings) -> int:
     try:
         try:
             await server.start()
+        except StoreError as exc:
+            logger.error("%s", exc)
+            return 1
         except (OSError, OverflowError) as exc:
             logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
             return 1
@@ -386,6 +450,65 @@ async def serve(settings: Settings) -> int:
     return 0
 
 
+def manage_accounts(args: argparse.Namespace) -> int:
+    """``chatd accounts``: work on the database file directly."""
+    if args.db == ":memory:" or not os.path.exists(args.db):
+        print(f"chatd accounts: no database at {args.db}", file=sys.stderr)
+        return 1
+    return asyncio.run(_manage_accounts(args))
+
+
+async def _manage_accounts(args: argparse.Namespace) -> int:
+    from chatd.accounts import Passwords
+    from chatd.protocol import check_password
+
+    store = SqliteStore(args.db)
+    try:
+        await store.open()
+    except StoreError as exc:
+        print(f"chatd accounts: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if args.action == "list":
+            for account in await store.accounts():
+                created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(account.created))
+                print(f"{account.nick}\t{created}")
+            return 0
+        if await store.account(args.nick) is None:
+            print(f"chatd accounts: no account {args.nick}", file=sys.stderr)
+            return 1
+        if args.action == "delete":
+            await store.delete_account(args.nick)
+            print(f"deleted {args.nick}")
+            return 0
+        password = _read_password()
+        try:
+            check_password(password)
+        except ChatError as exc:
+            print(f"chatd accounts: {exc.text}", file=sys.stderr)
+            return 2
+        passwords = Passwords()
+        try:
+            await store.set_password(args.nick, await passwords.hash(password))
+        finally:
+            passwords.close()
+        print(f"password of {args.nick} reset")
+        return 0
+    finally:
+        await store.close()
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        import getpass
+
+        first = getpass.getpass("new password: ")
+        if getpass.getpass("again: ") != first:
+            raise SystemExit("chatd accounts: the passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "log_level", "warning"), getattr(args, "log_format", "text"))
@@ -395,6 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from chatd import bench
 
         return bench.main(args)
+    if args.command == "accounts":
+        return manage_accounts(args)
     from chatd.client import ClientOptions, run_client
 
     options = ClientOptions(

@@ -19,22 +19,42 @@ Every event bound for a room goes through :meth:`RoomManager._fanout`, which
 renders it once per format and hands the same ``bytes`` object to every
 recipient. That method is the seam where a message bus spanning several
 daemons plugs in.
+
+Messages (room lines and DMs) go to the :class:`~chatd.store.Store` first
+and are fanned out when the store says they are durable, in store order: a
+message anyone saw is a message the store has. Each room keeps its last
+``history_on_join`` messages in memory, so a join shows them without
+waiting for the store.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 
-from chatd.errors import NickTaken, NoSuchNick, NoSuchRoom, NotInRoom, RoomExists, TooManyRooms
+from chatd.errors import (
+    NickRegistered,
+    NickTaken,
+    NoSuchNick,
+    NoSuchRoom,
+    NotInRoom,
+    RoomExists,
+    StorageUnavailable,
+    TooManyRooms,
+)
 from chatd.protocol import (
     DEFAULT_ROOM,
     Current,
     Direct,
+    Error,
     Event,
     Format,
+    History,
     Joined,
     Left,
+    LoggedOut,
     Message,
     NickChanged,
     Registered,
@@ -44,6 +64,10 @@ from chatd.protocol import (
     name_key,
     render,
 )
+from chatd.store import MemoryStore, RoomRecord, Store, StoredMessage
+
+#: Writes the store may have queued before new messages are refused.
+MAX_STORE_BACKLOG = 50_000
 
 
 class Member:
@@ -53,7 +77,7 @@ class Member:
     owns ``fmt`` and the two delivery calls.
     """
 
-    __slots__ = ("current", "fmt", "key", "nick", "rooms")
+    __slots__ = ("account", "current", "fmt", "key", "nick", "rooms")
 
     def __init__(self, fmt: Format = Format.TEXT) -> None:
         self.fmt = fmt
@@ -61,6 +85,8 @@ class Member:
         self.key: str | None = None
         self.rooms: dict[str, Room] = {}
         self.current: Room | None = None
+        #: The id of the account this member is logged in to (None: a guest).
+        self.account: int | None = None
 
     def deliver(self, data: bytes) -> None:
         """Queue what others caused. Never blocks; may drop the member."""
@@ -70,17 +96,38 @@ class Member:
         """Queue an answer to this member's own command. Never blocks or drops."""
         raise NotImplementedError
 
+    def kick(self, reason: str) -> None:
+        """End this member's connection (after the manager has let it go)."""
+        raise NotImplementedError
+
 
 class Room:
-    __slots__ = ("key", "members", "name", "topic", "topic_by")
+    __slots__ = ("key", "members", "name", "older", "recent", "topic", "topic_by")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, history: int) -> None:
         self.name = name
         self.key = name_key(name)
         #: Members in join order (a dict used as an ordered set).
         self.members: dict[Member, None] = {}
         self.topic = ""
         self.topic_by: str | None = None
+        #: The last messages, shown on join; ``older``: the store has more.
+        self.recent: deque[Message] = deque(maxlen=history)
+        self.older = False
+
+    def remember(self, event: Message) -> None:
+        recent = self.recent
+        if recent.maxlen:
+            if len(recent) == recent.maxlen:
+                self.older = True
+            recent.append(event)
+
+
+def stored_event(m: StoredMessage, *, history: bool = False) -> Message | Direct:
+    """The event of a stored message."""
+    if m.room is not None:
+        return Message(m.id, m.ts, m.room, m.sender, m.text, m.action, history)
+    return Direct(m.id, m.ts, m.sender, m.to or "", m.text, history)
 
 
 class RoomManager:
@@ -92,6 +139,8 @@ class RoomManager:
         max_rooms_per_session: int = 100,
         max_rooms: int = 10_000,
         announce_limit: int = 100,
+        history_on_join: int = 20,
+        store: Store | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.max_rooms_per_session = max_rooms_per_session
@@ -100,11 +149,27 @@ class RoomManager:
         #: to everyone: in a crowd they are noise, and N arrivals would cost
         #: N*N/2 deliveries. The member who joins or leaves is still told.
         self.announce_limit = announce_limit
+        self.history_on_join = history_on_join
+        self.store: Store = store if store is not None else MemoryStore()
         self._clock = clock
         self._nicks: dict[str, Member] = {}
         self._rooms: dict[str, Room] = {}
         self._next_id = 1
         self._add_room(DEFAULT_ROOM)
+
+    async def restore(self) -> None:
+        """Take up where the store left off: message ids, rooms with topics."""
+        self._next_id = self.store.last_id + 1
+        for record in await self.store.rooms():
+            room = self._rooms.get(name_key(record.name)) or self._add_room(record.name)
+            room.topic, room.topic_by = record.topic, record.topic_by
+        if self.history_on_join:
+            for room in self._rooms.values():
+                self._seed(room, *await self.store.recent(room.key, self.history_on_join))
+
+    def is_live(self, room_name: str) -> bool:
+        """Whether a room is in memory (else a join should fetch its history first)."""
+        return name_key(room_name) in self._rooms
 
     # -- queries ---------------------------------------------------------
 
@@ -134,15 +199,35 @@ class RoomManager:
 
     def register(self, member: Member, nick: str) -> None:
         """Give a new member its nickname and put it in the default room."""
+        self._check_guest_nick(nick)
+        self._register(member, nick)
+
+    def _register(self, member: Member, nick: str) -> None:
         key = name_key(nick)
         if key in self._nicks:
             raise NickTaken(f"nickname {nick} is taken; pick another")
         member.nick, member.key = nick, key
         self._nicks[key] = member
-        self._tell(member, Registered(nick))
+        self._tell(member, Registered(nick, member.account is not None))
         self.join(member, DEFAULT_ROOM)
 
+    def _check_guest_nick(self, nick: str) -> None:
+        if self.store.is_registered(nick):
+            raise NickRegistered(
+                f"{nick} is a registered nickname; /login {nick} PASSWORD, or pick another"
+            )
+
     def rename(self, member: Member, nick: str) -> None:
+        """Change a nickname. Leaving an account's nickname leaves the account."""
+        assert member.key is not None
+        if name_key(nick) != member.key:
+            self._check_guest_nick(nick)
+            if member.account is not None:
+                member.account = None
+                self._tell(member, Registered(member.nick or "", False))
+        self._rename(member, nick)
+
+    def _rename(self, member: Member, nick: str) -> None:
         assert member.nick is not None
         assert member.key is not None
         key = name_key(nick)
@@ -158,11 +243,44 @@ class RoomManager:
             audience.update(room.members)
         self._send_all(audience, NickChanged(old, nick))
 
-    def join(self, member: Member, room_name: str, *, create: bool = False) -> None:
+    def login(self, member: Member, nick: str, account: int) -> None:
+        """Log a member in to an account whose password it proved.
+
+        Whoever holds the nickname (the same account, on a connection that
+        may be dead) is disconnected first.
+        """
+        holder = self._nicks.get(name_key(nick))
+        if holder is not None and holder is not member:
+            self.disconnect(holder, "logged in from elsewhere")
+            holder.kick("logged in from elsewhere")
+        member.account = account
+        if member.key is None:
+            self._register(member, nick)
+        else:
+            if member.nick != nick:
+                self._rename(member, nick)
+            self._tell(member, Registered(nick, True))
+
+    def logout(self, member: Member) -> None:
+        """Leave the account and every room; the member chooses a nickname again."""
+        nick = member.nick or ""
+        self.disconnect(member, "logged out")
+        member.account = None
+        self._tell(member, LoggedOut(nick))
+
+    def join(
+        self,
+        member: Member,
+        room_name: str,
+        *,
+        create: bool = False,
+        history: tuple[Sequence[StoredMessage], bool] | None = None,
+    ) -> None:
         """Join a room (creating it if needed) and make it current.
 
         With ``create`` the room must not exist yet. Joining a room the member
-        is already in only makes it current.
+        is already in only makes it current. A room that is not in memory
+        starts with ``history`` (fetched from the store by the caller).
         """
         key = name_key(room_name)
         room = self._rooms.get(key)
@@ -180,11 +298,15 @@ class RoomManager:
                         "/join an existing one"
                     )
                 room = self._add_room(room_name)
+                if history is not None:
+                    self._seed(room, *history)
             room.members[member] = None
             member.rooms[key] = room
             self._announce(room, member, Joined(room.name, member.nick or ""))
             if room.topic:
                 self._tell(member, TopicIs(room.name, room.topic, room.topic_by))
+            if room.recent:
+                self._show_history(member, room)
         member.current = room
         self._tell(member, Current(room.name))
 
@@ -208,22 +330,53 @@ class RoomManager:
             self._tell(member, Current(member.current.name if member.current else None))
 
     def say(self, member: Member, text: str, *, action: bool = False) -> None:
+        """Store a room message; everyone in the room sees it once it is stored."""
         room = self._current(member)
-        self._fanout(
-            room,
-            Message(self._take_id(), self._now(), room.name, member.nick or "", text, action),
+        self._check_store()
+        nick = member.nick or ""
+        event = Message(self._take_id(), self._now(), room.name, nick, text, action)
+        record = StoredMessage(
+            event.id, event.ts, room.name, nick, None, text, action, member.account
         )
+        key = room.key
+
+        def stored(exc: BaseException | None) -> None:
+            if exc is not None:
+                self._store_failed(member, exc)
+                return
+            live = self._rooms.get(key)
+            if live is not None:
+                live.remember(event)
+                self._fanout(live, event)
+
+        self.store.append(record, stored)
 
     def direct(self, member: Member, to: str, text: str) -> None:
         target = self._nicks.get(name_key(to))
         if target is None:
             raise NoSuchNick(f"nobody is called {to}")
-        event = Direct(self._take_id(), self._now(), member.nick or "", target.nick or "", text)
-        self._send_all({target: None, member: None}, event)
+        self._check_store()
+        nick, target_nick = member.nick or "", target.nick or ""
+        event = Direct(self._take_id(), self._now(), nick, target_nick, text)
+        record = StoredMessage(
+            event.id, event.ts, None, nick, target_nick, text, False, member.account, target.account
+        )
+
+        def stored(exc: BaseException | None) -> None:
+            if exc is not None:
+                self._store_failed(member, exc)
+                return
+            audience: dict[Member, None] = {member: None}
+            if target.key is not None and self._nicks.get(target.key) is target:
+                audience[target] = None
+            self._send_all(audience, event)
+
+        self.store.append(record, stored)
 
     def set_topic(self, member: Member, text: str) -> None:
         room = self._current(member)
         room.topic, room.topic_by = text, member.nick
+        self.store.save_room(RoomRecord(room.name, text, member.nick))
         self._fanout(room, TopicIs(room.name, text, member.nick, changed=True))
 
     def disconnect(self, member: Member, reason: str) -> None:
@@ -247,16 +400,38 @@ class RoomManager:
         return member.current
 
     def _add_room(self, name: str) -> Room:
-        room = Room(name)
+        room = Room(name, self.history_on_join)
         self._rooms[room.key] = room
         return room
+
+    @staticmethod
+    def _seed(room: Room, messages: Sequence[StoredMessage], more: bool) -> None:
+        for m in messages:
+            event = stored_event(m)
+            if isinstance(event, Message):
+                room.remember(event)
+        room.older = room.older or more
+
+    def _show_history(self, member: Member, room: Room) -> None:
+        fmt = member.fmt
+        for event in room.recent:
+            member.reply(render(dataclasses.replace(event, history=True), fmt))
+        first = room.recent[0].id
+        self._tell(member, History(room.name, None, len(room.recent), room.older, first))
+
+    def _check_store(self) -> None:
+        if self.store.backlog > MAX_STORE_BACKLOG:
+            raise StorageUnavailable("the message store is falling behind; try again shortly")
+
+    def _store_failed(self, member: Member, exc: BaseException) -> None:
+        self._tell(member, Error.of(StorageUnavailable(f"your message was not sent: {exc}")))
 
     def _remove(self, member: Member, room: Room) -> None:
         del room.members[member]
         del member.rooms[room.key]
         if member.current is room:
             member.current = None
-        if not room.members and room.key != DEFAULT_ROOM:
+        if not room.members and room.key != DEFAULT_ROOM and not room.topic:
             del self._rooms[room.key]
 
     def _take_id(self) -> int:

@@ -20,11 +20,13 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from chatd.accounts import Auth
 from chatd.config import Settings
 from chatd.errors import ChatError, ServerFull, TooManyConnections
 from chatd.protocol import Error, Format, render
 from chatd.rooms import RoomManager
 from chatd.session import Session, StreamConnection
+from chatd.store import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,10 @@ class Server:
             max_rooms_per_session=settings.max_rooms_per_session,
             max_rooms=settings.max_total_rooms,
             announce_limit=settings.announce_limit,
+            history_on_join=settings.history_on_join,
+            store=open_store(settings.db, sync=settings.db_sync),
         )
+        self.auth = Auth(settings.password_cost, settings.login_fail_delay)
         self._sessions: dict[Session, asyncio.Task[None]] = {}
         self._per_ip: Counter[str] = Counter()
         self._listener: asyncio.Server | None = None
@@ -73,13 +78,22 @@ class Server:
         return self.addresses[0][1]
 
     async def start(self) -> None:
-        self._listener = await asyncio.start_server(
-            self._on_connect,
-            self.settings.host,
-            self.settings.port,
-            backlog=self.settings.backlog,
-            limit=self.settings.max_line * 2,
-        )
+        """Open the store, then listen. Raises StoreError if the store is unusable."""
+        store = self.manager.store
+        await store.open()
+        try:
+            await self.manager.restore()
+            self._listener = await asyncio.start_server(
+                self._on_connect,
+                self.settings.host,
+                self.settings.port,
+                backlog=self.settings.backlog,
+                limit=self.settings.max_line * 2,
+            )
+        except BaseException:
+            await store.close()
+            self.auth.close()
+            raise
         # Linux copies these options from the listening socket to every
         # accepted one, which saves five system calls per connection.
         for sock in self._listener.sockets:
@@ -123,7 +137,7 @@ class Server:
             return
         if not _INHERITS_SOCKET_OPTIONS:
             self._configure_socket(writer.get_extra_info("socket"))
-        session = Session(self.manager, self.settings, conn)
+        session = Session(self.manager, self.settings, conn, auth=self.auth)
         task = asyncio.current_task()
         assert task is not None
         self._sessions[session] = task
@@ -179,6 +193,9 @@ class Server:
                 await asyncio.wait(late)
         if self._listener is not None:
             await self._listener.wait_closed()
+        # Every session is over: nothing more can be written.
+        await self.manager.store.close()
+        self.auth.close()
         logger.info("shutdown complete")
 
 

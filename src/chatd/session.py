@@ -31,15 +31,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import struct
 import weakref
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from chatd import __version__
-from chatd.errors import ChatError, NotRegistered, RateLimited, RegistrationTimeout
+from chatd.accounts import Auth
+from chatd.errors import (
+    BadLogin,
+    ChatError,
+    LoginThrottled,
+    NickRegistered,
+    NotInRoom,
+    NotLoggedIn,
+    NotRegistered,
+    RateLimited,
+    RegistrationTimeout,
+    StorageUnavailable,
+)
 from chatd.protocol import (
     Bye,
     Command,
@@ -50,27 +64,37 @@ from chatd.protocol import (
     FormatIs,
     Help,
     HelpText,
+    History,
     Join,
     Leave,
     LineFramer,
     ListRooms,
+    Login,
+    Logout,
     Me,
     Msg,
     Nick,
+    Passwd,
+    PasswordChanged,
     Ping,
     Pong,
     Quit,
+    Register,
+    Registered,
     Say,
     SetFormat,
+    ShowHistory,
     Shutdown,
     Topic,
     Welcome,
     Who,
     check_nick,
+    name_key,
     parse_line,
     render,
 )
-from chatd.rooms import Member
+from chatd.rooms import Member, stored_event
+from chatd.store import StoreError, dm_key
 
 if TYPE_CHECKING:
     from chatd.config import Settings
@@ -300,10 +324,14 @@ class _InputLimits:
         return self.volume.take(now, 0.0)
 
 
+_Pending = Coroutine[Any, Any, None]
+
+
 class Session(Member):
     """One connected client."""
 
     __slots__ = (
+        "_auth",
         "_closing",
         "_conn",
         "_cost",
@@ -335,9 +363,11 @@ class Session(Member):
         conn: Connection,
         *,
         fmt: Format = Format.TEXT,
+        auth: Auth | None = None,
     ) -> None:
         super().__init__(fmt)
         self._manager = manager
+        self._auth = auth
         self._settings = settings
         self._conn = conn
         self._pending: list[bytes] = []
@@ -423,6 +453,15 @@ class Session(Member):
         self._pending.clear()
         self._pending_bytes = 0
         self._conn.abort()
+
+    def kick(self, reason: str) -> None:
+        """Say why and close; reset the connection if it is still open later."""
+        if self._closing:
+            return
+        self.tell(Bye(reason))
+        self.close_reason = self.close_reason or reason
+        self._stop_output()
+        self._loop.call_later(LINGER_SECONDS, self.drop, reason)
 
     def begin_shutdown(self, reason: str) -> None:
         """Say goodbye, flush, close. The server aborts whoever takes too long."""
@@ -629,7 +668,9 @@ class Session(Member):
             if self._closing:
                 continue  # dropped or shutting down while this line waited: it does not run
             reason = self._handle(item)
-            if reason is not None:
+            if reason is not None and not isinstance(reason, str):
+                await self._complete(reason)
+            elif reason is not None:
                 return reason
             if self._cost and limits is not None:
                 limits.lines.charge(self._cost)
@@ -710,7 +751,7 @@ class Session(Member):
         ):
             await self._reader_wait()
 
-    def _handle(self, item: bytes | ChatError) -> str | None:
+    def _handle(self, item: bytes | ChatError) -> str | _Pending | None:
         try:
             if isinstance(item, ChatError):
                 raise item
@@ -720,8 +761,19 @@ class Session(Member):
             self.tell(Error.of(exc))
             return None
 
-    def _dispatch(self, command: Command) -> str | None:
-        """Carry out one command; return a reason when the session should end."""
+    async def _complete(self, pending: _Pending) -> None:
+        """Finish a command that waits (for the store or a password hash)."""
+        try:
+            await pending
+        except ChatError as exc:
+            self.tell(Error.of(exc))
+
+    def _dispatch(self, command: Command) -> str | _Pending | None:
+        """Carry out one command; return a reason when the session should end.
+
+        Commands that must wait return a coroutine instead, which the reader
+        awaits before it takes the next line: a session's commands run in order.
+        """
         manager = self._manager
         match command:
             case SetFormat(fmt):
@@ -739,8 +791,12 @@ class Session(Member):
             case Say(text) if self.key is None:
                 # The classic greeting: a bare first line is the nickname.
                 manager.register(self, check_nick(text.strip()))
+            case Login(nick, password):
+                return self._login(nick, password)
             case _ if self.key is None:
-                raise NotRegistered("choose a nickname first: type it, or /nick NAME")
+                raise NotRegistered(
+                    "choose a nickname first: type it, /nick NAME, or /login NICK PASSWORD"
+                )
             case Nick(name):
                 manager.rename(self, name)
             case Say(text):
@@ -749,10 +805,14 @@ class Session(Member):
                 manager.say(self, text, action=True)
             case Msg(nick, text):
                 manager.direct(self, nick, text)
-            case Create(room):
+            case Create(room) if manager.is_live(room):
                 manager.join(self, room, create=True)
-            case Join(room):
+            case Join(room) if manager.is_live(room):
                 manager.join(self, room)
+            case Create(room):
+                return self._join_stored(room, create=True)
+            case Join(room):
+                return self._join_stored(room, create=False)
             case Leave(room):
                 manager.leave(self, room)
             case ListRooms():
@@ -768,4 +828,145 @@ class Session(Member):
                     self.tell(manager.topic_of(self))
                 else:
                     manager.set_topic(self, text)
+            case Register(password):
+                return self._register_account(password)
+            case Logout():
+                if self.account is None:
+                    raise NotLoggedIn("you are not logged in")
+                manager.logout(self)
+                # Choosing a nickname again has the usual deadline.
+                self._register_deadline = self._loop.time() + self._settings.register_timeout
+            case Passwd(old, new):
+                return self._passwd(old, new)
+            case ShowHistory():
+                return self._history(command)
         return None
+
+    # -- commands that wait ------------------------------------------------
+
+    @property
+    def _ip(self) -> str:
+        return self.peer.rpartition(":")[0]
+
+    def _need_auth(self) -> Auth:
+        if self._auth is None:
+            raise StorageUnavailable("accounts are not available on this server")
+        return self._auth
+
+    async def _join_stored(self, room: str, *, create: bool) -> None:
+        """Join a room that is not in memory, with its history from the store."""
+        manager = self._manager
+        history = None
+        if manager.history_on_join:
+            try:
+                history = await manager.store.recent(name_key(room), manager.history_on_join)
+            except StoreError as exc:
+                logger.error("no history for #%s: %s", room, exc)
+        if self.key is not None and not self._closing:
+            manager.join(self, room, create=create, history=history)
+
+    async def _register_account(self, password: str) -> None:
+        auth, store = self._need_auth(), self._manager.store
+        nick = self.nick or ""
+        if self.account is not None:
+            raise NickRegistered(f"you are already logged in to {nick}")
+        if store.is_registered(nick):
+            raise NickRegistered(f"{nick} is already registered; /login {nick} PASSWORD")
+        password_hash = await auth.passwords.hash(password)
+        try:
+            account = await store.create_account(nick, password_hash)
+        except StoreError as exc:
+            raise StorageUnavailable(f"the account was not created: {exc}") from None
+        if account is None:
+            raise NickRegistered(f"{nick} is already registered; /login {nick} PASSWORD")
+        logger.info("account registered: %s from %s", nick, self.peer)
+        if self.nick == nick and not self._closing:
+            self.account = account.id
+            self.tell(Registered(nick, True))
+
+    async def _check_password(self, nick: str, password: str) -> int:
+        """The account id if ``password`` is right; else a delay and BadLogin."""
+        auth, store = self._need_auth(), self._manager.store
+        ip, key = self._ip, name_key(nick)
+        wait = auth.guard.wait(ip, key)
+        if wait > 0:
+            raise LoginThrottled(f"too many failed logins; try again in {math.ceil(wait)} s")
+        try:
+            account = await store.account(nick)
+        except StoreError as exc:
+            raise StorageUnavailable(f"cannot check the password now: {exc}") from None
+        if await auth.passwords.verify(account.password_hash if account else None, password):
+            assert account is not None
+            auth.guard.succeeded(key)
+            return account.id
+        auth.guard.failed(ip, key)
+        logger.info("failed login for %s from %s", nick, self.peer)
+        await self._pause(auth.fail_delay)
+        raise BadLogin("wrong nickname or password")
+
+    async def _login(self, nick: str, password: str) -> None:
+        if self.account is not None and self.key == name_key(nick):
+            raise NickRegistered(f"you are already logged in to {self.nick}")
+        account = await self._check_password(nick, password)
+        if self._closing:
+            return
+        stored = await self._manager.store.account(nick)
+        self._manager.login(self, stored.nick if stored else nick, account)
+        logger.info("login %s from %s", self.nick, self.peer)
+
+    async def _passwd(self, old: str, new: str) -> None:
+        auth, store = self._need_auth(), self._manager.store
+        nick = self.nick or ""
+        if self.account is None:
+            raise NotLoggedIn("log in first: /passwd changes your account's password")
+        await self._check_password(nick, old)
+        try:
+            changed = await store.set_password(nick, await auth.passwords.hash(new))
+        except StoreError as exc:
+            raise StorageUnavailable(f"the password was not changed: {exc}") from None
+        if not changed:
+            raise NotLoggedIn(f"the account {nick} no longer exists")
+        self.tell(PasswordChanged(nick))
+
+    async def _history(self, command: ShowHistory) -> None:
+        """Earlier messages of a room or of a private conversation, oldest first."""
+        store, target = self._manager.store, command.target
+        room_name: str | None = None
+        peer: str | None = None
+        account: int | None = None
+        if target is None:
+            if self.current is None:
+                raise NotInRoom("you are in no room; /history ROOM or /join one")
+            room_name = self.current.name
+            conversation = self.current.key
+        elif target.startswith("@"):
+            if self.account is None:
+                raise NotLoggedIn("log in to read private messages back: /login NICK PASSWORD")
+            peer, account = target[1:], self.account
+            conversation = dm_key(self.nick or "", peer)
+        else:
+            room = self.rooms.get(name_key(target))
+            if room is None:
+                raise NotInRoom(f"join #{target} to read its history")
+            room_name, conversation = room.name, room.key
+        try:
+            messages, more = await store.recent(
+                conversation, command.count, command.before, account
+            )
+        except StoreError as exc:
+            raise StorageUnavailable(str(exc)) from None
+        # The newest that fit half the outbox: a page never overflows it.
+        budget, lines = self._max_bytes // 2, []
+        for m in reversed(messages):
+            data = render(stored_event(m, history=True), self.fmt)
+            budget -= len(data)
+            if budget < 0:
+                more = True
+                break
+            lines.append((m.id, data))
+        lines.reverse()
+        for _, data in lines:
+            self.reply(data)
+        before = lines[0][0] if more and lines else None
+        self.tell(History(room_name, peer, len(lines), more, before))
+        self._cost = len(lines) // 100

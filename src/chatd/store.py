@@ -1,0 +1,620 @@
+"""What chatd remembers: accounts, rooms with topics, and every message.
+
+:class:`Store` is the small interface the rest of the daemon uses; two
+stores implement it:
+
+* :class:`MemoryStore` (``--db :memory:``) keeps everything in this process
+  and nothing across restarts; each conversation keeps its last
+  ``MEMORY_HISTORY`` messages.
+* :class:`SqliteStore` keeps everything in one SQLite file, in WAL mode.
+  One writer thread owns the write connection and commits whatever has
+  queued up since its last commit in one transaction (group commit); a
+  reader thread with its own connection answers queries, which WAL lets run
+  beside the writes. The event loop never touches SQLite.
+
+Writes that must be durable before anyone sees them (messages) take a
+``done`` callback: it runs on the event loop after the commit, in the order
+the writes were made, so the caller can fan out in store order.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+from chatd.protocol import name_key
+
+logger = logging.getLogger(__name__)
+
+#: Messages a conversation keeps in the in-memory store.
+MEMORY_HISTORY: Final = 10_000
+#: Most writes in one group commit.
+BATCH_MAX: Final = 2_000
+
+Done = Callable[[BaseException | None], None]
+
+
+class StoreError(Exception):
+    """The store cannot be used (opened, migrated, written); the text says why."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoredMessage:
+    id: int
+    ts: float
+    #: The room's name, or None for a private message.
+    room: str | None
+    sender: str
+    #: The recipient of a private message.
+    to: str | None
+    text: str
+    action: bool = False
+    #: The accounts sender and recipient were logged in to, if any: only they
+    #: may read a private conversation back.
+    sender_account: int | None = None
+    to_account: int | None = None
+
+    @property
+    def conversation(self) -> str:
+        if self.room is not None:
+            return name_key(self.room)
+        assert self.to is not None
+        return dm_key(self.sender, self.to)
+
+
+def dm_key(a: str, b: str) -> str:
+    """The conversation key of the private messages between two nicknames."""
+    first, second = sorted((name_key(a), name_key(b)))
+    return f"@{first}:{second}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Account:
+    id: int
+    nick: str
+    password_hash: str = dataclasses.field(repr=False)
+    created: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoomRecord:
+    name: str
+    topic: str
+    topic_by: str | None
+
+
+class Store(abc.ABC):
+    """Accounts, persistent rooms and message history."""
+
+    #: The highest message id ever stored; new ids continue after it.
+    last_id: int = 0
+
+    async def open(self) -> None:  # noqa: B027 (optional hook)
+        """Make the store ready; raise StoreError with a clear text if it cannot be."""
+
+    async def close(self) -> None:  # noqa: B027 (optional hook)
+        """Finish every queued write and release the store."""
+
+    @property
+    def backlog(self) -> int:
+        """Writes queued and not yet committed."""
+        return 0
+
+    @abc.abstractmethod
+    def append(self, message: StoredMessage, done: Done) -> None:
+        """Store a message; ``done`` runs on the loop once it is durable."""
+
+    @abc.abstractmethod
+    def save_room(self, room: RoomRecord) -> None:
+        """Remember a room and its topic across restarts (an empty topic forgets it)."""
+
+    @abc.abstractmethod
+    async def rooms(self) -> list[RoomRecord]:
+        """The rooms to restore at start."""
+
+    @abc.abstractmethod
+    async def recent(
+        self,
+        conversation: str,
+        limit: int,
+        before: int | None = None,
+        account: int | None = None,
+    ) -> tuple[list[StoredMessage], bool]:
+        """The last ``limit`` messages before id ``before``, oldest first, and
+        whether older ones exist. For a private conversation only messages
+        sent or received by ``account`` count."""
+
+    @abc.abstractmethod
+    def is_registered(self, nick: str) -> bool:
+        """Whether a nickname belongs to an account (answered from memory)."""
+
+    @abc.abstractmethod
+    async def account(self, nick: str) -> Account | None: ...
+
+    @abc.abstractmethod
+    async def create_account(self, nick: str, password_hash: str) -> Account | None:
+        """Create an account; None if the nickname already has one."""
+
+    @abc.abstractmethod
+    async def set_password(self, nick: str, password_hash: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def delete_account(self, nick: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def accounts(self) -> list[Account]: ...
+
+    async def writable(self) -> bool:
+        """Whether a write can be committed now."""
+        return True
+
+
+class MemoryStore(Store):
+    """Everything in this process; nothing survives a restart."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._messages: dict[str, deque[StoredMessage]] = {}
+        self._rooms: dict[str, RoomRecord] = {}
+        self._accounts: dict[str, Account] = {}
+        self._next_account = 1
+
+    def append(self, message: StoredMessage, done: Done) -> None:
+        kept = self._messages.get(message.conversation)
+        if kept is None:
+            kept = self._messages[message.conversation] = deque(maxlen=MEMORY_HISTORY)
+        kept.append(message)
+        self.last_id = message.id
+        done(None)
+
+    def save_room(self, room: RoomRecord) -> None:
+        if room.topic:
+            self._rooms[name_key(room.name)] = room
+        else:
+            self._rooms.pop(name_key(room.name), None)
+
+    async def rooms(self) -> list[RoomRecord]:
+        return list(self._rooms.values())
+
+    async def recent(
+        self,
+        conversation: str,
+        limit: int,
+        before: int | None = None,
+        account: int | None = None,
+    ) -> tuple[list[StoredMessage], bool]:
+        found: list[StoredMessage] = []
+        for m in reversed(self._messages.get(conversation, ())):
+            if before is not None and m.id >= before:
+                continue
+            if account is not None and account not in (m.sender_account, m.to_account):
+                continue
+            if len(found) == limit:
+                return found[::-1], True
+            found.append(m)
+        return found[::-1], False
+
+    def is_registered(self, nick: str) -> bool:
+        return name_key(nick) in self._accounts
+
+    async def account(self, nick: str) -> Account | None:
+        return self._accounts.get(name_key(nick))
+
+    async def create_account(self, nick: str, password_hash: str) -> Account | None:
+        if name_key(nick) in self._accounts:
+            return None
+        account = Account(self._next_account, nick, password_hash, self._clock())
+        self._next_account += 1
+        self._accounts[name_key(nick)] = account
+        return account
+
+    async def set_password(self, nick: str, password_hash: str) -> bool:
+        account = self._accounts.get(name_key(nick))
+        if account is None:
+            return False
+        self._accounts[name_key(nick)] = dataclasses.replace(account, password_hash=password_hash)
+        return True
+
+    async def delete_account(self, nick: str) -> bool:
+        return self._accounts.pop(name_key(nick), None) is not None
+
+    async def accounts(self) -> list[Account]:
+        return sorted(self._accounts.values(), key=lambda a: name_key(a.nick))
+
+
+#: The schema, one migration per version. ``PRAGMA user_version`` holds the
+#: version a database is at; a database is migrated forward on open.
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    # 1: accounts and messages.
+    (
+        """CREATE TABLE accounts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            key TEXT NOT NULL UNIQUE,
+            nick TEXT NOT NULL,
+            password_hash TEXT NOT NULL,
+            created REAL NOT NULL
+        )""",
+        """CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            ts REAL NOT NULL,
+            conv TEXT NOT NULL,
+            room TEXT,
+            sender TEXT NOT NULL,
+            target TEXT,
+            text TEXT NOT NULL,
+            action INTEGER NOT NULL DEFAULT 0,
+            sender_account INTEGER,
+            target_account INTEGER
+        )""",
+        "CREATE INDEX messages_by_conversation ON messages (conv, id)",
+    ),
+    # 2: rooms that outlive their members (those with a topic).
+    (
+        """CREATE TABLE rooms (
+            key TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            topic_by TEXT,
+            updated REAL NOT NULL
+        )""",
+    ),
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+_MESSAGE_COLUMNS: Final = (
+    "id, ts, room, sender, target, text, action, sender_account, target_account"
+)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring a database to SCHEMA_VERSION; return the version it was at."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the database was written by a newer chatd (schema version {version}; "
+            f"this chatd knows up to {SCHEMA_VERSION}); upgrade chatd or use another --db"
+        )
+    for number in range(version, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[number]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return int(version)
+
+
+def _row_message(row: tuple[Any, ...]) -> StoredMessage:
+    id_, ts, room, sender, target, text, action, sender_account, target_account = row
+    return StoredMessage(
+        id_, ts, room, sender, target, text, bool(action), sender_account, target_account
+    )
+
+
+def _message_row(m: StoredMessage) -> tuple[Any, ...]:
+    return (
+        m.id,
+        m.ts,
+        m.conversation,
+        m.room,
+        m.sender,
+        m.to,
+        m.text,
+        int(m.action),
+        m.sender_account,
+        m.to_account,
+    )
+
+
+@dataclasses.dataclass(slots=True)
+class _Write:
+    """One queued write: a message row, or a function run in the transaction."""
+
+    row: tuple[Any, ...] | None
+    run: Callable[[sqlite3.Connection], Any] | None
+    done: Callable[[Any, BaseException | None], None]
+
+
+class SqliteStore(Store):
+    """One SQLite file in WAL mode, written by one thread with group commit."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        sync: str = "normal",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self._sync = sync
+        self._clock = clock
+        self._registered: set[str] = set()
+        self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._pending = 0
+        self._writer: threading.Thread | None = None
+        self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="chatd-db-read")
+        self._wconn: sqlite3.Connection | None = None
+        self._rconn: sqlite3.Connection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.migrated_from: int | None = None
+
+    # -- life cycle ------------------------------------------------------
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        try:
+            await asyncio.to_thread(self._open)
+        except sqlite3.Error as exc:
+            self._close_connections()
+            raise StoreError(f"cannot use the database {self.path}: {exc}") from None
+        except StoreError:
+            self._close_connections()
+            raise
+        self._writer = threading.Thread(target=self._write_loop, name="chatd-db-write", daemon=True)
+        self._writer.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        return conn
+
+    def _open(self) -> None:
+        if not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._wconn = conn = self._connect()
+        (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        if mode != "wal":
+            raise StoreError(f"cannot use the database {self.path}: WAL mode is not available")
+        conn.execute(f"PRAGMA synchronous = {self._sync.upper()}")
+        self.migrated_from = migrate(conn)
+        # A read-only file opens and reads fine: find out now, not at the first message.
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        (last,) = conn.execute("SELECT max(id) FROM messages").fetchone()
+        self.last_id = last or 0
+        self._registered = {key for (key,) in conn.execute("SELECT key FROM accounts")}
+        self._rconn = self._connect()
+
+    def _close_connections(self) -> None:
+        for conn in (self._wconn, self._rconn):
+            if conn is not None:
+                conn.close()
+        self._wconn = self._rconn = None
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        self._reader.shutdown(wait=True)
+        self._close_connections()
+
+    # -- writes ----------------------------------------------------------
+
+    @property
+    def backlog(self) -> int:
+        return self._pending
+
+    def _submit(self, write: _Write) -> None:
+        if self._writer is None:
+            write.done(None, StoreError("the store is closed"))
+            return
+        self._pending += 1
+        self._queue.put(write)
+
+    def append(self, message: StoredMessage, done: Done) -> None:
+        if message.id > self.last_id:
+            self.last_id = message.id
+        self._submit(_Write(_message_row(message), None, lambda _, exc: done(exc)))
+
+    async def _write(self, run: Callable[[sqlite3.Connection], Any]) -> Any:
+        assert self._loop is not None
+        future: asyncio.Future[Any] = self._loop.create_future()
+
+        def done(result: Any, exc: BaseException | None) -> None:
+            if future.done():
+                return
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        self._submit(_Write(None, run, done))
+        return await future
+
+    def _write_loop(self) -> None:
+        """The writer thread: commit whatever has queued, in one transaction."""
+        conn = self._wconn
+        assert conn is not None
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < BATCH_MAX:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                batch.append(more)
+            results: list[Any] = []
+            error: BaseException | None = None
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    rows = [w.row for w in batch if w.row is not None]
+                    if rows:
+                        conn.executemany(
+                            "INSERT INTO messages (id, ts, conv, room, sender, target, text,"
+                            " action, sender_account, target_account)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            rows,
+                        )
+                    results = [None if w.run is None else w.run(conn) for w in batch]
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                logger.error("database write failed (%d writes lost): %s", len(batch), exc)
+                error = StoreError(f"the database cannot be written: {exc}")
+            assert self._loop is not None
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                self._loop.call_soon_threadsafe(self._completed, batch, results, error)
+
+    def _completed(
+        self, batch: list[_Write], results: list[Any], error: BaseException | None
+    ) -> None:
+        self._pending -= len(batch)
+        for i, write in enumerate(batch):
+            try:
+                write.done(results[i] if error is None else None, error)
+            except Exception:
+                logger.exception("store completion failed")
+
+    def save_room(self, room: RoomRecord) -> None:
+        key, now = name_key(room.name), self._clock()
+
+        def run(conn: sqlite3.Connection) -> None:
+            if room.topic:
+                conn.execute(
+                    "INSERT INTO rooms (key, name, topic, topic_by, updated) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET name = excluded.name,"
+                    " topic = excluded.topic, topic_by = excluded.topic_by,"
+                    " updated = excluded.updated",
+                    (key, room.name, room.topic, room.topic_by, now),
+                )
+            else:
+                conn.execute("DELETE FROM rooms WHERE key = ?", (key,))
+
+        def done(_: Any, exc: BaseException | None) -> None:
+            if exc is not None:
+                logger.error("the topic of #%s was not saved: %s", room.name, exc)
+
+        self._submit(_Write(None, run, done))
+
+    async def create_account(self, nick: str, password_hash: str) -> Account | None:
+        key, now = name_key(nick), self._clock()
+
+        def run(conn: sqlite3.Connection) -> Account | None:
+            cursor = conn.execute(
+                "INSERT INTO accounts (key, nick, password_hash, created) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (key) DO NOTHING",
+                (key, nick, password_hash, now),
+            )
+            if cursor.rowcount != 1:
+                return None
+            assert cursor.lastrowid is not None
+            return Account(cursor.lastrowid, nick, password_hash, now)
+
+        account: Account | None = await self._write(run)
+        if account is not None:
+            self._registered.add(key)
+        return account
+
+    async def set_password(self, nick: str, password_hash: str) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE accounts SET password_hash = ? WHERE key = ?",
+                (password_hash, name_key(nick)),
+            )
+            return cursor.rowcount == 1
+
+        changed: bool = await self._write(run)
+        return changed
+
+    async def delete_account(self, nick: str) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute("DELETE FROM accounts WHERE key = ?", (name_key(nick),))
+            return cursor.rowcount == 1
+
+        deleted: bool = await self._write(run)
+        self._registered.discard(name_key(nick))
+        return deleted
+
+    async def writable(self) -> bool:
+        try:
+            await self._write(lambda conn: conn.execute("PRAGMA user_version").fetchone())
+        except StoreError:
+            return False
+        return True
+
+    # -- reads -----------------------------------------------------------
+
+    async def _read(self, query: str, *args: Any) -> list[tuple[Any, ...]]:
+        def run() -> list[tuple[Any, ...]]:
+            assert self._rconn is not None
+            return self._rconn.execute(query, args).fetchall()
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._reader, run)
+        except sqlite3.Error as exc:
+            raise StoreError(f"the database cannot be read: {exc}") from None
+
+    async def rooms(self) -> list[RoomRecord]:
+        rows = await self._read("SELECT name, topic, topic_by FROM rooms ORDER BY key")
+        return [RoomRecord(*row) for row in rows]
+
+    async def recent(
+        self,
+        conversation: str,
+        limit: int,
+        before: int | None = None,
+        account: int | None = None,
+    ) -> tuple[list[StoredMessage], bool]:
+        query = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conv = ? AND id < ?"
+        args: list[Any] = [conversation, before if before is not None else 2**63 - 1]
+        if account is not None:
+            query += " AND (sender_account = ? OR target_account = ?)"
+            args += [account, account]
+        rows = await self._read(query + " ORDER BY id DESC LIMIT ?", *args, limit + 1)
+        more = len(rows) > limit
+        return [_row_message(row) for row in reversed(rows[:limit])], more
+
+    def is_registered(self, nick: str) -> bool:
+        return name_key(nick) in self._registered
+
+    async def account(self, nick: str) -> Account | None:
+        rows = await self._read(
+            "SELECT id, nick, password_hash, created FROM accounts WHERE key = ?", name_key(nick)
+        )
+        return Account(*rows[0]) if rows else None
+
+    async def accounts(self) -> list[Account]:
+        rows = await self._read(
+            "SELECT id, nick, password_hash, created FROM accounts ORDER BY key"
+        )
+        return [Account(*row) for row in rows]
+
+
+def default_db_path() -> Path:
+    """``$XDG_DATA_HOME/chatd/chatd.db``, or ``~/.local/share/chatd/chatd.db``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "chatd" / "chatd.db"
+
+
+def open_store(db: str, *, sync: str = "normal") -> Store:
+    """The store for a ``--db`` value (not yet opened)."""
+    if db == ":memory:":
+        return MemoryStore()
+    return SqliteStore(db, sync=sync)
