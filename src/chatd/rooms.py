@@ -220,12 +220,14 @@ class RoomManager:
     def rename(self, member: Member, nick: str) -> None:
         """Change a nickname. Leaving an account's nickname leaves the account."""
         assert member.key is not None
+        leaves_account = False
         if name_key(nick) != member.key:
             self._check_guest_nick(nick)
-            if member.account is not None:
-                member.account = None
-                self._tell(member, Registered(member.nick or "", False))
+            leaves_account = member.account is not None
         self._rename(member, nick)
+        if leaves_account:
+            member.account = None
+            self._tell(member, Registered(nick, False))
 
     def _rename(self, member: Member, nick: str) -> None:
         assert member.nick is not None

@@ -295,7 +295,8 @@ def migrate(conn: sqlite3.Connection) -> int:
             conn.execute(f"PRAGMA user_version = {number + 1}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
     return int(version)
 
@@ -383,9 +384,14 @@ class SqliteStore(Store):
             raise StoreError(f"cannot use the database {self.path}: WAL mode is not available")
         conn.execute(f"PRAGMA synchronous = {self._sync.upper()}")
         self.migrated_from = migrate(conn)
-        # A read-only file opens and reads fine: find out now, not at the first message.
+        # A read-only file opens and reads fine: find out now, not at the first
+        # message, by writing the header (rolled back).
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute("ROLLBACK")
+        try:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
         (last,) = conn.execute("SELECT max(id) FROM messages").fetchone()
         self.last_id = last or 0
         self._registered = {key for (key,) in conn.execute("SELECT key FROM accounts")}
@@ -473,7 +479,8 @@ class SqliteStore(Store):
                     results = [None if w.run is None else w.run(conn) for w in batch]
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    if conn.in_transaction:  # SQLite ends some failed ones itself
+                        conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
                 logger.error("database write failed (%d writes lost): %s", len(batch), exc)
