@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +61,13 @@ def test_bench_quick_with_the_redis_baseline() -> None:
     check_figures(reports, "redis")
     assert "deliveries_per_s_vs_redis" in reports["fanout", "chatd"]
     assert "rss_per_connection_kib_vs_redis" in reports["idle", "chatd"]
+
+
+def test_bench_quick_history_and_login_on_a_database(tmp_path: Path) -> None:
+    reports = bench("--scenario", "history,login,fanout", "--db", str(tmp_path / "bench.db"))
+    history = reports["history", "chatd"]
+    assert history["messages_in_room"] == 3000
+    assert 0 < history["history_1000_p50_ms"] <= history["history_1000_max_ms"]  # type: ignore[operator]
+    login = reports["login", "chatd"]
+    assert login["passwords_checked"] > 0  # type: ignore[operator]
+    assert reports["fanout", "chatd"]["loss"] == 0  # every message stored and delivered

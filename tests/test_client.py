@@ -26,6 +26,7 @@ import pytest
 from chatd.client import (
     Backoff,
     ClientOptions,
+    _no_secrets_history,
     help_lines,
     json_line,
     nick_colour,
@@ -43,6 +44,22 @@ from tests.helpers import DEADLINE, LineClient, free_port
 # Rendering
 
 TS = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC).timestamp()
+
+
+def test_history_is_dimmed_and_dated() -> None:
+    old = {"type": "message", "id": 1, "ts": TS, "room": "dev", "from": "bob", "text": "hi"}
+    old["history"] = True
+    assert render_event(old, tz=UTC) == "2024-05-06 07:08 [dev] bob: hi"
+    assert render_event(old, colour=True, tz=UTC) == "\x1b[2m2024-05-06 07:08 [dev] bob: hi\x1b[0m"
+    end = {"type": "history", "room": "dev", "peer": None, "count": 1, "more": False}
+    assert render_event(end) == "-- 1 earlier message of #dev --"
+
+
+def test_passwords_stay_out_of_the_prompt_history() -> None:
+    history = _no_secrets_history()
+    for line in ("hello", "/login ann secret-pass", "/REGISTER secret-pass", "/passwd a b"):
+        history.append_string(line)
+    assert list(history.get_strings()) == ["hello"]
 
 
 def render(event: dict[str, Any]) -> str:

@@ -373,3 +373,17 @@ async def test_a_full_database_tells_the_sender_and_recovers(
     assert (await bob.expect(lambda e: e.get("text") in ("after", failed)))["text"] == "after"
     alice.close()
     bob.close()
+
+
+async def test_a_ping_still_follows_every_echo_with_a_database(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """Messages wait for the store; a pong waits for them."""
+    server = await start_server(db=str(tmp_path / "chat.db"))
+    alice = await open_json(server.port, "alice")
+    await alice.send(*[f"line {n}" for n in range(200)], "/ping done")
+    events = await alice.sync("done")
+    assert [e["text"] for e in events if e["type"] == "message"] == [
+        f"line {n}" for n in range(200)
+    ]
+    alice.close()

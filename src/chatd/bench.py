@@ -66,6 +66,8 @@ _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _STAMP_RE = re.compile(rb"~t[0-9x]+~(\d+)~")
 _MARKERS = {"chatd": b'"type":"message"', "redis": b"$7\r\nmessage\r\n"}
 SCENARIOS = ("fanout", "latency", "rooms", "idle", "storm")
+#: chatd-only scenarios (no Redis counterpart), run only when named.
+EXTRA_SCENARIOS = ("history", "login")
 
 
 # ---------------------------------------------------------------------------
@@ -791,6 +793,10 @@ def run_all(
             jobs += [(run_idle, (count,)) for count in opts.idle]
         elif name == "storm":
             jobs.append((run_storm, ()))
+        elif name == "history":
+            jobs.append((run_history, ()))
+        elif name == "login":
+            jobs.append((run_login, ()))
     results = []
     for job, args in jobs:
         target = start()
@@ -799,6 +805,116 @@ def run_all(
         finally:
             target.stop()
     return results
+
+
+# ---------------------------------------------------------------------------
+# chatd only: history reads and password guessing
+
+
+async def _open_json(target: Target, *hello: str) -> tuple[asyncio.StreamReader, Any]:
+    reader, writer = await asyncio.open_connection(target.host, target.port, limit=1 << 22)
+    writer.write(("/format json\n" + "".join(f"{h}\n" for h in hello)).encode())
+    return reader, writer
+
+
+async def _read_until(reader: asyncio.StreamReader, needle: bytes) -> bytes:
+    data = b""
+    while needle not in data:
+        chunk = await reader.read(1 << 20)
+        if not chunk:
+            raise ConnectionError(f"closed before {needle!r}")
+        data += chunk
+    return data
+
+
+def run_history(target: Target, opts: argparse.Namespace) -> Result:
+    """``/history ROOM 1000`` on a room of ``--history-messages`` stored messages."""
+    import sqlite3
+
+    result = Result("history", target.kind)
+    if opts.db == ":memory:" or opts.host:
+        result.notes.append("needs a spawned daemon on a database file: --db PATH")
+        return result
+    room, count = "histbench", opts.history_messages
+    t0 = time.monotonic()
+    with contextlib.closing(sqlite3.connect(opts.db, timeout=30)) as conn:
+        first = 10**12  # far above the daemon's own ids
+        now = time.time()
+        for start in range(0, count, 100_000):
+            rows = [
+                (first + i, now, room, room, f"u{i % 50}", None, f"message {i} " + "x" * 60, 0)
+                for i in range(start, min(count, start + 100_000))
+            ]
+            conn.executemany(
+                "INSERT INTO messages (id, ts, conv, room, sender, target, text, action)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            conn.commit()
+    fill_s = time.monotonic() - t0
+
+    async def measure() -> list[float]:
+        reader, writer = await _open_json(target, "/nick reader", f"/join {room}", "/ping ready")
+        await _read_until(reader, b'"token":"ready"')
+        times = []
+        for n in range(opts.history_rounds):
+            # A different page each time, so no answer is the cached one before.
+            before = first + count - n * 1000
+            t = time.perf_counter()
+            writer.write(f"/history {room} 1000 before={before}\n".encode())
+            data = await _read_until(reader, b'"type":"history"')
+            times.append(time.perf_counter() - t)
+            assert data.count(b'"history":true') == 1000, "a short page"
+        writer.close()
+        return times
+
+    times = sorted(asyncio.run(measure()))
+    result.figures.update(
+        messages_in_room=count,
+        fill_s=round(fill_s, 1),
+        rounds=len(times),
+        history_1000_p50_ms=round(_percentile(times, 50) * 1000, 2),
+        history_1000_max_ms=round(times[-1] * 1000, 2),
+    )
+    return result
+
+
+def run_login(target: Target, opts: argparse.Namespace) -> Result:
+    """Wrong passwords from one address, as fast as answers allow."""
+    result = Result("login", target.kind)
+    password = "the-right-password"
+
+    async def measure() -> dict[str, int]:
+        reader, writer = await _open_json(target, "/nick victim", f"/register {password}")
+        await _read_until(reader, b'"account":true')
+        writer.close()
+        counts = {"bad_login": 0, "login_throttled": 0}
+        deadline = time.monotonic() + opts.duration
+
+        async def guesser(n: int) -> None:
+            reader, writer = await _open_json(target)
+            guess = 0
+            while time.monotonic() < deadline:
+                guess += 1
+                writer.write(f"/login victim guess-{n}-{guess:06d}\n".encode())
+                data = await _read_until(reader, b'"type":"error"')
+                for code in counts:
+                    if code.encode() in data:
+                        counts[code] += 1
+            writer.close()
+
+        await asyncio.gather(*(guesser(n) for n in range(opts.login_clients)))
+        return counts
+
+    counts = asyncio.run(measure())
+    result.figures.update(
+        clients=opts.login_clients,
+        seconds=opts.duration,
+        passwords_checked=counts["bad_login"],
+        refused_throttled=counts["login_throttled"],
+        wrong_guesses_per_s=round(counts["bad_login"] / opts.duration, 2),
+    )
+    return result
 
 
 # ---------------------------------------------------------------------------
@@ -817,7 +933,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scenario",
         default=",".join(SCENARIOS),
-        help="comma-separated scenarios: " + ", ".join(SCENARIOS) + " (default: all)",
+        help="comma-separated scenarios: "
+        + ", ".join(SCENARIOS + EXTRA_SCENARIOS)
+        + f" (default: all but {' and '.join(EXTRA_SCENARIOS)})",
     )
     parser.add_argument(
         "--baseline",
@@ -857,6 +975,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--idle", type=_ints, default=[5000, 10000], help="connection counts")
     g.add_argument("--idle-rooms", type=int, default=1000, help="rooms to spread over")
     g.add_argument("--storm", type=int, default=2000, help="connections opened at once")
+    g = parser.add_argument_group("history and login (chatd only; run when named)")
+    g.add_argument(
+        "--history-messages",
+        type=int,
+        default=1_000_000,
+        help="messages stored in the room before /history 1000 is timed (needs --db PATH)",
+    )
+    g.add_argument("--history-rounds", type=int, default=20, help="/history requests timed")
+    g.add_argument(
+        "--login-clients", type=int, default=20, help="connections guessing passwords at once"
+    )
     parser.add_argument(
         "--quick", action="store_true", help="a small, fast run that checks everything works"
     )
@@ -868,6 +997,7 @@ def _quick(opts: argparse.Namespace) -> None:
     opts.rates, opts.latency_rooms, opts.latency_listeners = [200.0], 2, 6
     opts.rooms_count, opts.rooms_rate = 20, 200.0
     opts.idle, opts.idle_rooms, opts.storm = [50], 10, 50
+    opts.history_messages, opts.history_rounds, opts.login_clients = 3000, 2, 2
 
 
 def _median_results(runs: list[list[Result]]) -> list[Result]:
@@ -898,7 +1028,7 @@ def main(opts: argparse.Namespace) -> int:
     if opts.quick:
         _quick(opts)
     scenarios = [s.strip() for s in opts.scenario.split(",") if s.strip()]
-    unknown = set(scenarios) - set(SCENARIOS)
+    unknown = set(scenarios) - set(SCENARIOS) - set(EXTRA_SCENARIOS)
     if unknown:
         raise SystemExit(f"chatd bench: unknown scenario(s): {', '.join(sorted(unknown))}")
     chatd_runs: list[list[Result]] = []
@@ -908,6 +1038,7 @@ def main(opts: argparse.Namespace) -> int:
         for kind, runs in (("chatd", chatd_runs), ("redis", redis_runs)):
             if kind == "redis" and opts.baseline != "redis":
                 continue
+            wanted = [s for s in scenarios if kind == "chatd" or s in SCENARIOS]
             start: Callable[[], Target]
             if kind == "redis":
                 start = spawn_redis
@@ -915,12 +1046,14 @@ def main(opts: argparse.Namespace) -> int:
                 start = lambda: Target("chatd", opts.host, opts.port, opts.pid)  # noqa: E731
             else:
                 start = lambda: spawn_chatd(opts.loop, opts.db)  # noqa: E731
-            runs.append(run_all(start, opts, scenarios))
+            runs.append(run_all(start, opts, wanted))
     results = _median_results(chatd_runs)
     if redis_runs:
         baseline = _median_results(redis_runs)
-        _add_ratios(results, baseline)
-        results = [r for pair in zip(results, baseline, strict=True) for r in pair]
+        shared = [r for r in results if r.scenario in SCENARIOS]
+        _add_ratios(shared, baseline)
+        extra = [r for r in results if r.scenario not in SCENARIOS]
+        results = [r for pair in zip(shared, baseline, strict=True) for r in pair] + extra
     for result in results:
         if not opts.json:
             print(_table(result))

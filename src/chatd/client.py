@@ -174,6 +174,15 @@ def _hhmm(ts: object, tz: tzinfo | None) -> str:
         return "--:--"
 
 
+def _date(ts: object, tz: tzinfo | None) -> str:
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        return "----------"
+    try:
+        return datetime.fromtimestamp(ts, tz).strftime("%Y-%m-%d")
+    except (OverflowError, OSError, ValueError):
+        return "----------"
+
+
 def _system_text(event: Mapping[str, Any]) -> str:
     """The wording of every event that is not a message, a DM or an error.
 
@@ -213,6 +222,10 @@ def render_event(
     characters, and a malformed event still renders: the server is untrusted.
     """
     kind = event.get("type")
+    if kind in ("message", "dm") and event.get("history") is True:
+        # The past: its date too, and the whole line dim, so it reads apart.
+        line = render_event({**event, "history": False}, colour=False, tz=tz)
+        return _paint(f"{_date(event.get('ts'), tz)} {line}", _DIM, colour)
     if kind in ("message", "dm"):
         when = _paint(_hhmm(event.get("ts"), tz), _DIM, colour)
         sender = _field(event, "from")
@@ -225,6 +238,8 @@ def render_event(
         if event.get("action") is True:
             return f"{when} [{room}] * {who} {text}"
         return f"{when} [{room}] {who}: {text}"
+    if kind == "history":
+        return _paint(f"-- {_system_text(event)[2:]} --", _DIM, colour)
     if kind == "error":
         return _paint(f"! {_field(event, 'code')}: {_field(event, 'text')}", _RED, colour)
     if kind == "shutdown":
@@ -420,6 +435,9 @@ class _Snapshot:
     nick: str
     rooms: tuple[str, ...]
     current: str | None
+    #: The /login line that made the session an account's, kept in memory
+    #: only, to log in again after a reconnect (the nickname is protected).
+    login: str | None = None
 
 
 class _Link:
@@ -489,6 +507,8 @@ class ChatClient:
         self._current: str | None = None
         self._link: _Link | None = None
         self._snapshot: _Snapshot | None = None
+        self._login: str | None = None  # the /login of the account we are in
+        self._login_sent: str | None = None  # the last /login typed, not yet answered
         #: Lines typed (interactive) while there was no connection to send them on.
         self._backlog: list[str] = []
         self._ready = asyncio.Event()
@@ -538,6 +558,8 @@ class ChatClient:
             self._backlog.append(line)
             self._ui.status("not connected yet: the line will be sent once reconnected")
             return
+        if command == "/login":
+            self._login_sent = line
         # Pipe mode waits for a connection instead: stdin is read no faster than it is sent.
         while (link := self._link) is None or not link.ready:
             await self._ready.wait()
@@ -674,7 +696,7 @@ class ChatClient:
         finally:
             if not link.restoring:
                 self._snapshot = (
-                    _Snapshot(self._nick, tuple(self._rooms.values()), self._current)
+                    _Snapshot(self._nick, tuple(self._rooms.values()), self._current, self._login)
                     if self._nick is not None
                     else None
                 )
@@ -696,7 +718,7 @@ class ChatClient:
         link.send("/format json")
         if self._snapshot is not None:
             link.restore = self._snapshot
-            link.send(f"/nick {self._snapshot.nick}")
+            link.send(self._snapshot.login or f"/nick {self._snapshot.nick}")
             # The rest goes out once the server confirms the nickname (_on_event).
         else:
             if self._options.nick:
@@ -777,9 +799,21 @@ class ChatClient:
             case "registered":
                 nick = event.get("nick")
                 self._nick = nick if isinstance(nick, str) else None
+                if event.get("account") is not True:
+                    self._login = None
+                elif restoring and link.restore is not None:
+                    self._login = link.restore.login
+                elif self._login_sent is not None:
+                    self._login, self._login_sent = self._login_sent, None
                 if restoring and link.restore_token is None:
                     self._send_restore(link)
                 return restoring
+            case "logout":
+                self._nick, self._login = None, None
+                self._rooms.clear()
+                self._current = None
+                self.on_change()
+                return False
             case "nick":
                 if self._is_me(event.get("old")) and isinstance(new := event.get("new"), str):
                     self._nick = new
@@ -920,6 +954,22 @@ def _terminal_has_colour() -> bool:
     return not os.environ.get("NO_COLOR") and os.environ.get("TERM", "dumb") != "dumb"
 
 
+def _no_secrets_history() -> Any:
+    """The prompt's in-memory history, without lines that carry a password."""
+    from prompt_toolkit.history import InMemoryHistory
+
+    class NoSecretsHistory(InMemoryHistory):
+        def append_string(self, string: str) -> None:
+            if _command_name(string) not in SECRET_COMMANDS:
+                super().append_string(string)
+
+    return NoSecretsHistory()
+
+
+#: Commands whose arguments are passwords: never kept in the prompt's history.
+SECRET_COMMANDS: Final = frozenset({"/login", "/register", "/passwd"})
+
+
 async def _run_interactive(options: ClientOptions) -> int:
     from prompt_toolkit import PromptSession
     from prompt_toolkit.patch_stdout import patch_stdout
@@ -929,7 +979,9 @@ async def _run_interactive(options: ClientOptions) -> int:
 
     with patch_stdout(raw=True):
         # The typed line is erased on Enter: the server's echo of it replaces it.
-        session: PromptSession[str] = PromptSession(erase_when_done=True)
+        session: PromptSession[str] = PromptSession(
+            erase_when_done=True, history=_no_secrets_history()
+        )
         client.on_change = session.app.invalidate
 
         async def read_prompt() -> None:

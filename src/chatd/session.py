@@ -780,7 +780,8 @@ class Session(Member):
                 self.fmt = fmt
                 self.tell(FormatIs(fmt))
             case Ping(token):
-                self.tell(Pong(token))
+                # After everything this session said is stored and delivered.
+                manager.store.barrier(lambda: self.tell(Pong(token)))
             case Help():
                 self.tell(HelpText())
             case Quit(reason):

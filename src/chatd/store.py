@@ -117,6 +117,10 @@ class Store(abc.ABC):
     def append(self, message: StoredMessage, done: Done) -> None:
         """Store a message; ``done`` runs on the loop once it is durable."""
 
+    def barrier(self, done: Callable[[], None]) -> None:
+        """Call ``done`` on the loop once every write made before is complete."""
+        done()
+
     @abc.abstractmethod
     def save_room(self, room: RoomRecord) -> None:
         """Remember a room and its topic across restarts (an empty topic forgets it)."""
@@ -428,6 +432,12 @@ class SqliteStore(Store):
         if message.id > self.last_id:
             self.last_id = message.id
         self._submit(_Write(_message_row(message), None, lambda _, exc: done(exc)))
+
+    def barrier(self, done: Callable[[], None]) -> None:
+        if self._pending == 0:
+            done()
+        else:
+            self._submit(_Write(None, None, lambda _, __: done()))
 
     async def _write(self, run: Callable[[sqlite3.Connection], Any]) -> Any:
         assert self._loop is not None
