@@ -206,25 +206,44 @@ async def test_guessing_is_throttled_per_account(start_server: StartServer) -> N
 def test_login_guard_backs_off_and_forgets() -> None:
     now = [0.0]
     guard = LoginGuard(free_per_account=2, free_per_ip=4, base=1.0, cap=8.0, clock=lambda: now[0])
-    for _ in range(2):
-        assert guard.wait("1.2.3.4", "alice") == 0
-        guard.failed("1.2.3.4", "alice")
-    assert guard.wait("1.2.3.4", "alice") == 0  # free failures used; the next one counts
-    guard.failed("1.2.3.4", "alice")
-    assert guard.wait("1.2.3.4", "alice") == 1.0
+    # Attempts count from the moment they are let through: two at once use both free ones.
+    assert guard.attempt("1.2.3.4", "alice") == 0
+    assert guard.attempt("1.2.3.4", "alice") == 0
+    assert guard.attempt("1.2.3.4", "alice") == 0  # the free ones are used; this one counts
+    assert guard.attempt("1.2.3.4", "alice") == 1.0  # refused, and not counted
     assert guard.wait("5.6.7.8", "bob") == 0  # other accounts and addresses are free
     now[0] = 1.0
-    guard.failed("1.2.3.4", "alice")
+    assert guard.attempt("1.2.3.4", "alice") == 0
     assert guard.wait("1.2.3.4", "alice") == 2.0
     for _ in range(10):
         guard.failed("1.2.3.4", "alice")
     assert guard.wait("1.2.3.4", "alice") == 8.0  # capped
     # The address is throttled for other accounts too, past its own free failures.
     assert guard.wait("1.2.3.4", "carol") == 8.0
-    guard.succeeded("alice")
+    now[0] = 100.0
+    assert guard.attempt("9.9.9.9", "alice") == 0
+    guard.succeeded("9.9.9.9", "alice")  # right: the account is clear, the address too
     assert guard.wait("9.9.9.9", "alice") == 0
+    assert guard.wait("9.9.9.9", "zed") == 0
     now[0] = 10_000.0
     assert guard.wait("1.2.3.4", "carol") == 0  # forgotten after an hour of quiet
+
+
+async def test_concurrent_guesses_get_no_more_tries(start_server: StartServer) -> None:
+    server = await start_server()
+    owner = await open_json(server.port, "alice")
+    await owner.send(f"/register {PASSWORD}")
+    await owner.expect("registered")
+    owner.close()
+    guessers = [await open_json(server.port) for _ in range(12)]
+    for n, guesser in enumerate(guessers):
+        await guesser.send(f"/login alice guess-{n:04d}")
+    codes = [(await g.expect("error"))["code"] for g in guessers]
+    free = LoginGuard()._free["account"]
+    assert codes.count("bad_login") == free + 1  # the free ones, and the first that counts
+    assert codes.count("login_throttled") == len(guessers) - free - 1
+    for guesser in guessers:
+        guesser.close()
 
 
 async def test_accounts_survive_a_restart(start_server: StartServer, tmp_path: Path) -> None:

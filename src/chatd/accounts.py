@@ -76,8 +76,10 @@ class LoginGuard:
     the next attempt must wait ``base * 2**(extra failures - 1)`` seconds
     after the last failure, up to ``cap``. Attempts during the wait are
     refused without checking the password, so they cost almost nothing and
-    teach nothing. A success clears the account's record; a key forgets its
-    failures after ``forget`` quiet seconds.
+    teach nothing. An attempt counts as a failure from the moment it is let
+    through, so many connections guessing at once get no more tries than
+    one; a success takes that back and clears the account's record. A key
+    forgets its failures after ``forget`` quiet seconds.
     """
 
     def __init__(
@@ -94,6 +96,14 @@ class LoginGuard:
         self._base, self._cap, self._forget = base, cap, forget
         self._clock = clock
         self._failures: dict[tuple[str, str], _Failures] = {}
+
+    def attempt(self, ip: str, account: str) -> float:
+        """Let a login try through (0.0, counted as failed until it succeeds),
+        or return the seconds to wait before the next one may."""
+        wait = self.wait(ip, account)
+        if wait == 0:
+            self.failed(ip, account)
+        return wait
 
     def wait(self, ip: str, account: str) -> float:
         """Seconds before a login to ``account`` from ``ip`` may be tried (0: now)."""
@@ -125,8 +135,14 @@ class LoginGuard:
         if len(self._failures) > 100_000:
             self._prune(now)
 
-    def succeeded(self, account: str) -> None:
+    def succeeded(self, ip: str, account: str) -> None:
+        """The attempt let through by :meth:`attempt` was right: take it back."""
         self._failures.pop(("account", account), None)
+        record = self._failures.get(("ip", ip))
+        if record is not None:
+            record.count -= 1
+            if record.count <= 0:
+                del self._failures[("ip", ip)]
 
     def _prune(self, now: float) -> None:
         self._failures = {k: v for k, v in self._failures.items() if now - v.last <= self._forget}

@@ -873,7 +873,7 @@ def run_history(target: Target, opts: argparse.Namespace) -> Result:
         messages_in_room=count,
         fill_s=round(fill_s, 1),
         rounds=len(times),
-        history_1000_p50_ms=round(_percentile(times, 50) * 1000, 2),
+        history_1000_p50_ms=round(_percentile(times, 0.5) * 1000, 2),
         history_1000_max_ms=round(times[-1] * 1000, 2),
     )
     return result

@@ -889,7 +889,7 @@ class Session(Member):
         """The account id if ``password`` is right; else a delay and BadLogin."""
         auth, store = self._need_auth(), self._manager.store
         ip, key = self._ip, name_key(nick)
-        wait = auth.guard.wait(ip, key)
+        wait = auth.guard.attempt(ip, key)
         if wait > 0:
             raise LoginThrottled(f"too many failed logins; try again in {math.ceil(wait)} s")
         try:
@@ -898,9 +898,8 @@ class Session(Member):
             raise StorageUnavailable(f"cannot check the password now: {exc}") from None
         if await auth.passwords.verify(account.password_hash if account else None, password):
             assert account is not None
-            auth.guard.succeeded(key)
+            auth.guard.succeeded(ip, key)
             return account.id
-        auth.guard.failed(ip, key)
         logger.info("failed login for %s from %s", nick, self.peer)
         await self._pause(auth.fail_delay)
         raise BadLogin("wrong nickname or password")
