@@ -418,8 +418,8 @@ class RoomManager:
         fmt = member.fmt
         for event in room.recent:
             member.reply(render(dataclasses.replace(event, history=True), fmt))
-        first = room.recent[0].id
-        self._tell(member, History(room.name, None, len(room.recent), room.older, first))
+        before = room.recent[0].id if room.older else None
+        self._tell(member, History(room.name, None, len(room.recent), room.older, before))
 
     def _check_store(self) -> None:
         if self.store.backlog > MAX_STORE_BACKLOG:

@@ -94,7 +94,7 @@ from chatd.protocol import (
     render,
 )
 from chatd.rooms import Member, stored_event
-from chatd.store import StoreError, dm_key
+from chatd.store import Account, StoreError, dm_key
 
 if TYPE_CHECKING:
     from chatd.config import Settings
@@ -340,6 +340,7 @@ class Session(Member):
         "_flush_scheduled",
         "_flusher",
         "_in_flight",
+        "_kick_timer",
         "_loop",
         "_manager",
         "_max_bytes",
@@ -368,6 +369,8 @@ class Session(Member):
         super().__init__(fmt)
         self._manager = manager
         self._auth = auth
+        #: Resets a kicked connection that has not closed in time.
+        self._kick_timer: asyncio.TimerHandle | None = None
         self._settings = settings
         self._conn = conn
         self._pending: list[bytes] = []
@@ -461,7 +464,7 @@ class Session(Member):
         self.tell(Bye(reason))
         self.close_reason = self.close_reason or reason
         self._stop_output()
-        self._loop.call_later(LINGER_SECONDS, self.drop, reason)
+        self._kick_timer = self._loop.call_later(LINGER_SECONDS, self.drop, reason)
 
     def begin_shutdown(self, reason: str) -> None:
         """Say goodbye, flush, close. The server aborts whoever takes too long."""
@@ -577,6 +580,8 @@ class Session(Member):
             self.close_reason = self.close_reason or reason
             self._manager.disconnect(self, self.close_reason)
             await self._finish()
+            if self._kick_timer is not None:
+                self._kick_timer.cancel()
             # One line per connection, at its end: what, who, why and how long.
             logger.info(
                 "disconnect %s %s after %.1f s: %s",
@@ -885,8 +890,8 @@ class Session(Member):
             self.account = account.id
             self.tell(Registered(nick, True))
 
-    async def _check_password(self, nick: str, password: str) -> int:
-        """The account id if ``password`` is right; else a delay and BadLogin."""
+    async def _check_password(self, nick: str, password: str) -> Account:
+        """The account if ``password`` is right; else a delay and BadLogin."""
         auth, store = self._need_auth(), self._manager.store
         ip, key = self._ip, name_key(nick)
         wait = auth.guard.attempt(ip, key)
@@ -899,7 +904,7 @@ class Session(Member):
         if await auth.passwords.verify(account.password_hash if account else None, password):
             assert account is not None
             auth.guard.succeeded(ip, key)
-            return account.id
+            return account
         logger.info("failed login for %s from %s", nick, self.peer)
         await self._pause(auth.fail_delay)
         raise BadLogin("wrong nickname or password")
@@ -910,8 +915,7 @@ class Session(Member):
         account = await self._check_password(nick, password)
         if self._closing:
             return
-        stored = await self._manager.store.account(nick)
-        self._manager.login(self, stored.nick if stored else nick, account)
+        self._manager.login(self, account.nick, account.id)
         logger.info("login %s from %s", self.nick, self.peer)
 
     async def _passwd(self, old: str, new: str) -> None:
