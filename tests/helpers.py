@@ -240,3 +240,12 @@ class Daemon:
         if self._log_task is not None:
             await asyncio.wait([self._log_task], timeout=timeout)
         return code
+
+
+async def open_json(port: int, nick: str | None = None, **kwargs: Any) -> LineClient:
+    """A client on 127.0.0.1 in JSON mode, registered as ``nick`` if given."""
+    client = await LineClient.open("127.0.0.1", port, **kwargs)
+    await client.use_json()
+    if nick:
+        await client.register(nick)
+    return client

@@ -11,17 +11,9 @@ import pytest
 
 from chatd.accounts import LoginGuard
 from tests.conftest import Connect, StartServer
-from tests.helpers import DEADLINE, LineClient
+from tests.helpers import DEADLINE, LineClient, open_json
 
 PASSWORD = "correct-horse"
-
-
-async def open_json(port: int, nick: str | None = None) -> LineClient:
-    client = await LineClient.open("127.0.0.1", port)
-    await client.use_json()
-    if nick is not None:
-        await client.register(nick)
-    return client
 
 
 async def registered_account(connect: Connect, nick: str = "alice") -> LineClient:

@@ -15,17 +15,9 @@ import pytest
 from chatd.server import Server
 from chatd.store import SCHEMA_VERSION, SqliteStore, StoreError
 from tests.conftest import Connect, StartServer
-from tests.helpers import DEADLINE, Daemon, LineClient
+from tests.helpers import DEADLINE, Daemon, LineClient, open_json
 
 PASSWORD = "correct-horse"
-
-
-async def open_json(port: int, nick: str | None = None) -> LineClient:
-    client = await LineClient.open("127.0.0.1", port)
-    await client.use_json()
-    if nick is not None:
-        await client.register(nick)
-    return client
 
 
 async def say_all(client: LineClient, texts: list[str]) -> list[int]:

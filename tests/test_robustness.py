@@ -18,15 +18,7 @@ import pytest
 
 from chatd.server import Server
 from tests.conftest import Connect, StartServer
-from tests.helpers import Daemon, Event, LineClient, rss_kib
-
-
-async def open_json(port: int, nick: str | None = None, **kwargs: object) -> LineClient:
-    client = await LineClient.open("127.0.0.1", port, **kwargs)
-    await client.use_json()
-    if nick:
-        await client.register(nick)
-    return client
+from tests.helpers import Daemon, Event, LineClient, open_json, rss_kib
 
 
 async def test_invalid_utf8_is_refused_and_the_connection_stays_usable(connect: Connect) -> None:
