@@ -165,22 +165,14 @@ def _entries(value: object) -> list[Mapping[str, Any]]:
     return [item for item in value if isinstance(item, Mapping)]
 
 
-def _hhmm(ts: object, tz: tzinfo | None) -> str:
+def _stamp(ts: object, tz: tzinfo | None, fmt: str = "%H:%M", blank: str = "--:--") -> str:
+    """A message's time in ``fmt``; ``blank`` when the server sent no usable time."""
     if isinstance(ts, bool) or not isinstance(ts, int | float):
-        return "--:--"
+        return blank
     try:
-        return datetime.fromtimestamp(ts, tz).strftime("%H:%M")
+        return datetime.fromtimestamp(ts, tz).strftime(fmt)
     except (OverflowError, OSError, ValueError):
-        return "--:--"
-
-
-def _date(ts: object, tz: tzinfo | None) -> str:
-    if isinstance(ts, bool) or not isinstance(ts, int | float):
-        return "----------"
-    try:
-        return datetime.fromtimestamp(ts, tz).strftime("%Y-%m-%d")
-    except (OverflowError, OSError, ValueError):
-        return "----------"
+        return blank
 
 
 def _system_text(event: Mapping[str, Any]) -> str:
@@ -225,9 +217,11 @@ def render_event(
     if kind in ("message", "dm") and event.get("history") is True:
         # The past: its date too, and the whole line dim, so it reads apart.
         line = render_event({**event, "history": False}, colour=False, tz=tz)
-        return _paint(f"{_date(event.get('ts'), tz)} {line}", _DIM, colour)
+        return _paint(
+            f"{_stamp(event.get('ts'), tz, '%Y-%m-%d', '----------')} {line}", _DIM, colour
+        )
     if kind in ("message", "dm"):
-        when = _paint(_hhmm(event.get("ts"), tz), _DIM, colour)
+        when = _paint(_stamp(event.get("ts"), tz), _DIM, colour)
         sender = _field(event, "from")
         who = _paint(sender, nick_colour(sender), colour)
         text = _field(event, "text")
