@@ -170,13 +170,9 @@ async def test_passwords_never_reach_the_log(
         assert secret not in caplog.text
 
 
-async def test_guessing_is_throttled_per_account(start_server: StartServer) -> None:
-    server = await start_server()
-    owner = await open_json(server.port, "alice")
-    await owner.send(f"/register {PASSWORD}")
-    await owner.expect("registered")
-    owner.close()
-    guesser = await open_json(server.port)
+async def test_guessing_is_throttled_per_account(connect: Connect) -> None:
+    (await registered_account(connect)).close()
+    guesser = await connect()
     codes = []
     for n in range(8):
         await guesser.send(f"/login alice guess-{n:04d}")
@@ -188,11 +184,9 @@ async def test_guessing_is_throttled_per_account(start_server: StartServer) -> N
     await guesser.send(f"/login alice {PASSWORD}")
     assert (await guesser.expect("error"))["code"] == "login_throttled"
     # Everyone else carries on.
-    other = await open_json(server.port, "bob")
+    other = await connect("bob")
     await other.send("hello")
     assert (await other.expect("message"))["text"] == "hello"
-    other.close()
-    guesser.close()
 
 
 def test_login_guard_backs_off_and_forgets() -> None:
@@ -221,21 +215,15 @@ def test_login_guard_backs_off_and_forgets() -> None:
     assert guard.wait("1.2.3.4", "carol") == 0  # forgotten after an hour of quiet
 
 
-async def test_concurrent_guesses_get_no_more_tries(start_server: StartServer) -> None:
-    server = await start_server()
-    owner = await open_json(server.port, "alice")
-    await owner.send(f"/register {PASSWORD}")
-    await owner.expect("registered")
-    owner.close()
-    guessers = [await open_json(server.port) for _ in range(12)]
+async def test_concurrent_guesses_get_no_more_tries(connect: Connect) -> None:
+    (await registered_account(connect)).close()
+    guessers = [await connect() for _ in range(12)]
     for n, guesser in enumerate(guessers):
         await guesser.send(f"/login alice guess-{n:04d}")
     codes = [(await g.expect("error"))["code"] for g in guessers]
     free = LoginGuard()._free["account"]
     assert codes.count("bad_login") == free + 1  # the free ones, and the first that counts
     assert codes.count("login_throttled") == len(guessers) - free - 1
-    for guesser in guessers:
-        guesser.close()
 
 
 async def test_accounts_survive_a_restart(start_server: StartServer, tmp_path: Path) -> None:
