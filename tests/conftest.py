@@ -16,7 +16,7 @@ import uvloop
 
 from chatd.config import Settings
 from chatd.server import Server
-from tests.helpers import LineClient
+from tests.helpers import LineClient, PipeClient
 
 
 def pytest_asyncio_loop_factories(
@@ -77,3 +77,21 @@ async def connect(server: Server) -> AsyncIterator[Connect]:
     yield open_client
     for client in clients:
         client.close()
+
+
+Spawn = Callable[..., Awaitable[PipeClient]]
+
+
+@pytest.fixture
+async def spawn(start_server: StartServer) -> AsyncIterator[Spawn]:
+    """Start pipe clients; they are killed before the servers stop."""
+    clients: list[PipeClient] = []
+
+    async def start(port: int, *args: str) -> PipeClient:
+        client = await PipeClient.start(port, *args)
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        await client.aclose()

@@ -249,3 +249,117 @@ async def open_json(port: int, nick: str | None = None, **kwargs: Any) -> LineCl
     if nick:
         await client.register(nick)
     return client
+
+
+# ---------------------------------------------------------------------------
+# ``chatd connect`` as a subprocess
+
+
+def loop_name() -> str:
+    """The loop of this test, for the child too: each test runs under both."""
+    module = type(asyncio.get_running_loop()).__module__
+    return "uvloop" if module.startswith("uvloop") else "asyncio"
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATD_")}
+    return {**env, "CHATD_LOG_LEVEL": "warning", **extra}
+
+
+def connect_argv(port: int, *args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "chatd",
+        "connect",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        loop_name(),
+        *args,
+    ]
+
+
+class PipeClient:
+    """``chatd connect`` with stdin and stdout as pipes; output collected as it comes."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        self.proc = proc
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._cursor = {"out": 0, "err": 0}
+        self._changed = asyncio.Event()
+        self._collectors = [
+            asyncio.create_task(self._collect(proc.stdout, self.out)),
+            asyncio.create_task(self._collect(proc.stderr, self.err)),
+        ]
+
+    @classmethod
+    async def start(cls, port: int, *args: str) -> PipeClient:
+        proc = await asyncio.create_subprocess_exec(
+            *connect_argv(port, *args),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=child_env(),
+        )
+        return cls(proc)
+
+    async def _collect(self, stream: asyncio.StreamReader, lines: list[str]) -> None:
+        while raw := await stream.readline():
+            lines.append(raw.decode().rstrip("\n"))
+            self._changed.set()
+        self._changed.set()
+
+    async def send(self, *lines: str) -> None:
+        assert self.proc.stdin is not None
+        for line in lines:
+            self.proc.stdin.write(line.encode() + b"\n")
+        await self.proc.stdin.drain()
+
+    async def expect(self, pattern: str, *, stream: str = "out", timeout: float = DEADLINE) -> str:
+        """Wait for a line after the last one matched (in that stream) to match."""
+        lines = self.out if stream == "out" else self.err
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    for i in range(self._cursor[stream], len(lines)):
+                        if re.search(pattern, lines[i]):
+                            self._cursor[stream] = i + 1
+                            return lines[i]
+                    if all(task.done() for task in self._collectors):
+                        break
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            pass
+        raise AssertionError(
+            f"no {stream} line matching {pattern!r}; out={self.out} err={self.err}"
+        )
+
+    async def wait(self, timeout: float = DEADLINE) -> int:
+        """Wait for the client to exit and for all its output; return its status."""
+        try:
+            async with asyncio.timeout(timeout):
+                code = await self.proc.wait()
+                await asyncio.gather(*self._collectors)
+        except TimeoutError:
+            raise AssertionError(f"client still running; out={self.out} err={self.err}") from None
+        return code
+
+    async def finish(self, timeout: float = DEADLINE) -> int:
+        """Close stdin (the end of input) and wait for the exit."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        return await self.wait(timeout)
+
+    async def aclose(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        for task in self._collectors:
+            task.cancel()
+        await asyncio.wait(self._collectors)

@@ -15,9 +15,8 @@ import json
 import os
 import re
 import struct
-import sys
 import termios
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,8 +36,14 @@ from chatd.client import (
 from chatd.protocol import COMMAND_HELP, Format
 from chatd.rooms import Member
 from chatd.server import Server
-from tests.conftest import TEST_SETTINGS, Connect, StartServer
-from tests.helpers import DEADLINE, LineClient, free_port
+from tests.conftest import TEST_SETTINGS, Connect, Spawn, StartServer
+from tests.helpers import (
+    DEADLINE,
+    LineClient,
+    child_env,
+    connect_argv,
+    free_port,
+)
 
 # ---------------------------------------------------------------------------
 # Rendering
@@ -278,134 +283,6 @@ def test_client_options() -> None:
 
 # ---------------------------------------------------------------------------
 # The client as a subprocess
-
-
-def _loop_name() -> str:
-    """The loop of this test, for the child too: each test runs under both."""
-    module = type(asyncio.get_running_loop()).__module__
-    return "uvloop" if module.startswith("uvloop") else "asyncio"
-
-
-def _child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATD_")}
-    return {**env, "CHATD_LOG_LEVEL": "warning", **extra}
-
-
-def _connect_argv(port: int, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "chatd",
-        "connect",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--loop",
-        _loop_name(),
-        *args,
-    ]
-
-
-class PipeClient:
-    """``chatd connect`` with stdin and stdout as pipes; output collected as it comes."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        assert proc.stderr is not None
-        self.proc = proc
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._cursor = {"out": 0, "err": 0}
-        self._changed = asyncio.Event()
-        self._collectors = [
-            asyncio.create_task(self._collect(proc.stdout, self.out)),
-            asyncio.create_task(self._collect(proc.stderr, self.err)),
-        ]
-
-    @classmethod
-    async def start(cls, port: int, *args: str) -> PipeClient:
-        proc = await asyncio.create_subprocess_exec(
-            *_connect_argv(port, *args),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=_child_env(),
-        )
-        return cls(proc)
-
-    async def _collect(self, stream: asyncio.StreamReader, lines: list[str]) -> None:
-        while raw := await stream.readline():
-            lines.append(raw.decode().rstrip("\n"))
-            self._changed.set()
-        self._changed.set()
-
-    async def send(self, *lines: str) -> None:
-        assert self.proc.stdin is not None
-        for line in lines:
-            self.proc.stdin.write(line.encode() + b"\n")
-        await self.proc.stdin.drain()
-
-    async def expect(self, pattern: str, *, stream: str = "out", timeout: float = DEADLINE) -> str:
-        """Wait for a line after the last one matched (in that stream) to match."""
-        lines = self.out if stream == "out" else self.err
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    for i in range(self._cursor[stream], len(lines)):
-                        if re.search(pattern, lines[i]):
-                            self._cursor[stream] = i + 1
-                            return lines[i]
-                    if all(task.done() for task in self._collectors):
-                        break
-                    self._changed.clear()
-                    await self._changed.wait()
-        except TimeoutError:
-            pass
-        raise AssertionError(
-            f"no {stream} line matching {pattern!r}; out={self.out} err={self.err}"
-        )
-
-    async def wait(self, timeout: float = DEADLINE) -> int:
-        """Wait for the client to exit and for all its output; return its status."""
-        try:
-            async with asyncio.timeout(timeout):
-                code = await self.proc.wait()
-                await asyncio.gather(*self._collectors)
-        except TimeoutError:
-            raise AssertionError(f"client still running; out={self.out} err={self.err}") from None
-        return code
-
-    async def finish(self, timeout: float = DEADLINE) -> int:
-        """Close stdin (the end of input) and wait for the exit."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        return await self.wait(timeout)
-
-    async def aclose(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-        for task in self._collectors:
-            task.cancel()
-        await asyncio.wait(self._collectors)
-
-
-Spawn = Callable[..., Awaitable[PipeClient]]
-
-
-@pytest.fixture
-async def spawn(start_server: StartServer) -> AsyncIterator[Spawn]:
-    """Start pipe clients; they are killed before the servers stop."""
-    clients: list[PipeClient] = []
-
-    async def start(port: int, *args: str) -> PipeClient:
-        client = await PipeClient.start(port, *args)
-        clients.append(client)
-        return client
-
-    yield start
-    for client in clients:
-        await client.aclose()
 
 
 def _is(kind: str, **fields: Any) -> Callable[[dict[str, Any]], bool]:
@@ -797,11 +674,11 @@ async def interactive_client(port: int, *args: str) -> AsyncIterator[tuple[Termi
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
     try:
         proc = await asyncio.create_subprocess_exec(
-            *_connect_argv(port, *args),
+            *connect_argv(port, *args),
             stdin=slave,
             stdout=slave,
             stderr=slave,
-            env=_child_env(TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1", NO_COLOR=""),
+            env=child_env(TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1", NO_COLOR=""),
             start_new_session=True,
         )
     finally:
