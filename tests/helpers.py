@@ -18,6 +18,20 @@ DEADLINE = 10.0
 Event = dict[str, Any]
 
 
+async def until(predicate: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
+    """Wait for a condition that no event announces, checking every 10 ms.
+
+    For state with no hook to wait on (a count in the server); the deadline
+    makes a condition that never comes a failure, not a hang.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate():  # noqa: ASYNC110 (no event announces these states)
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"{what}: not within {timeout} s") from None
+
+
 class LineClient:
     """A TCP client speaking the chatd line protocol, as ``nc`` would."""
 

@@ -1,4 +1,4 @@
-"""The ``chatd`` command: ``serve`` and ``connect``.
+"""The ``chatd`` command: ``serve``, ``connect``, ``accounts``, ``gencert``, ``bench``.
 
 This is the only module that configures logging, picks the event loop and
 handles signals. Signals only set an event; the server does the rest.
@@ -70,6 +70,9 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # websockets logs every connection and HTTP request at info; chatd logs
+    # its own sessions, so those lines are for debugging only.
+    logging.getLogger("websockets").setLevel("DEBUG" if level == "debug" else "WARNING")
 
 
 def run(coro: Coroutine[Any, Any, T], loop: str) -> T:
@@ -287,6 +290,61 @@ def build_parser() -> argparse.ArgumentParser:
         help="argon2id cost: standard (19 MiB, 2 passes) or test (the cheapest; "
         "only for test suites)",
     )
+    tls = serve.add_argument_group("TLS (see 'chatd gencert' for a development certificate)")
+    tls.add_argument(
+        "--tls-cert",
+        default=os.environ.get("CHATD_TLS_CERT"),
+        help="certificate chain (PEM); with --tls-key, adds a TLS listener and makes the "
+        "web port HTTPS; reloaded on SIGHUP (env CHATD_TLS_CERT)",
+    )
+    tls.add_argument(
+        "--tls-key",
+        default=os.environ.get("CHATD_TLS_KEY"),
+        help="private key of the certificate (PEM) (env CHATD_TLS_KEY)",
+    )
+    tls.add_argument(
+        "--tls-port",
+        type=int,
+        default=_env("CHATD_TLS_PORT", _DEFAULTS.tls_port),
+        help="TLS chat port (env CHATD_TLS_PORT)",
+    )
+    tls.add_argument(
+        "--tls-only", action="store_true", help="no plain chat port: only TLS (and the web port)"
+    )
+    tls.add_argument(
+        "--tls-handshake-timeout",
+        type=float,
+        default=_DEFAULTS.tls_handshake_timeout,
+        help="seconds a TLS or WebSocket handshake may take",
+    )
+    web = serve.add_argument_group("web page, WebSocket, /healthz and /metrics")
+    web.add_argument(
+        "--http-port",
+        type=int,
+        default=os.environ.get("CHATD_HTTP_PORT"),
+        help="serve the web chat page on / , a WebSocket on /ws, /healthz and /metrics on "
+        "this port; off unless given (env CHATD_HTTP_PORT)",
+    )
+    web.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also accept WebSockets from pages of this origin (scheme://host[:port]); "
+        "repeatable; * for any. Pages served by chatd itself are always accepted",
+    )
+    web.add_argument(
+        "--ws-ping-interval",
+        type=float,
+        default=_DEFAULTS.ws_ping_interval,
+        help="seconds between WebSocket pings",
+    )
+    web.add_argument(
+        "--ws-ping-timeout",
+        type=float,
+        default=_DEFAULTS.ws_ping_timeout,
+        help="seconds a WebSocket client has to answer a ping before it is disconnected",
+    )
     _add_common(serve)
 
     accounts = sub.add_parser(
@@ -323,8 +381,24 @@ def build_parser() -> argparse.ArgumentParser:
     connect.add_argument(
         "--port",
         type=int,
-        default=_env("CHATD_PORT", _DEFAULTS.port),
-        help="server port (env CHATD_PORT; default: %(default)s)",
+        default=os.environ.get("CHATD_PORT"),
+        help=f"server port (env CHATD_PORT; default: {_DEFAULTS.port}, "
+        f"or {_DEFAULTS.tls_port} with --tls)",
+    )
+    connect.add_argument(
+        "--tls", action="store_true", help="connect over TLS, verifying the server's certificate"
+    )
+    trust = connect.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--cafile",
+        help="trust the certificates in this PEM file (e.g. one made by 'chatd gencert') "
+        "instead of the system's; implies --tls",
+    )
+    trust.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not verify the server's certificate (encrypted, but anyone could be "
+        "listening in the middle); implies --tls",
     )
     connect.add_argument("--nick", help="nickname to take on connecting")
     connect.add_argument(
@@ -338,6 +412,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="print events as the server's JSON objects, one per line (for scripts)",
     )
     _add_common(connect, log_level="warning")
+
+    gencert = sub.add_parser(
+        "gencert",
+        help="write a self-signed TLS certificate for development",
+        description="Write a self-signed certificate and its private key (ECDSA P-256, PEM) "
+        "for trying TLS. Clients trust it with 'chatd connect --tls --cafile CERT'. "
+        "For a public server use a certificate from a real CA (e.g. Let's Encrypt).",
+    )
+    gencert.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a DNS name or IP address the certificate is for; repeatable "
+        "(default: localhost, 127.0.0.1 and ::1)",
+    )
+    gencert.add_argument("--cert", default="chatd-cert.pem", help="certificate file to write")
+    gencert.add_argument("--key", default="chatd-key.pem", help="key file to write (mode 0600)")
+    gencert.add_argument("--days", type=int, default=365, help="days the certificate is valid")
+    gencert.add_argument("--force", action="store_true", help="overwrite existing files")
 
     from chatd import bench
 
@@ -382,6 +476,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             history_on_join=args.history_on_join,
             login_fail_delay=args.login_fail_delay,
             password_cost=args.password_cost,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_port=args.tls_port,
+            tls_only=args.tls_only,
+            tls_handshake_timeout=args.tls_handshake_timeout,
+            http_port=args.http_port,
+            origins=tuple(args.allowed_origin),
+            ws_ping_interval=args.ws_ping_interval,
+            ws_ping_timeout=args.ws_ping_timeout,
         )
     except ValueError as exc:
         raise SystemExit(f"chatd serve: {exc}") from None
@@ -413,10 +516,16 @@ def raise_fd_limit(max_clients: int) -> None:
 
 async def serve(settings: Settings) -> int:
     """Run the daemon until SIGINT or SIGTERM; return the exit status."""
+    import ssl
+
     from chatd.server import Server
 
     raise_fd_limit(settings.max_clients)
-    server = Server(settings)
+    try:
+        server = Server(settings)
+    except (OSError, ssl.SSLError) as exc:
+        logger.error("cannot load the TLS certificate %s: %s", settings.tls_cert, exc)
+        return 1
     # Handlers go in before the listener announces itself (whoever acts on
     # "listening on" may signal at once) and stay until shutdown is over: a
     # second signal cuts every connection instead of killing the process.
@@ -433,6 +542,7 @@ async def serve(settings: Settings) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
     try:
         try:
             await server.start()
@@ -440,12 +550,12 @@ async def serve(settings: Settings) -> int:
             logger.error("%s", exc)
             return 1
         except (OSError, OverflowError) as exc:
-            logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+            logger.error("cannot listen on %s: %s", settings.host, exc)
             return 1
         await stop.wait()
     finally:
         await server.shutdown()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     return 0
 
@@ -520,13 +630,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench.main(args)
     if args.command == "accounts":
         return manage_accounts(args)
+    if args.command == "gencert":
+        return generate_certificate(args)
     from chatd.client import ClientOptions, run_client
+    from chatd.tls import client_context
 
+    use_tls = args.tls or args.cafile is not None or args.insecure
+    port = args.port or (_DEFAULTS.tls_port if use_tls else _DEFAULTS.port)
+    try:
+        tls = client_context(args.cafile, insecure=args.insecure) if use_tls else None
+    except OSError as exc:
+        print(f"chatd connect: cannot read {args.cafile}: {exc}", file=sys.stderr)
+        return 2
     options = ClientOptions(
         host=args.host,
-        port=args.port,
+        port=int(port),
         nick=args.nick,
         reconnect=not args.no_reconnect,
         json_output=args.json,
+        tls=tls,
     )
     return run(run_client(options), args.loop)
+
+
+def generate_certificate(args: argparse.Namespace) -> int:
+    """``chatd gencert``: a self-signed certificate and key for development."""
+    from chatd.tls import generate_certificate as generate
+
+    hosts = args.host or ["localhost", "127.0.0.1", "::1"]
+    if not args.force:
+        for path in (args.cert, args.key):
+            if os.path.exists(path):
+                print(f"chatd gencert: {path} exists (--force overwrites it)", file=sys.stderr)
+                return 1
+    try:
+        generate(args.cert, args.key, hosts, days=args.days)
+    except (OSError, ValueError) as exc:
+        print(f"chatd gencert: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.cert} and {args.key} for {', '.join(hosts)}, valid {args.days} days")
+    print(f"serve:   chatd serve --tls-cert {args.cert} --tls-key {args.key}")
+    print(f"connect: chatd connect --cafile {args.cert}")
+    return 0

@@ -74,6 +74,7 @@ import random
 import re
 import secrets
 import signal
+import ssl
 import sys
 import threading
 import zlib
@@ -109,6 +110,8 @@ class ClientOptions:
     reconnect: bool = True
     #: Print the server's JSON objects instead of rendered lines.
     json_output: bool = False
+    #: Connect over TLS with this context (see chatd.tls.client_context).
+    tls: ssl.SSLContext | None = None
     #: First delay before a reconnection attempt, in seconds; it doubles each attempt.
     backoff_initial: float = 0.5
     #: Longest delay between reconnection attempts, in seconds.
@@ -646,7 +649,13 @@ class ChatClient:
 
     async def _open(self) -> _Link:
         async with asyncio.timeout(self._options.connect_timeout):
-            reader, writer = await asyncio.open_connection(self._options.host, self._options.port)
+            options = self._options
+            reader, writer = await asyncio.open_connection(
+                options.host,
+                options.port,
+                ssl=options.tls,
+                server_hostname=options.host if options.tls else None,
+            )
         logger.debug("connected to %s", self._address)
         return _Link(reader, writer)
 

@@ -63,6 +63,22 @@ class Settings:
     login_fail_delay: float = 1.0
     #: SO_SNDBUF for client sockets, 0 for the kernel's default (tests clamp it).
     sndbuf: int = 0
+    #: TLS: certificate and key files (PEM). With both, a TLS listener runs
+    #: on tls_port (and the web port speaks HTTPS); tls_only drops the plain one.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_port: int = 9998
+    tls_only: bool = False
+    #: Seconds a TLS handshake (or a WebSocket's HTTP handshake) may take.
+    tls_handshake_timeout: float = 10.0
+    #: The web page, /ws, /healthz and /metrics; None: no web listener.
+    http_port: int | None = None
+    #: Origins (scheme://host[:port]) whose pages may open a WebSocket, besides
+    #: the server's own; "*" allows any.
+    origins: tuple[str, ...] = ()
+    #: WebSocket keepalive: a ping every interval; no pong within timeout ends it.
+    ws_ping_interval: float = 20.0
+    ws_ping_timeout: float = 20.0
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -76,6 +92,9 @@ class Settings:
             "write_timeout",
             "shutdown_grace",
             "login_fail_delay",
+            "tls_handshake_timeout",
+            "ws_ping_interval",
+            "ws_ping_timeout",
         ):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number")
@@ -107,5 +126,15 @@ class Settings:
             raise ValueError("password_cost must be standard or test")
         if not 0 <= self.history_on_join <= 1000 or self.login_fail_delay < 0:
             raise ValueError("history_on_join must be 0-1000 and login_fail_delay >= 0")
+        for name in ("tls_port", "http_port"):
+            port = getattr(self, name)
+            if port is not None and not 0 <= port <= 65535:
+                raise ValueError(f"{name} must be between 0 and 65535")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both a certificate and a key")
+        if self.tls_only and self.tls_cert is None:
+            raise ValueError("tls_only needs a certificate and a key")
+        if min(self.tls_handshake_timeout, self.ws_ping_interval, self.ws_ping_timeout) <= 0:
+            raise ValueError("tls_handshake_timeout and the WebSocket ping times must be > 0")
         if self.register_timeout <= 0 or self.write_timeout <= 0 or self.shutdown_grace < 0:
             raise ValueError("register_timeout and write_timeout must be > 0, shutdown_grace >= 0")

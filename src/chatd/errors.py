@@ -14,7 +14,8 @@ are for humans and may.
     │   ├── UnknownCommand          unknown_command
     │   ├── BadArgs                 bad_args
     │   ├── BadNick                 bad_nick
-    │   └── BadRoom                 bad_room
+    │   ├── BadRoom                 bad_room
+    │   └── WrongProtocol           wrong_protocol
     ├── StateError                  the line is fine, the state forbids it
     │   ├── NotRegistered           not_registered
     │   ├── NickTaken               nick_taken
@@ -78,6 +79,12 @@ class BadNick(ProtocolError):
 
 class BadRoom(ProtocolError):
     code = "bad_room"
+
+
+class WrongProtocol(ProtocolError):
+    """TLS or HTTP spoken to the plain chat port."""
+
+    code = "wrong_protocol"
 
 
 class StateError(ChatError):
@@ -162,6 +169,7 @@ ALL_CODES: tuple[str, ...] = tuple(
         BadArgs,
         BadNick,
         BadRoom,
+        WrongProtocol,
         NotRegistered,
         NickTaken,
         NoSuchRoom,

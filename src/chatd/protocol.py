@@ -39,6 +39,7 @@ from chatd.errors import (
     ChatError,
     LineTooLong,
     UnknownCommand,
+    WrongProtocol,
 )
 
 MAX_NAME_LEN: Final = 32
@@ -166,6 +167,23 @@ class LineFramer:
 
 def _too_long(limit: int) -> LineTooLong:
     return LineTooLong(f"line longer than {limit} bytes; discarded")
+
+
+_HTTP_REQUEST = re.compile(rb"[A-Z]{3,7} \S+ HTTP/\d")
+
+
+def foreign_protocol(first: bytes) -> WrongProtocol | None:
+    """The error for a connection whose first bytes are TLS or HTTP, else None.
+
+    Both would otherwise sit in the line framer until the registration
+    timeout: a TLS ClientHello has no newline, and an HTTP client waits for
+    an answer that is not coming.
+    """
+    if first[:1] == b"\x16" and first[1:2] == b"\x03":  # a TLS handshake record
+        return WrongProtocol("this port speaks plain text, not TLS: use the TLS port")
+    if _HTTP_REQUEST.match(first):
+        return WrongProtocol("this port speaks chat lines, not HTTP: use the web port")
+    return None
 
 
 # ---------------------------------------------------------------------------

@@ -64,6 +64,7 @@ from chatd.protocol import (
     name_key,
     render,
 )
+from chatd.stats import Stats
 from chatd.store import MemoryStore, RoomRecord, Store, StoredMessage
 
 #: Writes the store may have queued before new messages are refused.
@@ -141,6 +142,7 @@ class RoomManager:
         announce_limit: int = 100,
         history_on_join: int = 20,
         store: Store | None = None,
+        stats: Stats | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.max_rooms_per_session = max_rooms_per_session
@@ -151,6 +153,7 @@ class RoomManager:
         self.announce_limit = announce_limit
         self.history_on_join = history_on_join
         self.store: Store = store if store is not None else MemoryStore()
+        self.stats = stats if stats is not None else Stats()
         self._clock = clock
         self._nicks: dict[str, Member] = {}
         self._rooms: dict[str, Room] = {}
@@ -341,15 +344,18 @@ class RoomManager:
             event.id, event.ts, room.name, nick, None, text, action, member.account
         )
         key = room.key
+        arrived = time.perf_counter()
 
         def stored(exc: BaseException | None) -> None:
             if exc is not None:
                 self._store_failed(member, exc)
                 return
+            committed = time.perf_counter()
             live = self._rooms.get(key)
             if live is not None:
                 live.remember(event)
                 self._fanout(live, event)
+                self._count(len(live.members), arrived, committed)
 
         self.store.append(record, stored)
 
@@ -364,14 +370,18 @@ class RoomManager:
             event.id, event.ts, None, nick, target_nick, text, False, member.account, target.account
         )
 
+        arrived = time.perf_counter()
+
         def stored(exc: BaseException | None) -> None:
             if exc is not None:
                 self._store_failed(member, exc)
                 return
+            committed = time.perf_counter()
             audience: dict[Member, None] = {member: None}
             if target.key is not None and self._nicks.get(target.key) is target:
                 audience[target] = None
             self._send_all(audience, event)
+            self._count(len(audience), arrived, committed)
 
         self.store.append(record, stored)
 
@@ -420,6 +430,18 @@ class RoomManager:
             member.reply(render(dataclasses.replace(event, history=True), fmt))
         before = room.recent[0].id if room.older else None
         self._tell(member, History(room.name, None, len(room.recent), room.older, before))
+
+    def _count(self, recipients: int, arrived: float, committed: float) -> None:
+        """Account for one message stored and fanned out."""
+        stats = self.stats
+        stats.messages_in += 1
+        stats.messages_out += recipients
+        stats.store_latency.observe(committed - arrived)
+        stats.fanout_latency.observe(time.perf_counter() - arrived)
+
+    @property
+    def room_count(self) -> int:
+        return len(self._rooms)
 
     def _check_store(self) -> None:
         if self.store.backlog > MAX_STORE_BACKLOG:

@@ -1,11 +1,12 @@
 """Listeners, the session registry and the two-phase shutdown.
 
-:class:`Server` accepts connections, applies the connection limits
-(``max_clients``, ``max_per_ip``), sets socket options (TCP keepalive,
-``TCP_NODELAY``) and runs one :class:`~chatd.session.Session` per
-connection. Shutdown is explicit and bounded: stop accepting, tell everyone,
-let outboxes flush for ``shutdown_grace`` seconds, abort the stragglers and
-wait for every session to finish.
+:class:`Server` runs up to three listeners: the plain chat port, the TLS
+chat port (:mod:`chatd.tls`) and the web port (:mod:`chatd.web`). Every
+connection, whatever its transport, is admitted by the same connection
+limits (``max_clients``, ``max_per_ip``) and runs one
+:class:`~chatd.session.Session`. Shutdown is explicit and bounded: stop
+accepting, tell everyone, let outboxes flush for ``shutdown_grace`` seconds,
+abort the stragglers and wait for every session to finish.
 """
 
 from __future__ import annotations
@@ -14,25 +15,32 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chatd.accounts import Auth
 from chatd.config import Settings
 from chatd.errors import ChatError, ServerFull, TooManyConnections
 from chatd.protocol import Error, Format, render
 from chatd.rooms import RoomManager
-from chatd.session import Session, StreamConnection
+from chatd.session import LINGER_SECONDS, Connection, Session, StreamConnection
+from chatd.stats import Stats
 from chatd.store import open_store
+from chatd.tls import ServerTLS, TLSConnection
+from chatd.web import WebGateway, WebSocketConnection
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 logger = logging.getLogger(__name__)
 
 
 class Server:
-    """The chat daemon's TCP front door."""
+    """The chat daemon's front doors: plain, TLS and web."""
 
     def __init__(self, settings: Settings, manager: RoomManager | None = None) -> None:
         self.settings = settings
@@ -43,13 +51,24 @@ class Server:
             history_on_join=settings.history_on_join,
             store=open_store(settings.db, sync=settings.db_sync),
         )
+        self.stats: Stats = self.manager.stats
         self.auth = Auth(settings.password_cost, settings.login_fail_delay)
+        #: Raises OSError or ssl.SSLError when the files do not load.
+        self.tls = (
+            ServerTLS(settings.tls_cert, settings.tls_key)
+            if settings.tls_cert and settings.tls_key
+            else None
+        )
         self._sessions: dict[Session, asyncio.Task[None]] = {}
         self._per_ip: Counter[str] = Counter()
         self._listener: asyncio.Server | None = None
+        self._tls_listener: asyncio.Server | None = None
+        self._web: WebGateway | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._registry: CollectorRegistry | None = None
         self._closing = False
-        self._refusals = _RefusalLog()
+        self._refusals = _WindowedLog("refused a connection from %s: %s")
+        self._tls_failures = _WindowedLog("TLS handshake with %s failed: %s", logging.INFO)
         self._socket_options = _socket_options(settings)
 
     @property
@@ -68,39 +87,111 @@ class Server:
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        """The (host, port) pairs actually bound (useful with port 0)."""
-        if self._listener is None:
-            return []
-        return [s.getsockname()[:2] for s in self._listener.sockets]
+        """The (host, port) pairs the plain chat port is bound to (useful with port 0)."""
+        return _bound(self._listener)
 
     @property
     def port(self) -> int:
         return self.addresses[0][1]
 
+    @property
+    def tls_port(self) -> int:
+        return _bound(self._tls_listener)[0][1]
+
+    @property
+    def http_port(self) -> int:
+        assert self._web is not None
+        return self._web.addresses[0][1]
+
     async def start(self) -> None:
-        """Open the store, then listen. Raises StoreError if the store is unusable."""
+        """Open the store, then listen. Raises StoreError if the store is
+        unusable, OSError if a port cannot be bound."""
         store = self.manager.store
         await store.open()
+        s = self.settings
         try:
             await self.manager.restore()
-            self._listener = await asyncio.start_server(
-                self._on_connect,
-                self.settings.host,
-                self.settings.port,
-                backlog=self.settings.backlog,
-                limit=self.settings.max_line * 2,
-            )
+            if not s.tls_only:
+                self._listener = await self._listen(self._on_connect, s.port)
+            if self.tls is not None:
+                self._tls_listener = await self._listen(self._on_tls_connect, s.tls_port)
+            if s.http_port is not None:
+                self._web = WebGateway(
+                    s,
+                    self._on_websocket,
+                    self.health,
+                    self.metrics,
+                    self.tls.context if self.tls else None,
+                )
+                await self._web.start()
         except BaseException:
+            await self._close_listeners()
             await store.close()
             self.auth.close()
             raise
+        self._sweeper = asyncio.create_task(self._sweep_loop())
+        for kind, listener in (("plain", self._listener), ("TLS", self._tls_listener)):
+            for host, port in _bound(listener):
+                logger.info("listening on %s:%d (%s)", host, port, kind)
+
+    async def _listen(self, callback: Any, port: int) -> asyncio.Server:
+        listener = await asyncio.start_server(
+            callback,
+            self.settings.host,
+            port,
+            backlog=self.settings.backlog,
+            limit=self.settings.max_line * 2,
+        )
         # Linux copies these options from the listening socket to every
         # accepted one, which saves five system calls per connection.
-        for sock in self._listener.sockets:
+        for sock in listener.sockets:
             self._configure_socket(sock)
-        self._sweeper = asyncio.create_task(self._sweep_loop())
-        for host, port in self.addresses:
-            logger.info("listening on %s:%d", host, port)
+        return listener
+
+    async def _close_listeners(self) -> None:
+        listeners = [x for x in (self._listener, self._tls_listener) if x is not None]
+        for listener in listeners:
+            listener.close()
+        if self._web is not None:
+            self._web.close()
+        for listener in listeners:
+            await listener.wait_closed()
+        if self._web is not None:
+            await self._web.wait_closed()
+
+    def reload_tls(self) -> bool:
+        """Read the certificate and key again (SIGHUP); False if that failed."""
+        return self.tls.reload() if self.tls is not None else False
+
+    async def health(self) -> tuple[bool, str]:
+        """(healthy, why): accepting connections, and the store commits."""
+        if self._closing:
+            return False, "shutting down"
+        if not self.manager.store.healthy:
+            return False, "the store failed its last write"
+        try:
+            async with asyncio.timeout(5.0):
+                writable = await self.manager.store.writable()
+        except TimeoutError:
+            return False, "the store did not answer within 5 s"
+        if not writable:
+            return False, "the store is not writable"
+        return True, "ok"
+
+    def metrics(self) -> tuple[bytes, str]:
+        """The Prometheus exposition and its content type."""
+        from chatd import metrics
+
+        if self._registry is None:
+            self._registry = metrics.registry(
+                self.stats,
+                metrics.Gauges(
+                    clients=lambda: Counter(s.connection.transport for s in self._sessions),
+                    rooms=lambda: self.manager.room_count,
+                    store_backlog=lambda: self.manager.store.backlog,
+                ),
+            )
+        return metrics.exposition(self._registry), metrics.CONTENT_TYPE
 
     async def _sweep_loop(self) -> None:
         """Once a second, drop clients whose writes have been blocked too long.
@@ -115,11 +206,11 @@ class Server:
             for session in list(self._sessions):
                 since = session.write_blocked_since
                 if since and now - since > limit:
+                    self.stats.slow_consumers += 1
                     session.drop(f"write timeout ({limit:g} s without reading)")
 
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = StreamConnection(reader, writer)
-        ip = conn.peer.rpartition(":")[0]
+    def _refusal(self, ip: str) -> ChatError | None:
+        """Why a new connection from ``ip`` cannot be served, or None."""
         refusal: ChatError | None = None
         if self._closing:
             refusal = ServerFull("the server is shutting down")
@@ -131,18 +222,63 @@ class Server:
             )
         if refusal is not None:
             self._refusals.note(ip, refusal.code)
+            self.stats.refused[refusal.code] += 1
+        return refusal
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = StreamConnection(reader, writer)
+        if (refusal := self._refusal(_ip(conn))) is not None:
             # The line is tiny: it fits the socket buffer, so close() cannot hang.
             writer.write(render(Error.of(refusal), Format.TEXT))
             writer.close()
             return
         if not _INHERITS_SOCKET_OPTIONS:
             self._configure_socket(writer.get_extra_info("socket"))
-        session = Session(self.manager, self.settings, conn, auth=self.auth)
+        await self._serve(conn)
+
+    async def _on_tls_connect(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        assert self.tls is not None
+        conn = TLSConnection(reader, writer, self.tls.context)
+        if self._refusal(_ip(conn)) is not None:
+            # No plaintext on a TLS port: the client sees the connection end.
+            conn.abort()
+            await conn.wait_closed()
+            return
+        if not _INHERITS_SOCKET_OPTIONS:
+            self._configure_socket(writer.get_extra_info("socket"))
+        # The handshake holds a connection slot, so stalled handshakes count
+        # against max_per_ip like any other connection.
+        await self._serve(conn, handshake=conn)
+
+    async def _on_websocket(self, conn: WebSocketConnection) -> None:
+        if (refusal := self._refusal(_ip(conn))) is not None:
+            conn.write([render(Error.of(refusal), Format.JSON)])
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await conn.close()
+            return
+        await self._serve(conn)
+
+    async def _serve(self, conn: Connection, handshake: TLSConnection | None = None) -> None:
+        """Run one admitted connection's session to its end."""
+        ip = _ip(conn)
         task = asyncio.current_task()
         assert task is not None
+        session = Session(
+            self.manager,
+            self.settings,
+            conn,
+            fmt=Format.JSON if conn.transport == "ws" else Format.TEXT,
+            auth=self.auth,
+        )
         self._sessions[session] = task
         self._per_ip[ip] += 1
         try:
+            if handshake is not None and not await self._handshake(handshake):
+                return
+            self.stats.connections[conn.transport] += 1
             await session.run()
         except asyncio.CancelledError:
             # The last resort of shutdown. Python 3.11's start_server callback
@@ -154,6 +290,27 @@ class Server:
             self._per_ip[ip] -= 1
             if not self._per_ip[ip]:
                 del self._per_ip[ip]
+
+    async def _handshake(self, conn: TLSConnection) -> bool:
+        """The TLS handshake, within its deadline; False (and closed) if it fails."""
+        try:
+            async with asyncio.timeout(self.settings.tls_handshake_timeout):
+                await conn.handshake()
+            return True
+        except TimeoutError:
+            why = f"no handshake within {self.settings.tls_handshake_timeout:g} s"
+        except ssl.SSLError as exc:
+            why = exc.reason or str(exc)  # e.g. WRONG_VERSION_NUMBER: plaintext
+        except (ConnectionError, OSError) as exc:
+            why = str(exc) or exc.__class__.__name__
+        self.stats.tls_handshake_failures += 1
+        self._tls_failures.note(_ip(conn), why)
+        conn.close_now()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LINGER_SECONDS):
+                await conn.wait_closed()
+        conn.abort()  # no-op if closed; else the client never read its alert
+        return False
 
     def _configure_socket(self, sock: Any) -> None:
         if sock is None:
@@ -173,8 +330,11 @@ class Server:
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.wait([self._sweeper])
-        if self._listener is not None:
-            self._listener.close()
+        for listener in (self._listener, self._tls_listener):
+            if listener is not None:
+                listener.close()
+        if self._web is not None:
+            self._web.close()
         sessions = list(self._sessions.items())
         logger.info("shutting down: %d sessions", len(sessions))
         for session, _ in sessions:
@@ -191,8 +351,7 @@ class Server:
                 task.cancel()
             if late:
                 await asyncio.wait(late)
-        if self._listener is not None:
-            await self._listener.wait_closed()
+        await self._close_listeners()
         # Every session is over: nothing more can be written.
         await self.manager.store.close()
         self.auth.close()
@@ -200,6 +359,16 @@ class Server:
 
 
 _INHERITS_SOCKET_OPTIONS = sys.platform.startswith("linux")
+
+
+def _ip(conn: Connection) -> str:
+    return conn.peer.rpartition(":")[0]
+
+
+def _bound(listener: asyncio.Server | None) -> list[tuple[str, int]]:
+    if listener is None:
+        return []
+    return [s.getsockname()[:2] for s in listener.sockets]
 
 
 def _socket_options(s: Settings) -> list[tuple[int, int, int]]:
@@ -221,28 +390,35 @@ def _socket_options(s: Settings) -> list[tuple[int, int, int]]:
     return options
 
 
-class _RefusalLog:
-    """Log refused connections without letting a flood of them flood the log.
+class _WindowedLog:
+    """Log what an address did without letting a flood of it flood the log.
 
-    The first refusal of an address in a 10-second window is logged; the rest
+    The first note of an address in a 10-second window is logged; the rest
     are counted and reported when the next window opens.
     """
 
     WINDOW = 10.0
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        text: str,
+        level: int = logging.WARNING,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._text = text
+        self._level = level
         self._clock = clock
         self._windows: dict[str, tuple[float, int]] = {}
 
-    def note(self, ip: str, code: str) -> None:
+    def note(self, ip: str, what: str) -> None:
         now = self._clock()
         start, suppressed = self._windows.get(ip, (-self.WINDOW, 0))
         if now - start < self.WINDOW:
             self._windows[ip] = (start, suppressed + 1)
             return
         if suppressed:
-            logger.warning("refused %d more connections from %s", suppressed, ip)
-        logger.warning("refused a connection from %s: %s", ip, code)
+            logger.log(self._level, "... and %d more times from %s", suppressed, ip)
+        logger.log(self._level, self._text, ip, what)
         self._windows[ip] = (now, 0)
         if len(self._windows) > 10_000:  # forget quiet addresses
             self._windows = {

@@ -23,7 +23,8 @@ through the ``finally`` in :meth:`Session.run`: membership removed, peers
 told, socket closed.
 
 The session does not know what carries its bytes: it talks to a
-:class:`Connection` (TCP streams here; TLS and WebSocket plug in the same way).
+:class:`Connection` (TCP streams here, TLS in :mod:`chatd.tls`, WebSocket in
+:mod:`chatd.web`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from chatd import __version__
 from chatd.accounts import Auth
 from chatd.errors import (
+    BadArgs,
     BadLogin,
     ChatError,
     LoginThrottled,
@@ -89,6 +91,7 @@ from chatd.protocol import (
     Welcome,
     Who,
     check_nick,
+    foreign_protocol,
     name_key,
     parse_line,
     render,
@@ -110,6 +113,8 @@ LINGER_SECONDS = 2.0
 class Connection(Protocol):
     """What a session needs from a transport."""
 
+    #: "tcp", "tls" or "ws": for metrics and transport-specific rules.
+    transport: str
     peer: str
 
     async def read(self) -> bytes:
@@ -150,9 +155,11 @@ class Connection(Protocol):
 
 
 class StreamConnection:
-    """A :class:`Connection` over asyncio streams (TCP, and later TLS)."""
+    """A :class:`Connection` over asyncio streams: plain TCP."""
 
     __slots__ = ("_high_water", "_reader", "_writer", "peer", "read_size")
+
+    transport = "tcp"
 
     def __init__(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, read_size: int = 65536
@@ -352,6 +359,7 @@ class Session(Member):
         "_settings",
         "_soft_bytes",
         "_soft_events",
+        "_stats",
         "_writer_task",
         "close_reason",
         "write_blocked_since",
@@ -368,6 +376,7 @@ class Session(Member):
     ) -> None:
         super().__init__(fmt)
         self._manager = manager
+        self._stats = manager.stats
         self._auth = auth
         #: Resets a kicked connection that has not closed in time.
         self._kick_timer: asyncio.TimerHandle | None = None
@@ -423,6 +432,7 @@ class Session(Member):
             self._pending_bytes + self._in_flight > self._max_bytes
             or len(pending) > self._max_events
         ):
+            self._stats.slow_consumers += 1
             self.drop(
                 f"send queue overflow ({self._pending_bytes + self._in_flight} bytes, "
                 f"{len(pending)} events queued)"
@@ -515,6 +525,7 @@ class Session(Member):
         size = self._pending_bytes
         self._pending = []
         self._pending_bytes = 0
+        self._stats.bytes_out += size
         self._wake_reader()
         try:
             self._conn.write(batch)
@@ -649,6 +660,8 @@ class Session(Member):
         backlog: deque[bytes | ChatError] = deque()
         loop = asyncio.get_running_loop()
         limits = _InputLimits.of(settings, loop.time()) if settings.msg_rate > 0 else None
+        # A WebSocket's first frame has passed an HTTP handshake already.
+        sniff = self._conn.transport != "ws"
         while True:
             if self._closing:
                 return self.close_reason or "closing"
@@ -658,12 +671,20 @@ class Session(Member):
                 if limits is not None and (wait := limits.bytes_wait(loop.time())) > 0:
                     limits.pushed_back = True
                     await self._pause(wait)
-                if self._take_input(await self._read(), framer, backlog, limits):
+                data = await self._read()
+                if sniff and data:
+                    sniff = False
+                    if (wrong := foreign_protocol(data)) is not None:
+                        self.tell(Error.of(wrong))
+                        return "wrong protocol"
+                if self._take_input(data, framer, backlog, limits):
                     return self._flooding()
                 continue
             item = backlog.popleft()
             if limits is not None:
                 delay = limits.lines.take(loop.time())
+                if delay > 0:
+                    self._stats.rate_delayed += 1
                 if delay > 0 and await self._throttle(delay, framer, backlog, limits):
                     return self._flooding()
             if self._pending_bytes > self._soft_bytes or len(self._pending) > self._soft_events:
@@ -682,6 +703,7 @@ class Session(Member):
             self._cost = 0
 
     def _flooding(self) -> str:
+        self._stats.rate_disconnects += 1
         self.tell(Error.of(RateLimited("flooding: too many lines too fast")))
         return "flooding"
 
@@ -782,6 +804,8 @@ class Session(Member):
         manager = self._manager
         match command:
             case SetFormat(fmt):
+                if fmt is Format.TEXT and self._conn.transport == "ws":
+                    raise BadArgs("WebSocket connections speak JSON: one event per frame")
                 self.fmt = fmt
                 self.tell(FormatIs(fmt))
             case Ping(token):

@@ -101,6 +101,8 @@ class Store(abc.ABC):
 
     #: The highest message id ever stored; new ids continue after it.
     last_id: int = 0
+    #: False from a failed write until a message is stored again.
+    healthy: bool = True
 
     async def open(self) -> None:  # noqa: B027 (optional hook)
         """Make the store ready; raise StoreError with a clear text if it cannot be."""
@@ -503,6 +505,10 @@ class SqliteStore(Store):
         self, batch: list[_Write], results: list[Any], error: BaseException | None
     ) -> None:
         self._pending -= len(batch)
+        if error is not None:
+            self.healthy = False
+        elif any(w.row is not None for w in batch):
+            self.healthy = True
         for i, write in enumerate(batch):
             try:
                 write.done(results[i] if error is None else None, error)
@@ -571,7 +577,8 @@ class SqliteStore(Store):
 
     async def writable(self) -> bool:
         try:
-            await self._write(lambda conn: conn.execute("PRAGMA user_version").fetchone())
+            # A real write of the header (same value): a read-only file fails it.
+            await self._write(lambda conn: conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}"))
         except StoreError:
             return False
         return True

@@ -1,0 +1,815 @@
+// chatd web client: one WebSocket to /ws, one command line per frame out,
+// one JSON event per frame in (see docs/PROTOCOL.md). No framework, no
+// build step. All user data goes into the DOM through textContent.
+'use strict';
+
+(() => {
+  // ---------------------------------------------------------------- helpers
+
+  const $ = (id) => document.getElementById(id);
+  const lower = (s) => String(s).toLowerCase();
+  const NICK_RE = /^[A-Za-z0-9_.-]{1,32}$/;
+  const MAX_ITEMS = 2000; // per conversation; the oldest lines are dropped
+  const GROUP_SECONDS = 300; // consecutive messages within 5 min share a header
+  const BACKOFF_FIRST = 0.5; // seconds; doubles on every failed attempt
+  const BACKOFF_MAX = 30;
+
+  /** Create an element with a class and optional text (always textContent). */
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  const pad = (n) => String(n).padStart(2, '0');
+
+  function timeNode(ts) {
+    const d = ts ? new Date(ts * 1000) : new Date();
+    const t = el('time', 'time', `${pad(d.getHours())}:${pad(d.getMinutes())}`);
+    t.dateTime = d.toISOString();
+    t.title = d.toLocaleString();
+    return t;
+  }
+
+  /** A stable colour class (hue-0 … hue-11) for a nickname. */
+  function hue(nick) {
+    let h = 0;
+    for (const ch of lower(nick)) h = (h * 31 + ch.codePointAt(0)) >>> 0;
+    return `hue-${h % 12}`;
+  }
+
+  function avatar(nick) {
+    const a = el('span', `avatar ${hue(nick)}`, (nick[0] || '?').toUpperCase());
+    a.setAttribute('aria-hidden', 'true');
+    return a;
+  }
+
+  /** Append text to a parent, turning http(s) URLs into links. */
+  function appendLinkified(parent, text) {
+    const re = /\bhttps?:\/\/[^\s<>"']+/g;
+    let last = 0;
+    for (const m of text.matchAll(re)) {
+      let url = m[0];
+      const trail = url.match(/[.,;:!?)\]]+$/); // keep sentence punctuation outside
+      if (trail) url = url.slice(0, -trail[0].length);
+      parent.append(text.slice(last, m.index));
+      const a = el('a', 'link', url);
+      a.href = url;
+      a.target = '_blank';
+      a.rel = 'noopener noreferrer';
+      parent.append(a);
+      last = m.index + url.length;
+    }
+    parent.append(text.slice(last));
+  }
+
+  // ------------------------------------------------------------------ state
+
+  const state = {
+    ws: null,
+    phase: 'idle', // idle | connecting | choosing (no nickname yet) | online
+    me: null, // our nickname, as the server spells it
+    account: false,
+    wantNick: null, // the nickname to (re)take
+    password: null, // kept in memory only, to log in again after a reconnect
+    pendingPassword: null, // from a typed /login or /register, until "registered"
+    joining: false, // the join screen is waiting for an answer
+    everRegistered: false, // once true, a lost connection is re-established
+    stopped: false, // after bye: do not reconnect on our own
+    attempt: 0,
+    retryTimer: null,
+    retryAt: 0,
+    restore: null, // {rooms, current, view} to get back after a reconnect
+    restoring: null,
+    current: null, // the server's current room (plain lines go there)
+    view: null, // key of the conversation on screen
+    joined: new Map(), // lower(room) -> room name, the rooms we are in
+    roomList: [], // [{name, members}] from the last /rooms
+    convs: new Map(), // key -> conversation
+    members: [],
+  };
+
+  const roomKey = (name) => `#${lower(name)}`;
+  const dmKey = (nick) => `@${lower(nick)}`;
+  const isMe = (nick) => state.me !== null && lower(nick) === lower(state.me);
+
+  /** A conversation: a room or a private chat, with its rendered lines. */
+  function conv(kind, name) {
+    const key = kind === 'room' ? roomKey(name) : dmKey(name);
+    let c = state.convs.get(key);
+    if (!c) {
+      c = { key, kind, name, items: [], ids: new Set(), unread: 0, historyOpen: false, topic: '' };
+      state.convs.set(key, c);
+    } else if (c.name !== name && lower(c.name) === lower(name)) {
+      c.name = name; // a later spelling from the server wins
+    }
+    return c;
+  }
+
+  // ---------------------------------------------------------------- the DOM
+
+  const ui = {
+    joinScreen: $('join-screen'), joinForm: $('join-form'), nickInput: $('nick-input'),
+    passwordInput: $('password-input'), joinButton: $('join-button'), joinError: $('join-error'),
+    app: $('app'), rooms: $('rooms'), dms: $('conversations'), noDms: $('no-dms'),
+    members: $('members'), membersTitle: $('members-title'), messages: $('messages'),
+    title: $('current-title'), topic: $('topic'), status: $('status'), statusText: $('status-text'),
+    retry: $('retry-button'), input: $('message-input'), composer: $('composer'),
+    leave: $('leave-button'), jump: $('jump-button'), toasts: $('toasts'),
+    meNick: $('me-nick'), meDot: $('me-dot'), meAccount: $('me-account'),
+    createForm: $('create-room-form'), createInput: $('create-room-input'),
+  };
+
+  function toast(text, kind = 'error') {
+    const t = el('div', `toast toast--${kind}`, text);
+    t.dataset.testid = 'notice';
+    ui.toasts.append(t);
+    setTimeout(() => t.classList.add('toast--gone'), 6000);
+    setTimeout(() => t.remove(), 6500);
+  }
+
+  function setStatus(kind, text) {
+    ui.status.dataset.state = kind;
+    ui.statusText.textContent = text;
+    ui.meDot.className = `dot dot--${kind}`;
+    ui.retry.hidden = kind === 'online' || kind === 'connecting';
+  }
+
+  const nearBottom = () =>
+    ui.messages.scrollHeight - ui.messages.scrollTop - ui.messages.clientHeight < 48;
+
+  function scrollToBottom() {
+    ui.messages.scrollTop = ui.messages.scrollHeight;
+    ui.jump.hidden = true;
+  }
+
+  /** Add a line to a conversation; on screen it sticks to the bottom unless scrolled up. */
+  function addItem(c, node) {
+    c.items.push(node);
+    const dropped = c.items.length > MAX_ITEMS ? c.items.shift() : null;
+    if (c.key !== state.view) return;
+    const stick = nearBottom();
+    if (dropped) dropped.remove();
+    ui.messages.append(node);
+    if (stick) scrollToBottom();
+    else ui.jump.hidden = false;
+  }
+
+  function systemLine(c, text, ts, extraClass = '') {
+    if (!c) return;
+    const li = el('li', `sys ${extraClass}`);
+    li.dataset.testid = 'event';
+    li.append(el('span', 'sys__text', text), timeNode(ts));
+    addItem(c, li);
+  }
+
+  /** Render a room message or a DM. */
+  function renderMessage(c, ev) {
+    if (ev.history) {
+      if (c.ids.has(ev.id)) return false; // already shown (history after a reconnect)
+      if (!c.historyOpen) {
+        c.historyOpen = true;
+        const sep = el('li', 'sep');
+        sep.dataset.testid = 'history-separator';
+        sep.append(el('span', 'sep__label', 'earlier messages'));
+        addItem(c, sep);
+      }
+    }
+    c.ids.add(ev.id);
+    const prev = c.items[c.items.length - 1];
+    const grouped = !ev.action && prev && prev.classList.contains('msg') &&
+      !prev.classList.contains('msg--action') && prev.dataset.from === lower(ev.from) &&
+      prev.classList.contains('msg--history') === Boolean(ev.history) &&
+      ev.ts - Number(prev.dataset.ts) < GROUP_SECONDS;
+
+    const li = el('li', 'msg');
+    li.dataset.testid = 'message';
+    li.dataset.id = ev.id;
+    li.dataset.from = lower(ev.from);
+    li.dataset.ts = ev.ts;
+    if (ev.history) { li.classList.add('msg--history'); li.dataset.history = 'true'; }
+    if (ev.action) li.classList.add('msg--action');
+    if (grouped) li.classList.add('msg--cont');
+    if (isMe(ev.from)) li.classList.add('msg--me');
+    else if (state.me && new RegExp(`(^|[^\\w.-])${state.me.replace(/\./g, '\\.')}($|[^\\w-])`, 'i').test(ev.text)) {
+      li.classList.add('msg--mention');
+    }
+
+    // Grouped lines keep their sender in the DOM (for screen readers), hidden visually.
+    // An action names its sender in the text, so it shows the time in the gutter instead.
+    const side = grouped || ev.action ? timeNode(ev.ts) : avatar(ev.from);
+    side.classList.add('msg__side');
+    const body = el('div', 'msg__body');
+    const meta = el('div', 'msg__meta');
+    meta.append(el('span', `msg__from ${hue(ev.from)}`, ev.from), timeNode(ev.ts));
+    const text = el('p', 'msg__text');
+    if (ev.action) text.append(el('span', 'msg__actor', `${ev.from} `));
+    appendLinkified(text, ev.text);
+    body.append(meta, text);
+    li.append(side, body);
+    addItem(c, li);
+    return true;
+  }
+
+  function bump(c) {
+    if (c.key === state.view && !document.hidden) return;
+    c.unread += 1;
+    renderSidebar();
+  }
+
+  function badge(n) {
+    const b = el('span', 'badge', n > 99 ? '99+' : n);
+    b.dataset.testid = 'unread';
+    b.setAttribute('aria-label', `${n} unread`);
+    return b;
+  }
+
+  function renderSidebar() {
+    // Rooms: every room the server listed, plus any we are in that it did not list yet.
+    const rooms = new Map(state.roomList.map((r) => [lower(r.name), r]));
+    for (const [k, name] of state.joined) if (!rooms.has(k)) rooms.set(k, { name, members: null });
+    const roomItems = [...rooms.values()].sort((a, b) => lower(a.name).localeCompare(lower(b.name)));
+    ui.rooms.replaceChildren(...roomItems.map((r) => {
+      const c = state.convs.get(roomKey(r.name));
+      const b = el('button', 'item');
+      b.type = 'button';
+      b.dataset.testid = 'room';
+      b.dataset.room = r.name;
+      if (state.joined.has(lower(r.name))) b.classList.add('item--joined');
+      if (roomKey(r.name) === state.view) { b.classList.add('item--active'); b.setAttribute('aria-current', 'page'); }
+      b.append(el('span', 'item__sigil', '#'), el('span', 'item__name', r.name));
+      if (c && c.unread) b.append(badge(c.unread));
+      if (r.members !== null) b.append(el('span', 'item__count', r.members));
+      b.title = state.joined.has(lower(r.name)) ? `#${r.name}` : `Join #${r.name}`;
+      b.addEventListener('click', () => { closeDrawers(); send(`/join ${r.name}`); });
+      const li = el('li');
+      li.append(b);
+      return li;
+    }));
+
+    const dms = [...state.convs.values()].filter((c) => c.kind === 'dm');
+    ui.noDms.hidden = dms.length > 0;
+    ui.dms.replaceChildren(...dms.map((c) => {
+      const b = el('button', 'item');
+      b.type = 'button';
+      b.dataset.testid = 'dm';
+      b.dataset.peer = c.name;
+      if (c.key === state.view) { b.classList.add('item--active'); b.setAttribute('aria-current', 'page'); }
+      b.append(avatar(c.name), el('span', 'item__name', c.name));
+      if (c.unread) b.append(badge(c.unread));
+      b.addEventListener('click', () => { closeDrawers(); showView(c.key); });
+      const li = el('li');
+      li.append(b);
+      return li;
+    }));
+
+    const unread = [...state.convs.values()].reduce((n, c) => n + c.unread, 0);
+    document.title = unread ? `(${unread}) chatd` : 'chatd';
+  }
+
+  function renderMembers() {
+    ui.membersTitle.textContent = state.current ? `Members · ${state.members.length}` : 'Members';
+    ui.members.replaceChildren(...state.members.map((nick) => {
+      const b = el('button', 'item');
+      b.type = 'button';
+      b.dataset.testid = 'member';
+      b.dataset.nick = nick;
+      b.append(avatar(nick), el('span', 'item__name', nick));
+      if (isMe(nick)) {
+        b.append(el('span', 'item__tag', 'you'));
+        b.disabled = true;
+      } else {
+        b.title = `Message ${nick} privately`;
+        b.addEventListener('click', () => { closeDrawers(); openDm(nick); });
+      }
+      const li = el('li');
+      li.append(b);
+      return li;
+    }));
+  }
+
+  function renderHeader() {
+    const c = state.convs.get(state.view);
+    ui.title.replaceChildren();
+    if (!c) {
+      ui.title.textContent = 'No room';
+      ui.topic.textContent = 'You are in no room: pick one on the left, or create one.';
+      ui.leave.hidden = true;
+    } else {
+      ui.title.append(el('span', 'chat__sigil', c.kind === 'room' ? '#' : '@'), c.name);
+      ui.topic.textContent = c.kind === 'room'
+        ? (c.topic || 'No topic. Set one with /topic TEXT')
+        : `Private conversation with ${c.name}`;
+      ui.leave.hidden = false;
+      ui.leave.textContent = c.kind === 'room' ? 'Leave' : 'Close';
+      ui.leave.title = c.kind === 'room' ? `Leave #${c.name}` : 'Close this conversation';
+    }
+    ui.input.placeholder = !c ? 'Type /join ROOM' : c.kind === 'room' ? `Message #${c.name}` : `Message ${c.name}`;
+    ui.meNick.textContent = state.me || '';
+    ui.meAccount.hidden = !state.account;
+  }
+
+  function showView(key) {
+    state.view = state.convs.has(key) ? key : null;
+    const c = state.convs.get(state.view);
+    if (c) c.unread = 0;
+    ui.messages.replaceChildren(...(c ? c.items : []));
+    scrollToBottom();
+    renderHeader();
+    renderSidebar();
+  }
+
+  function openDm(nick) {
+    const fresh = !state.convs.has(dmKey(nick));
+    const c = conv('dm', nick);
+    // Accounts can read their private history back.
+    if (fresh && state.account) send(`/history @${nick}`);
+    showView(c.key);
+    ui.input.focus();
+  }
+
+  // ------------------------------------------------------------ the socket
+
+  // Lines out are paced (a burst of 20, then 8 a second): a long paste is
+  // slowed down here rather than cut by the server's flood control.
+  const outbox = [];
+  let tokens = 20;
+  let refilled = Date.now();
+  let pumpTimer = null;
+
+  const connected = () => state.ws !== null && state.ws.readyState === WebSocket.OPEN;
+
+  function send(line) {
+    if (!connected()) return false;
+    outbox.push(line);
+    pump();
+    return true;
+  }
+
+  function pump() {
+    const now = Date.now();
+    tokens = Math.min(20, tokens + ((now - refilled) / 1000) * 8);
+    refilled = now;
+    while (outbox.length && tokens >= 1 && connected()) {
+      state.ws.send(outbox.shift());
+      tokens -= 1;
+    }
+    if (outbox.length && !pumpTimer) {
+      pumpTimer = setTimeout(() => { pumpTimer = null; pump(); }, 125);
+    }
+  }
+
+  function connect() {
+    clearTimeout(state.retryTimer);
+    state.retryTimer = null;
+    const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+    const ws = new WebSocket(`${scheme}://${location.host}/ws`);
+    state.ws = ws;
+    state.phase = 'connecting';
+    if (state.everRegistered) setStatus('reconnecting', 'Reconnecting…');
+    ws.addEventListener('message', (e) => {
+      if (ws !== state.ws) return;
+      let ev;
+      try { ev = JSON.parse(e.data); } catch { return; }
+      handle(ev);
+    });
+    ws.addEventListener('close', () => { if (ws === state.ws) onClosed(); });
+  }
+
+  function register() {
+    state.phase = 'choosing';
+    if (state.password) send(`/login ${state.wantNick} ${state.password}`);
+    else send(`/nick ${state.wantNick}`);
+  }
+
+  function onClosed() {
+    const wasOnline = state.phase === 'online';
+    state.ws = null;
+    state.phase = 'idle';
+    if (outbox.length) toast(`${outbox.length} line(s) could not be sent.`);
+    outbox.length = 0;
+    if (wasOnline) {
+      // Remember where we were, to get back there once reconnected.
+      state.restore = { rooms: [...state.joined.values()], current: state.current, view: state.view };
+      state.joined.clear();
+      state.members = [];
+      renderMembers();
+      renderSidebar();
+      systemLine(state.convs.get(state.view), 'Connection lost. Reconnecting…');
+    }
+    if (state.everRegistered && !state.stopped) {
+      scheduleReconnect();
+    } else if (!state.everRegistered) {
+      if (state.joining) showJoinError('Cannot reach the chat server. Try again in a moment.');
+      setJoinBusy(false);
+    }
+  }
+
+  /** Exponential backoff: 0.5 s doubling to 30 s, each with ±25 % jitter. */
+  function scheduleReconnect() {
+    const step = Math.min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** state.attempt);
+    const delay = Math.min(BACKOFF_MAX, step * (0.75 + Math.random() * 0.5));
+    state.attempt += 1;
+    state.retryAt = Date.now() + delay * 1000;
+    state.retryTimer = setTimeout(connect, delay * 1000);
+    tickCountdown();
+  }
+
+  function tickCountdown() {
+    if (!state.retryTimer) return;
+    const left = Math.ceil((state.retryAt - Date.now()) / 1000);
+    setStatus('reconnecting', left > 1 ? `Connection lost. Reconnecting in ${left} s…` : 'Connection lost. Reconnecting…');
+    if (left > 1) setTimeout(tickCountdown, 1000);
+  }
+
+  function reconnectNow() {
+    if (state.ws) return;
+    state.stopped = false;
+    state.attempt = 0;
+    connect();
+  }
+
+  // ------------------------------------------------------------ the events
+
+  const JOIN_ERRORS = new Set(['bad_nick', 'nick_taken', 'nick_registered', 'bad_login', 'login_throttled', 'bad_args']);
+
+  function handle(ev) {
+    switch (ev.type) {
+      case 'welcome':
+        if (state.wantNick) register();
+        else state.phase = 'choosing';
+        break;
+      case 'registered': onRegistered(ev); break;
+      case 'join': onJoin(ev); break;
+      case 'leave': onLeave(ev); break;
+      case 'current': onCurrent(ev); break;
+      case 'message': {
+        const c = conv('room', ev.room);
+        if (renderMessage(c, ev) && !ev.history && !isMe(ev.from)) bump(c);
+        break;
+      }
+      case 'dm': {
+        const peer = isMe(ev.from) ? ev.to : ev.from;
+        const fresh = !state.convs.has(dmKey(peer));
+        const c = conv('dm', peer);
+        if (fresh) renderSidebar();
+        if (renderMessage(c, ev) && !ev.history && !isMe(ev.from)) bump(c);
+        break;
+      }
+      case 'history': {
+        const c = ev.peer ? state.convs.get(dmKey(ev.peer)) : state.convs.get(roomKey(ev.room));
+        if (c) c.historyOpen = false;
+        break;
+      }
+      case 'topic': {
+        const c = conv('room', ev.room);
+        c.topic = ev.topic;
+        if (ev.changed) systemLine(c, `${ev.by} set the topic: ${ev.topic}`);
+        renderHeader();
+        break;
+      }
+      case 'nick': onNick(ev); break;
+      case 'rooms': state.roomList = ev.rooms; renderSidebar(); break;
+      case 'who':
+        if (state.current && lower(ev.room) === lower(state.current)) {
+          state.members = ev.nicks;
+          renderMembers();
+        }
+        break;
+      case 'pong':
+        if (ev.token === 'restored') finishRestore();
+        break;
+      case 'error': onError(ev); break;
+      case 'logout': backToJoinScreen('Logged out. Choose a nickname.'); break;
+      case 'bye':
+        state.stopped = true;
+        setStatus('offline', ev.reason === 'logged in from elsewhere'
+          ? 'You logged in from somewhere else.' : 'You left the chat.');
+        break;
+      case 'shutdown':
+        toast('The server is shutting down; reconnecting when it is back.', 'info');
+        break;
+      case 'help':
+        systemLine(state.convs.get(state.view), ['Commands:',
+          ...ev.commands.map((c) => `  ${c.usage.padEnd(38)} ${c.help}`),
+          'Anything else is said in the room. Start with // to say a line beginning with /.'].join('\n'),
+        null, 'sys--block');
+        break;
+      case 'passwd':
+        if (state.pendingPassword) state.password = state.pendingPassword;
+        state.pendingPassword = null;
+        toast('Password changed.', 'info');
+        break;
+      default: break; // format and anything newer: nothing to show
+    }
+  }
+
+  function onRegistered(ev) {
+    const first = state.phase !== 'online';
+    state.me = ev.nick;
+    state.wantNick = ev.nick;
+    state.account = ev.account;
+    if (ev.account && state.pendingPassword) state.password = state.pendingPassword;
+    if (!ev.account) state.password = null;
+    state.pendingPassword = null;
+    try { localStorage.setItem('chatd.nick', ev.nick); } catch { /* private mode */ }
+    renderHeader();
+    if (!first) return; // a /login, /register or rename while online
+    state.phase = 'online';
+    state.attempt = 0;
+    state.joining = false;
+    setStatus('online', 'Connected');
+    if (!state.everRegistered) {
+      state.everRegistered = true;
+      ui.joinScreen.hidden = true;
+      ui.app.hidden = false;
+      ui.input.focus();
+    }
+    // After a reconnect: rejoin our rooms, leave general if we had, restore the current room.
+    const r = state.restore;
+    state.restore = null;
+    if (r) {
+      state.restoring = r;
+      for (const room of r.rooms) if (lower(room) !== 'general') send(`/join ${room}`);
+      if (!r.rooms.some((room) => lower(room) === 'general')) send('/leave general');
+      if (r.current) send(`/join ${r.current}`);
+      send('/ping restored'); // answered after everything above
+    }
+    send('/rooms');
+  }
+
+  function finishRestore() {
+    const r = state.restoring;
+    state.restoring = null;
+    if (!r) return;
+    // Back to the private conversation we were in, else to the current room.
+    const dm = r.view && r.view[0] === '@' && state.convs.has(r.view);
+    showView(dm ? r.view : state.current ? roomKey(state.current) : null);
+    systemLine(state.convs.get(state.view), `Reconnected as ${state.me}.`);
+  }
+
+  function onJoin(ev) {
+    const c = conv('room', ev.room);
+    if (isMe(ev.nick)) {
+      state.joined.set(lower(ev.room), ev.room);
+      if (!state.restoring) systemLine(c, `You joined #${ev.room}`);
+      renderSidebar();
+    } else {
+      systemLine(c, `${ev.nick} joined`);
+    }
+    scheduleRefresh();
+  }
+
+  function onLeave(ev) {
+    const c = conv('room', ev.room);
+    if (isMe(ev.nick)) {
+      state.joined.delete(lower(ev.room));
+      if (!state.restoring) systemLine(c, `You left #${ev.room}`);
+      renderSidebar();
+    } else {
+      systemLine(c, ev.reason ? `${ev.nick} left (${ev.reason})` : `${ev.nick} left`);
+    }
+    scheduleRefresh();
+  }
+
+  function onCurrent(ev) {
+    state.current = ev.room;
+    if (ev.room) conv('room', ev.room);
+    state.members = [];
+    renderMembers();
+    // While restoring after a reconnect the view is put back at the end.
+    if (!state.restoring) showView(ev.room ? roomKey(ev.room) : null);
+    if (ev.room) send('/who');
+  }
+
+  function onNick(ev) {
+    const text = `${ev.old} is now known as ${ev.new}`;
+    if (isMe(ev.old)) {
+      state.me = ev.new;
+      state.wantNick = ev.new;
+      try { localStorage.setItem('chatd.nick', ev.new); } catch { /* private mode */ }
+      systemLine(state.convs.get(state.view), `You are now known as ${ev.new}`);
+      renderHeader();
+    } else {
+      systemLine(state.current ? state.convs.get(roomKey(state.current)) : null, text);
+      // The private conversation follows the peer's new name.
+      const old = state.convs.get(dmKey(ev.old));
+      if (old && lower(ev.old) !== lower(ev.new) && !state.convs.has(dmKey(ev.new))) {
+        state.convs.delete(old.key);
+        old.key = dmKey(ev.new);
+        old.name = ev.new;
+        state.convs.set(old.key, old);
+        if (state.view === dmKey(ev.old)) state.view = old.key;
+        systemLine(old, text);
+        renderHeader();
+      } else if (old) {
+        old.name = ev.new;
+      }
+      renderSidebar();
+    }
+    scheduleRefresh();
+  }
+
+  function onError(ev) {
+    if (state.phase === 'choosing' && JOIN_ERRORS.has(ev.code)) {
+      if (state.everRegistered && (ev.code === 'nick_taken' || ev.code === 'nick_registered')) {
+        // Our old session may still hold the name: take a variant and say so.
+        const next = `${state.wantNick.slice(0, 31)}_`;
+        toast(`${state.wantNick} is taken; you are now ${next}.`, 'info');
+        state.wantNick = next;
+        state.password = null;
+        register();
+        return;
+      }
+      if (state.everRegistered) {
+        backToJoinScreen(`Could not get ${state.wantNick} back after reconnecting: ${ev.text}`);
+        return;
+      }
+      showJoinError(ev.text);
+      setJoinBusy(false);
+      return;
+    }
+    toast(ev.text);
+  }
+
+  /** Debounced /rooms and /who: at most once a second, after joins, leaves and renames. */
+  let refreshTimer = null;
+  let lastRefresh = 0;
+  function scheduleRefresh() {
+    if (refreshTimer) return;
+    const wait = Math.max(0, lastRefresh + 1000 - Date.now());
+    refreshTimer = setTimeout(() => {
+      refreshTimer = null;
+      lastRefresh = Date.now();
+      send('/rooms');
+      if (state.current) send('/who');
+    }, wait);
+  }
+
+  // ----------------------------------------------------- join screen, input
+
+  function showJoinError(text) {
+    ui.joinError.textContent = text;
+    ui.joinError.hidden = !text;
+  }
+
+  function setJoinBusy(busy) {
+    state.joining = busy;
+    ui.joinButton.disabled = busy;
+    ui.joinButton.textContent = busy ? 'Joining…' : 'Join chat';
+  }
+
+  function backToJoinScreen(message) {
+    Object.assign(state, {
+      me: null, account: false, password: null, everRegistered: false, restore: null,
+      restoring: null, current: null, view: null, members: [], roomList: [], phase: 'choosing',
+    });
+    state.joined.clear();
+    state.convs.clear();
+    ui.messages.replaceChildren();
+    setStatus('connecting', 'Choosing a nickname');
+    ui.app.hidden = true;
+    ui.joinScreen.hidden = false;
+    showJoinError(message);
+    setJoinBusy(false);
+    ui.nickInput.focus();
+  }
+
+  ui.joinForm.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const nick = ui.nickInput.value.trim();
+    const password = ui.passwordInput.value;
+    if (!NICK_RE.test(nick)) {
+      showJoinError('A nickname is 1 to 32 letters, digits, “_”, “-” or “.”.');
+      return;
+    }
+    showJoinError('');
+    setJoinBusy(true);
+    state.wantNick = nick;
+    state.password = password || null;
+    state.pendingPassword = state.password;
+    state.stopped = false;
+    if (state.phase === 'choosing' && connected()) register();
+    else if (!state.ws) connect();
+  });
+
+  /** Turn what the user typed into protocol lines, one per non-empty line. */
+  function linesToSend(value) {
+    const c = state.convs.get(state.view);
+    return value.split(/\r?\n/).filter((l) => l.trim() !== '').map((line) => {
+      if (line.startsWith('/') && !line.startsWith('//')) {
+        // Remember a typed password, to log in again after a reconnect.
+        const m = line.match(/^\/(login|register|passwd)\s+(?:\S+\s+)?(\S+)\s*$/i);
+        if (m) state.pendingPassword = m[2];
+        return line; // a command: sent as typed
+      }
+      // "//x" says "/x": the server strips one slash in rooms; /msg text is literal.
+      if (c && c.kind === 'dm') return `/msg ${c.name} ${line.startsWith('//') ? line.slice(1) : line}`;
+      return line;
+    });
+  }
+
+  function submitMessage() {
+    const value = ui.input.value;
+    if (!value.trim()) return;
+    if (!connected() || state.phase !== 'online') {
+      toast('Not connected: your message was not sent.');
+      return;
+    }
+    for (const line of linesToSend(value)) send(line);
+    ui.input.value = '';
+    autosize();
+    scrollToBottom();
+  }
+
+  function autosize() {
+    ui.input.style.height = 'auto';
+    ui.input.style.height = `${Math.min(ui.input.scrollHeight, 160)}px`;
+  }
+
+  ui.composer.addEventListener('submit', (e) => { e.preventDefault(); submitMessage(); ui.input.focus(); });
+  ui.input.addEventListener('keydown', (e) => {
+    // Enter sends; Shift+Enter adds a line; never while an IME is composing.
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      submitMessage();
+    }
+  });
+  ui.input.addEventListener('input', autosize);
+
+  ui.leave.addEventListener('click', () => {
+    const c = state.convs.get(state.view);
+    if (!c) return;
+    if (c.kind === 'room') {
+      send(`/leave ${c.name}`);
+    } else {
+      state.convs.delete(c.key);
+      showView(state.current ? roomKey(state.current) : null);
+    }
+  });
+
+  $('create-room-button').addEventListener('click', () => {
+    ui.createForm.hidden = !ui.createForm.hidden;
+    if (!ui.createForm.hidden) ui.createInput.focus();
+  });
+  ui.createForm.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const name = ui.createInput.value.trim().replace(/^#/, '');
+    if (!name) return;
+    send(`/create ${name}`);
+    ui.createInput.value = '';
+    ui.createForm.hidden = true;
+    closeDrawers();
+  });
+  ui.createInput.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape') ui.createForm.hidden = true;
+  });
+  $('refresh-rooms').addEventListener('click', () => send('/rooms'));
+
+  ui.messages.addEventListener('scroll', () => { if (nearBottom()) ui.jump.hidden = true; });
+  ui.jump.addEventListener('click', scrollToBottom);
+  ui.retry.addEventListener('click', reconnectNow);
+
+  // Drawers: the sidebar on phones, the member list on narrow screens.
+  const menuButton = $('menu-button');
+  const membersButton = $('members-button');
+  const backdrop = $('backdrop');
+  const wide = matchMedia('(min-width: 1000px)');
+  // "members-toggled" flips the default: shown on wide screens, a closed drawer below.
+  const membersShown = () => ui.app.classList.contains('members-toggled') !== wide.matches;
+  function closeDrawers() {
+    ui.app.classList.remove('sidebar-open');
+    if (!wide.matches) ui.app.classList.remove('members-toggled');
+    syncDrawers();
+  }
+  function syncDrawers() {
+    const sidebar = ui.app.classList.contains('sidebar-open');
+    menuButton.setAttribute('aria-expanded', String(sidebar));
+    membersButton.setAttribute('aria-expanded', String(membersShown()));
+    backdrop.hidden = !sidebar && !(membersShown() && !wide.matches);
+  }
+  wide.addEventListener('change', () => { ui.app.classList.remove('members-toggled'); syncDrawers(); });
+  menuButton.addEventListener('click', () => {
+    ui.app.classList.toggle('sidebar-open');
+    if (ui.app.classList.contains('sidebar-open')) send('/rooms');
+    syncDrawers();
+  });
+  membersButton.addEventListener('click', () => { ui.app.classList.toggle('members-toggled'); syncDrawers(); });
+  backdrop.addEventListener('click', closeDrawers);
+  document.addEventListener('keydown', (e) => { if (e.key === 'Escape') closeDrawers(); });
+
+  // Back in view: clear the unread count of what is on screen, refresh the lists,
+  // and do not make the user wait for a long backoff.
+  document.addEventListener('visibilitychange', () => {
+    if (document.hidden) return;
+    const c = state.convs.get(state.view);
+    if (c && c.unread) { c.unread = 0; renderSidebar(); }
+    if (state.phase === 'online') scheduleRefresh();
+    else if (state.retryTimer && state.retryAt - Date.now() > 2000) reconnectNow();
+  });
+  window.addEventListener('online', () => { if (state.retryTimer) reconnectNow(); });
+
+  try { ui.nickInput.value = localStorage.getItem('chatd.nick') || ''; } catch { /* private mode */ }
+  ui.nickInput.focus();
+})();

@@ -1,0 +1,353 @@
+"""The web page in a real browser (headless Chromium) against an in-process daemon.
+
+Two pages and a raw TCP client chat in a room and privately, a late joiner
+sees the history, a page gets back on its own after its WebSocket is cut,
+and the phone layout works. Any console error or uncaught exception on a
+page (CSP violations included) fails the test.
+
+Without Chromium or the playwright package the tests are skipped, except on
+CI (``CI=true``), where that is a failure. ``CHATD_SCREENSHOT=1`` also writes
+the README's screenshot: ``CHATD_SCREENSHOT=1 ./scripts/test.sh -k browser``.
+
+These tests run under both loops like every other async test: Playwright's
+async API only needs subprocess pipes, which uvloop provides.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from chatd.server import Server
+from tests.conftest import StartServer
+from tests.helpers import DEADLINE, Event, open_json
+
+try:
+    from playwright.async_api import async_playwright, expect
+except ImportError:  # the dev extra is not installed
+    async_playwright = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Locator, Page, ViewportSize
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+#: Playwright counts in milliseconds; the same generous deadline as the helpers.
+WAIT_MS = DEADLINE * 1000
+DESKTOP: ViewportSize = {"width": 1100, "height": 700}
+PHONE: ViewportSize = {"width": 390, "height": 844}
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshot.png"
+
+
+def _chromium() -> str | None:
+    if os.access("/usr/bin/chromium", os.X_OK):
+        return "/usr/bin/chromium"
+    return shutil.which("chromium")
+
+
+class Pages:
+    """Opens pages of one daemon in fresh browser contexts and collects their errors."""
+
+    def __init__(self, browser: Browser, server: Server) -> None:
+        self.browser = browser
+        self.url = f"http://127.0.0.1:{server.http_port}/"
+        self.errors: list[str] = []
+
+    async def open(self, viewport: ViewportSize = DESKTOP, **options: Any) -> Page:
+        """A new page in a context of its own: its own cookies, storage and WebSocket."""
+        context = await self.browser.new_context(viewport=viewport, **options)
+        context.set_default_timeout(WAIT_MS)
+        page = await context.new_page()
+        page.on(
+            "console",
+            lambda m: self.errors.append(f"console: {m.text}") if m.type == "error" else None,
+        )
+        page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+        await page.goto(self.url)
+        return page
+
+    async def join(self, nick: str) -> Page:
+        """A desktop page that went through the join screen and landed in general."""
+        page = await self.open()
+        await page.get_by_test_id("nick-input").fill(nick)
+        await page.get_by_test_id("join-button").click()
+        await expect(page.get_by_test_id("status")).to_have_attribute(
+            "data-state", "online", timeout=WAIT_MS
+        )
+        await expect(page.get_by_test_id("current-title")).to_have_text("#general", timeout=WAIT_MS)
+        return page
+
+    def assert_clean(self) -> None:
+        assert self.errors == [], "console errors or uncaught exceptions on the pages"
+
+
+@pytest.fixture
+async def web_server(start_server: StartServer) -> Server:
+    """A daemon with its web port (and its plain TCP port for the raw client)."""
+    return await start_server(http_port=0)
+
+
+@pytest.fixture
+async def pages(web_server: Server) -> AsyncIterator[Pages]:
+    """A headless Chromium to open the daemon's page in."""
+    chromium = _chromium()
+    reason = None
+    if async_playwright is None:
+        reason = "the playwright package is not installed (pip install -e '.[dev]')"
+    elif chromium is None:
+        reason = "Chromium is not installed (apt-get install chromium); the browser test needs it"
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield Pages(browser, web_server)
+        finally:
+            await browser.close()  # before the daemon stops, so no page tries to reconnect
+
+
+async def say(page: Page, text: str) -> None:
+    """Type into the message box and press Enter."""
+    box = page.get_by_test_id("message-input")
+    await box.fill(text)
+    await box.press("Enter")
+    await expect(box).to_have_value("", timeout=WAIT_MS)
+
+
+def message(page: Page, text: str) -> Locator:
+    return page.get_by_test_id("messages").get_by_test_id("message").filter(has_text=text)
+
+
+def said(room: str, sender: str, text: str, **extra: Any) -> Any:
+    """A predicate for LineClient.expect: this message in this room."""
+
+    def check(e: Event) -> bool:
+        fields = {"room": room, "from": sender, "text": text, **extra}
+        return e["type"] == "message" and all(e.get(k) == v for k, v in fields.items())
+
+    return check
+
+
+def dm(sender: str, to: str, text: str) -> Any:
+    def check(e: Event) -> bool:
+        return e["type"] == "dm" and (e["from"], e["to"], e["text"]) == (sender, to, text)
+
+    return check
+
+
+async def test_pages_and_tcp_client_chat_in_a_room_and_privately(
+    web_server: Server, pages: Pages, tmp_path: Path
+) -> None:
+    tom = await open_json(web_server.port, "tom")  # a raw TCP client, as a program would be
+    try:
+        ann = await pages.join("ann")
+        await expect(ann.locator("[data-testid=member][data-nick=tom]")).to_be_visible(
+            timeout=WAIT_MS
+        )
+
+        # ann creates a room from the sidebar; the page follows her into it.
+        await ann.get_by_test_id("create-room-button").click()
+        await ann.get_by_test_id("create-room-input").fill("lobby")
+        await ann.get_by_test_id("create-room-input").press("Enter")
+        await expect(ann.get_by_test_id("current-title")).to_have_text("#lobby", timeout=WAIT_MS)
+        lobby = ann.locator("[data-testid=room][data-room=lobby]")
+        await expect(lobby).to_be_visible(timeout=WAIT_MS)
+
+        await tom.send("/join lobby")
+        await expect(ann.locator("[data-testid=member][data-nick=tom]")).to_be_visible(
+            timeout=WAIT_MS
+        )
+        await expect(lobby).to_contain_text("2", timeout=WAIT_MS)  # member count, from /rooms
+        await expect(ann.get_by_test_id("messages")).to_contain_text("tom joined", timeout=WAIT_MS)
+
+        # Commands typed in the box are sent as they are.
+        await say(ann, "/topic Shipping 0.2 on Friday")
+        await tom.expect(lambda e: e["type"] == "topic" and e["topic"] == "Shipping 0.2 on Friday")
+        await expect(ann.get_by_test_id("topic")).to_have_text(
+            "Shipping 0.2 on Friday", timeout=WAIT_MS
+        )
+
+        # Page -> TCP, with the right sender, and TCP -> page.
+        await say(ann, "Morning! Is the release build ready?")
+        await tom.expect(said("lobby", "ann", "Morning! Is the release build ready?"))
+        await tom.send("Almost: CI is green, the changelog still needs a pass.")
+        tom_line = message(ann, "CI is green")
+        await expect(tom_line).to_contain_text("tom", timeout=WAIT_MS)
+        await expect(tom_line.locator("time")).to_have_text(
+            re.compile(r"^\d\d:\d\d$"), timeout=WAIT_MS
+        )
+        await say(ann, "/me grabs a coffee")
+        await tom.expect(said("lobby", "ann", "grabs a coffee", action=True))
+        # "//" says a line that starts with "/".
+        await say(ann, "//etc/chatd.toml has the new defaults")
+        await tom.expect(said("lobby", "ann", "/etc/chatd.toml has the new defaults"))
+        # A pasted block: one message per non-empty line, in order; the Send button works.
+        await ann.get_by_test_id("message-input").fill("Checklist:\n\n- changelog\n- tag v0.2")
+        await ann.get_by_test_id("send-button").click()
+        for text in ("Checklist:", "- changelog", "- tag v0.2"):
+            await tom.expect(said("lobby", "ann", text))
+
+        # ben comes later and sees what was said, dimmed, under "earlier messages".
+        ben = await pages.join("ben")
+        await say(ben, "/join lobby")
+        await expect(ben.get_by_test_id("current-title")).to_have_text("#lobby", timeout=WAIT_MS)
+        await expect(ben.get_by_test_id("history-separator")).to_have_text(
+            "earlier messages", timeout=WAIT_MS
+        )
+        earlier = ben.locator("[data-testid=message][data-history=true]")
+        await expect(earlier.filter(has_text="Morning!")).to_contain_text("ann", timeout=WAIT_MS)
+        await expect(earlier.filter(has_text="CI is green")).to_contain_text("tom", timeout=WAIT_MS)
+        await expect(earlier).to_have_count(7, timeout=WAIT_MS)
+        await expect(ben.get_by_test_id("topic")).to_have_text(
+            "Shipping 0.2 on Friday", timeout=WAIT_MS
+        )
+        await say(ben, "Hi both! Catching up on the thread.")
+        await tom.expect(said("lobby", "ben", "Hi both! Catching up on the thread."))
+        await expect(message(ann, "Catching up")).to_contain_text("ben", timeout=WAIT_MS)
+        await expect(lobby).to_contain_text("3", timeout=WAIT_MS)
+
+        # Switching rooms by clicking them.
+        await ann.locator("[data-testid=room][data-room=general]").click()
+        await expect(ann.get_by_test_id("current-title")).to_have_text("#general", timeout=WAIT_MS)
+        await lobby.click()
+        await expect(ann.get_by_test_id("current-title")).to_have_text("#lobby", timeout=WAIT_MS)
+
+        # ann -> tom privately: click tom in the member list.
+        await ann.locator("[data-testid=member][data-nick=tom]").click()
+        await expect(ann.get_by_test_id("current-title")).to_have_text("@tom", timeout=WAIT_MS)
+        await say(ann, "Can you send me the release checklist?")
+        await tom.expect(dm("ann", "tom", "Can you send me the release checklist?"))
+        await tom.send("/msg ann Sure, sending it over now.")
+        await expect(message(ann, "sending it over")).to_contain_text("tom", timeout=WAIT_MS)
+        # Back in the room, a new private message shows as unread.
+        await lobby.click()
+        await expect(ann.get_by_test_id("current-title")).to_have_text("#lobby", timeout=WAIT_MS)
+        await tom.send("/msg ann Done, it is in your inbox.")
+        ann_dm = ann.locator("[data-testid=dm][data-peer=tom]")
+        await expect(ann_dm.get_by_test_id("unread")).to_have_text("1", timeout=WAIT_MS)
+
+        # tom -> ben privately: a conversation entry with a badge; reply from it.
+        await tom.send("/msg ben Welcome aboard! Ping me if you need access.")
+        ben_dm = ben.locator("[data-testid=dm][data-peer=tom]")
+        await expect(ben_dm.get_by_test_id("unread")).to_have_text("1", timeout=WAIT_MS)
+        await ben_dm.click()
+        await expect(ben.get_by_test_id("current-title")).to_have_text("@tom", timeout=WAIT_MS)
+        await expect(message(ben, "Welcome aboard!")).to_contain_text("tom", timeout=WAIT_MS)
+        await expect(ben_dm.get_by_test_id("unread")).to_have_count(0, timeout=WAIT_MS)
+        await ben.get_by_test_id("message-input").fill("Thanks, will do!")
+        await ben.get_by_test_id("send-button").click()
+        await tom.expect(dm("ben", "tom", "Thanks, will do!"))
+        await expect(message(ben, "Thanks, will do!")).to_contain_text("ben", timeout=WAIT_MS)
+
+        # The screenshot, mid-conversation (and for the README when asked).
+        await expect(ann.locator("[data-testid=member]")).to_have_count(3, timeout=WAIT_MS)
+        shot = tmp_path / "chat.png"
+        await ann.screenshot(path=shot)
+        assert shot.stat().st_size > 0
+        if os.environ.get("CHATD_SCREENSHOT"):
+            shutil.copyfile(shot, SCREENSHOT)
+
+        # Leaving a room: back to general, and the others see it.
+        await ben.locator("[data-testid=room][data-room=lobby]").click()
+        await expect(ben.get_by_test_id("current-title")).to_have_text("#lobby", timeout=WAIT_MS)
+        await ben.get_by_test_id("leave-button").click()
+        await tom.expect(
+            lambda e: e == {"type": "leave", "room": "lobby", "nick": "ben", "reason": ""}
+        )
+        await expect(ben.get_by_test_id("current-title")).to_have_text("#general", timeout=WAIT_MS)
+        await expect(ann.get_by_test_id("messages")).to_contain_text("ben left", timeout=WAIT_MS)
+        await expect(lobby).to_contain_text("2", timeout=WAIT_MS)
+    finally:
+        tom.close()
+    pages.assert_clean()
+
+
+async def test_page_reconnects_after_its_connection_is_cut(
+    web_server: Server, pages: Pages
+) -> None:
+    tom = await open_json(web_server.port, "tom")
+    try:
+        ann = await pages.join("ann")
+        await say(ann, "/join lobby")
+        await expect(ann.get_by_test_id("current-title")).to_have_text("#lobby", timeout=WAIT_MS)
+        await tom.send("/join lobby")
+        await tom.expect(lambda e: e["type"] == "current")
+        # Text is escaped, never markup.
+        await tom.send("<b>bold</b> & <img src=x> stays text")
+        line = message(ann, "stays text")
+        await expect(line).to_contain_text("<b>bold</b> & <img src=x>", timeout=WAIT_MS)
+        await expect(line.locator("b, img")).to_have_count(0, timeout=WAIT_MS)
+
+        # Record every state the status bar goes through: the "reconnecting"
+        # state may be shorter than one polling interval of expect().
+        status = ann.get_by_test_id("status")
+        await status.evaluate(
+            """(status) => {
+                window.statesSeen = [];
+                new MutationObserver(() => window.statesSeen.push(status.dataset.state))
+                    .observe(status, {attributes: true, attributeFilter: ['data-state']});
+            }"""
+        )
+        (session,) = [s for s in web_server.sessions if s.nick == "ann"]
+        session.drop("test")
+
+        # Gone, back with the same nickname, and in the room it was in.
+        await tom.expect(lambda e: e["type"] == "leave" and e["nick"] == "ann")
+        await tom.expect(lambda e: e == {"type": "join", "room": "lobby", "nick": "ann"})
+        await expect(status).to_have_attribute("data-state", "online", timeout=WAIT_MS)
+        assert "reconnecting" in await ann.evaluate("window.statesSeen")
+        messages = ann.get_by_test_id("messages")
+        await expect(messages).to_contain_text("Reconnecting", timeout=WAIT_MS)
+        await expect(messages).to_contain_text("Reconnected as ann", timeout=WAIT_MS)
+        await expect(ann.get_by_test_id("current-title")).to_have_text("#lobby", timeout=WAIT_MS)
+        # History that was already on screen is not shown twice.
+        await expect(message(ann, "stays text")).to_have_count(1, timeout=WAIT_MS)
+
+        await say(ann, "back again")
+        await tom.expect(said("lobby", "ann", "back again"))
+    finally:
+        tom.close()
+    pages.assert_clean()
+
+
+async def test_phone_layout(web_server: Server, pages: Pages) -> None:
+    page = await pages.open(PHONE, is_mobile=True, has_touch=True, device_scale_factor=2)
+    await expect(page.get_by_test_id("nick-input")).to_be_visible(timeout=WAIT_MS)
+    await expect(page.get_by_test_id("join-button")).to_be_visible(timeout=WAIT_MS)
+    await page.get_by_test_id("nick-input").fill("pat")
+    await page.get_by_test_id("join-button").click()
+
+    await expect(page.get_by_test_id("message-input")).to_be_visible(timeout=WAIT_MS)
+    await expect(page.get_by_test_id("send-button")).to_be_visible(timeout=WAIT_MS)
+    await expect(page.get_by_test_id("current-title")).to_have_text("#general", timeout=WAIT_MS)
+    sidebar = page.get_by_test_id("sidebar")
+    await expect(sidebar).to_be_hidden(timeout=WAIT_MS)
+    assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+
+    # The menu button opens the drawer; picking a room closes it.
+    await page.get_by_test_id("menu-button").click()
+    await expect(sidebar).to_be_visible(timeout=WAIT_MS)
+    general = page.locator("[data-testid=room][data-room=general]")
+    await expect(general).to_be_visible(timeout=WAIT_MS)
+    await general.click()
+    await expect(sidebar).to_be_hidden(timeout=WAIT_MS)
+
+    await say(page, "hello from my phone")
+    await expect(message(page, "hello from my phone")).to_contain_text("pat", timeout=WAIT_MS)
+    pages.assert_clean()
