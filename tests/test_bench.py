@@ -71,3 +71,30 @@ def test_bench_quick_history_and_login_on_a_database(tmp_path: Path) -> None:
     login = reports["login", "chatd"]
     assert login["passwords_checked"] > 0  # type: ignore[operator]
     assert reports["fanout", "chatd"]["loss"] == 0  # every message stored and delivered
+
+
+def test_bench_quick_over_websockets() -> None:
+    reports = bench("--transport", "ws")
+    check_figures(reports, "chatd-ws")
+
+
+def test_bench_refuses_history_over_websockets() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chatd",
+            "bench",
+            "--quick",
+            "--transport",
+            "ws",
+            "--scenario",
+            "login",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "TCP only" in result.stderr

@@ -37,6 +37,10 @@ Scenarios (``--scenario``, comma-separated):
   RSS per connection.
 * ``storm``: 2000 connections opened at once, each registering and joining.
   Connections per second to "ready", failures.
+
+``--transport ws`` runs the same scenarios with every chatd client on a
+WebSocket to the web port instead of a TCP connection (reported as server
+``chatd-ws``).
 """
 
 from __future__ import annotations
@@ -98,6 +102,13 @@ class Target:
     port: int
     pid: int | None
     proc: subprocess.Popen[bytes] | None = None
+    #: How chatd's clients connect: "tcp" (JSON lines) or "ws" (WebSocket
+    #: frames to the web port, which ``port`` then is).
+    transport: str = "tcp"
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}-ws" if self.transport == "ws" else self.kind
 
     def cpu(self) -> float | None:
         return proc_cpu_seconds(self.pid) if self.pid else None
@@ -116,10 +127,12 @@ class Target:
             self.proc.wait()
 
 
-def spawn_chatd(loop: str, db: str = ":memory:") -> Target:
+def spawn_chatd(loop: str, db: str = ":memory:", transport: str = "tcp") -> Target:
     """Start ``chatd serve`` on a free loopback port, configured for load.
 
     A database file is emptied first: each spawn measures a fresh store.
+    With ``transport="ws"`` the web port is opened too, with WebSocket pings
+    off: the load generator frames what it sends but never parses frames.
     """
     if db != ":memory:":
         for suffix in ("", "-wal", "-shm"):
@@ -145,18 +158,24 @@ def spawn_chatd(loop: str, db: str = ":memory:") -> Target:
         "--db",
         db,
     ]
+    if transport == "ws":
+        cmd += ["--http-port", "0", "--ws-ping-interval", "86400"]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     deadline = time.monotonic() + 30
     seen: list[str] = []
+    web_port = 0
     while time.monotonic() < deadline:
         raw = proc.stderr.readline()
         if not raw:
             break
         seen.append(raw.decode(errors="replace").rstrip())
+        if web := re.search(r"WebSocket on http://(\S+):(\d+)/", seen[-1]):
+            web_port = int(web.group(2))
         if m := re.search(r"listening on (\S+):(\d+)", seen[-1]):
             _pump_stderr(proc, "chatd")
-            return Target("chatd", m.group(1), int(m.group(2)), proc.pid, proc)
+            port = web_port if transport == "ws" else int(m.group(2))
+            return Target("chatd", m.group(1), port, proc.pid, proc, transport)
     proc.kill()
     proc.wait()
     raise SystemExit("chatd bench: the daemon did not start:\n" + "\n".join(seen))
@@ -234,11 +253,18 @@ class ClientSpec:
 
 
 class BenchClient:
-    """One connection in a worker; a reader task counts what arrives."""
+    """One connection in a worker; a reader task counts what arrives.
 
-    def __init__(self, spec: ClientSpec, kind: str) -> None:
+    Over WebSocket the client frames what it sends with websockets'
+    sans-I/O protocol and counts markers in the raw bytes it receives, as
+    over TCP: server frames are unmasked, so their JSON is there as sent.
+    """
+
+    def __init__(self, spec: ClientSpec, kind: str, transport: str = "tcp") -> None:
         self.spec = spec
         self.kind = kind
+        self.transport = transport
+        self._ws: Any = None  # websockets.client.ClientProtocol over WebSocket
         self.messages = 0
         self.base = 0
         self.mine = 0
@@ -256,19 +282,45 @@ class BenchClient:
 
     async def connect(self, host: str, port: int) -> None:
         self.reader, self.writer = await asyncio.open_connection(host, port)
+        if self.transport == "ws":
+            await self._handshake(host, port)
         self._task = asyncio.create_task(self._read_loop())
-        if self.kind == "chatd":
-            hello = f"/format json\n/nick {self.spec.name}\n/join {self.spec.room}\n"
+        if self.kind == "redis":
+            hello = f"SUBSCRIBE {self.spec.room}\r\n".encode()
+        elif self.transport == "ws":  # JSON is fixed on a WebSocket
+            hello = self.line(f"/nick {self.spec.name}") + self.line(f"/join {self.spec.room}")
         else:
-            hello = f"SUBSCRIBE {self.spec.room}\r\n"
-        await self.roundtrip("ready", hello.encode())
+            hello = f"/format json\n/nick {self.spec.name}\n/join {self.spec.room}\n".encode()
+        await self.roundtrip("ready", hello)
+
+    async def _handshake(self, host: str, port: int) -> None:
+        from websockets.client import ClientProtocol
+        from websockets.protocol import State
+        from websockets.uri import parse_uri
+
+        assert self.reader is not None
+        assert self.writer is not None
+        self._ws = protocol = ClientProtocol(parse_uri(f"ws://{host}:{port}/ws"), max_size=None)
+        protocol.send_request(protocol.connect())
+        self.writer.write(b"".join(protocol.data_to_send()))
+        protocol.receive_data(await self.reader.readuntil(b"\r\n\r\n"))
+        if protocol.state is not State.OPEN:
+            raise ConnectionRefusedError(f"WebSocket handshake failed: {protocol.handshake_exc}")
+
+    def line(self, text: str | bytes) -> bytes:
+        """One command line as sent on this transport: a line, or a frame."""
+        data = text.encode() if isinstance(text, str) else text
+        if self._ws is None:
+            return data + b"\n"
+        self._ws.send_text(data)
+        return b"".join(self._ws.data_to_send())
 
     async def roundtrip(self, token: str, before: bytes = b"") -> None:
         """Send, then a ping; wait for its answer (all earlier output is in)."""
         assert self.writer is not None
         if self.kind == "chatd":
             self._awaited = f'"token":"{token}"'.encode()
-            ping = f"/ping {token}\n".encode()
+            ping = self.line(f"/ping {token}")
         else:
             self._awaited = f"${len(token)}\r\n{token}\r\n".encode()
             ping = f"PING {token}\r\n".encode()
@@ -313,7 +365,7 @@ class BenchClient:
         head = f"{self.spec.name}~{int(stamp * 1e6)}~"
         body = "~" + head + "x" * max(0, size - len(head) - 1)
         if self.kind == "chatd":
-            return body.encode() + b"\n"
+            return self.line(body)
         return f"PUBLISH {self.spec.room} {body}\r\n".encode()
 
     def close(self) -> None:
@@ -352,7 +404,9 @@ class Worker:
     def __init__(self, job: dict[str, Any]) -> None:
         self.job = job
         self.kind: str = job["kind"]
-        self.clients = [BenchClient(ClientSpec(*spec), self.kind) for spec in job["clients"]]
+        self.clients = [
+            BenchClient(ClientSpec(*spec), self.kind, job["transport"]) for spec in job["clients"]
+        ]
         self.publisher = Publisher() if self.kind == "redis" else None
 
     def writer_for(self, client: BenchClient) -> asyncio.StreamWriter:
@@ -530,7 +584,12 @@ class Workers:
         for n in range(procs):
             mine, theirs = ctx.Pipe()
             share = [tuple(vars(s).values()) for s in specs[n::procs]]
-            spec = {"kind": target.kind, "host": target.host, "port": target.port}
+            spec = {
+                "kind": target.kind,
+                "host": target.host,
+                "port": target.port,
+                "transport": target.transport,
+            }
             proc = ctx.Process(
                 target=_worker_main, args=(theirs, {**spec, "clients": share, **job}), daemon=True
             )
@@ -662,7 +721,7 @@ def run_fanout(target: Target, opts: argparse.Namespace) -> Result:
         reports, counts, cpu = _run_phase(target, group, "closed", opts.duration)
     in_window = sum(r["received_in_window"] for r in reports)
     sent, loss = _loss(reports, counts, members)
-    result = Result("fanout", target.kind)
+    result = Result("fanout", target.label)
     result.figures.update(
         members=len(specs),
         window=opts.window,
@@ -695,7 +754,7 @@ def _open_loop_scenario(
     in_window = sum(r["received_in_window"] for r in reports)
     sent, loss = _loss(reports, counts, members)
     latencies = sorted(x for c in counts for x in c["latencies"])
-    result = Result(name, target.kind)
+    result = Result(name, target.label)
     result.figures.update(extra)
     result.figures.update(
         rate=rate_total,
@@ -740,7 +799,7 @@ def run_idle(target: Target, opts: argparse.Namespace, count: int) -> Result:
     specs = [ClientSpec(f"i{n}", f"room{n % opts.idle_rooms}") for n in range(count)]
     with workers(target, specs, opts.procs, window=0, payload=0):
         rss1 = target.rss_kib()
-    result = Result("idle", target.kind)
+    result = Result("idle", target.label)
     result.figures.update(connections=count, rooms=opts.idle_rooms)
     if rss0 is not None and rss1 is not None:
         result.figures.update(
@@ -762,7 +821,7 @@ def run_storm(target: Target, opts: argparse.Namespace) -> Result:
     finally:
         group.close()
     ready = sum(r[0] for r in results)
-    result = Result("storm", target.kind)
+    result = Result("storm", target.label)
     result.figures.update(
         connections=opts.storm,
         ready=ready,
@@ -957,6 +1016,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="uvloop",
         help="event loop of the spawned daemon (default: %(default)s)",
     )
+    parser.add_argument(
+        "--transport",
+        choices=("tcp", "ws"),
+        default="tcp",
+        help="how chatd's clients connect: TCP lines, or WebSockets to the web port "
+        "(with --host, --port is then the web port); history and login are TCP only",
+    )
     parser.add_argument("--procs", type=int, default=2, help="load generator processes")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per phase")
     parser.add_argument("--payload", type=int, default=128, help="message bytes")
@@ -1031,6 +1097,8 @@ def main(opts: argparse.Namespace) -> int:
     unknown = set(scenarios) - set(SCENARIOS) - set(EXTRA_SCENARIOS)
     if unknown:
         raise SystemExit(f"chatd bench: unknown scenario(s): {', '.join(sorted(unknown))}")
+    if opts.transport == "ws" and set(scenarios) & set(EXTRA_SCENARIOS):
+        raise SystemExit("chatd bench: history and login run over TCP only (drop --transport ws)")
     chatd_runs: list[list[Result]] = []
     redis_runs: list[list[Result]] = []
     for _ in range(opts.runs):
@@ -1043,9 +1111,11 @@ def main(opts: argparse.Namespace) -> int:
             if kind == "redis":
                 start = spawn_redis
             elif opts.host:
-                start = lambda: Target("chatd", opts.host, opts.port, opts.pid)  # noqa: E731
+                start = lambda: Target(  # noqa: E731
+                    "chatd", opts.host, opts.port, opts.pid, transport=opts.transport
+                )
             else:
-                start = lambda: spawn_chatd(opts.loop, opts.db)  # noqa: E731
+                start = lambda: spawn_chatd(opts.loop, opts.db, opts.transport)  # noqa: E731
             runs.append(run_all(start, opts, wanted))
     results = _median_results(chatd_runs)
     if redis_runs:
