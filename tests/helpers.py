@@ -10,7 +10,10 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from chatd.store import SqliteStore
 
 #: Generous: a safety net on a busy machine, never a synchroniser.
 DEADLINE = 10.0
@@ -377,3 +380,51 @@ class PipeClient:
         for task in self._collectors:
             task.cancel()
         await asyncio.wait(self._collectors)
+
+
+# ---------------------------------------------------------------------------
+# A full database, and a daemon that must not start
+
+
+async def fill_store(store: SqliteStore, client: LineClient) -> tuple[Event, str]:
+    """Make the database full; return the error ``client``'s message got and its text.
+
+    SQLite's own page limit fails a write exactly as a full disk does. Each
+    line needs a page of its own; the first that cannot have one fails.
+    """
+    pages = await store._write(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+    await store._write(lambda c: c.execute(f"PRAGMA max_page_count = {pages}"))
+    for n in range(10):
+        text = f"{n}" * 4000
+        await client.send(text)
+        event = await client.expect(lambda e: e.get("type") in ("message", "error"))
+        if event["type"] == "error":
+            return event, text
+    raise AssertionError("the database never filled up")
+
+
+async def free_store(store: SqliteStore) -> None:
+    """Undo fill_store: the database may grow again."""
+    await store._write(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
+
+
+async def start_fails(*args: str) -> str:
+    """``chatd serve`` with these flags must exit 1 without a traceback; its log."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "chatd",
+        "serve",
+        "--port",
+        "0",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(DEADLINE):
+        _, err = await proc.communicate()
+    text = err.decode()
+    assert proc.returncode == 1, text
+    assert "Traceback" not in text
+    return text

@@ -7,7 +7,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,15 @@ import pytest
 from chatd.server import Server
 from chatd.store import SCHEMA_VERSION, SqliteStore, StoreError
 from tests.conftest import Connect, StartServer
-from tests.helpers import DEADLINE, Daemon, LineClient, open_json
+from tests.helpers import (
+    DEADLINE,
+    Daemon,
+    LineClient,
+    fill_store,
+    free_store,
+    open_json,
+    start_fails,
+)
 
 PASSWORD = "correct-horse"
 
@@ -290,29 +297,8 @@ async def test_a_database_from_a_newer_chatd_is_refused(tmp_path: Path) -> None:
     store = SqliteStore(path)
     with pytest.raises(StoreError, match="newer chatd"):
         await store.open()
-    daemon_log = await _start_fails("--db", str(path))
+    daemon_log = await start_fails("--db", str(path))
     assert "written by a newer chatd" in daemon_log
-
-
-async def _start_fails(*args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "chatd",
-        "serve",
-        "--port",
-        "0",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(DEADLINE):
-        _, err = await proc.communicate()
-    text = err.decode()
-    assert proc.returncode == 1, text
-    assert "Traceback" not in text
-    return text
 
 
 async def test_a_read_only_database_is_refused_at_start(tmp_path: Path) -> None:
@@ -329,7 +315,7 @@ async def test_a_read_only_database_is_refused_at_start(tmp_path: Path) -> None:
     try:
         with pytest.raises(StoreError, match="readonly"):
             await SqliteStore(path).open()
-        log = await _start_fails("--db", str(path))
+        log = await start_fails("--db", str(path))
         assert f"cannot use the database {path}" in log
         assert "readonly" in log
     finally:
@@ -346,21 +332,12 @@ async def test_a_full_database_tells_the_sender_and_recovers(
     alice = await open_json(server.port, "alice")
     bob = await open_json(server.port, "bob")
     await say_all(alice, ["before"])
-    # SQLite's own page limit fails a write exactly as a full disk does.
-    pages = await store._write(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
-    await store._write(lambda c: c.execute(f"PRAGMA max_page_count = {pages}"))
-    # Each line needs a page of its own; the first that cannot have one fails.
-    for n in range(10):
-        await alice.send(f"{n}" * 4000)
-        event = await alice.expect(lambda e: e.get("type") in ("message", "error"))
-        if event["type"] == "error":
-            break
+    event, failed = await fill_store(store, alice)
     assert event["code"] == "storage_unavailable"
     assert "full" in event["text"]
-    failed = f"{n}" * 4000
     events = await bob.sync()
     assert failed not in [e.get("text") for e in events]  # never shown, never stored
-    await store._write(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
+    await free_store(store)
     await say_all(alice, ["after"])
     assert (await bob.expect(lambda e: e.get("text") in ("after", failed)))["text"] == "after"
     alice.close()

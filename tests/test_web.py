@@ -19,7 +19,7 @@ from chatd.store import SqliteStore
 from chatd.tls import generate_certificate
 from chatd.web import origin_allowed
 from tests.conftest import StartServer
-from tests.helpers import DEADLINE, LineClient, open_json
+from tests.helpers import DEADLINE, LineClient, fill_store, free_store, open_json
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -290,20 +290,13 @@ async def test_healthz_follows_the_store(start_server: StartServer, tmp_path: An
     status, _, body = await http(server.http_port, "/healthz")
     assert (status, body) == (200, b"ok\n")
     alice = await open_json(server.port, "alice")
-    # SQLite's own page limit fails writes exactly as a full disk does.
-    pages = await store._write(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
-    await store._write(lambda c: c.execute(f"PRAGMA max_page_count = {pages}"))
-    for n in range(10):
-        await alice.send(f"{n}" * 4000)
-        event = await alice.expect(lambda e: e.get("type") in ("message", "error"))
-        if event["type"] == "error":
-            break
+    event, _ = await fill_store(store, alice)
     assert event["code"] == "storage_unavailable"
     status, _, body = await http(server.http_port, "/healthz")
     assert status == 503
     assert body == b"the store failed its last write\n"
 
-    await store._write(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
+    await free_store(store)
     await alice.send("after")
     await alice.expect(lambda e: e.get("text") == "after")
     assert (await http(server.http_port, "/healthz"))[0] == 200
