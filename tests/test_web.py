@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 
 from chatd.server import Server
 from chatd.store import SqliteStore
 from chatd.tls import generate_certificate
 from chatd.web import origin_allowed
 from tests.conftest import StartServer
-from tests.helpers import DEADLINE, LineClient, fill_store, free_store, open_json
+from tests.helpers import DEADLINE, LineClient, fill_store, free_store, open_json, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -219,18 +219,38 @@ async def test_origins(start_server: StartServer) -> None:
         await ws.close()
 
 
-async def test_websockets_count_against_the_connection_limits(start_server: StartServer) -> None:
-    server = await start_server(http_port=0, max_per_ip=1)
+async def test_web_connections_count_against_the_connection_limits(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(http_port=0, max_per_ip=2)
     first = await WsClient.open(server.http_port, "first")
-    ws = await connect(f"ws://127.0.0.1:{server.http_port}/ws")
-    refusal = json.loads(await ws.recv())
-    assert refusal["code"] == "too_many_connections"
-    with pytest.raises(ConnectionClosed):
-        await ws.recv()
+    # An idle connection to the web port holds a slot too, from accept on.
+    _, idle = await asyncio.open_connection("127.0.0.1", server.http_port)
+    await until(lambda: server._slots == 2, "the idle web connection is accepted")
     tcp = await LineClient.open("127.0.0.1", server.port)
     assert (await tcp.line()).startswith("! too_many_connections")
     tcp.close()
+    with pytest.raises((OSError, InvalidMessage)):  # closed before any HTTP
+        await connect(f"ws://127.0.0.1:{server.http_port}/ws")
+    assert server.stats.refused["too_many_connections"] == 2
+    idle.close()
+    await idle.wait_closed()
     await first.close()
+    # Both slots come back: two new connections get in.
+    again = await WsClient.open(server.http_port, "again")
+    status, _, _ = await http(server.http_port, "/healthz")
+    assert status == 200
+    await again.close()
+
+
+async def test_a_frame_with_its_own_newline_is_one_line(start_server: StartServer) -> None:
+    server = await start_server(http_port=0, msg_rate=5, msg_burst=4)
+    ann = await WsClient.open(server.http_port, "ann")
+    await ann.send("/ping a\n", "/ping b\r\n", "/ping c")
+    for token in "abc":
+        await ann.expect("pong", token=token)
+    assert server.stats.rate_delayed == 0  # three lines, within the burst of four
+    await ann.close()
 
 
 async def test_shutdown_says_goodbye_to_websockets(start_server: StartServer) -> None:
@@ -294,7 +314,13 @@ async def test_healthz_follows_the_store(start_server: StartServer, tmp_path: An
     assert event["code"] == "storage_unavailable"
     status, _, body = await http(server.http_port, "/healthz")
     assert status == 503
-    assert body == b"the store failed its last write\n"
+    assert body == b"a store write failed in the last 30 s\n"
+    # With no traffic to prove it healthy, the failure is forgotten in time.
+    assert store.last_failure is not None
+    store.last_failure -= store.FAILURE_MEMORY
+    assert (await http(server.http_port, "/healthz"))[0] == 200
+    event, _ = await fill_store(store, alice)  # the database is still full
+    assert (await http(server.http_port, "/healthz"))[0] == 503
 
     await free_store(store)
     await alice.send("after")

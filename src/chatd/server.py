@@ -60,12 +60,17 @@ class Server:
             else None
         )
         self._sessions: dict[Session, asyncio.Task[None]] = {}
+        #: Connection slots, in all and per address: every session, and every
+        #: web-port connection from accept (see chatd.web).
+        self._slots = 0
         self._per_ip: Counter[str] = Counter()
         self._listener: asyncio.Server | None = None
         self._tls_listener: asyncio.Server | None = None
         self._web: WebGateway | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._registry: CollectorRegistry | None = None
+        #: The last store probe of /healthz: (time.monotonic(), answer).
+        self._probe: tuple[float, tuple[bool, str]] | None = None
         self._closing = False
         self._refusals = _WindowedLog("refused a connection from %s: %s")
         self._tls_failures = _WindowedLog("TLS handshake with %s failed: %s", logging.INFO)
@@ -119,6 +124,7 @@ class Server:
                 self._web = WebGateway(
                     s,
                     self._on_websocket,
+                    (self._take_web_slot, self._release),
                     self.health,
                     self.metrics,
                     self.tls.context if self.tls else None,
@@ -167,16 +173,20 @@ class Server:
         """(healthy, why): accepting connections, and the store commits."""
         if self._closing:
             return False, "shutting down"
-        if not self.manager.store.healthy:
-            return False, "the store failed its last write"
-        try:
-            async with asyncio.timeout(5.0):
-                writable = await self.manager.store.writable()
-        except TimeoutError:
-            return False, "the store did not answer within 5 s"
-        if not writable:
-            return False, "the store is not writable"
-        return True, "ok"
+        store = self.manager.store
+        if not store.healthy:
+            return False, "a store write failed in the last 30 s"
+        # The probe is a real commit: one a second at most, however often asked.
+        now = time.monotonic()
+        if self._probe is None or now - self._probe[0] > 1.0:
+            try:
+                async with asyncio.timeout(5.0):
+                    writable = await store.writable()
+                why = "ok" if writable else "the store is not writable"
+            except TimeoutError:
+                writable, why = False, "the store did not answer within 5 s"
+            self._probe = (now, (writable, why))
+        return self._probe[1]
 
     def metrics(self) -> tuple[bytes, str]:
         """The Prometheus exposition and its content type."""
@@ -214,7 +224,7 @@ class Server:
         refusal: ChatError | None = None
         if self._closing:
             refusal = ServerFull("the server is shutting down")
-        elif len(self._sessions) >= self.settings.max_clients:
+        elif self._slots >= self.settings.max_clients:
             refusal = ServerFull(f"the server is full ({self.settings.max_clients} clients)")
         elif self._per_ip[ip] >= self.settings.max_per_ip:
             refusal = TooManyConnections(
@@ -252,16 +262,34 @@ class Server:
         # against max_per_ip like any other connection.
         await self._serve(conn, handshake=conn)
 
-    async def _on_websocket(self, conn: WebSocketConnection) -> None:
-        if (refusal := self._refusal(_ip(conn))) is not None:
-            conn.write([render(Error.of(refusal), Format.JSON)])
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(2.0):
-                    await conn.close()
-            return
-        await self._serve(conn)
+    def _take(self, ip: str) -> None:
+        self._slots += 1
+        self._per_ip[ip] += 1
 
-    async def _serve(self, conn: Connection, handshake: TLSConnection | None = None) -> None:
+    def _release(self, ip: str) -> None:
+        self._slots -= 1
+        self._per_ip[ip] -= 1
+        if not self._per_ip[ip]:
+            del self._per_ip[ip]
+
+    def _take_web_slot(self, ip: str) -> bool:
+        """A web-port connection was accepted: admit it, or refuse it (False)."""
+        if self._refusal(ip) is not None:
+            return False
+        self._take(ip)
+        return True
+
+    async def _on_websocket(self, conn: WebSocketConnection) -> None:
+        # Admitted when its connection was accepted; it keeps that slot.
+        await self._serve(conn, slot_held=True)
+
+    async def _serve(
+        self,
+        conn: Connection,
+        handshake: TLSConnection | None = None,
+        *,
+        slot_held: bool = False,
+    ) -> None:
         """Run one admitted connection's session to its end."""
         ip = _ip(conn)
         task = asyncio.current_task()
@@ -274,7 +302,8 @@ class Server:
             auth=self.auth,
         )
         self._sessions[session] = task
-        self._per_ip[ip] += 1
+        if not slot_held:
+            self._take(ip)
         try:
             if handshake is not None and not await self._handshake(handshake):
                 return
@@ -287,9 +316,8 @@ class Server:
             logger.debug("session %s cancelled", session.peer)
         finally:
             del self._sessions[session]
-            self._per_ip[ip] -= 1
-            if not self._per_ip[ip]:
-                del self._per_ip[ip]
+            if not slot_held:
+                self._release(ip)
 
     async def _handshake(self, conn: TLSConnection) -> bool:
         """The TLS handshake, within its deadline; False (and closed) if it fails."""

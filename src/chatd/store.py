@@ -101,8 +101,16 @@ class Store(abc.ABC):
 
     #: The highest message id ever stored; new ids continue after it.
     last_id: int = 0
-    #: False from a failed write until a message is stored again.
-    healthy: bool = True
+    #: time.monotonic() of the last failed write; None once a message is stored.
+    last_failure: float | None = None
+    #: Seconds a failed write keeps the store unhealthy if no message is stored.
+    FAILURE_MEMORY = 30.0
+
+    @property
+    def healthy(self) -> bool:
+        """False for a while after a failed write, until a message is stored."""
+        failed = self.last_failure
+        return failed is None or time.monotonic() - failed > self.FAILURE_MEMORY
 
     async def open(self) -> None:  # noqa: B027 (optional hook)
         """Make the store ready; raise StoreError with a clear text if it cannot be."""
@@ -506,9 +514,9 @@ class SqliteStore(Store):
     ) -> None:
         self._pending -= len(batch)
         if error is not None:
-            self.healthy = False
+            self.last_failure = time.monotonic()
         elif any(w.row is not None for w in batch):
-            self.healthy = True
+            self.last_failure = None
         for i, write in enumerate(batch):
             try:
                 write.done(results[i] if error is None else None, error)

@@ -10,21 +10,24 @@ One ``websockets`` server on the daemon's event loop answers:
   commits, 503 with the reason otherwise;
 * ``GET /metrics``: Prometheus text format (:mod:`chatd.metrics`).
 
-websockets parses HTTP and frames; nothing here does. A WebSocket session
-is admitted like a TCP one (``max_clients``, ``max_per_ip``) and runs the
-same :class:`~chatd.session.Session`, so limits, flood control and slow
-consumer handling are the same on every transport.
+websockets parses HTTP and frames; nothing here does. Every connection to
+the web port holds a connection slot from accept to close, counted with the
+chat ports' (``max_clients``, ``max_per_ip``), so idle HTTP connections
+cannot exhaust the daemon's file descriptors; a WebSocket keeps its slot
+for its session, which is the same :class:`~chatd.session.Session` as on
+TCP, with the same limits, flood control and slow consumer handling.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http
 import importlib.resources
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server as WsServer
@@ -141,7 +144,7 @@ class WebSocketConnection:
             frame = await self._ws.recv(decode=False)
         except ConnectionClosed:
             return b""
-        return frame + b"\n"
+        return frame if frame.endswith(b"\n") else frame + b"\n"
 
     def write(self, chunks: list[bytes]) -> None:
         ws = self._ws
@@ -175,8 +178,38 @@ class WebSocketConnection:
         await self._ws.wait_closed()
 
 
-#: Runs a WebSocket session to its end (the server's admission and session).
+#: Runs a WebSocket session to its end, in the slot its connection holds.
 SessionRunner = Callable[[WebSocketConnection], Awaitable[None]]
+#: Takes a connection slot for an address (False: refused), and gives it back.
+TakeSlot = Callable[[str], bool]
+ReleaseSlot = Callable[[str], None]
+
+
+def _slot_holding(take: TakeSlot, release: ReleaseSlot) -> type[ServerConnection]:
+    """A ServerConnection that holds a connection slot from accept to close."""
+
+    class SlotConnection(ServerConnection):
+        slot: str | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            peer = transport.get_extra_info("peername")
+            ip = str(peer[0]) if peer else "?"
+            if take(ip):
+                self.slot = ip
+            else:
+                # Refused before any HTTP, so refusals cost no more than a TCP one.
+                cast(asyncio.Transport, transport).abort()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            if self.slot is not None:
+                release(self.slot)
+                self.slot = None
+
+    return SlotConnection
+
+
 #: (healthy, reason) for /healthz.
 HealthCheck = Callable[[], Awaitable[tuple[bool, str]]]
 
@@ -188,12 +221,14 @@ class WebGateway:
         self,
         settings: Settings,
         run_session: SessionRunner,
+        slots: tuple[TakeSlot, ReleaseSlot],
         health: HealthCheck,
         metrics: Callable[[], tuple[bytes, str]],
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self._settings = settings
         self._run_session = run_session
+        self._slots = slots
         self._health = health
         self._metrics = metrics
         self._tls = tls
@@ -227,7 +262,9 @@ class WebGateway:
             open_timeout=s.tls_handshake_timeout,
             close_timeout=2.0,
             server_header=None,
+            create_connection=_slot_holding(*self._slots),
             backlog=s.backlog,
+            ssl_handshake_timeout=s.tls_handshake_timeout if self._tls else None,
         )
         scheme = "https" if self._tls else "http"
         for host, port in self.addresses:
