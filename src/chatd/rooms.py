@@ -344,20 +344,16 @@ class RoomManager:
             event.id, event.ts, room.name, nick, None, text, action, member.account
         )
         key = room.key
-        arrived = time.perf_counter()
 
-        def stored(exc: BaseException | None) -> None:
-            if exc is not None:
-                self._store_failed(member, exc)
-                return
-            committed = time.perf_counter()
+        def deliver() -> int | None:
             live = self._rooms.get(key)
-            if live is not None:
-                live.remember(event)
-                self._fanout(live, event)
-                self._count(len(live.members), arrived, committed)
+            if live is None:
+                return None
+            live.remember(event)
+            self._fanout(live, event)
+            return len(live.members)
 
-        self.store.append(record, stored)
+        self._store_then(member, record, deliver)
 
     def direct(self, member: Member, to: str, text: str) -> None:
         target = self._nicks.get(name_key(to))
@@ -370,20 +366,14 @@ class RoomManager:
             event.id, event.ts, None, nick, target_nick, text, False, member.account, target.account
         )
 
-        arrived = time.perf_counter()
-
-        def stored(exc: BaseException | None) -> None:
-            if exc is not None:
-                self._store_failed(member, exc)
-                return
-            committed = time.perf_counter()
+        def deliver() -> int:
             audience: dict[Member, None] = {member: None}
             if target.key is not None and self._nicks.get(target.key) is target:
                 audience[target] = None
             self._send_all(audience, event)
-            self._count(len(audience), arrived, committed)
+            return len(audience)
 
-        self.store.append(record, stored)
+        self._store_then(member, record, deliver)
 
     def set_topic(self, member: Member, text: str) -> None:
         room = self._current(member)
@@ -431,13 +421,30 @@ class RoomManager:
         before = room.recent[0].id if room.older else None
         self._tell(member, History(room.name, None, len(room.recent), room.older, before))
 
-    def _count(self, recipients: int, arrived: float, committed: float) -> None:
-        """Account for one message stored and fanned out."""
-        stats = self.stats
-        stats.messages_in += 1
-        stats.messages_out += recipients
-        stats.store_latency.observe(committed - arrived)
-        stats.fanout_latency.observe(time.perf_counter() - arrived)
+    def _store_then(
+        self, member: Member, record: StoredMessage, deliver: Callable[[], int | None]
+    ) -> None:
+        """Store a message, then deliver it and count it (unless deliver returns None).
+
+        If the store fails, the sender is told and nobody sees the message.
+        """
+        arrived = time.perf_counter()
+
+        def stored(exc: BaseException | None) -> None:
+            if exc is not None:
+                self._store_failed(member, exc)
+                return
+            committed = time.perf_counter()
+            recipients = deliver()
+            if recipients is None:
+                return
+            stats = self.stats
+            stats.messages_in += 1
+            stats.messages_out += recipients
+            stats.store_latency.observe(committed - arrived)
+            stats.fanout_latency.observe(time.perf_counter() - arrived)
+
+        self.store.append(record, stored)
 
     @property
     def room_count(self) -> int:

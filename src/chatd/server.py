@@ -154,16 +154,16 @@ class Server:
             self._configure_socket(sock)
         return listener
 
+    def _stop_listening(self) -> None:
+        for listener in (self._listener, self._tls_listener, self._web):
+            if listener is not None:
+                listener.close()
+
     async def _close_listeners(self) -> None:
-        listeners = [x for x in (self._listener, self._tls_listener) if x is not None]
-        for listener in listeners:
-            listener.close()
-        if self._web is not None:
-            self._web.close()
-        for listener in listeners:
-            await listener.wait_closed()
-        if self._web is not None:
-            await self._web.wait_closed()
+        self._stop_listening()
+        for listener in (self._listener, self._tls_listener, self._web):
+            if listener is not None:
+                await listener.wait_closed()
 
     def reload_tls(self) -> bool:
         """Read the certificate and key again (SIGHUP); False if that failed."""
@@ -358,11 +358,7 @@ class Server:
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.wait([self._sweeper])
-        for listener in (self._listener, self._tls_listener):
-            if listener is not None:
-                listener.close()
-        if self._web is not None:
-            self._web.close()
+        self._stop_listening()
         sessions = list(self._sessions.items())
         logger.info("shutting down: %d sessions", len(sessions))
         for session, _ in sessions:

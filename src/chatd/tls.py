@@ -168,14 +168,6 @@ class TLSConnection(StreamConnection):
             self._ssl.unwrap()
         self._send_outgoing()
 
-    async def close(self) -> None:
-        # Discard what the client still sends until it closes, as over TCP.
-        with contextlib.suppress(ConnectionError, OSError):
-            while await self._reader.read(self.read_size):
-                pass
-        self._writer.close()
-        await self.wait_closed()
-
 
 def generate_certificate(
     cert_path: str | os.PathLike[str],
