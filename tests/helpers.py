@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -428,3 +429,98 @@ async def start_fails(*args: str) -> str:
     assert proc.returncode == 1, text
     assert "Traceback" not in text
     return text
+
+
+# ---------------------------------------------------------------------------
+# A real redis-server for cluster mode
+
+
+class RedisServer:
+    """``redis-server`` on a loopback port, without persistence, stopped by pid."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc = proc
+        self.port = port
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @classmethod
+    async def start(cls, exe: str, port: int | None = None) -> RedisServer:
+        port = port or free_port()
+        proc = await asyncio.create_subprocess_exec(
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--loglevel",
+            "warning",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        server = cls(proc, port)
+        try:
+            await until_async(server.ping, f"redis-server answering on port {port}")
+        except BaseException:
+            await server.stop()
+            raise
+        return server
+
+    async def ping(self) -> bool:
+        if self.proc.returncode is not None:
+            raise AssertionError(f"redis-server exited with {self.proc.returncode}")
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            return False
+        try:
+            writer.write(b"PING\r\n")
+            return (await reader.readline()).startswith(b"+PONG")
+        except OSError:
+            return False
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def command(self, *args: str) -> bytes:
+        """One command in inline form; the first line of the answer."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            writer.write(" ".join(args).encode() + b"\r\n")
+            async with asyncio.timeout(DEADLINE):
+                return await reader.readline()
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def stop(self, sig: int = 15) -> None:
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+            try:
+                async with asyncio.timeout(DEADLINE):
+                    await self.proc.wait()
+            finally:
+                if self.proc.returncode is None:
+                    self.proc.kill()
+                    await self.proc.wait()
+
+
+async def until_async(
+    predicate: Callable[[], Awaitable[bool]], what: str, timeout: float = DEADLINE
+) -> None:
+    """:func:`until` for a condition that takes a round trip to check."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not await predicate():  # noqa: ASYNC110 (a remote state, no event)
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"{what}: not within {timeout} s") from None

@@ -290,6 +290,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="argon2id cost: standard (19 MiB, 2 passes) or test (the cheapest; "
         "only for test suites)",
     )
+    cluster = serve.add_argument_group("cluster (see docs/CLUSTER.md)")
+    cluster.add_argument(
+        "--redis",
+        metavar="URL",
+        default=os.environ.get("CHATD_REDIS"),
+        help="join the daemons using this Redis server (redis://HOST:6379/0) into one "
+        "chat; accounts, topics and history then live in Redis and --db is not used "
+        "(env CHATD_REDIS)",
+    )
+    cluster.add_argument(
+        "--node-id",
+        metavar="NAME",
+        default=os.environ.get("CHATD_NODE_ID"),
+        help="this daemon's name in the cluster, unique among running nodes "
+        "(env CHATD_NODE_ID; default: HOSTNAME-PID)",
+    )
+    cluster.add_argument(
+        "--node-ttl",
+        type=float,
+        default=_DEFAULTS.node_ttl,
+        help="seconds after a node's last heartbeat before the others drop its users",
+    )
+    cluster.add_argument(
+        "--redis-history",
+        type=int,
+        default=_DEFAULTS.redis_history,
+        help="messages kept per room or private conversation in Redis (approximate)",
+    )
     tls = serve.add_argument_group("TLS (see 'chatd gencert' for a development certificate)")
     tls.add_argument(
         "--tls-cert",
@@ -473,6 +501,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             sndbuf=args.sndbuf,
             db=args.db,
             db_sync=args.db_sync,
+            redis=args.redis,
+            node_id=args.node_id,
+            node_ttl=args.node_ttl,
+            redis_history=args.redis_history,
             history_on_join=args.history_on_join,
             login_fail_delay=args.login_fail_delay,
             password_cost=args.password_cost,

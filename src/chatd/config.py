@@ -54,6 +54,15 @@ class Settings:
     #: SQLite's synchronous mode: "normal" survives a crash of the daemon,
     #: "full" also a crash of the machine (an fsync per group commit).
     db_sync: str = "normal"
+    #: Cluster mode: the Redis server that joins several daemons into one chat
+    #: (see chatd.cluster); None runs one daemon on its own store.
+    redis: str | None = None
+    #: This daemon's name in the cluster (None: HOSTNAME-PID).
+    node_id: str | None = None
+    #: Seconds after a node's last heartbeat before its users are dropped.
+    node_ttl: float = 10.0
+    #: Messages kept per conversation in Redis (trimmed approximately).
+    redis_history: int = 10_000
     #: Messages a member is shown when joining a room.
     history_on_join: int = 20
     #: Password hashing cost: "standard" (argon2id, 19 MiB, 2 passes) or
@@ -95,6 +104,7 @@ class Settings:
             "tls_handshake_timeout",
             "ws_ping_interval",
             "ws_ping_timeout",
+            "node_ttl",
         ):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number")
@@ -136,5 +146,10 @@ class Settings:
             raise ValueError("tls_only needs a certificate and a key")
         if min(self.tls_handshake_timeout, self.ws_ping_interval, self.ws_ping_timeout) <= 0:
             raise ValueError("tls_handshake_timeout and the WebSocket ping times must be > 0")
+        if self.node_ttl < 1 or self.redis_history < 1:
+            raise ValueError("node_ttl must be at least 1 s and redis_history at least 1")
+        node = self.node_id
+        if node is not None and not (node.isprintable() and node and node.split() == [node]):
+            raise ValueError("node_id must be printable, without spaces, and not empty")
         if self.register_timeout <= 0 or self.write_timeout <= 0 or self.shutdown_grace < 0:
             raise ValueError("register_timeout and write_timeout must be > 0, shutdown_grace >= 0")

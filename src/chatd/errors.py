@@ -33,7 +33,8 @@ are for humans and may.
         ├── TooManyConnections      too_many_connections
         ├── RegistrationTimeout     registration_timeout
         ├── LoginThrottled          login_throttled
-        └── StorageUnavailable      storage_unavailable
+        ├── StorageUnavailable      storage_unavailable
+        └── ClusterUnavailable      cluster_unavailable
 
 Names avoid the builtins (``ConnectionError``, ``TimeoutError``) on purpose.
 """
@@ -159,6 +160,12 @@ class StorageUnavailable(LimitError):
     code = "storage_unavailable"
 
 
+class ClusterUnavailable(LimitError):
+    """Cluster mode: Redis cannot be reached (or falls behind); nothing was done."""
+
+    code = "cluster_unavailable"
+
+
 #: Every wire code, for documentation and tests.
 ALL_CODES: tuple[str, ...] = tuple(
     cls.code
@@ -186,5 +193,6 @@ ALL_CODES: tuple[str, ...] = tuple(
         RegistrationTimeout,
         LoginThrottled,
         StorageUnavailable,
+        ClusterUnavailable,
     )
 )

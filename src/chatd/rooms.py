@@ -17,8 +17,13 @@ two calls that never block:
 
 Every event bound for a room goes through :meth:`RoomManager._fanout`, which
 renders it once per format and hands the same ``bytes`` object to every
-recipient. That method is the seam where a message bus spanning several
-daemons plugs in.
+recipient.
+
+In cluster mode (:mod:`chatd.cluster`) the manager holds this node's members
+only. It tells the :class:`~chatd.cluster.Cluster` of every membership
+change and publishes room events through it; room messages are stored and
+published by the store in one step and delivered when they come back from
+Redis (:meth:`RoomManager.remote_message`), so every node sees one order.
 
 Messages (room lines and DMs) go to the :class:`~chatd.store.Store` first
 and are fanned out when the store says they are durable, in store order: a
@@ -33,8 +38,10 @@ import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from chatd.errors import (
+    ChatError,
     NickRegistered,
     NickTaken,
     NoSuchNick,
@@ -66,6 +73,9 @@ from chatd.protocol import (
 )
 from chatd.stats import Stats
 from chatd.store import MemoryStore, RoomRecord, Store, StoredMessage
+
+if TYPE_CHECKING:
+    from chatd.cluster import Cluster
 
 #: Writes the store may have queued before new messages are refused.
 MAX_STORE_BACKLOG = 50_000
@@ -103,7 +113,7 @@ class Member:
 
 
 class Room:
-    __slots__ = ("key", "members", "name", "older", "recent", "topic", "topic_by")
+    __slots__ = ("key", "members", "name", "older", "recent", "seen", "topic", "topic_by")
 
     def __init__(self, name: str, history: int) -> None:
         self.name = name
@@ -115,6 +125,8 @@ class Room:
         #: The last messages, shown on join; ``older``: the store has more.
         self.recent: deque[Message] = deque(maxlen=history)
         self.older = False
+        #: Cluster mode: the id of the last message delivered (ids only grow).
+        self.seen = 0
 
     def remember(self, event: Message) -> None:
         recent = self.recent
@@ -155,6 +167,8 @@ class RoomManager:
         self.store: Store = store if store is not None else MemoryStore()
         self.stats = stats if stats is not None else Stats()
         self._clock = clock
+        #: Set by :class:`~chatd.cluster.Cluster` in cluster mode.
+        self.cluster: Cluster | None = None
         self._nicks: dict[str, Member] = {}
         self._rooms: dict[str, Room] = {}
         self._next_id = 1
@@ -163,7 +177,11 @@ class RoomManager:
     async def restore(self) -> None:
         """Take up where the store left off: message ids, rooms with topics."""
         self._next_id = self.store.last_id + 1
-        for record in await self.store.rooms():
+        records = await self.store.rooms()
+        if self.cluster is not None:
+            # Other rooms become live here when someone here joins them.
+            records = [r for r in records if name_key(r.name) == DEFAULT_ROOM]
+        for record in records:
             room = self._rooms.get(name_key(record.name)) or self._add_room(record.name)
             room.topic, room.topic_by = record.topic, record.topic_by
         if self.history_on_join:
@@ -173,6 +191,17 @@ class RoomManager:
     def is_live(self, room_name: str) -> bool:
         """Whether a room is in memory (else a join should fetch its history first)."""
         return name_key(room_name) in self._rooms
+
+    def members(self) -> list[Member]:
+        """Every member with a nickname."""
+        return list(self._nicks.values())
+
+    def live_rooms(self) -> list[str]:
+        """The keys of the rooms in memory."""
+        return list(self._rooms)
+
+    def live_room_objects(self) -> list[Room]:
+        return list(self._rooms.values())
 
     # -- queries ---------------------------------------------------------
 
@@ -202,7 +231,7 @@ class RoomManager:
 
     def register(self, member: Member, nick: str) -> None:
         """Give a new member its nickname and put it in the default room."""
-        self._check_guest_nick(nick)
+        self.check_guest_nick(nick)
         self._register(member, nick)
 
     def _register(self, member: Member, nick: str) -> None:
@@ -214,7 +243,7 @@ class RoomManager:
         self._tell(member, Registered(nick, member.account is not None))
         self.join(member, DEFAULT_ROOM)
 
-    def _check_guest_nick(self, nick: str) -> None:
+    def check_guest_nick(self, nick: str) -> None:
         if self.store.is_registered(nick):
             raise NickRegistered(
                 f"{nick} is a registered nickname; /login {nick} PASSWORD, or pick another"
@@ -225,7 +254,7 @@ class RoomManager:
         assert member.key is not None
         leaves_account = False
         if name_key(nick) != member.key:
-            self._check_guest_nick(nick)
+            self.check_guest_nick(nick)
             leaves_account = member.account is not None
         self._rename(member, nick)
         if leaves_account:
@@ -256,7 +285,7 @@ class RoomManager:
         """
         holder = self._nicks.get(name_key(nick))
         if holder is not None and holder is not member:
-            self.disconnect(holder, "logged in from elsewhere")
+            self.disconnect(holder, "logged in from elsewhere", release=False)
             holder.kick("logged in from elsewhere")
         member.account = account
         if member.key is None:
@@ -307,6 +336,8 @@ class RoomManager:
                     self._seed(room, *history)
             room.members[member] = None
             member.rooms[key] = room
+            if self.cluster is not None:
+                self.cluster.joined(member, room.key, room.name)
             self._announce(room, member, Joined(room.name, member.nick or ""))
             if room.topic:
                 self._tell(member, TopicIs(room.name, room.topic, room.topic_by))
@@ -339,6 +370,13 @@ class RoomManager:
         room = self._current(member)
         self._check_store()
         nick = member.nick or ""
+        if self.cluster is not None:
+            # The store publishes it; every node delivers it as it comes back.
+            record = StoredMessage(
+                0, self._now(), room.name, nick, None, text, action, member.account
+            )
+            self._store_then(member, record, lambda: 0)
+            return
         event = Message(self._take_id(), self._now(), room.name, nick, text, action)
         record = StoredMessage(
             event.id, event.ts, room.name, nick, None, text, action, member.account
@@ -381,8 +419,12 @@ class RoomManager:
         self.store.save_room(RoomRecord(room.name, text, member.nick))
         self._fanout(room, TopicIs(room.name, text, member.nick, changed=True))
 
-    def disconnect(self, member: Member, reason: str) -> None:
-        """Remove a member everywhere; tell each of its rooms why it left."""
+    def disconnect(self, member: Member, reason: str, *, release: bool = True) -> None:
+        """Remove a member everywhere; tell each of its rooms why it left.
+
+        ``release=False`` keeps the nickname taken in the cluster (it passes
+        to another member of this node).
+        """
         if member.key is None:
             return
         for room in list(member.rooms.values()):
@@ -392,7 +434,89 @@ class RoomManager:
                 self._fanout(room, Left(room.name, member.nick or "", reason))
         member.current = None
         del self._nicks[member.key]
+        if self.cluster is not None and release:
+            self.cluster.released(member.key)
         member.key = None
+
+    # -- cluster mode ------------------------------------------------------
+
+    def barrier(self, done: Callable[[], None]) -> None:
+        """``done`` once everything said before is stored and delivered."""
+        if self.cluster is not None:
+            self.cluster.barrier(done)
+        else:
+            self.store.barrier(done)
+
+    def open_room(self, name: str) -> Room:
+        """The room in memory, made live (cluster mode) before anyone joins it."""
+        room = self._rooms.get(name_key(name))
+        if room is None:
+            if len(self._rooms) >= self.max_rooms:
+                raise TooManyRooms(
+                    f"this server has {len(self._rooms)} rooms live, the most allowed"
+                )
+            room = self._add_room(name)
+        return room
+
+    def close_room(self, room: Room) -> None:
+        """Forget a live room nobody here is in (cluster mode)."""
+        if room.members or room.key == DEFAULT_ROOM or self._rooms.get(room.key) is not room:
+            return
+        del self._rooms[room.key]
+        if self.cluster is not None:
+            self.cluster.closed(room.key)
+
+    def seed(self, room: Room, messages: Sequence[StoredMessage], more: bool) -> None:
+        self._seed(room, messages, more)
+
+    def remote_message(self, event: Message) -> None:
+        """A room message from the cluster (this node's own included)."""
+        room = self._rooms.get(name_key(event.room))
+        if room is None or event.id <= room.seen:
+            return
+        room.seen = event.id
+        room.remember(event)
+        self._send_all(room.members, event)
+        self.stats.messages_out += len(room.members)
+
+    def remote_direct(self, event: Direct) -> None:
+        target = self._nicks.get(name_key(event.to))
+        if target is not None:
+            target.deliver(render(event, target.fmt))
+            self.stats.messages_out += 1
+
+    def remote_event(self, room_key: str, event: Event) -> None:
+        """A join, leave or topic from another node."""
+        room = self._rooms.get(room_key)
+        if room is None:
+            return
+        if isinstance(event, TopicIs):
+            room.topic, room.topic_by = event.topic, event.by
+        self._send_all(room.members, event)
+
+    def remote_rename(self, event: NickChanged, room_keys: Iterable[str]) -> None:
+        audience: dict[Member, None] = {}
+        for key in room_keys:
+            room = self._rooms.get(key)
+            if room is not None:
+                audience.update(room.members)
+        self._send_all(audience, event)
+
+    def remote_kick(self, key: str, reason: str) -> None:
+        """Someone logged in to this member's account on another node."""
+        member = self._nicks.get(key)
+        if member is not None:
+            self.disconnect(member, reason, release=False)
+            member.kick(reason)
+
+    async def send_direct(self, member: Member, to: str, text: str) -> None:
+        """A private message through the cluster, to whichever node holds ``to``."""
+        assert self.cluster is not None
+        self._check_store()
+        event = await self.cluster.direct(member, to, text, self._now())
+        self._tell(member, event)
+        self.stats.messages_in += 1
+        self.stats.messages_out += 1
 
     # -- internals -------------------------------------------------------
 
@@ -408,11 +532,18 @@ class RoomManager:
 
     @staticmethod
     def _seed(room: Room, messages: Sequence[StoredMessage], more: bool) -> None:
+        """Merge stored messages with what the room already shows, in id order."""
+        merged = {event.id: event for event in room.recent}
         for m in messages:
-            event = stored_event(m)
-            if isinstance(event, Message):
-                room.remember(event)
+            if m.id not in merged and isinstance(event := stored_event(m), Message):
+                merged[m.id] = event
+        room.recent.clear()
+        room.older = False
+        for message_id in sorted(merged):
+            room.remember(merged[message_id])
         room.older = room.older or more
+        if room.recent:
+            room.seen = max(room.seen, room.recent[-1].id)
 
     def _show_history(self, member: Member, room: Room) -> None:
         fmt = member.fmt
@@ -455,14 +586,21 @@ class RoomManager:
             raise StorageUnavailable("the message store is falling behind; try again shortly")
 
     def _store_failed(self, member: Member, exc: BaseException) -> None:
-        self._tell(member, Error.of(StorageUnavailable(f"your message was not sent: {exc}")))
+        if not isinstance(exc, ChatError):
+            exc = StorageUnavailable(f"your message was not sent: {exc}")
+        self._tell(member, Error.of(exc))
 
     def _remove(self, member: Member, room: Room) -> None:
         del room.members[member]
         del member.rooms[room.key]
         if member.current is room:
             member.current = None
-        if not room.members and room.key != DEFAULT_ROOM and not room.topic:
+        cluster = self.cluster
+        if cluster is not None:
+            cluster.left(member, room.key)
+            if not room.members and not cluster.opening(room.key):
+                self.close_room(room)
+        elif not room.members and room.key != DEFAULT_ROOM and not room.topic:
             del self._rooms[room.key]
 
     def _take_id(self) -> int:
@@ -483,8 +621,11 @@ class RoomManager:
             self._fanout(room, event)
 
     def _fanout(self, room: Room, event: Event) -> None:
-        """Deliver an event to every member of a room, rendering once per format."""
+        """Deliver an event to every member of a room, rendering once per format
+        (and, in cluster mode, to its members on the other nodes)."""
         self._send_all(room.members, event)
+        if self.cluster is not None:
+            self.cluster.publish(room.key, event)
 
     @staticmethod
     def _send_all(members: Iterable[Member], event: Event) -> None:

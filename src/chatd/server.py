@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import ssl
 import sys
@@ -29,12 +30,14 @@ from chatd.protocol import Error, Format, render
 from chatd.rooms import RoomManager
 from chatd.session import LINGER_SECONDS, Connection, Session, StreamConnection
 from chatd.stats import Stats
-from chatd.store import open_store
+from chatd.store import Store, open_store
 from chatd.tls import ServerTLS, TLSConnection
 from chatd.web import WebGateway, WebSocketConnection
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+
+    from chatd.cluster import Cluster
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +47,38 @@ class Server:
 
     def __init__(self, settings: Settings, manager: RoomManager | None = None) -> None:
         self.settings = settings
-        self.manager = manager or RoomManager(
-            max_rooms_per_session=settings.max_rooms_per_session,
-            max_rooms=settings.max_total_rooms,
-            announce_limit=settings.announce_limit,
-            history_on_join=settings.history_on_join,
-            store=open_store(settings.db, sync=settings.db_sync),
-        )
+        self.cluster: Cluster | None = None
+        if manager is None:
+            store: Store
+            if settings.redis is not None:
+                from chatd.cluster import RedisLink, RedisStore
+
+                node = settings.node_id or f"{socket.gethostname()}-{os.getpid()}"
+                store = RedisStore(
+                    RedisLink(settings.redis), node=node, history=settings.redis_history
+                )
+            else:
+                store = open_store(settings.db, sync=settings.db_sync)
+            manager = RoomManager(
+                max_rooms_per_session=settings.max_rooms_per_session,
+                max_rooms=settings.max_total_rooms,
+                announce_limit=settings.announce_limit,
+                history_on_join=settings.history_on_join,
+                store=store,
+            )
+            if settings.redis is not None:
+                from chatd.cluster import Cluster, RedisStore
+
+                assert isinstance(store, RedisStore)
+                self.cluster = Cluster(
+                    store.link,
+                    store,
+                    manager,
+                    node=store.node,
+                    ttl=settings.node_ttl,
+                    history=settings.redis_history,
+                )
+        self.manager = manager
         self.stats: Stats = self.manager.stats
         self.auth = Auth(settings.password_cost, settings.login_fail_delay)
         #: Raises OSError or ssl.SSLError when the files do not load.
@@ -115,6 +143,8 @@ class Server:
         await store.open()
         s = self.settings
         try:
+            if self.cluster is not None:
+                await self.cluster.start()
             await self.manager.restore()
             if not s.tls_only:
                 self._listener = await self._listen(self._on_connect, s.port)
@@ -132,6 +162,8 @@ class Server:
                 await self._web.start()
         except BaseException:
             await self._close_listeners()
+            if self.cluster is not None:
+                await self.cluster.stop()
             await store.close()
             self.auth.close()
             raise
@@ -174,6 +206,8 @@ class Server:
         if self._closing:
             return False, "shutting down"
         store = self.manager.store
+        if self.cluster is not None and not self.cluster.link.up:
+            return False, self.cluster.link.why
         if not store.healthy:
             return False, "a store write failed in the last 30 s"
         # The probe is a real commit: one a second at most, however often asked.
@@ -377,6 +411,8 @@ class Server:
                 await asyncio.wait(late)
         await self._close_listeners()
         # Every session is over: nothing more can be written.
+        if self.cluster is not None:
+            await self.cluster.stop()
         await self.manager.store.close()
         self.auth.close()
         logger.info("shutdown complete")

@@ -49,6 +49,7 @@ from chatd.errors import (
     ChatError,
     LoginThrottled,
     NickRegistered,
+    NickTaken,
     NotInRoom,
     NotLoggedIn,
     NotRegistered,
@@ -810,12 +811,16 @@ class Session(Member):
                 self.tell(FormatIs(fmt))
             case Ping(token):
                 # After everything this session said is stored and delivered.
-                manager.store.barrier(lambda: self.tell(Pong(token)))
+                manager.barrier(lambda: self.tell(Pong(token)))
             case Help():
                 self.tell(HelpText())
             case Quit(reason):
                 self.tell(Bye(reason))
                 return f"quit: {reason}" if reason else "quit"
+            case Nick(name) if self.key is None and manager.cluster is not None:
+                return self._cluster_nick(name)
+            case Say(text) if self.key is None and manager.cluster is not None:
+                return self._cluster_nick(check_nick(text.strip()))
             case Nick(name) if self.key is None:
                 manager.register(self, name)
             case Say(text) if self.key is None:
@@ -827,12 +832,16 @@ class Session(Member):
                 raise NotRegistered(
                     "choose a nickname first: type it, /nick NAME, or /login NICK PASSWORD"
                 )
+            case Nick(name) if manager.cluster is not None:
+                return self._cluster_nick(name)
             case Nick(name):
                 manager.rename(self, name)
             case Say(text):
                 manager.say(self, text)
             case Me(text):
                 manager.say(self, text, action=True)
+            case Msg(nick, text) if manager.cluster is not None:
+                return manager.send_direct(self, nick, text)
             case Msg(nick, text):
                 manager.direct(self, nick, text)
             case Create(room) if manager.is_live(room):
@@ -845,6 +854,10 @@ class Session(Member):
                 return self._join_stored(room, create=False)
             case Leave(room):
                 manager.leave(self, room)
+            case ListRooms() if manager.cluster is not None:
+                return self._cluster_rooms()
+            case Who(room) if manager.cluster is not None:
+                return self._cluster_who(room)
             case ListRooms():
                 rooms = manager.room_list()
                 self.tell(rooms)
@@ -886,6 +899,13 @@ class Session(Member):
     async def _join_stored(self, room: str, *, create: bool) -> None:
         """Join a room that is not in memory, with its history from the store."""
         manager = self._manager
+        if manager.cluster is not None:
+            await manager.cluster.open(room, create=create)
+            if self.key is not None and not self._closing:
+                manager.join(self, room)
+            else:
+                manager.close_room(manager.open_room(room))
+            return
         history = None
         if manager.history_on_join:
             try:
@@ -894,6 +914,43 @@ class Session(Member):
                 logger.error("no history for #%s: %s", room, exc)
         if self.key is not None and not self._closing:
             manager.join(self, room, create=create, history=history)
+
+    async def _cluster_nick(self, nick: str) -> None:
+        """Choose or change a nickname, taken cluster-wide first."""
+        manager = self._manager
+        assert manager.cluster is not None
+        holder = manager.find(nick)
+        if holder is not None and holder is not self:
+            raise NickTaken(f"nickname {nick} is taken; pick another")
+        if self.key is not None and name_key(nick) != self.key:
+            manager.check_guest_nick(nick)
+        old = self.key
+        keep_account = self.account is not None and name_key(nick) == self.key
+        await manager.cluster.claim(self, nick, account=self.account if keep_account else None)
+        if self._closing or self.key != old:
+            if manager.find(nick) is None and name_key(nick) != self.key:
+                manager.cluster.released(name_key(nick))
+            return
+        if old is None:
+            manager.register(self, nick)
+        else:
+            manager.rename(self, nick)
+
+    async def _cluster_rooms(self) -> None:
+        assert self._manager.cluster is not None
+        rooms = await self._manager.cluster.room_list()
+        self.tell(rooms)
+        self._cost = len(rooms.rooms) // 100
+
+    async def _cluster_who(self, room: str | None) -> None:
+        assert self._manager.cluster is not None
+        if room is None:
+            if self.current is None:
+                raise NotInRoom("you are in no room; /join one")
+            room = self.current.name
+        who = await self._manager.cluster.who(room)
+        self.tell(who)
+        self._cost = len(who.nicks) // 100
 
     async def _register_account(self, password: str) -> None:
         auth, store = self._need_auth(), self._manager.store
@@ -939,6 +996,11 @@ class Session(Member):
         account = await self._check_password(nick, password)
         if self._closing:
             return
+        cluster = self._manager.cluster
+        if cluster is not None:
+            await cluster.claim(self, account.nick, account=account.id, takeover=True, guest=False)
+            if self._closing:
+                return
         self._manager.login(self, account.nick, account.id)
         logger.info("login %s from %s", self.nick, self.peer)
 
