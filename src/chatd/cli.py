@@ -1,4 +1,5 @@
-"""The ``chatd`` command: ``serve``, ``connect``, ``accounts``, ``gencert``, ``bench``.
+"""The ``chatd`` command: ``serve``, ``connect``, ``accounts``, ``gencert``, ``bench``,
+``health``.
 
 This is the only module that configures logging, picks the event loop and
 handles signals. Signals only set an event; the server does the rest.
@@ -8,10 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import logging
+import math
 import os
 import signal
+import socket
+import ssl
 import sys
 import time
 from collections.abc import Coroutine, Sequence
@@ -33,6 +38,26 @@ def _env(name: str, default: object) -> str:
     """A default from the environment, as a string that argparse converts and
     checks like a command-line value (so a bad value is a usage error)."""
     return os.environ.get(name) or str(default)
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"invalid duration {value!r} (a number of seconds > 0)")
+    return seconds
+
+
+def _port_number(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {value!r} (1-65535)")
+    return port
 
 
 def _log_level(value: str) -> str:
@@ -461,6 +486,51 @@ def build_parser() -> argparse.ArgumentParser:
     gencert.add_argument("--days", type=int, default=365, help="days the certificate is valid")
     gencert.add_argument("--force", action="store_true", help="overwrite existing files")
 
+    health = sub.add_parser(
+        "health",
+        help="check that a running daemon answers (for container health checks)",
+        description="Check that a running daemon answers. With a web port: GET /healthz, "
+        "which is 200 when the daemon accepts connections and its store commits. Without "
+        "one: connect to the chat port and wait for the welcome line. Exit 0 when healthy; "
+        "otherwise exit 1 with one line on stderr. The defaults come from the same "
+        "environment as 'chatd serve', so in the daemon's own environment (such as its "
+        "container) no flags are needed.",
+    )
+    health.add_argument(
+        "--host",
+        default=_env("CHATD_HOST", _DEFAULTS.host),
+        help="the daemon's address; the wildcards 0.0.0.0 and :: are probed on loopback "
+        "(127.0.0.1, ::1) (env CHATD_HOST; default: %(default)s)",
+    )
+    health.add_argument(
+        "--port",
+        type=_port_number,
+        default=_env("CHATD_PORT", _DEFAULTS.port),
+        help="chat port, probed when there is no web port (env CHATD_PORT; default: %(default)s)",
+    )
+    health.add_argument(
+        "--http-port",
+        type=_port_number,
+        default=os.environ.get("CHATD_HTTP_PORT") or None,
+        help="web port to probe with GET /healthz; without one the chat port is probed "
+        "(env CHATD_HTTP_PORT)",
+    )
+    health.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=bool(os.environ.get("CHATD_TLS_CERT")),
+        help="the web port speaks HTTPS, as it does when the daemon has a certificate; "
+        "on by default when CHATD_TLS_CERT is set. The certificate is not verified: the "
+        "check only asks whether the daemon answers",
+    )
+    health.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=5.0,
+        help="seconds the whole check may take; no answer in time is unhealthy "
+        "(default: %(default)s)",
+    )
+
     from chatd import bench
 
     bench_parser = sub.add_parser(
@@ -664,6 +734,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return manage_accounts(args)
     if args.command == "gencert":
         return generate_certificate(args)
+    if args.command == "health":
+        return check_health(args)
     from chatd.client import ClientOptions, run_client
     from chatd.tls import client_context
 
@@ -704,3 +776,114 @@ def generate_certificate(args: argparse.Namespace) -> int:
     print(f"serve:   chatd serve --tls-cert {args.cert} --tls-key {args.key}")
     print(f"connect: chatd connect --cafile {args.cert}")
     return 0
+
+
+class Unhealthy(Exception):
+    """Why a health check failed, in one line."""
+
+
+def check_health(args: argparse.Namespace) -> int:
+    """``chatd health``: exit 0 if the daemon answers in time, else 1 and the reason.
+
+    Synchronous, with the standard library only: it runs every few seconds in
+    a container, so it starts no event loop and none of the daemon's code.
+    Each step gets only the time left before one deadline for the whole check.
+    """
+    host = _probe_host(args.host)
+    deadline = time.monotonic() + args.timeout
+    if args.http_port is not None:
+        scheme = "https" if args.tls else "http"
+        target = f"{scheme}://{_host_port(host, args.http_port)}/healthz"
+    else:
+        target = f"chat port {_host_port(host, args.port)}"
+    try:
+        if args.http_port is not None:
+            _check_healthz(host, args.http_port, tls=args.tls, deadline=deadline)
+        else:
+            _check_welcome(host, args.port, deadline=deadline)
+    except Unhealthy as exc:
+        reason = str(exc)
+    except TimeoutError:
+        reason = f"no answer within {args.timeout:g} s"
+    except http.client.BadStatusLine as exc:
+        if isinstance(exc, http.client.RemoteDisconnected):
+            reason = "closed without an answer"
+        else:
+            reason = f"not an HTTP response: {exc}"
+    except (OSError, http.client.HTTPException) as exc:
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or repr(exc)
+    else:
+        return 0
+    # One line whatever came back (a stray welcome line, a multi-line reason).
+    reason = " ".join(reason.split())[:300]
+    print(f"chatd health: unhealthy: {target}: {reason}", file=sys.stderr)
+    return 1
+
+
+def _probe_host(host: str) -> str:
+    """The address to probe for a listening address: a wildcard means loopback.
+
+    ``::`` maps to ``::1``, not 127.0.0.1: asyncio binds IPv6 sockets with
+    IPV6_V6ONLY, so a daemon on ``::`` does not answer on IPv4.
+    """
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _remaining(deadline: float) -> float:
+    """Seconds left before the deadline; TimeoutError once it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    return left
+
+
+def _check_healthz(host: str, port: int, *, tls: bool, deadline: float) -> None:
+    conn: http.client.HTTPConnection
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        conn = http.client.HTTPSConnection(
+            host, port, timeout=_remaining(deadline), context=context
+        )
+    else:
+        conn = http.client.HTTPConnection(host, port, timeout=_remaining(deadline))
+    try:
+        conn.connect()
+        conn.sock.settimeout(_remaining(deadline))
+        conn.request("GET", "/healthz", headers={"Connection": "close"})
+        # The response is read from the same socket: this bounds the rest.
+        conn.sock.settimeout(_remaining(deadline))
+        response = conn.getresponse()
+        body = response.read(512).decode(errors="replace").strip()
+    finally:
+        conn.close()
+    if response.status != http.HTTPStatus.OK:
+        raise Unhealthy(f"{response.status} {body or response.reason}")
+
+
+def _check_welcome(host: str, port: int, *, deadline: float) -> None:
+    """Connect, read the first line, close: it must be the welcome line.
+
+    A full server answers with an error line instead (server_full), which is
+    reported as it came.
+    """
+    with socket.create_connection((host, port), timeout=_remaining(deadline)) as sock:
+        data = b""
+        while b"\n" not in data and len(data) < 4096:
+            sock.settimeout(_remaining(deadline))
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise Unhealthy(f"closed before the welcome line (got {data[:200]!r})")
+            data += chunk
+    line = data.split(b"\n", 1)[0].decode(errors="replace").strip()
+    if not line.startswith("* welcome"):
+        raise Unhealthy(f"no welcome line: {line[:200]}")
