@@ -84,6 +84,8 @@ logger = logging.getLogger(__name__)
 P: Final = "chatd:"
 #: Writes queued for Redis before new ones are refused (cluster_unavailable).
 MAX_QUEUED: Final = 20_000
+#: Connections to Redis per node (the subscriber, the writer, reads).
+MAX_CONNECTIONS: Final = 16
 #: Most writes in one pipelined batch.
 BATCH_MAX: Final = 500
 #: Seconds a single Redis command may take before Redis counts as gone.
@@ -323,13 +325,17 @@ class RedisLink:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+        # A blocking pool: past MAX_CONNECTIONS a command waits for a free
+        # connection (up to COMMAND_TIMEOUT) instead of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=COMMAND_TIMEOUT,
             socket_timeout=COMMAND_TIMEOUT,
             socket_connect_timeout=COMMAND_TIMEOUT,
             retry=Retry(NoBackoff(), 0),
-            max_connections=16,
         )
+        self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._scripts: dict[str, Any] = {}
         self._queue: deque[tuple[str, tuple[Any, ...], Callable[[Any], None]]] = deque()
         self._wake = asyncio.Event()
