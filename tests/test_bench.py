@@ -63,6 +63,16 @@ def test_bench_quick_with_the_redis_baseline() -> None:
     assert "rss_per_connection_kib_vs_redis" in reports["idle", "chatd"]
 
 
+def test_bench_quick_on_a_two_node_cluster() -> None:
+    """Every scenario with the clients spread over two daemons joined by Redis."""
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server must be installed under CI (.ci/run installs it)")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    reports = bench("--cluster", "2")
+    check_figures(reports, "chatd-cluster2")
+
+
 def test_bench_quick_history_and_login_on_a_database(tmp_path: Path) -> None:
     reports = bench("--scenario", "history,login,fanout", "--db", str(tmp_path / "bench.db"))
     history = reports["history", "chatd"]

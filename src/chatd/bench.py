@@ -41,6 +41,11 @@ Scenarios (``--scenario``, comma-separated):
 ``--transport ws`` runs the same scenarios with every chatd client on a
 WebSocket to the web port instead of a TCP connection (reported as server
 ``chatd-ws``).
+
+``--cluster N`` spawns a ``redis-server`` and N daemons joined through it
+(cluster mode) and spreads the clients of every scenario over the N daemons
+in turn, so a room's members are on every node (reported as server
+``chatd-clusterN``). Server CPU is then the sum over the daemons and Redis.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -105,29 +110,73 @@ class Target:
     #: How chatd's clients connect: "tcp" (JSON lines) or "ws" (WebSocket
     #: frames to the web port, which ``port`` then is).
     transport: str = "tcp"
+    #: Cluster mode: the other daemons (clients are spread over all of them)
+    #: and the Redis joining them.
+    others: list[Target] = field(default_factory=list)
 
     @property
     def label(self) -> str:
+        nodes = 1 + sum(t.kind == "chatd" for t in self.others)
+        if nodes > 1:
+            return f"{self.kind}-cluster{nodes}"
         return f"{self.kind}-ws" if self.transport == "ws" else self.kind
 
+    @property
+    def ports(self) -> list[int]:
+        return [self.port] + [t.port for t in self.others if t.kind == "chatd"]
+
     def cpu(self) -> float | None:
-        return proc_cpu_seconds(self.pid) if self.pid else None
+        if not self.pid:
+            return None
+        total = proc_cpu_seconds(self.pid)
+        for other in self.others:
+            total += other.cpu() or 0.0
+        return total
 
     def rss_kib(self) -> int | None:
         return proc_rss_kib(self.pid) if self.pid else None
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        """Stop the server (in cluster mode every daemon, then Redis)."""
+        for other in self.others:
+            if other.kind == "chatd":
+                other.stop()
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for other in self.others:
+            if other.kind != "chatd":
+                other.stop()
 
 
-def spawn_chatd(loop: str, db: str = ":memory:", transport: str = "tcp") -> Target:
+def spawn_cluster(loop: str, nodes: int) -> Target:
+    """A ``redis-server`` and ``nodes`` daemons joined through it."""
+    redis = spawn_redis()
+    targets: list[Target] = []
+    try:
+        for n in range(nodes):
+            targets.append(
+                spawn_chatd(
+                    loop,
+                    extra=["--redis", f"redis://127.0.0.1:{redis.port}/0", "--node-id", f"b{n}"],
+                )
+            )
+    except BaseException:
+        for target in [*targets, redis]:
+            target.stop()
+        raise
+    first = targets[0]
+    first.others = [*targets[1:], redis]
+    return first
+
+
+def spawn_chatd(
+    loop: str, db: str = ":memory:", transport: str = "tcp", extra: Sequence[str] = ()
+) -> Target:
     """Start ``chatd serve`` on a free loopback port, configured for load.
 
     A database file is emptied first: each spawn measures a fresh store.
@@ -160,6 +209,7 @@ def spawn_chatd(loop: str, db: str = ":memory:", transport: str = "tcp") -> Targ
     ]
     if transport == "ws":
         cmd += ["--http-port", "0", "--ws-ping-interval", "86400"]
+    cmd += extra
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     deadline = time.monotonic() + 30
@@ -250,6 +300,7 @@ class ClientSpec:
     room: str
     talks: bool = False  # sends messages
     samples: bool = False  # parses latency stamps
+    node: int = 0  # which of the target's ports (cluster mode)
 
 
 class BenchClient:
@@ -417,13 +468,13 @@ class Worker:
     async def connect_all(self, parallel: int | None) -> tuple[int, int]:
         """Connect every client; return (ready, failed)."""
         limiter = asyncio.Semaphore(parallel or len(self.clients) or 1)
-        host, port = self.job["host"], self.job["port"]
+        host, port, ports = self.job["host"], self.job["port"], self.job["ports"]
 
         async def one(client: BenchClient) -> bool:
             async with limiter:
                 try:
                     async with asyncio.timeout(60):
-                        await client.connect(host, port)
+                        await client.connect(host, ports[client.spec.node])
                 except (OSError, TimeoutError):
                     return False
                 return True
@@ -581,6 +632,10 @@ class Workers:
         ctx = multiprocessing.get_context("spawn")
         self.pipes: list[multiprocessing.connection.Connection] = []
         self.procs: list[multiprocessing.process.BaseProcess] = []
+        ports = target.ports
+        # Each talker is spread like the listeners: talkers and listeners are
+        # on every node.
+        specs = [replace(s, node=i % len(ports)) for i, s in enumerate(specs)]
         for n in range(procs):
             mine, theirs = ctx.Pipe()
             share = [tuple(vars(s).values()) for s in specs[n::procs]]
@@ -588,6 +643,7 @@ class Workers:
                 "kind": target.kind,
                 "host": target.host,
                 "port": target.port,
+                "ports": ports,
                 "transport": target.transport,
             }
             proc = ctx.Process(
@@ -1023,6 +1079,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how chatd's clients connect: TCP lines, or WebSockets to the web port "
         "(with --host, --port is then the web port); history and login are TCP only",
     )
+    parser.add_argument(
+        "--cluster",
+        type=int,
+        default=1,
+        metavar="N",
+        help="spawn a redis-server and N daemons in cluster mode, clients spread over "
+        "them in turn (TCP only; not with --host)",
+    )
     parser.add_argument("--procs", type=int, default=2, help="load generator processes")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per phase")
     parser.add_argument("--payload", type=int, default=128, help="message bytes")
@@ -1097,6 +1161,8 @@ def main(opts: argparse.Namespace) -> int:
     unknown = set(scenarios) - set(SCENARIOS) - set(EXTRA_SCENARIOS)
     if unknown:
         raise SystemExit(f"chatd bench: unknown scenario(s): {', '.join(sorted(unknown))}")
+    if opts.cluster > 1 and (opts.transport != "tcp" or opts.host):
+        raise SystemExit("chatd bench: --cluster spawns its daemons and runs over TCP")
     if opts.transport == "ws" and set(scenarios) & set(EXTRA_SCENARIOS):
         raise SystemExit("chatd bench: history and login run over TCP only (drop --transport ws)")
     chatd_runs: list[list[Result]] = []
@@ -1114,6 +1180,8 @@ def main(opts: argparse.Namespace) -> int:
                 start = lambda: Target(  # noqa: E731
                     "chatd", opts.host, opts.port, opts.pid, transport=opts.transport
                 )
+            elif opts.cluster > 1:
+                start = lambda: spawn_cluster(opts.loop, opts.cluster)  # noqa: E731
             else:
                 start = lambda: spawn_chatd(opts.loop, opts.db, opts.transport)  # noqa: E731
             runs.append(run_all(start, opts, wanted))
