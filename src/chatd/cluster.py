@@ -335,7 +335,7 @@ class RedisLink:
             socket_connect_timeout=COMMAND_TIMEOUT,
             retry=Retry(NoBackoff(), 0),
         )
-        self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        self.redis: aioredis.Redis = aioredis.Redis.from_pool(pool)  # closes it too
         self._scripts: dict[str, Any] = {}
         self._queue: deque[tuple[str, tuple[Any, ...], Callable[[Any], None]]] = deque()
         self._wake = asyncio.Event()
