@@ -223,13 +223,64 @@ async def test_login_on_another_node_takes_the_nickname_over(nodes: Nodes) -> No
     assert "dana" in (await second.expect("who"))["nicks"]
 
 
+async def test_leaving_and_rejoining_at_once_keeps_the_room_live(nodes: Nodes) -> None:
+    one, two = await nodes(2)
+    alice, bob = await clients((one, "alice"), (two, "bob"))
+    for who in (alice, bob):
+        await who.send("/join x")
+        await who.expect(lambda e: e.get("type") == "current" and e.get("room") == "x")
+    for _ in range(3):
+        await alice.send("/leave x", "/join x")
+        await alice.expect(lambda e: e.get("type") == "current" and e.get("room") == "x")
+    await bob.send("/join x", "still here")
+    assert (await alice.expect(said("still here")))["from"] == "bob"
+
+
+async def test_a_nickname_let_go_and_taken_again_stays_unique(nodes: Nodes) -> None:
+    """The release and the new claim reach Redis in the order they were made."""
+    one, two = await nodes(2)
+    ghost = await client(one.port, "ghost")
+    await ghost.send("/quit")
+    again = await client(one.port)
+    await again.send("/nick ghost")
+    await again.expect("current")
+    rival = await client(two.port)
+    await rival.send("/nick ghost")
+    assert (await rival.expect("error"))["code"] == "nick_taken"
+
+
+async def test_a_private_message_to_oneself_arrives_once(nodes: Nodes) -> None:
+    (one,) = await nodes(1)
+    alice = await client(one.port, "alice")
+    await alice.send("/msg alice note to self")
+    events = await alice.sync()
+    assert [e["text"] for e in events if e["type"] == "dm"] == ["note to self"]
+
+
+async def test_an_error_reply_from_redis_is_cluster_unavailable(
+    nodes: Nodes, redis_server: RedisServer
+) -> None:
+    one, two = await nodes(2)
+    alice, bob = await clients((one, "alice"), (two, "bob"))
+    assert (await redis_server.command("CONFIG", "SET", "maxmemory", "1")).startswith(b"+OK")
+    await alice.send("/msg bob hello", "a line")
+    for _ in range(2):
+        assert (await alice.expect("error"))["code"] == "cluster_unavailable"
+    assert (await redis_server.command("CONFIG", "SET", "maxmemory", "0")).startswith(b"+OK")
+    await alice.send("/msg bob again")
+    assert (await bob.expect("dm"))["text"] == "again"
+
+
 async def test_redis_restart_mid_chat(nodes: Nodes, redis_server: RedisServer) -> None:
     one, two = await nodes(2)
     alice, bob = await clients((one, "alice"), (two, "bob"))
     await alice.send("before")
     await bob.expect(said("before"))
+    ghost = await client(one.port, "ghost")
     await redis_server.stop()
     await until(lambda: not one.cluster.link.up, "node1 notices Redis is gone")  # type: ignore[union-attr]
+    await ghost.send("/quit")
+    await ghost.wait_closed()
     await alice.send("while away")
     error = await alice.expect("error")
     assert error["code"] == "cluster_unavailable"
@@ -244,6 +295,8 @@ async def test_redis_restart_mid_chat(nodes: Nodes, redis_server: RedisServer) -
     newcomer = await client(two.port)
     await newcomer.send("/nick alice")
     assert (await newcomer.expect("error"))["code"] == "nick_taken"
+    await newcomer.send("/nick ghost")  # left during the outage: nothing of it remains
+    await newcomer.expect("current")
 
 
 async def test_a_killed_node_loses_its_users_within_the_ttl(

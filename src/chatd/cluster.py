@@ -136,7 +136,8 @@ if old ~= '' then
     redis.call('HSET', P..'members:'..room, key, node..'\\t'..nick)
   end
   if #rooms > 0 then
-    local event = cjson.encode({node, 'n', ARGV[9], nick, rooms})
+    local event = cjson.encode({node, 'n', ARGV[9], nick, rooms,
+      redis.call('INCR', P..'eventid')})
     for _, room in ipairs(rooms) do redis.call('PUBLISH', P..'r:'..room, event) end
   end
 end
@@ -221,7 +222,8 @@ return redis.call('ZADD', 'chatd:nodes', now + ARGV[2], ARGV[1])
 """
 
 #: Drop the nodes whose heartbeat deadline passed (or the node ARGV[1], if
-#: given): their nicknames, memberships, and a leave event for each.
+#: given): their nicknames, memberships, and a leave event for each (reason
+#: ARGV[2]; none if ARGV[3] is '1').
 REAP = (
     _LUA_HEAD
     + """
@@ -242,8 +244,10 @@ for _, node in ipairs(dead) do
       if m and owner(m) == node then
         redis.call('HDEL', P..'members:'..room, key)
         local name = redis.call('HGET', P..'roomnames', room) or room
-        redis.call('PUBLISH', P..'r:'..room, cjson.encode({'', 'l', name,
-          string.match(m, '\\t(.*)$'), ARGV[2]}))
+        if ARGV[3] ~= '1' then
+          redis.call('PUBLISH', P..'r:'..room, cjson.encode({'', 'l', name,
+            string.match(m, '\\t(.*)$'), ARGV[2]}))
+        end
       end
     end
     redis.call('DEL', inkey)
@@ -325,18 +329,9 @@ class RedisLink:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        # A blocking pool: past MAX_CONNECTIONS a command waits for a free
-        # connection (up to COMMAND_TIMEOUT) instead of failing.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=MAX_CONNECTIONS,
-            timeout=COMMAND_TIMEOUT,
-            socket_timeout=COMMAND_TIMEOUT,
-            socket_connect_timeout=COMMAND_TIMEOUT,
-            retry=Retry(NoBackoff(), 0),
-        )
-        self.redis: aioredis.Redis = aioredis.Redis.from_pool(pool)  # closes it too
+        self._sources: dict[str, str] = {}
         self._scripts: dict[str, Any] = {}
+        self.redis = self._client()
         self._queue: deque[tuple[str, tuple[Any, ...], Callable[[Any], None]]] = deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -350,9 +345,30 @@ class RedisLink:
         self.on_up: Callable[[], Awaitable[None]] | None = None
         self.on_down: Callable[[], None] | None = None
 
-    def script(self, name: str, source: str) -> Any:
-        script = self._scripts[name] = self.redis.register_script(source)
-        return script
+    def _client(self) -> aioredis.Redis:
+        """A new client and pool (after an outage: commands cut off by a
+        deadline may have left connections half-read in the old one)."""
+        # A blocking pool: past MAX_CONNECTIONS a command waits for a free
+        # connection (up to COMMAND_TIMEOUT) instead of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=COMMAND_TIMEOUT,
+            socket_timeout=COMMAND_TIMEOUT,
+            socket_connect_timeout=COMMAND_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),
+        )
+        client = aioredis.Redis.from_pool(pool)  # closes the pool with it
+        self._scripts = {name: client.register_script(src) for name, src in self._sources.items()}
+        return client
+
+    def script(self, name: str, source: str) -> None:
+        self._sources[name] = source
+        self._scripts[name] = self.redis.register_script(source)
+
+    async def run_script(self, name: str, *args: Any, client: Any = None) -> Any:
+        """A script, with no bookkeeping (the caller handles errors)."""
+        return await self._scripts[name](args=list(args), client=client)
 
     async def open(self) -> None:
         try:
@@ -377,13 +393,24 @@ class RedisLink:
     def backlog(self) -> int:
         return len(self._queue)
 
-    def submit(self, name: str, args: tuple[Any, ...], done: Callable[[Any], None]) -> None:
+    def submit(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        done: Callable[[Any], None],
+        *,
+        essential: bool = False,
+    ) -> None:
         """Queue a script (by name) or a command ("PUBLISH"); ``done`` gets the
-        result, or an :class:`Unavailable` if it was not applied."""
+        result, or an :class:`Unavailable` if it was not applied.
+
+        Past MAX_QUEUED, writes are refused, except ``essential`` ones
+        (presence changes: bounded by the members, and never to be dropped
+        while Redis is up)."""
         if not self.up:
             done(Unavailable(self.why))
             return
-        if len(self._queue) >= MAX_QUEUED:
+        if len(self._queue) >= MAX_QUEUED and not essential:
             done(Unavailable("Redis is falling behind"))
             return
         self._queue.append((name, args, done))
@@ -391,17 +418,21 @@ class RedisLink:
         self._wake.set()
 
     async def call(self, name: str, *args: Any) -> Any:
-        """Run a script now (not through the queue), for reads and rare writes."""
-        if not self.up:
-            raise Unavailable(self.why)
-        try:
-            async with asyncio.timeout(COMMAND_TIMEOUT):
-                return await self._scripts[name](args=list(args))
-        except (RedisError, OSError, TimeoutError) as exc:
-            if isinstance(exc, ResponseError):
-                raise
-            self.down(exc)
-            raise Unavailable(self.why) from None
+        """Run a script through the write queue, in order with every write
+        before it, and wait for its result."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def done(result: Any) -> None:
+            if not future.done():
+                future.set_result(result)
+
+        self.submit(name, args, done, essential=True)
+        result = await future
+        if isinstance(result, Unavailable):
+            raise result
+        if isinstance(result, BaseException):
+            raise Unavailable(f"Redis said: {result}")
+        return result
 
     async def command(self, *args: Any) -> Any:
         """Run one Redis command now."""
@@ -410,9 +441,9 @@ class RedisLink:
         try:
             async with asyncio.timeout(COMMAND_TIMEOUT):
                 return await self.raw(*args)
+        except ResponseError as exc:
+            raise Unavailable(f"Redis said: {exc}") from None
         except (RedisError, OSError, TimeoutError) as exc:
-            if isinstance(exc, ResponseError):
-                raise
             self.down(exc)
             raise Unavailable(self.why) from None
 
@@ -472,15 +503,18 @@ class RedisLink:
     async def _send(
         self, batch: list[tuple[str, tuple[Any, ...], Callable[[Any], None]]]
     ) -> list[Any]:
-        pipe = self.redis.pipeline(transaction=False)
-        for name, args, _ in batch:
-            if name.isupper():
-                pipe.execute_command(name, *args)
-            else:
-                await self._scripts[name](args=list(args), client=pipe)  # queues it
-        return list(await pipe.execute(raise_on_error=False))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name, args, _ in batch:
+                if name.isupper():
+                    pipe.execute_command(name, *args)
+                else:
+                    await self.run_script(name, *args, client=pipe)  # queues it
+            return list(await pipe.execute(raise_on_error=False))
 
     async def _reconnect(self) -> None:
+        old, self.redis = self.redis, self._client()
+        with contextlib.suppress(Exception):
+            await old.aclose()
         wait = BACKOFF_FIRST
         while not self.up:
             await asyncio.sleep(wait * (0.5 + random.random()))  # jitter
@@ -771,8 +805,12 @@ class Cluster:
         self._barrier_seq = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._reader_up = asyncio.Event()
-        #: Renames seen lately, (origin, old, new): one per room would repeat.
-        self._renames: deque[tuple[str, str, str]] = deque(maxlen=64)
+        #: Renames seen lately, (origin, event id): one copy per room arrives.
+        self._renames: deque[tuple[str, int]] = deque(maxlen=256)
+        #: Nicknames being claimed by members of this node right now.
+        self._claiming: set[str] = set()
+        #: Subscription changes go out one at a time, in order.
+        self._subscribing = asyncio.Lock()
         manager.cluster = self
 
     # -- life cycle ------------------------------------------------------
@@ -797,8 +835,12 @@ class Cluster:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                logger.exception("cluster task %s failed", task.get_name())
         self._tasks = []
         with contextlib.suppress(Unavailable, RedisError):
             await self.link.call("reap", self.node, "node stopped")
@@ -812,20 +854,22 @@ class Cluster:
     def joined(self, member: Member, room_key: str, room_name: str) -> None:
         assert member.key is not None
         args = (self.node, member.key, member.nick, room_key, room_name)
-        self.link.submit("join", args, _log_failure)
+        self.link.submit("join", args, _log_failure, essential=True)
 
     def left(self, member: Member, room_key: str) -> None:
         assert member.key is not None
-        self.link.submit("leave", (self.node, member.key, room_key), _log_failure)
+        self.link.submit("leave", (self.node, member.key, room_key), _log_failure, essential=True)
 
     def released(self, key: str) -> None:
-        self.link.submit("release", (self.node, key), _log_failure)
+        self.link.submit("release", (self.node, key), _log_failure, essential=True)
 
     def publish(self, room_key: str, event: Event) -> None:
         """Tell the other nodes' members of a room what happened here."""
         payload = _encode(self.node, event)
         if payload is not None:
-            self.link.submit("PUBLISH", (P + "r:" + room_key, payload), _log_failure)
+            self.link.submit(
+                "PUBLISH", (P + "r:" + room_key, payload), _log_failure, essential=True
+            )
 
     def opening(self, room_key: str) -> bool:
         """Whether a session is making the room live here right now."""
@@ -868,6 +912,17 @@ class Cluster:
     ) -> None:
         """Take ``nick`` cluster-wide for ``member`` (its old one is let go)."""
         key = name_key(nick)
+        if key in self._claiming:
+            raise NickTaken(f"nickname {nick} is taken; pick another")
+        self._claiming.add(key)
+        try:
+            await self._claim(member, nick, key, account, takeover, guest)
+        finally:
+            self._claiming.discard(key)
+
+    async def _claim(
+        self, member: Member, nick: str, key: str, account: int | None, takeover: bool, guest: bool
+    ) -> None:
         kick = json.dumps([self.node, "k", key, "logged in from elsewhere"])
         result = await self._call(
             "claim",
@@ -1009,7 +1064,8 @@ class Cluster:
         if confirmed is None:
             confirmed = self._confirm[channel] = asyncio.get_running_loop().create_future()
         try:
-            async with asyncio.timeout(COMMAND_TIMEOUT):
+            async with asyncio.timeout(COMMAND_TIMEOUT), self._subscribing:
+                # After any unsubscribe sent before: Redis applies them in order.
                 await self._pubsub.subscribe(channel)
                 await asyncio.shield(confirmed)
         except (RedisError, OSError, TimeoutError) as exc:
@@ -1020,7 +1076,9 @@ class Cluster:
 
     async def _unsubscribe(self, key: str) -> None:
         try:
-            async with asyncio.timeout(COMMAND_TIMEOUT):
+            async with asyncio.timeout(COMMAND_TIMEOUT), self._subscribing:
+                if key in self._subscribed or key in self._opening:
+                    return  # live again meanwhile
                 await self._pubsub.unsubscribe(P + "r:" + key)
         except (RedisError, OSError, TimeoutError) as exc:
             logger.debug("unsubscribe #%s: %s", key, _reason(exc))
@@ -1043,42 +1101,40 @@ class Cluster:
         self._barriers.clear()
 
     async def _rejoin(self) -> None:
-        """Redis is back: write this node's state again, resubscribe, catch up."""
-        node, manager = self.node, self.manager
-        redis = self.link.redis
-        await self._scripts_call("heartbeat", node, int(self.ttl * 1000))
+        """Redis is back: write this node's state again, resubscribe, catch up.
+
+        What Redis holds for this node is dropped first (without leave
+        events) and written again from the members this node has now, so
+        users who left during the outage leave no trace. Two pipelines,
+        however many members.
+        """
+        node, manager, link = self.node, self.manager, self.link
+        members = manager.members()
         seen = max((room.seen for room in manager.live_room_objects()), default=0)
-        await self._scripts_call("bump_id", seen)
-        await redis.hsetnx(P + "roomnames", DEFAULT_ROOM, DEFAULT_ROOM)
-        conflicts: list[Member] = []
-        for member in manager.members():
-            assert member.key is not None
-            answer = await self._scripts_call(
-                "claim",
-                node,
-                member.key,
-                member.nick,
-                "" if member.account is None else str(member.account),
-                "",
-                "0",
-                "0",
-                "",
-                "",
-            )
-            if _text(answer) == "taken":
-                conflicts.append(member)
-                continue
-            for room in member.rooms.values():
-                await self._scripts_call("join", node, member.key, member.nick, room.key, room.name)
+        async with link.redis.pipeline(transaction=False) as pipe:
+            await link.run_script("reap", node, "", "1", client=pipe)
+            await link.run_script("heartbeat", node, int(self.ttl * 1000), client=pipe)
+            await link.run_script("bump_id", seen, client=pipe)
+            pipe.hsetnx(P + "roomnames", DEFAULT_ROOM, DEFAULT_ROOM)
+            for member in members:
+                account = "" if member.account is None else str(member.account)
+                args = (node, member.key, member.nick, account, "", "0", "0", "", "")
+                await link.run_script("claim", *args, client=pipe)
+            answers = (await pipe.execute())[4:]
+        conflicts = [m for m, a in zip(members, answers, strict=True) if _text(a) == "taken"]
+        async with link.redis.pipeline(transaction=False) as pipe:
+            for member in members:
+                if member in conflicts:
+                    continue
+                for room in member.rooms.values():
+                    joined = (node, member.key, member.nick, room.key, room.name)
+                    await link.run_script("join", *joined, client=pipe)
+            await pipe.execute()
         await self._subscribe_all()
         for member in conflicts:
             manager.disconnect(member, "nickname taken elsewhere while Redis was away")
             member.kick("nickname taken elsewhere while Redis was away")
         await self._catch_up()
-
-    async def _scripts_call(self, name: str, *args: Any) -> Any:
-        async with asyncio.timeout(COMMAND_TIMEOUT):
-            return await self.link._scripts[name](args=list(args))
 
     async def _catch_up(self) -> None:
         """Deliver what each live room missed while this node was cut off."""
@@ -1130,6 +1186,11 @@ class Cluster:
                 if pubsub is self._pubsub:
                     self.link.down(exc)
                 continue
+            except Exception as exc:  # a subscriber in a state redis-py cannot read
+                logger.exception("the Redis subscriber failed")
+                if pubsub is self._pubsub:
+                    self.link.down(exc)
+                continue
             if message is None:
                 continue
             try:
@@ -1172,7 +1233,7 @@ class Cluster:
             manager.remote_event(name_key(room), TopicIs(room, topic, by, changed=True))
         elif what == "n":
             # Published to each of the member's rooms: act on the first copy.
-            mark = (origin, data[2], data[3])
+            mark = (origin, data[5])
             if mark not in self._renames:
                 self._renames.append(mark)
                 manager.remote_rename(NickChanged(data[2], data[3]), data[4])

@@ -466,6 +466,12 @@ class RoomManager:
         if self.cluster is not None:
             self.cluster.closed(room.key)
 
+    def discard_room(self, name: str) -> None:
+        """Forget a live room if nobody here is in it (cluster mode)."""
+        room = self._rooms.get(name_key(name))
+        if room is not None:
+            self.close_room(room)
+
     def seed(self, room: Room, messages: Sequence[StoredMessage], more: bool) -> None:
         self._seed(room, messages, more)
 
@@ -514,7 +520,8 @@ class RoomManager:
         assert self.cluster is not None
         self._check_store()
         event = await self.cluster.direct(member, to, text, self._now())
-        self._tell(member, event)
+        if name_key(to) != member.key:  # to oneself it comes back through Redis
+            self._tell(member, event)
         self.stats.messages_in += 1
         self.stats.messages_out += 1
 

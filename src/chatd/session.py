@@ -901,10 +901,12 @@ class Session(Member):
         manager = self._manager
         if manager.cluster is not None:
             await manager.cluster.open(room, create=create)
-            if self.key is not None and not self._closing:
-                manager.join(self, room)
-            else:
-                manager.close_room(manager.open_room(room))
+            try:
+                if self.key is not None and not self._closing:
+                    manager.join(self, room)
+            finally:
+                # Nobody here joined it after all (too many rooms, or gone).
+                manager.discard_room(room)
             return
         history = None
         if manager.history_on_join:
