@@ -767,22 +767,13 @@ class Cluster:
     async ones (claiming a nickname, opening a room, queries).
     """
 
-    def __init__(
-        self,
-        link: RedisLink,
-        store: RedisStore,
-        manager: RoomManager,
-        *,
-        node: str,
-        ttl: float,
-        history: int,
-    ) -> None:
-        self.link = link
+    def __init__(self, store: RedisStore, manager: RoomManager, *, ttl: float) -> None:
         self.store = store
+        self.link = link = store.link
         self.manager = manager
-        self.node = node
+        self.node = store.node
+        self.history = store.history
         self.ttl = ttl
-        self.history = history
         for name, source in (
             ("claim", CLAIM),
             ("release", RELEASE),
@@ -1050,7 +1041,7 @@ class Cluster:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.aclose()
         self._pubsub = self.link.redis.pubsub()
-        self._subscribed = set(self.manager.live_rooms()) | {DEFAULT_ROOM}
+        self._subscribed = {room.key for room in self.manager.live_rooms()} | {DEFAULT_ROOM}
         channels = [P + "n:" + self.node] + [P + "r:" + key for key in self._subscribed]
         async with asyncio.timeout(COMMAND_TIMEOUT):
             await self._pubsub.subscribe(*channels)
@@ -1110,7 +1101,7 @@ class Cluster:
         """
         node, manager, link = self.node, self.manager, self.link
         members = manager.members()
-        seen = max((room.seen for room in manager.live_room_objects()), default=0)
+        seen = max((room.seen for room in manager.live_rooms()), default=0)
         async with link.redis.pipeline(transaction=False) as pipe:
             await link.run_script("reap", node, "", "1", client=pipe)
             await link.run_script("heartbeat", node, int(self.ttl * 1000), client=pipe)
@@ -1138,7 +1129,7 @@ class Cluster:
 
     async def _catch_up(self) -> None:
         """Deliver what each live room missed while this node was cut off."""
-        for room in self.manager.live_room_objects():
+        for room in self.manager.live_rooms():
             if room.seen == 0:
                 continue
             entries = await self.link.raw(

@@ -186,7 +186,7 @@ class RoomManager:
             room.topic, room.topic_by = record.topic, record.topic_by
         if self.history_on_join:
             for room in self._rooms.values():
-                self._seed(room, *await self.store.recent(room.key, self.history_on_join))
+                self.seed(room, *await self.store.recent(room.key, self.history_on_join))
 
     def is_live(self, room_name: str) -> bool:
         """Whether a room is in memory (else a join should fetch its history first)."""
@@ -196,11 +196,8 @@ class RoomManager:
         """Every member with a nickname."""
         return list(self._nicks.values())
 
-    def live_rooms(self) -> list[str]:
-        """The keys of the rooms in memory."""
-        return list(self._rooms)
-
-    def live_room_objects(self) -> list[Room]:
+    def live_rooms(self) -> list[Room]:
+        """The rooms in memory."""
         return list(self._rooms.values())
 
     # -- queries ---------------------------------------------------------
@@ -333,7 +330,7 @@ class RoomManager:
                     )
                 room = self._add_room(room_name)
                 if history is not None:
-                    self._seed(room, *history)
+                    self.seed(room, *history)
             room.members[member] = None
             member.rooms[key] = room
             if self.cluster is not None:
@@ -472,9 +469,6 @@ class RoomManager:
         if room is not None:
             self.close_room(room)
 
-    def seed(self, room: Room, messages: Sequence[StoredMessage], more: bool) -> None:
-        self._seed(room, messages, more)
-
     def remote_message(self, event: Message) -> None:
         """A room message from the cluster (this node's own included)."""
         room = self._rooms.get(name_key(event.room))
@@ -520,10 +514,10 @@ class RoomManager:
         assert self.cluster is not None
         self._check_store()
         event = await self.cluster.direct(member, to, text, self._now())
+        self.stats.messages_in += 1
         if name_key(to) != member.key:  # to oneself it comes back through Redis
             self._tell(member, event)
-        self.stats.messages_in += 1
-        self.stats.messages_out += 1
+            self.stats.messages_out += 1
 
     # -- internals -------------------------------------------------------
 
@@ -538,7 +532,7 @@ class RoomManager:
         return room
 
     @staticmethod
-    def _seed(room: Room, messages: Sequence[StoredMessage], more: bool) -> None:
+    def seed(room: Room, messages: Sequence[StoredMessage], more: bool) -> None:
         """Merge stored messages with what the room already shows, in id order."""
         merged = {event.id: event for event in room.recent}
         for m in messages:

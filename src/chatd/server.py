@@ -49,35 +49,16 @@ class Server:
         self.settings = settings
         self.cluster: Cluster | None = None
         if manager is None:
-            store: Store
-            if settings.redis is not None:
-                from chatd.cluster import RedisLink, RedisStore
+            if settings.redis is None:
+                manager = self._manager(open_store(settings.db, sync=settings.db_sync))
+            else:
+                from chatd.cluster import Cluster, RedisLink, RedisStore
 
                 node = settings.node_id or f"{socket.gethostname()}-{os.getpid()}"
-                store = RedisStore(
-                    RedisLink(settings.redis), node=node, history=settings.redis_history
-                )
-            else:
-                store = open_store(settings.db, sync=settings.db_sync)
-            manager = RoomManager(
-                max_rooms_per_session=settings.max_rooms_per_session,
-                max_rooms=settings.max_total_rooms,
-                announce_limit=settings.announce_limit,
-                history_on_join=settings.history_on_join,
-                store=store,
-            )
-            if settings.redis is not None:
-                from chatd.cluster import Cluster, RedisStore
-
-                assert isinstance(store, RedisStore)
-                self.cluster = Cluster(
-                    store.link,
-                    store,
-                    manager,
-                    node=store.node,
-                    ttl=settings.node_ttl,
-                    history=settings.redis_history,
-                )
+                link = RedisLink(settings.redis)
+                store = RedisStore(link, node=node, history=settings.redis_history)
+                manager = self._manager(store)
+                self.cluster = Cluster(store, manager, ttl=settings.node_ttl)
         self.manager = manager
         self.stats: Stats = self.manager.stats
         self.auth = Auth(settings.password_cost, settings.login_fail_delay)
@@ -103,6 +84,16 @@ class Server:
         self._refusals = _WindowedLog("refused a connection from %s: %s")
         self._tls_failures = _WindowedLog("TLS handshake with %s failed: %s", logging.INFO)
         self._socket_options = _socket_options(settings)
+
+    def _manager(self, store: Store) -> RoomManager:
+        s = self.settings
+        return RoomManager(
+            max_rooms_per_session=s.max_rooms_per_session,
+            max_rooms=s.max_total_rooms,
+            announce_limit=s.announce_limit,
+            history_on_join=s.history_on_join,
+            store=store,
+        )
 
     @property
     def session_count(self) -> int:
