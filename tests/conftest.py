@@ -25,11 +25,13 @@ def pytest_asyncio_loop_factories(
     return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
 
-#: Test defaults: flood control off unless a test turns it on.
+#: Test defaults: flood control and the connection rate off unless a test
+#: turns them on.
 TEST_SETTINGS = Settings(
     host="127.0.0.1",
     port=0,
     msg_rate=0,
+    conn_rate=0,
     shutdown_grace=2.0,
     password_cost="test",
     login_fail_delay=0.05,

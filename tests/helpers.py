@@ -17,6 +17,20 @@ if TYPE_CHECKING:
     from chatd.store import SqliteStore
 
 #: Generous: a safety net on a busy machine, never a synchroniser.
+
+
+def signal_child(proc: asyncio.subprocess.Process, sig: int = 9) -> None:
+    """Signal a child process without reaping it (default SIGKILL).
+
+    ``Process.send_signal`` and ``kill`` poll the child first (a non-blocking
+    waitpid), which can reap one that has just exited behind the back of
+    asyncio's child watcher; the watcher then reports exit status 255.
+    """
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, sig)
+
+
 DEADLINE = 10.0
 
 Event = dict[str, Any]
@@ -151,6 +165,10 @@ class LineClient:
         self.writer.transport.pause_reading()
 
     def resume_reading(self) -> None:
+        """Read again, as a normal client: a receive window smaller than the
+        sender's segment size can stall a loopback transfer for seconds."""
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
         self.writer.transport.resume_reading()
 
     def close(self) -> None:
@@ -188,6 +206,8 @@ class Daemon:
     ) -> Daemon:
         """Start the daemon; ``port=None`` leaves the port to the environment."""
         cmd = [sys.executable, "-m", "chatd", "serve", "--msg-rate", "0", *args]
+        if "--conn-rate" not in args:
+            cmd += ["--conn-rate", "0"]  # tests connect often from one address
         if "--db" not in args and "CHATD_DB" not in (env or {}):
             cmd += ["--db", ":memory:"]  # never the user's own database
         if "--password-cost" not in args:
@@ -213,7 +233,7 @@ class Daemon:
                     if m := re.search(r"listening on \S+:(\d+)", log[-1]):
                         break
         except BaseException:
-            proc.kill()
+            signal_child(proc)
             await proc.wait()
             raise
         daemon = cls(proc, int(m.group(1)), log)
@@ -247,13 +267,13 @@ class Daemon:
     async def stop(self, sig: int | None = None, timeout: float = DEADLINE) -> int:
         """Send a signal (default SIGTERM) and wait for exit; return the status."""
         if self.proc.returncode is None:
-            self.proc.send_signal(sig if sig is not None else 15)
+            signal_child(self.proc, sig if sig is not None else 15)
         try:
             async with asyncio.timeout(timeout):
                 code = await self.proc.wait()
         finally:
             if self.proc.returncode is None:
-                self.proc.kill()
+                signal_child(self.proc)
                 await self.proc.wait()
         if self._log_task is not None:
             await asyncio.wait([self._log_task], timeout=timeout)
@@ -376,7 +396,7 @@ class PipeClient:
 
     async def aclose(self) -> None:
         if self.proc.returncode is None:
-            self.proc.kill()
+            signal_child(self.proc)
             await self.proc.wait()
         for task in self._collectors:
             task.cancel()
@@ -504,13 +524,13 @@ class RedisServer:
 
     async def stop(self, sig: int = 15) -> None:
         if self.proc.returncode is None:
-            self.proc.send_signal(sig)
+            signal_child(self.proc, sig)
             try:
                 async with asyncio.timeout(DEADLINE):
                     await self.proc.wait()
             finally:
                 if self.proc.returncode is None:
-                    self.proc.kill()
+                    signal_child(self.proc)
                     await self.proc.wait()
 
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from chatd import __version__
-from tests.helpers import Daemon, LineClient, free_port
+from tests.helpers import Daemon, LineClient, free_port, signal_child
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -48,6 +48,16 @@ def test_serve_help_explains_every_flag() -> None:
         "--max-clients",
         "--max-per-ip",
         "--register-timeout",
+        "--register-lines",
+        "--register-bytes",
+        "--conn-rate",
+        "--conn-burst",
+        "--max-room-members",
+        "--max-nick-len",
+        "--max-room-len",
+        "--queue-soft-bytes",
+        "--queue-soft-seconds",
+        "--ping-min-interval",
         "CHATD_HOST",
         "CHATD_PORT",
     ):
@@ -98,7 +108,7 @@ async def test_a_second_signal_cuts_everyone_and_still_exits_0() -> None:
         stuck.stop_reading()
         await stuck.send(*(["/help"] * 400))  # replies it will never read
         await stuck.send("/ping queued")
-        daemon.proc.send_signal(signal.SIGTERM)
+        signal_child(daemon.proc, signal.SIGTERM)
         await daemon.wait_log("shutting down")
         # The first signal would wait the 60 s grace for the stuck client.
         assert await daemon.stop(signal.SIGINT, timeout=20) == 0

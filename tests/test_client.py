@@ -43,6 +43,7 @@ from tests.helpers import (
     child_env,
     connect_argv,
     free_port,
+    signal_child,
 )
 
 # ---------------------------------------------------------------------------
@@ -688,7 +689,7 @@ async def interactive_client(port: int, *args: str) -> AsyncIterator[tuple[Termi
         yield terminal, proc
     finally:
         if proc.returncode is None:
-            proc.kill()
+            signal_child(proc)
             await proc.wait()
         terminal.close()
 

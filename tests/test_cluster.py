@@ -19,7 +19,7 @@ import pytest
 
 from chatd.server import Server
 from tests.conftest import StartServer
-from tests.helpers import Daemon, LineClient, RedisServer, child_env, open_json, until
+from tests.helpers import Daemon, LineClient, RedisServer, child_env, open_json, signal_child, until
 
 REDIS = shutil.which("redis-server")
 
@@ -316,7 +316,7 @@ async def test_a_killed_node_loses_its_users_within_the_ttl(
         watcher = await client(survivor.port, "watcher")
         await client(doomed.port, "victim")
         await watcher.expect(lambda e: e.get("type") == "join" and e.get("nick") == "victim")
-        doomed.proc.send_signal(signal.SIGKILL)
+        signal_child(doomed.proc, signal.SIGKILL)
         await doomed.proc.wait()
         left = await watcher.expect("leave", timeout=15)
         assert left["nick"] == "victim"

@@ -36,7 +36,7 @@ import pytest
 from chatd.cli import build_parser, settings_from_args
 from chatd.config import Settings
 from chatd.tls import generate_certificate
-from tests.helpers import DEADLINE, Daemon, child_env, free_port
+from tests.helpers import DEADLINE, Daemon, child_env, free_port, signal_child
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
@@ -502,7 +502,7 @@ async def health(*args: str, env: dict[str, str] | None = None) -> Outcome:
             out, err = await proc.communicate()
     finally:
         if proc.returncode is None:
-            proc.kill()
+            signal_child(proc)
             await proc.wait()
     assert out == b"", "chatd health prints nothing on stdout"
     assert proc.returncode is not None

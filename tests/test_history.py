@@ -21,6 +21,7 @@ from tests.helpers import (
     fill_store,
     free_store,
     open_json,
+    signal_child,
     start_fails,
 )
 
@@ -195,7 +196,7 @@ async def test_nothing_anyone_saw_is_lost_to_sigkill(tmp_path: Path) -> None:
             if event["type"] == "message":
                 seen.append((event["id"], event["text"]))
                 if len(seen) == 2000:
-                    daemon.proc.send_signal(signal.SIGKILL)
+                    signal_child(daemon.proc, signal.SIGKILL)
 
     tasks = [asyncio.create_task(talk(c, n)) for n, c in enumerate(talkers)]
     await listen()

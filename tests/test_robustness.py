@@ -159,7 +159,13 @@ async def test_a_client_that_never_reads_is_cut_by_the_write_timeout(
 ) -> None:
     """Commands without reading: paced, then cut, whatever the other deadlines."""
     caplog.set_level(logging.WARNING, "chatd.session")
-    server = await start_server(sndbuf=4096, max_queue_bytes=16 * 1024, write_timeout=1.0)
+    server = await start_server(
+        sndbuf=4096,
+        max_queue_bytes=16 * 1024,
+        write_timeout=1.0,
+        register_lines=10_000,
+        register_bytes=1 << 20,
+    )
     client = await open_json(server.port, "mute" if register else None)
     client.stop_reading()
     try:

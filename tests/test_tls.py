@@ -17,7 +17,7 @@ from cryptography import x509
 from chatd.server import Server
 from chatd.tls import generate_certificate
 from tests.conftest import Spawn, StartServer
-from tests.helpers import DEADLINE, Daemon, LineClient, open_json, start_fails, until
+from tests.helpers import DEADLINE, Daemon, LineClient, open_json, signal_child, start_fails, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -209,14 +209,14 @@ async def test_sighup_reloads_the_certificate(tmp_path: Path) -> None:
 
         generate_certificate(cert, key, ["localhost"])
         second = _serial(cert.read_bytes())
-        daemon.proc.send_signal(1)  # SIGHUP
+        signal_child(daemon.proc, 1)  # SIGHUP
         await daemon.wait_log(r"TLS certificate reloaded")
         assert await _served_serial(tls_port) == second
         await kept.send("kept")  # an open connection keeps working
         await kept.expect_line(r"^\* you are kept$")
 
         key.write_text("not a key")
-        daemon.proc.send_signal(1)
+        signal_child(daemon.proc, 1)
         await daemon.wait_log(r"TLS certificate not reloaded, keeping the old one")
         assert await _served_serial(tls_port) == second
         kept.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import http.client
 import json
 import logging
@@ -233,6 +234,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="connections from one address; more get too_many_connections",
     )
     limits.add_argument(
+        "--conn-rate",
+        type=float,
+        default=_DEFAULTS.conn_rate,
+        help="new connections a second from one address, sustained; more get "
+        "too_many_connections; 0 turns the limit off",
+    )
+    limits.add_argument(
+        "--conn-burst",
+        type=int,
+        default=_DEFAULTS.conn_burst,
+        help="new connections from one address at once before --conn-rate applies",
+    )
+    limits.add_argument(
+        "--max-room-members",
+        type=int,
+        default=_DEFAULTS.max_room_members,
+        help="members of one room (general excepted); more get room_full",
+    )
+    limits.add_argument(
+        "--max-nick-len",
+        type=int,
+        default=_DEFAULTS.max_nick_len,
+        help="longest nickname in characters (at most 64)",
+    )
+    limits.add_argument(
+        "--max-room-len",
+        type=int,
+        default=_DEFAULTS.max_room_len,
+        help="longest name of a new room in characters (at most 64)",
+    )
+    limits.add_argument(
         "--max-rooms",
         type=int,
         default=_DEFAULTS.max_rooms_per_session,
@@ -243,6 +275,40 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=_DEFAULTS.register_timeout,
         help="seconds a new connection has to pick a nickname",
+    )
+    limits.add_argument(
+        "--register-lines",
+        type=int,
+        default=_DEFAULTS.register_lines,
+        help="lines a connection may send before choosing a nickname; more: "
+        "registration_limit and a disconnect",
+    )
+    limits.add_argument(
+        "--register-bytes",
+        type=int,
+        default=_DEFAULTS.register_bytes,
+        help="bytes a connection may send before choosing a nickname; more: "
+        "registration_limit and a disconnect",
+    )
+    limits.add_argument(
+        "--queue-soft-bytes",
+        type=int,
+        default=_DEFAULTS.queue_soft_bytes,
+        help="a client whose unsent output stays above this many bytes for "
+        "--queue-soft-seconds is disconnected as too slow; 0: a quarter of "
+        "--max-queue-bytes",
+    )
+    limits.add_argument(
+        "--queue-soft-seconds",
+        type=float,
+        default=_DEFAULTS.queue_soft_seconds,
+        help="seconds a client's output may stay above --queue-soft-bytes",
+    )
+    limits.add_argument(
+        "--ping-min-interval",
+        type=float,
+        default=_DEFAULTS.ping_min_interval,
+        help="shortest interval a client may ask for with /ping every SECONDS",
     )
     limits.add_argument(
         "--write-timeout",
@@ -561,8 +627,18 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             announce_limit=args.announce_limit,
             max_clients=args.max_clients,
             max_per_ip=args.max_per_ip,
+            conn_rate=args.conn_rate,
+            conn_burst=args.conn_burst,
+            max_room_members=args.max_room_members,
+            max_nick_len=args.max_nick_len,
+            max_room_len=args.max_room_len,
             max_rooms_per_session=args.max_rooms,
             register_timeout=args.register_timeout,
+            register_lines=args.register_lines,
+            register_bytes=args.register_bytes,
+            queue_soft_bytes=args.queue_soft_bytes,
+            queue_soft_seconds=args.queue_soft_seconds,
+            ping_min_interval=args.ping_min_interval,
             shutdown_grace=args.shutdown_grace,
             write_timeout=args.write_timeout,
             keepalive_idle=args.keepalive_idle,
@@ -592,12 +668,17 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise SystemExit(f"chatd serve: {exc}") from None
 
 
-def raise_fd_limit(max_clients: int) -> None:
-    """Raise the open-file limit to the hard limit; warn if max_clients cannot fit."""
+def raise_fd_limit(max_clients: int) -> int:
+    """Raise the open-file limit to the hard limit; return how many clients fit.
+
+    Each client holds one descriptor. When ``max_clients`` of them would not
+    fit beside the daemon's own, the limit is lowered with a warning, so the
+    excess is refused with ``server_full`` instead of failing to be accepted.
+    """
     try:
         import resource
     except ImportError:  # not on this platform
-        return
+        return max_clients
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         try:
@@ -605,15 +686,23 @@ def raise_fd_limit(max_clients: int) -> None:
             soft = hard
         except (ValueError, OSError) as exc:
             logger.warning("cannot raise the open-file limit from %d: %s", soft, exc)
-    spare = 64  # listeners, logs, the loop's own descriptors
-    if soft != resource.RLIM_INFINITY and max_clients + spare > soft:
-        logger.warning(
-            "open-file limit %d is below --max-clients %d: connections past about %d "
-            "will fail; raise it with ulimit -n",
-            soft,
-            max_clients,
-            soft - spare,
-        )
+    if soft == resource.RLIM_INFINITY or max_clients + FD_RESERVE <= soft:
+        return max_clients
+    fits = max(1, soft - FD_RESERVE)
+    logger.warning(
+        "open-file limit %d leaves room for %d clients, not --max-clients %d: "
+        "serving at most %d; raise the limit with ulimit -n",
+        soft,
+        fits,
+        max_clients,
+        fits,
+    )
+    return fits
+
+
+#: Descriptors kept for the daemon itself: listeners, the event loop, logs,
+#: the database, and connections accepted only to be refused.
+FD_RESERVE = 64
 
 
 async def serve(settings: Settings) -> int:
@@ -622,7 +711,9 @@ async def serve(settings: Settings) -> int:
 
     from chatd.server import Server
 
-    raise_fd_limit(settings.max_clients)
+    fits = raise_fd_limit(settings.max_clients)
+    if fits < settings.max_clients:
+        settings = dataclasses.replace(settings, max_clients=fits)
     try:
         server = Server(settings)
     except (OSError, ssl.SSLError) as exc:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+#: No nickname or room name is ever longer, whatever the settings say.
+NAME_CEILING = 64
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -21,6 +24,12 @@ class Settings:
     #: Outbound queue bounds per client; a client over either is disconnected.
     max_queue_bytes: int = 1 << 20
     max_queue_events: int = 10_000
+    #: The soft limit: a client whose unsent output stays above
+    #: queue_soft_bytes for queue_soft_seconds is disconnected. Above it, the
+    #: client's own commands also wait for its output to drain. 0: a quarter
+    #: of max_queue_bytes (see soft_queue_bytes).
+    queue_soft_bytes: int = 0
+    queue_soft_seconds: float = 10.0
     #: Sustained lines per second and burst per session; 0 turns flood control off.
     msg_rate: float = 10.0
     msg_burst: int = 40
@@ -32,13 +41,25 @@ class Settings:
     flood_factor: float = 4.0
     max_clients: int = 10_000
     max_per_ip: int = 100
+    #: New connections per second from one address, sustained, and the burst
+    #: allowed before that rate applies; a conn_rate of 0 turns the limit off.
+    conn_rate: float = 10.0
+    conn_burst: int = 50
     max_rooms_per_session: int = 100
+    #: Members of one room; general is exempt (everyone is in it; max_clients bounds it).
+    max_room_members: int = 1000
+    #: Longest nickname and room name, in characters (at most NAME_CEILING).
+    max_nick_len: int = 32
+    max_room_len: int = 32
     #: Rooms on the whole server (general included).
     max_total_rooms: int = 10_000
     #: Rooms with more members do not announce joins and leaves to everyone.
     announce_limit: int = 100
     #: Seconds a new connection has to choose a nickname.
     register_timeout: float = 60.0
+    #: Input a connection may send before it has a nickname: lines and bytes.
+    register_lines: int = 30
+    register_bytes: int = 8192
     #: TCP keepalive: idle seconds before the first probe, probe interval, probe count.
     keepalive_idle: int = 60
     keepalive_interval: int = 10
@@ -49,6 +70,8 @@ class Settings:
     write_timeout: float = 60.0
     #: Seconds a graceful shutdown waits for queued output to reach clients.
     shutdown_grace: float = 5.0
+    #: Shortest interval a client may ask for with "/ping every SECONDS".
+    ping_min_interval: float = 5.0
     #: The database file; ":memory:" keeps nothing (see chatd.store).
     db: str = ":memory:"
     #: SQLite's synchronous mode: "normal" survives a crash of the daemon,
@@ -105,6 +128,9 @@ class Settings:
             "ws_ping_interval",
             "ws_ping_timeout",
             "node_ttl",
+            "conn_rate",
+            "queue_soft_seconds",
+            "ping_min_interval",
         ):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number")
@@ -122,6 +148,9 @@ class Settings:
             "keepalive_idle",
             "keepalive_interval",
             "keepalive_count",
+            "conn_burst",
+            "max_room_members",
+            "register_lines",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -130,6 +159,17 @@ class Settings:
             raise ValueError("msg_rate must be >= 0, msg_burst >= 1 and flood_factor >= 1")
         if self.max_queue_bytes < 4 * self.max_line:
             raise ValueError("max_queue_bytes must be at least 4 x max_line")
+        if self.queue_soft_bytes and not (
+            self.max_line <= self.queue_soft_bytes <= self.max_queue_bytes
+        ):
+            raise ValueError("queue_soft_bytes must be 0 or between max_line and max_queue_bytes")
+        if self.queue_soft_seconds <= 0 or self.ping_min_interval <= 0 or self.conn_rate < 0:
+            raise ValueError("queue_soft_seconds and ping_min_interval must be > 0, conn_rate >= 0")
+        if self.register_bytes < 64:
+            raise ValueError("register_bytes must be at least 64")
+        for name in ("max_nick_len", "max_room_len"):
+            if not 1 <= getattr(self, name) <= NAME_CEILING:
+                raise ValueError(f"{name} must be between 1 and {NAME_CEILING}")
         if self.db_sync not in ("normal", "full"):
             raise ValueError("db_sync must be normal or full")
         if self.password_cost not in ("standard", "test"):
@@ -153,3 +193,8 @@ class Settings:
             raise ValueError("node_id must be printable, without spaces, and not empty")
         if self.register_timeout <= 0 or self.write_timeout <= 0 or self.shutdown_grace < 0:
             raise ValueError("register_timeout and write_timeout must be > 0, shutdown_grace >= 0")
+
+    @property
+    def soft_queue_bytes(self) -> int:
+        """The outbox's soft limit in bytes (queue_soft_bytes, or its default)."""
+        return self.queue_soft_bytes or self.max_queue_bytes // 4

@@ -152,6 +152,18 @@ class RegistrationTimeout(LimitError):
     code = "registration_timeout"
 
 
+class RegistrationLimit(LimitError):
+    code = "registration_limit"
+
+
+class RoomFull(LimitError):
+    code = "room_full"
+
+
+class PingTimeout(LimitError):
+    code = "ping_timeout"
+
+
 class LoginThrottled(LimitError):
     code = "login_throttled"
 

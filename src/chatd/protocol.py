@@ -31,6 +31,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
+from chatd.config import NAME_CEILING
 from chatd.errors import (
     BadArgs,
     BadEncoding,
@@ -42,9 +43,8 @@ from chatd.errors import (
     WrongProtocol,
 )
 
-MAX_NAME_LEN: Final = 32
 DEFAULT_ROOM: Final = "general"
-_NAME_RE: Final = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_NAME_LEN}}}\Z")
+_NAME_RE: Final = re.compile(rf"[A-Za-z0-9_.\-]{{1,{NAME_CEILING}}}\Z")
 _CONTROL_RE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
@@ -252,6 +252,20 @@ class Ping:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class KeepAlive:
+    """Ask the server to ping after ``interval`` seconds of silence (0: never)."""
+
+    interval: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Answer:
+    """The answer to a server's ping: it runs nothing and gets no reply."""
+
+    token: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Help:
     pass
 
@@ -305,6 +319,8 @@ Command = (
     | Topic
     | SetFormat
     | Ping
+    | KeepAlive
+    | Answer
     | Help
     | Quit
     | Register
@@ -332,6 +348,8 @@ COMMAND_HELP: Final[tuple[tuple[str, str], ...]] = (
     ("/history [ROOM|@NICK] [N] [before=ID]", "show earlier messages"),
     ("/format text|json", "switch how the server talks to you"),
     ("/ping [TOKEN]", "ask for a pong (echoes TOKEN)"),
+    ("/ping every SECONDS", "JSON mode: be pinged after SECONDS of silence (0: never)"),
+    ("/pong TOKEN", "answer the server's ping"),
     ("/help", "show this list"),
     ("/quit [REASON]", "leave the chat"),
     ("//TEXT", "say a line that starts with /"),
@@ -345,21 +363,20 @@ def clean_text(text: str) -> str:
     return _CONTROL_RE.sub("", text.replace("\t", " "))
 
 
-def check_nick(name: str) -> str:
-    """Return ``name`` if it is a valid nickname, else raise BadNick."""
-    if _NAME_RE.match(name) is None:
-        raise BadNick(
-            f"invalid nickname {name[:40]!r}: 1-{MAX_NAME_LEN} letters, digits, '_', '-' or '.'"
-        )
+def check_nick(name: str, limit: int = NAME_CEILING) -> str:
+    """Return ``name`` if it is a valid nickname of at most ``limit``
+    characters, else raise BadNick."""
+    if _NAME_RE.match(name) is None or len(name) > limit:
+        raise BadNick(f"invalid nickname {name[:40]!r}: 1-{limit} letters, digits, '_', '-' or '.'")
     return name
 
 
-def check_room(name: str) -> str:
+def check_room(name: str, limit: int = NAME_CEILING) -> str:
     """Return the room name without a leading ``#``, or raise BadRoom."""
     bare = name[1:] if name.startswith("#") else name
-    if _NAME_RE.match(bare) is None:
+    if _NAME_RE.match(bare) is None or len(bare) > limit:
         raise BadRoom(
-            f"invalid room name {name[:40]!r}: 1-{MAX_NAME_LEN} letters, digits, '_', '-' or '.'"
+            f"invalid room name {name[:40]!r}: 1-{limit} letters, digits, '_', '-' or '.'"
         )
     return bare
 
@@ -456,6 +473,23 @@ def _parse_history(args: str) -> ShowHistory:
     return ShowHistory(target, count, before)
 
 
+_MAX_KEEPALIVE: Final = 3600
+
+
+def _parse_ping(args: str) -> Ping | KeepAlive:
+    word, _, rest = args.partition(" ")
+    if word.lower() != "every":
+        return Ping(args)
+    usage = f"usage: /ping every SECONDS (0 to stop, at most {_MAX_KEEPALIVE})"
+    try:
+        interval = float(rest.strip())
+    except ValueError:
+        raise BadArgs(usage) from None
+    if not 0 <= interval <= _MAX_KEEPALIVE:  # also refuses nan
+        raise BadArgs(usage)
+    return KeepAlive(int(interval) if interval.is_integer() else interval)
+
+
 _PARSERS: Final[dict[str, Any]] = {
     "nick": lambda a: Nick(check_nick(_one_arg(a, "/nick NAME"))),
     "create": lambda a: Create(check_room(_one_arg(a, "/create ROOM"))),
@@ -467,7 +501,8 @@ _PARSERS: Final[dict[str, Any]] = {
     "me": _parse_me,
     "topic": lambda a: Topic(a or None),
     "format": lambda a: SetFormat(_parse_format(a)),
-    "ping": lambda a: Ping(a),
+    "ping": _parse_ping,
+    "pong": lambda a: Answer(a),
     "help": lambda a: Help(),
     "quit": lambda a: Quit(a),
     "register": _parse_register,
@@ -603,6 +638,24 @@ class Pong:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class KeepAliveIs:
+    """The answer to ``/ping every``: the server pings after ``interval``
+    seconds without input, and closes if the ping is not answered within
+    ``interval`` seconds more. 0: no pings."""
+
+    type: ClassVar[str] = "keepalive"
+    interval: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerPing:
+    """Sent after ``interval`` seconds of silence; answer ``/pong TOKEN``."""
+
+    type: ClassVar[str] = "ping"
+    token: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class FormatIs:
     type: ClassVar[str] = "format"
     format: Format
@@ -676,6 +729,8 @@ Event = (
     | RoomList
     | WhoList
     | Pong
+    | KeepAliveIs
+    | ServerPing
     | FormatIs
     | HelpText
     | Error
@@ -772,6 +827,7 @@ _PLAIN_EVENTS: Final[dict[str, Any]] = {
         Left,
         NickChanged,
         Pong,
+        ServerPing,
         Error,
         Bye,
         Shutdown,
@@ -837,6 +893,8 @@ def event_from_json(obj: Mapping[str, Any]) -> Event:
                 if not isinstance(nicks, list):
                     raise TypeError("nicks must be a list")
                 return WhoList(_str(obj["room"]), tuple(_str(n) for n in nicks))
+            case "keepalive":
+                return KeepAliveIs(_num(obj["interval"]))
             case "format":
                 return FormatIs(Format[_str(obj["format"]).upper()])
             case "help":
@@ -903,6 +961,12 @@ def event_to_text(event: Event) -> str:
             return f"* in #{room}: {', '.join(nicks) or 'nobody'}"
         case Pong(token):
             return f"* pong {token}" if token else "* pong"
+        case KeepAliveIs(0):
+            return "* keepalive pings off"
+        case KeepAliveIs(interval):
+            return f"* you will be pinged after {interval:g} s of silence; answer /pong TOKEN"
+        case ServerPing(token):
+            return f"* ping {token}: answer /pong {token}"
         case FormatIs(fmt):
             return f"* format: {fmt.name.lower()}"
         case HelpText(commands):

@@ -48,6 +48,7 @@ from chatd.errors import (
     NoSuchRoom,
     NotInRoom,
     RoomExists,
+    RoomFull,
     StorageUnavailable,
     TooManyRooms,
 )
@@ -151,6 +152,7 @@ class RoomManager:
         *,
         max_rooms_per_session: int = 100,
         max_rooms: int = 10_000,
+        max_members: int = 1000,
         announce_limit: int = 100,
         history_on_join: int = 20,
         store: Store | None = None,
@@ -159,6 +161,8 @@ class RoomManager:
     ) -> None:
         self.max_rooms_per_session = max_rooms_per_session
         self.max_rooms = max_rooms
+        #: Members of one room (on this daemon); general is exempt.
+        self.max_members = max_members
         #: Rooms with more members than this do not announce joins and leaves
         #: to everyone: in a crowd they are noise, and N arrivals would cost
         #: N*N/2 deliveries. The member who joins or leaves is still told.
@@ -322,6 +326,8 @@ class RoomManager:
                 raise TooManyRooms(
                     f"you are in {len(member.rooms)} rooms, the most allowed; /leave one first"
                 )
+            if room is not None and len(room.members) >= self.max_members and key != DEFAULT_ROOM:
+                raise RoomFull(f"#{room.name} has {len(room.members)} members, the most allowed")
             if room is None:
                 if len(self._rooms) >= self.max_rooms:
                     raise TooManyRooms(

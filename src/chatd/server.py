@@ -28,7 +28,7 @@ from chatd.config import Settings
 from chatd.errors import ChatError, ServerFull, TooManyConnections
 from chatd.protocol import Error, Format, render
 from chatd.rooms import RoomManager
-from chatd.session import LINGER_SECONDS, Connection, Session, StreamConnection
+from chatd.session import LINGER_SECONDS, Connection, Session, StreamConnection, TokenBucket
 from chatd.stats import Stats
 from chatd.store import Store, open_store
 from chatd.tls import ServerTLS, TLSConnection
@@ -73,6 +73,9 @@ class Server:
         #: web-port connection from accept (see chatd.web).
         self._slots = 0
         self._per_ip: Counter[str] = Counter()
+        #: New connections per address (conn_rate): a token bucket each.
+        self._arrivals: dict[str, TokenBucket] = {}
+        self._arrivals_cap = 10_000
         self._listener: asyncio.Server | None = None
         self._tls_listener: asyncio.Server | None = None
         self._web: WebGateway | None = None
@@ -90,6 +93,7 @@ class Server:
         return RoomManager(
             max_rooms_per_session=s.max_rooms_per_session,
             max_rooms=s.max_total_rooms,
+            max_members=s.max_room_members,
             announce_limit=s.announce_limit,
             history_on_join=s.history_on_join,
             store=store,
@@ -229,20 +233,16 @@ class Server:
         return metrics.exposition(self._registry), metrics.CONTENT_TYPE
 
     async def _sweep_loop(self) -> None:
-        """Once a second, drop clients whose writes have been blocked too long.
+        """Once a second, each session's timed checks (see Session.sweep).
 
-        One O(n) pass a second keeps timers off the write path.
+        One O(n) pass a second keeps timers off the write and read paths.
         """
         loop = asyncio.get_running_loop()
-        limit = self.settings.write_timeout
         while True:
             await asyncio.sleep(1.0)
             now = loop.time()
             for session in list(self._sessions):
-                since = session.write_blocked_since
-                if since and now - since > limit:
-                    self.stats.slow_consumers += 1
-                    session.drop(f"write timeout ({limit:g} s without reading)")
+                session.sweep(now)
 
     def _refusal(self, ip: str) -> ChatError | None:
         """Why a new connection from ``ip`` cannot be served, or None."""
@@ -255,10 +255,36 @@ class Server:
             refusal = TooManyConnections(
                 f"too many connections from {ip} (at most {self.settings.max_per_ip})"
             )
+        elif self.settings.conn_rate and not self._arrival(ip):
+            refusal = TooManyConnections(
+                f"too many new connections from {ip} (at most {self.settings.conn_rate:g} a second)"
+            )
         if refusal is not None:
             self._refusals.note(ip, refusal.code)
             self.stats.refused[refusal.code] += 1
         return refusal
+
+    def _arrival(self, ip: str) -> bool:
+        """Take a new-connection token for ``ip``; False if it has none left.
+
+        A refused attempt takes nothing, so a client that hammers is refused
+        only as long as it goes on faster than the rate.
+        """
+        s = self.settings
+        now = time.monotonic()
+        bucket = self._arrivals.get(ip)
+        if bucket is None:
+            if len(self._arrivals) >= self._arrivals_cap:
+                # Forget addresses whose bucket is full again; the cap grows
+                # with what remains, so this pass stays rare.
+                full = s.conn_burst / s.conn_rate
+                self._arrivals = {k: b for k, b in self._arrivals.items() if now - b.stamp < full}
+                self._arrivals_cap = max(10_000, 2 * len(self._arrivals))
+            bucket = self._arrivals[ip] = TokenBucket(s.conn_rate, s.conn_burst, now)
+        if bucket.take(now) > 0:
+            bucket.tokens += 1.0
+            return False
+        return True
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = StreamConnection(reader, writer)

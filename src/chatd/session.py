@@ -53,11 +53,14 @@ from chatd.errors import (
     NotInRoom,
     NotLoggedIn,
     NotRegistered,
+    PingTimeout,
     RateLimited,
+    RegistrationLimit,
     RegistrationTimeout,
     StorageUnavailable,
 )
 from chatd.protocol import (
+    Answer,
     Bye,
     Command,
     Create,
@@ -69,6 +72,8 @@ from chatd.protocol import (
     HelpText,
     History,
     Join,
+    KeepAlive,
+    KeepAliveIs,
     Leave,
     LineFramer,
     ListRooms,
@@ -85,6 +90,7 @@ from chatd.protocol import (
     Register,
     Registered,
     Say,
+    ServerPing,
     SetFormat,
     ShowHistory,
     Shutdown,
@@ -92,6 +98,7 @@ from chatd.protocol import (
     Welcome,
     Who,
     check_nick,
+    check_room,
     foreign_protocol,
     name_key,
     parse_line,
@@ -348,18 +355,25 @@ class Session(Member):
         "_flush_scheduled",
         "_flusher",
         "_in_flight",
+        "_keepalive",
         "_kick_timer",
+        "_last_input",
         "_loop",
         "_manager",
         "_max_bytes",
         "_max_events",
         "_pending",
         "_pending_bytes",
+        "_ping_sent",
+        "_pings",
+        "_prereg_bytes",
+        "_prereg_lines",
         "_reader_waiter",
         "_register_deadline",
         "_settings",
         "_soft_bytes",
         "_soft_events",
+        "_soft_since",
         "_stats",
         "_writer_task",
         "close_reason",
@@ -387,8 +401,12 @@ class Session(Member):
         self._pending_bytes = 0
         self._max_bytes = settings.max_queue_bytes
         self._max_events = settings.max_queue_events
-        self._soft_bytes = settings.max_queue_bytes // 4
+        self._soft_bytes = settings.soft_queue_bytes
         self._soft_events = settings.max_queue_events // 4
+        #: Loop time at which fan-out found the outbox over the soft limit, or
+        #: 0.0; reset when a sweep finds it under. Replies alone never set it:
+        #: they are paced (see _wait_outbox).
+        self._soft_since = 0.0
         self._loop = asyncio.get_running_loop()
         self._flusher = _flusher(self._loop)
         #: A flush is due (a loop callback, or the writer after its drain).
@@ -404,6 +422,16 @@ class Session(Member):
         self._cost = 0  # extra flood-control tokens the last command costs
         self._eof = False
         self._register_deadline = 0.0
+        #: Input taken before registration (register_lines, register_bytes).
+        self._prereg_lines = 0
+        self._prereg_bytes = 0
+        #: Keepalive pings (/ping every): the interval (0.0: off), the loop
+        #: time of the last input and of the unanswered ping (0.0: none), and
+        #: how many pings were sent (the token).
+        self._keepalive = 0.0
+        self._last_input = self._loop.time()
+        self._ping_sent = 0.0
+        self._pings = 0
         self.close_reason = ""
         #: Loop time at which the current write started waiting for the
         #: client to read, or 0.0. The server's sweeper enforces write_timeout.
@@ -429,16 +457,14 @@ class Session(Member):
         pending.append(data)
         self._pending_bytes += len(data)
         # The batch still waiting in the transport counts too: that is the bound.
-        if (
-            self._pending_bytes + self._in_flight > self._max_bytes
-            or len(pending) > self._max_events
-        ):
+        queued = self._pending_bytes + self._in_flight
+        if queued > self._max_bytes or len(pending) > self._max_events:
             self._stats.slow_consumers += 1
-            self.drop(
-                f"send queue overflow ({self._pending_bytes + self._in_flight} bytes, "
-                f"{len(pending)} events queued)"
-            )
-        elif not self._flush_scheduled:
+            self.drop(f"send queue overflow ({queued} bytes, {len(pending)} events queued)")
+            return
+        if queued > self._soft_bytes and not self._soft_since:
+            self._soft_since = self._loop.time()  # sweep() cuts it if this lasts
+        if not self._flush_scheduled:
             # The hot path of fan-out: one flush per loop pass, however many
             # events arrive in it; after the first, a delivery costs one check.
             self._flush_scheduled = True
@@ -470,12 +496,46 @@ class Session(Member):
 
     def kick(self, reason: str) -> None:
         """Say why and close; reset the connection if it is still open later."""
+        self._close_with(Bye(reason), reason)
+
+    def _close_with(self, event: Event, reason: str) -> None:
+        """Send a last event and close, whatever the reader is doing; reset
+        the connection if it is still open after the lingering time."""
         if self._closing:
             return
-        self.tell(Bye(reason))
+        self.tell(event)
         self.close_reason = self.close_reason or reason
         self._stop_output()
         self._kick_timer = self._loop.call_later(LINGER_SECONDS, self.drop, reason)
+
+    def sweep(self, now: float) -> None:
+        """The once-a-second checks (the server calls them for every session):
+        the write deadline, the outbox's soft limit, keepalive pings."""
+        s = self._settings
+        if (since := self.write_blocked_since) and now - since > s.write_timeout:
+            self._stats.slow_consumers += 1
+            self.drop(f"write timeout ({s.write_timeout:g} s without reading)")
+            return
+        if self._soft_since:
+            if self._pending_bytes + self._in_flight <= self._soft_bytes:
+                self._soft_since = 0.0
+            elif now - self._soft_since >= s.queue_soft_seconds:
+                self._stats.slow_consumers += 1
+                self.drop(
+                    f"send queue over {self._soft_bytes} bytes for {s.queue_soft_seconds:g} s"
+                )
+                return
+        interval = self._keepalive
+        if not interval or self._closing:
+            return
+        if self._ping_sent and self._last_input < self._ping_sent:
+            if now - self._ping_sent >= interval:
+                why = f"no answer to a ping in {interval:g} s"
+                self._close_with(Error.of(PingTimeout(why)), "ping timeout")
+        elif now - self._last_input >= interval:
+            self._pings += 1
+            self._ping_sent = now
+            self.tell(ServerPing(str(self._pings)))
 
     def begin_shutdown(self, reason: str) -> None:
         """Say goodbye, flush, close. The server aborts whoever takes too long."""
@@ -666,6 +726,8 @@ class Session(Member):
         while True:
             if self._closing:
                 return self.close_reason or "closing"
+            if self.key is None and (refused := self._registration_limit(len(backlog))):
+                return refused
             if not backlog:
                 if self._eof:
                     return "connection closed"
@@ -694,6 +756,8 @@ class Session(Member):
                 await self._wait_outbox()
             if self._closing:
                 continue  # dropped or shutting down while this line waited: it does not run
+            if self.key is None:
+                self._prereg_lines += 1
             reason = self._handle(item)
             if reason is not None and not isinstance(reason, str):
                 await self._complete(reason)
@@ -702,6 +766,24 @@ class Session(Member):
             if self._cost and limits is not None:
                 limits.lines.charge(self._cost)
             self._cost = 0
+
+    def _registration_limit(self, backlog: int) -> str | None:
+        """End a connection that sends too much before choosing a nickname.
+
+        ``backlog`` lines are framed but not yet run: they count, so a burst
+        is cut before any of it runs.
+        """
+        s = self._settings
+        if self._prereg_lines + backlog <= s.register_lines and (
+            self._prereg_bytes <= s.register_bytes
+        ):
+            return None
+        why = (
+            f"more than {s.register_lines} lines or {s.register_bytes} bytes "
+            "before choosing a nickname"
+        )
+        self.tell(Error.of(RegistrationLimit(why)))
+        return "registration limit"
 
     def _flooding(self) -> str:
         self._stats.rate_disconnects += 1
@@ -750,6 +832,9 @@ class Session(Member):
         """Frame what was read (at end of input, keep a last unterminated
         line); return True when it shows a flood."""
         before = len(backlog)
+        self._last_input = self._loop.time()
+        if self.key is None:
+            self._prereg_bytes += len(data or b"")
         if data:
             backlog.extend(framer.feed(data))
         else:
@@ -809,23 +894,33 @@ class Session(Member):
                     raise BadArgs("WebSocket connections speak JSON: one event per frame")
                 self.fmt = fmt
                 self.tell(FormatIs(fmt))
+                if fmt is Format.TEXT:
+                    self._keepalive = 0.0  # pings are for programs, which speak JSON
             case Ping(token):
                 # After everything this session said is stored and delivered.
                 manager.barrier(lambda: self.tell(Pong(token)))
+            case KeepAlive(interval):
+                self._set_keepalive(interval)
+            case Answer():
+                pass  # any input answers a ping; this one runs nothing
             case Help():
                 self.tell(HelpText())
             case Quit(reason):
                 self.tell(Bye(reason))
                 return f"quit: {reason}" if reason else "quit"
-            case Nick(name) if self.key is None and manager.cluster is not None:
-                return self._cluster_nick(name)
-            case Say(text) if self.key is None and manager.cluster is not None:
-                return self._cluster_nick(check_nick(text.strip()))
-            case Nick(name) if self.key is None:
-                manager.register(self, name)
             case Say(text) if self.key is None:
                 # The classic greeting: a bare first line is the nickname.
-                manager.register(self, check_nick(text.strip()))
+                return self._dispatch(Nick(check_nick(text.strip())))
+            case Nick(name) if len(name) > self._settings.max_nick_len:
+                check_nick(name, self._settings.max_nick_len)
+            case Create(room) | Join(room) if len(room) > self._settings.max_room_len and not (
+                isinstance(command, Join) and manager.is_live(room)
+            ):
+                check_room(room, self._settings.max_room_len)  # a new room's name
+            case Nick(name) if self.key is None and manager.cluster is not None:
+                return self._cluster_nick(name)
+            case Nick(name) if self.key is None:
+                manager.register(self, name)
             case Login(nick, password):
                 return self._login(nick, password)
             case _ if self.key is None:
@@ -877,13 +972,24 @@ class Session(Member):
                 if self.account is None:
                     raise NotLoggedIn("you are not logged in")
                 manager.logout(self)
-                # Choosing a nickname again has the usual deadline.
+                # Choosing a nickname again has the usual deadline and limits.
                 self._register_deadline = self._loop.time() + self._settings.register_timeout
+                self._prereg_lines = self._prereg_bytes = 0
             case Passwd(old, new):
                 return self._passwd(old, new)
             case ShowHistory():
                 return self._history(command)
         return None
+
+    def _set_keepalive(self, interval: float) -> None:
+        least = self._settings.ping_min_interval
+        if interval and self.fmt is not Format.JSON:
+            raise BadArgs("keepalive pings need JSON mode: /format json first")
+        if 0 < interval < least:
+            raise BadArgs(f"the shortest keepalive interval is {least:g} s")
+        self._keepalive = interval
+        self._ping_sent = 0.0
+        self.tell(KeepAliveIs(interval))
 
     # -- commands that wait ------------------------------------------------
 
