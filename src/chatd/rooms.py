@@ -126,7 +126,8 @@ class Room:
         #: The last messages, shown on join; ``older``: the store has more.
         self.recent: deque[Message] = deque(maxlen=history)
         self.older = False
-        #: Cluster mode: the id of the last message delivered (ids only grow).
+        #: The id of the last message delivered or seeded from the store (ids
+        #: only grow): a message at or below it is not delivered again.
         self.seen = 0
 
     def remember(self, event: Message) -> None:
@@ -388,8 +389,11 @@ class RoomManager:
 
         def deliver() -> int | None:
             live = self._rooms.get(key)
-            if live is None:
+            # A room forgotten and joined again meanwhile was seeded from the
+            # store, which may already hold this message: it was shown then.
+            if live is None or event.id <= live.seen:
                 return None
+            live.seen = event.id
             live.remember(event)
             self._fanout(live, event)
             return len(live.members)
