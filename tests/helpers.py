@@ -9,7 +9,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -202,10 +202,19 @@ class Daemon:
 
     @classmethod
     async def start(
-        cls, *args: str, env: dict[str, str] | None = None, port: int | None = 0
+        cls,
+        *args: str,
+        env: dict[str, str] | None = None,
+        port: int | None = 0,
+        python: Sequence[str] = (),
+        max_fds: int | None = None,
     ) -> Daemon:
-        """Start the daemon; ``port=None`` leaves the port to the environment."""
-        cmd = [sys.executable, "-m", "chatd", "serve", "--msg-rate", "0", *args]
+        """Start the daemon; ``port=None`` leaves the port to the environment.
+
+        ``python``: interpreter options (``-W``, ``-X dev``); ``max_fds``: its
+        open-file limit, soft and hard.
+        """
+        cmd = [sys.executable, *python, "-m", "chatd", "serve", "--msg-rate", "0", *args]
         if "--conn-rate" not in args:
             cmd += ["--conn-rate", "0"]  # tests connect often from one address
         if "--db" not in args and "CHATD_DB" not in (env or {}):
@@ -220,6 +229,7 @@ class Daemon:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             env={**os.environ, **(env or {})},
+            preexec_fn=None if max_fds is None else lambda: _limit_fds(max_fds),
         )
         assert proc.stderr is not None
         log: list[str] = []
@@ -278,6 +288,12 @@ class Daemon:
         if self._log_task is not None:
             await asyncio.wait([self._log_task], timeout=timeout)
         return code
+
+
+def _limit_fds(n: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
 
 
 async def open_json(port: int, nick: str | None = None, **kwargs: Any) -> LineClient:

@@ -79,6 +79,9 @@ from chatd.store import Account, Done, RoomRecord, Store, StoredMessage, StoreEr
 if TYPE_CHECKING:
     from chatd.rooms import Member, RoomManager
 
+#: Messages from Redis handled before the reader lets other tasks run.
+_READ_BATCH = 16
+
 logger = logging.getLogger(__name__)
 
 P: Final = "chatd:"
@@ -1165,6 +1168,7 @@ class Cluster:
     # -- fan-in ------------------------------------------------------------
 
     async def _read_loop(self) -> None:
+        handled = 0
         while True:
             if not self.link.up or not self._reader_up.is_set():
                 await self.link.wait_up()
@@ -1188,6 +1192,11 @@ class Cluster:
                 self._dispatch(message)
             except Exception:
                 logger.exception("bad cluster message on %r", message.get("channel"))
+            handled += 1
+            if handled % _READ_BATCH == 0:
+                # get_message returns buffered messages without suspending:
+                # let the rest of the daemon run between batches.
+                await asyncio.sleep(0)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message["type"]

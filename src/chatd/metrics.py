@@ -38,6 +38,8 @@ class Gauges:
     clients: Callable[[], Counter[str]]
     rooms: Callable[[], int]
     store_backlog: Callable[[], int]
+    nicknames: Callable[[], int]
+    tasks: Callable[[], int]
 
 
 class ChatdCollector(Collector):
@@ -55,6 +57,10 @@ class ChatdCollector(Collector):
             clients.add_metric([transport], counts.get(transport, 0))
         yield clients
         yield GaugeMetricFamily("chatd_rooms", "Rooms that exist now", value=g.rooms())
+        yield GaugeMetricFamily(
+            "chatd_nicknames", "Nicknames held by connected users", value=g.nicknames()
+        )
+        yield GaugeMetricFamily("chatd_tasks", "asyncio tasks alive in the daemon", value=g.tasks())
         yield GaugeMetricFamily(
             "chatd_store_backlog", "Writes waiting for the store", value=g.store_backlog()
         )

@@ -172,12 +172,13 @@ class Server:
             callback,
             self.settings.host,
             port,
-            backlog=self.settings.backlog,
+            backlog=min(ACCEPT_BATCH, self.settings.backlog),
             limit=self.settings.max_line * 2,
         )
-        # Linux copies these options from the listening socket to every
-        # accepted one, which saves five system calls per connection.
         for sock in listener.sockets:
+            listen_deep(sock, self.settings.backlog)
+            # Linux copies these options from the listening socket to every
+            # accepted one, which saves five system calls per connection.
             self._configure_socket(sock)
         return listener
 
@@ -228,6 +229,8 @@ class Server:
                     clients=lambda: Counter(s.connection.transport for s in self._sessions),
                     rooms=lambda: self.manager.room_count,
                     store_backlog=lambda: self.manager.store.backlog,
+                    nicknames=lambda: len(self.manager.members()),
+                    tasks=lambda: len(asyncio.all_tasks()),
                 ),
             )
         return metrics.exposition(self._registry), metrics.CONTENT_TYPE
@@ -395,7 +398,7 @@ class Server:
         if sock is None:
             return
         for level, option, value in self._socket_options:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):  # ValueError: uvloop, closed
                 sock.setsockopt(level, option, value)
 
     def abort_all(self, reason: str) -> None:
@@ -436,6 +439,19 @@ class Server:
 
 
 _INHERITS_SOCKET_OPTIONS = sys.platform.startswith("linux")
+
+#: Connections accepted in one pass of the event loop. asyncio accepts up to
+#: the listen backlog at once, and a storm of thousands would then hold the
+#: loop for tens of milliseconds; the kernel queue stays as deep as the
+#: backlog setting (see listen_deep).
+ACCEPT_BATCH = 64
+
+
+def listen_deep(sock: Any, backlog: int) -> None:
+    """Give a listening socket the kernel queue ``backlog``, whatever the
+    event loop was told (it takes that number as its accept batch too)."""
+    with socket.socket(fileno=os.dup(sock.fileno())) as dup:
+        dup.listen(backlog)
 
 
 def _ip(conn: Connection) -> str:

@@ -224,7 +224,9 @@ class StreamConnection:
         # instead of trickling it to a client that will never read it.
         sock = self._writer.get_extra_info("socket")
         if sock is not None:
-            with contextlib.suppress(OSError):
+            # uvloop raises ValueError (negative file descriptor) once the
+            # transport has closed the socket: nothing is left to reset then.
+            with contextlib.suppress(OSError, ValueError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
         self._writer.transport.abort()
 

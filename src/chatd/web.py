@@ -246,6 +246,8 @@ class WebGateway:
         assert s.http_port is not None
         package = importlib.resources.files("chatd") / "webpage"
         self._files = {name: (package / name).read_bytes() for name, _ in PAGE_FILES.values()}
+        from chatd.server import ACCEPT_BATCH, listen_deep  # server imports this module
+
         self._server = await serve(
             self._on_websocket,
             s.host,
@@ -263,9 +265,11 @@ class WebGateway:
             close_timeout=2.0,
             server_header=None,
             create_connection=_slot_holding(*self._slots),
-            backlog=s.backlog,
+            backlog=min(ACCEPT_BATCH, s.backlog),
             ssl_handshake_timeout=s.tls_handshake_timeout if self._tls else None,
         )
+        for sock in self._server.sockets:
+            listen_deep(sock, s.backlog)
         scheme = "https" if self._tls else "http"
         for host, port in self.addresses:
             logger.info("web page and WebSocket on %s://%s:%d/", scheme, host, port)
