@@ -63,7 +63,7 @@ async def test_concurrent_connections_per_address_with_many_addresses(
             client.close()
 
 
-async def test_too_many_lines_before_registration_are_refused_before_any_runs(
+async def test_too_many_lines_before_registration_end_the_connection(
     start_server: StartServer,
 ) -> None:
     server = await start_server(register_lines=5)
@@ -74,16 +74,36 @@ async def test_too_many_lines_before_registration_are_refused_before_any_runs(
         await patient.line()
         await patient.send(*(f"/ping {n}" for n in range(4)), "/nick patient")
         await patient.expect_line(r"^\* now talking in #general$")
-        # Six lines in one write: cut before any of them runs.
+        # Six lines: five run, the sixth ends the connection.
         await chatty.line()
         await chatty.send(*(f"/ping {n}" for n in range(6)))
         data = await chatty.wait_closed()
-        assert data == (
-            b"! registration_limit: more than 5 lines or 8192 bytes before choosing a nickname\n"
-        )
+        assert data.decode().splitlines() == [
+            *(f"* pong {n}" for n in range(5)),
+            "! registration_limit: more than 5 lines or 8192 bytes before choosing a nickname",
+        ]
     finally:
         patient.close()
         chatty.close()
+
+
+async def test_a_nickname_piped_with_many_lines_loses_none_of_them(
+    start_server: StartServer,
+) -> None:
+    """printf 'bob\n...' | nc: one write, the nickname first, then far more
+    lines and bytes than the limits before registration."""
+    server = await start_server(register_lines=5, register_bytes=256)
+    listener = await open_json(server.port, "listener")
+    piper = await LineClient.open("127.0.0.1", server.port)
+    try:
+        lines = [f"line {n} " + "x" * 40 for n in range(100)]
+        piper.writer.write(("piper\n" + "".join(f"{line}\n" for line in lines)).encode())
+        await piper.writer.drain()
+        said = [(await listener.expect("message"))["text"] for _ in lines]
+        assert said == lines
+    finally:
+        listener.close()
+        piper.close()
 
 
 async def test_bytes_that_make_no_line_count_before_registration(
@@ -100,7 +120,8 @@ async def test_bytes_that_make_no_line_count_before_registration(
         await long_line.line()
         long_line.writer.write(b"x" * 3000)
         data = await long_line.wait_closed()
-        assert data.startswith(b"! registration_limit:")  # before its line_too_long runs
+        assert data.startswith(b"! line_too_long:")
+        assert b"! registration_limit:" in data
     finally:
         telnet.close()
         long_line.close()

@@ -728,7 +728,7 @@ class Session(Member):
         while True:
             if self._closing:
                 return self.close_reason or "closing"
-            if self.key is None and (refused := self._registration_limit(len(backlog))):
+            if self.key is None and (refused := self._registration_limit(bool(backlog))):
                 return refused
             if not backlog:
                 if self._eof:
@@ -769,16 +769,20 @@ class Session(Member):
                 limits.lines.charge(self._cost)
             self._cost = 0
 
-    def _registration_limit(self, backlog: int) -> str | None:
+    def _registration_limit(self, line_waiting: bool) -> str | None:
         """End a connection that sends too much before choosing a nickname.
 
-        ``backlog`` lines are framed but not yet run: they count, so a burst
-        is cut before any of it runs.
+        Lines count as they run, so a client that pipes its nickname and
+        then its messages in one write is registered by the first line and
+        loses none of the rest. Bytes are judged when no line is waiting:
+        input that makes no line (telnet negotiation, the discarded rest of
+        an over-long line) cannot go on for long.
         """
         s = self._settings
-        if self._prereg_lines + backlog <= s.register_lines and (
-            self._prereg_bytes <= s.register_bytes
-        ):
+        if line_waiting:
+            if self._prereg_lines < s.register_lines:
+                return None
+        elif self._prereg_bytes <= s.register_bytes:
             return None
         why = (
             f"more than {s.register_lines} lines or {s.register_bytes} bytes "
