@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -15,8 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from chatd.store import SqliteStore
-
-#: Generous: a safety net on a busy machine, never a synchroniser.
 
 
 def signal_child(proc: asyncio.subprocess.Process, sig: int = 9) -> None:
@@ -31,6 +30,7 @@ def signal_child(proc: asyncio.subprocess.Process, sig: int = 9) -> None:
             os.kill(proc.pid, sig)
 
 
+#: Generous: a safety net on a busy machine, never a synchroniser.
 DEADLINE = 10.0
 
 Event = dict[str, Any]
@@ -291,8 +291,8 @@ class Daemon:
 
 
 def _limit_fds(n: int) -> None:
-    import resource
-
+    # Runs in the child between fork and exec: a system call, no import or
+    # lock that another thread of the test process might hold.
     resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
 
 

@@ -217,7 +217,12 @@ async def test_a_low_open_file_limit_refuses_the_excess_and_recovers(figure: Fig
         burst.extend(opened)
         answers = await asyncio.gather(*(c.wait_closed(timeout=DEADLINE * 3) for c in burst))
         refused_in = time.monotonic() - started
-        assert all(a.startswith(b"! server_full: the server is full (96 clients)") for a in answers)
+        # Refused with a line, or (uvloop out of descriptors) closed at once.
+        assert all(
+            a.startswith(b"! server_full: the server is full (96 clients)") or a == b""
+            for a in answers
+        )
+        refused = sum(a.startswith(b"! server_full") for a in answers)
         # Those already in were not disturbed.
         await clients[0].send("still talking")
         assert (await clients[-1].expect("message"))["text"] == "still talking"
@@ -242,7 +247,7 @@ async def test_a_low_open_file_limit_refuses_the_excess_and_recovers(figure: Fig
             "out of system resource" in line or "Too many open files" in line for line in daemon.log
         )
         figure("open-file limit", "160 -> 96 clients served")
-        figure("burst of 300 refused with server_full in", f"{refused_in:.2f} s")
+        figure("burst of 300 refused in", f"{refused_in:.2f} s, {refused} with server_full")
         figure("EMFILE log lines during the burst", emfile)
     finally:
         for client in (*clients, *burst):
@@ -370,6 +375,7 @@ async def test_the_loop_check_catches_a_daemon_callback_that_blocks(
         return real(line)
 
     monkeypatch.setattr(session_module, "parse_line", burning)
+    figures_before = len(conftest.FIGURES)
     server = await start_server()
     client = await open_json(server.port, "burner")
     try:
@@ -380,7 +386,7 @@ async def test_the_loop_check_catches_a_daemon_callback_that_blocks(
             assert any("chatd" in seen and "s of CPU" in seen for seen in caught), caught
         else:  # uvloop: reported with its wall time, not counted
             assert caught == []
-            assert any("chatd" in value for _, value in conftest.FIGURES)
+            assert any("chatd" in value for _, value in conftest.FIGURES[figures_before:])
     finally:
         client.close()
 

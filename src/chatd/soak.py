@@ -88,7 +88,9 @@ class Client:
     async def open(cls, port: int) -> Client:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
         client = cls(reader, writer)
-        await client.reader.readline()  # the greeting
+        greeting = await client.reader.readline()
+        if not greeting.startswith(b"* welcome"):
+            raise ConnectionError(f"refused: {greeting.decode(errors='replace').strip()}")
         client.send("/format json")
         await client.until("format")
         return client
@@ -114,10 +116,10 @@ class Client:
             await self.writer.wait_closed()
 
 
-async def worker(n: int, port: int, stop: float, report: Report) -> None:
+async def worker(n: int, port: int, stop: float, report: Report, *, once: bool = False) -> None:
     cycle = 0
     rng = random.Random(n)
-    while time.monotonic() < stop:
+    while time.monotonic() < stop or (once and not cycle):
         cycle += 1
         nick = f"w{n}x{cycle}"
         try:
@@ -179,6 +181,10 @@ async def spawn(db: str) -> tuple[asyncio.subprocess.Process, int, int]:
         db,
         "--conn-rate",
         "0",
+        "--max-per-ip",
+        "100000",
+        "--max-room-members",
+        "100000",
         "--log-level",
         "info",
     ]
@@ -211,7 +217,7 @@ async def soak(seconds: float, workers: int) -> Report:
         proc, port, web = await spawn(os.path.join(tmp, "soak.db"))
         try:
             # Warm up: one cycle of everything, so what is made once is there.
-            await worker(-1, port, time.monotonic() + 0.001, report)
+            await worker(-1, port, 0.0, report, once=True)
             report.start = await asyncio.to_thread(read_metrics, web)
             done = asyncio.Event()
             watchers = [asyncio.create_task(watcher(port, r, done)) for r in range(2)]
