@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ping-min-interval",
         type=float,
         default=_DEFAULTS.ping_min_interval,
-        help="shortest interval a client may ask for with /ping every SECONDS",
+        help="shortest interval a client may ask for with /ping every SECONDS (at most 3600)",
     )
     limits.add_argument(
         "--write-timeout",

@@ -163,8 +163,10 @@ class Settings:
             self.max_line <= self.queue_soft_bytes <= self.max_queue_bytes
         ):
             raise ValueError("queue_soft_bytes must be 0 or between max_line and max_queue_bytes")
-        if self.queue_soft_seconds <= 0 or self.ping_min_interval <= 0 or self.conn_rate < 0:
-            raise ValueError("queue_soft_seconds and ping_min_interval must be > 0, conn_rate >= 0")
+        if self.queue_soft_seconds <= 0 or self.conn_rate < 0:
+            raise ValueError("queue_soft_seconds must be > 0 and conn_rate >= 0")
+        if not 0 < self.ping_min_interval <= 3600:  # /ping every takes at most 3600
+            raise ValueError("ping_min_interval must be above 0 and at most 3600")
         if self.register_bytes < 64:
             raise ValueError("register_bytes must be at least 64")
         for name in ("max_nick_len", "max_room_len"):
