@@ -1159,9 +1159,9 @@ class Session(Member):
             )
         except StoreError as exc:
             raise StorageUnavailable(str(exc)) from None
-        # The newest that fit half the soft limit: a page never overflows the
-        # outbox, and a slow reader is not cut for asking for one.
-        budget, lines = self._soft_bytes // 2, []
+        # The newest that fit the soft limit: a page never overflows the
+        # outbox, and a reader must be very slow to be cut for asking for one.
+        budget, lines = self._soft_bytes, []
         for m in reversed(messages):
             data = render(stored_event(m, history=True), self.fmt)
             budget -= len(data)
