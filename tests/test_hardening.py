@@ -199,6 +199,32 @@ async def test_slowloris_clients_are_closed_on_time_while_others_get_in(
 # -- 5. file-descriptor exhaustion -------------------------------------------
 
 
+async def admitted_client(port: int, what: str) -> LineClient:
+    """The first connection the daemon welcomes again, greeting read.
+
+    A place frees up once the daemon has finished with a session, a moment
+    after its client saw the connection close; until then, refusals.
+    """
+    admitted: list[LineClient] = []
+
+    async def try_once() -> bool:
+        probe = await LineClient.open("127.0.0.1", port)
+        if (await probe.line()).startswith("* welcome"):
+            admitted.append(probe)
+            return True
+        probe.close()
+        return False
+
+    await until_async(try_once, what)
+    return admitted[0]
+
+
+def emfile_lines(log: list[str]) -> int:
+    """accept() failures for want of descriptors that asyncio logged, one
+    entry each (its traceback's "Too many open files" is the same entry)."""
+    return sum("out of system resource" in line for line in log)
+
+
 async def test_a_low_open_file_limit_refuses_the_excess_and_recovers(figure: Figure) -> None:
     """ulimit -n 160: the daemon says so at start, serves 96 clients, refuses
     the rest with server_full (through EMFILE when a burst outruns it), and
@@ -231,23 +257,11 @@ async def test_a_low_open_file_limit_refuses_the_excess_and_recovers(figure: Fig
         for client in clients[:10]:
             await client.send("/quit")
             await client.wait_closed()
-
-        async def admitted() -> bool:
-            # A slot is free once the daemon has finished with a session,
-            # a moment after its client saw the connection close.
-            probe = await LineClient.open("127.0.0.1", daemon.port)
-            first = await probe.line()
-            probe.close()
-            return first.startswith("* welcome")
-
-        await until_async(admitted, "a free slot after ten clients quit")
-        newcomer = await open_json(daemon.port, "newcomer")
+        newcomer = await admitted_client(daemon.port, "a free slot after ten clients quit")
         clients.append(newcomer)
-        await newcomer.send("/ping in")
-        await newcomer.expect("pong")
-        emfile = sum(
-            "out of system resource" in line or "Too many open files" in line for line in daemon.log
-        )
+        await newcomer.send("newcomer", "/ping in")
+        await newcomer.expect_line(r"^\* pong in$")
+        emfile = emfile_lines(daemon.log)
         figure("open-file limit", "160 -> 96 clients served")
         figure("burst of 300 refused in", f"{refused_in:.2f} s, {refused} with server_full")
         figure("EMFILE log lines during the burst", emfile)
@@ -283,22 +297,11 @@ async def test_emfile_is_survived(figure: Figure) -> None:
         assert not any(a.startswith(b"* welcome") for a in answers)
         refused = sum(a.startswith(b"! server_full") for a in answers)
         first.close()
-        newcomer: list[LineClient] = []
-
-        async def admitted() -> bool:
-            # The one place is free once the daemon has finished with "first".
-            probe = await LineClient.open("127.0.0.1", daemon.port)
-            if (await probe.line()).startswith("* welcome"):
-                newcomer.append(probe)
-                return True
-            probe.close()
-            return False
-
-        await until_async(admitted, "accepting again")
-        await newcomer[0].send("newcomer", "/ping alive")
-        await newcomer[0].expect_line(r"^\* pong alive$")
-        newcomer[0].close()
-        emfile = sum("out of system resource" in line for line in daemon.log)
+        newcomer = await admitted_client(daemon.port, "accepting again")
+        await newcomer.send("newcomer", "/ping alive")
+        await newcomer.expect_line(r"^\* pong alive$")
+        newcomer.close()
+        emfile = emfile_lines(daemon.log)
         figure("burst of 300 at ulimit -n 40", f"{refused} told server_full, the rest closed")
         figure("accept() failures with EMFILE logged", emfile)
     finally:
