@@ -3,4 +3,5 @@
 # Example: ./scripts/bench.sh --scenario fanout --duration 10
 set -euo pipefail
 . "$(dirname "$0")/_venv.sh"
+ensure_venv
 exec "$VENV/bin/chatd" bench "$@"

@@ -5,4 +5,5 @@
 # Example: ./scripts/soak.sh --seconds 1800 --workers 100
 set -euo pipefail
 . "$(dirname "$0")/_venv.sh"
+ensure_venv
 exec "$VENV/bin/python" -m chatd.soak "$@"

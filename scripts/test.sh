@@ -2,7 +2,8 @@
 # Create .venv with the dev extras if needed, then run ruff, mypy and the whole test suite.
 # Extra arguments go to pytest, e.g.: ./scripts/test.sh -k protocol -x
 set -euo pipefail
-. "$(dirname "$0")/_venv.sh" dev
+. "$(dirname "$0")/_venv.sh"
+ensure_venv dev
 cd "$ROOT"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
