@@ -1,0 +1,115 @@
+"""Replies in command order, though some commands finish later.
+
+A connection's commands run in the order sent, and most answer at once. A
+message does not: it is fanned out, its echo to the sender included, only
+when the store has it, and in cluster mode when it comes back from Redis.
+A ``/ping`` answers after a barrier. Waiting for each of them before the
+next command would serialise a connection on the store's latency, so they
+pipeline instead, and :class:`ReplyOrder` puts the output back in order:
+
+* each such command is an *operation*, numbered as it begins;
+* a reply made while an earlier operation is unfinished is held, tagged
+  with the last operation begun before it;
+* an operation ends with what it has to say in its place (an error, a
+  pong, in cluster mode the sender's echo), and everything held behind it
+  then goes out, in order.
+
+Operations usually end in the order they began (the store, the cluster
+link and Redis are first in, first out); one that ends early waits for
+those before it. Pure: no I/O, no clock; the session does the writing.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+__all__ = ["ReplyOrder"]
+
+
+class ReplyOrder:
+    """The operations of one connection and the replies held behind them."""
+
+    __slots__ = ("_echoes", "_ended", "_held", "begun", "done")
+
+    def __init__(self) -> None:
+        #: The number of the last operation begun, and of the last one ended
+        #: with every operation before it.
+        self.begun = 0
+        self.done = 0
+        self._held: deque[tuple[int, bytes]] = deque()
+        #: Operations ended before an earlier one did: number -> their output.
+        self._ended: dict[int, bytes | None] = {}
+        #: Messages whose echo ends them (cluster mode): (number, room key),
+        #: oldest first, as their echoes come back from Redis.
+        self._echoes: deque[tuple[int, str]] = deque()
+
+    @property
+    def busy(self) -> bool:
+        """An operation is unfinished: replies are held."""
+        return self.done != self.begun
+
+    def begin(self, echo_room: str | None = None) -> int:
+        """Begin an operation; ``echo_room``: a message to that room, ended by
+        its echo (:meth:`echo`). Returns its number."""
+        self.begun += 1
+        if echo_room is not None:
+            self._echoes.append((self.begun, echo_room))
+        return self.begun
+
+    def hold(self, data: bytes) -> None:
+        """Hold a reply until the operations begun before it ended."""
+        self._held.append((self.begun, data))
+
+    def end(self, seq: int, data: bytes | None = None) -> list[bytes]:
+        """Operation ``seq`` ended, saying ``data`` in its place; return what
+        goes out now, in order. Ending an operation twice does nothing."""
+        if seq <= self.done or seq in self._ended:
+            return []
+        if self._echoes:
+            for i, (number, _) in enumerate(self._echoes):
+                if number == seq:
+                    del self._echoes[i]
+                    break
+        self._ended[seq] = data
+        out: list[bytes] = []
+        ended, held = self._ended, self._held
+        while (self.done + 1) in ended:
+            self.done += 1
+            said = ended.pop(self.done)
+            if said is not None:
+                out.append(said)
+            while held and held[0][0] <= self.done:
+                out.append(held.popleft()[1])
+        return out
+
+    def echo(self, room_key: str, data: bytes) -> tuple[list[bytes], bool]:
+        """The sender's own message came back (cluster mode). It ends the
+        oldest message operation to that room; messages before it to other
+        rooms that the sender has left since get no echo and end with it.
+        Returns what goes out now, and whether an operation awaited this
+        echo (if not, ``data`` is not among it: deliver it as usual)."""
+        echoes = self._echoes
+        out: list[bytes] = []
+        while echoes:
+            seq, room = echoes[0]
+            if room == room_key:
+                out += self.end(seq, data)
+                return out, True
+            out += self.end(seq)  # its room was left before the echo came: none will
+        return out, False
+
+    def release(self) -> list[bytes]:
+        """Closing: every held reply, in order; nothing is awaited any more."""
+        out: list[bytes] = []
+        held = self._held
+        for seq in sorted(self._ended):
+            while held and held[0][0] < seq:
+                out.append(held.popleft()[1])
+            if (said := self._ended[seq]) is not None:
+                out.append(said)
+        out.extend(data for _, data in held)
+        held.clear()
+        self._ended.clear()
+        self._echoes.clear()
+        self.done = self.begun
+        return out
