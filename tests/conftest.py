@@ -16,6 +16,7 @@ import threading
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -233,12 +234,40 @@ StartServer = Callable[..., Awaitable[Server]]
 Connect = Callable[..., Awaitable[LineClient]]
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``both_stores`` run on the memory store and on SQLite.
+
+    SQLite is what users get by default: its group commit completes many
+    writes at once, which the memory store never does.
+    """
+    if metafunc.definition.get_closest_marker("both_stores") is not None:
+        if "chatd_store" not in metafunc.fixturenames:
+            metafunc.fixturenames.append("chatd_store")
+        metafunc.parametrize("chatd_store", ["memory", "sqlite"], indirect=True)
+
+
 @pytest.fixture
-async def start_server() -> AsyncIterator[StartServer]:
-    """Start an in-process daemon on a free port; ``start_server(max_line=100)``."""
+def chatd_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The ``db`` setting of a ``both_stores`` test: ``:memory:`` or a new SQLite file."""
+    kind: str = request.param
+    return ":memory:" if kind == "memory" else str(tmp_path / "chat.db")
+
+
+@pytest.fixture
+async def start_server(request: pytest.FixtureRequest) -> AsyncIterator[StartServer]:
+    """Start an in-process daemon on a free port; ``start_server(max_line=100)``.
+
+    In a ``both_stores`` test the daemon uses that run's store unless told otherwise.
+    """
     servers: list[Server] = []
+    db = (
+        request.getfixturevalue("chatd_store")
+        if "chatd_store" in request.fixturenames
+        else TEST_SETTINGS.db
+    )
 
     async def start(**overrides: Any) -> Server:
+        overrides.setdefault("db", db)
         server = Server(dataclasses.replace(TEST_SETTINGS, **overrides))
         await server.start()
         servers.append(server)

@@ -445,8 +445,12 @@ async def free_store(store: SqliteStore) -> None:
     await store._write(lambda c: c.execute("PRAGMA max_page_count = 1073741823"))
 
 
-async def start_fails(*args: str) -> str:
-    """``chatd serve`` with these flags must exit 1 without a traceback; its log."""
+async def start_fails(*args: str, env: dict[str, str] | None = None) -> str:
+    """``chatd serve`` with these flags must exit 1 without a traceback; its log.
+
+    A daemon that listens after all is stopped and the test fails, rather
+    than left to run.
+    """
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -454,17 +458,50 @@ async def start_fails(*args: str) -> str:
         "serve",
         "--port",
         "0",
+        "--password-cost",
+        "test",
         *args,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
     )
-    async with asyncio.timeout(DEADLINE):
-        _, err = await proc.communicate()
-    text = err.decode()
+    assert proc.stderr is not None
+    log: list[str] = []
+    try:
+        async with asyncio.timeout(DEADLINE):
+            while raw := await proc.stderr.readline():
+                log.append(raw.decode().rstrip())
+                assert "listening on" not in log[-1], f"the daemon serves: {log}"
+            await proc.wait()
+    finally:
+        if proc.returncode is None:
+            signal_child(proc)
+            await proc.wait()
+    text = "\n".join(log)
     assert proc.returncode == 1, text
     assert "Traceback" not in text
     return text
+
+
+async def accounts_cli(db: str | Path, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
+    """``chatd accounts --db DB ARGS...``: its status, stdout and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "chatd",
+        "accounts",
+        "--db",
+        str(db),
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(DEADLINE):
+        out, err = await proc.communicate(stdin)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
 
 
 # ---------------------------------------------------------------------------

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import sys
+import os
 from pathlib import Path
 
 import pytest
 
 from chatd.accounts import LoginGuard
 from tests.conftest import Connect, StartServer
-from tests.helpers import DEADLINE, LineClient, open_json
+from tests.helpers import LineClient, accounts_cli, open_json
 
 PASSWORD = "correct-horse"
 
@@ -243,25 +242,6 @@ async def test_accounts_survive_a_restart(start_server: StartServer, tmp_path: P
     guest.close()
 
 
-async def _accounts_cli(db: str, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "chatd",
-        "accounts",
-        "--db",
-        db,
-        *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(DEADLINE):
-        out, err = await proc.communicate(stdin)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def test_accounts_admin_commands(start_server: StartServer, tmp_path: Path) -> None:
     db = str(tmp_path / "chat.db")
     server = await start_server(db=db)
@@ -271,24 +251,29 @@ async def test_accounts_admin_commands(start_server: StartServer, tmp_path: Path
         await client.expect("registered")
         client.close()
 
-    code, out, _ = await _accounts_cli(db, "list")
+    code, out, _ = await accounts_cli(db, "list")
     assert code == 0
     assert [line.split("\t")[0] for line in out.splitlines()] == ["alice", "bob"]
 
-    code, out, _ = await _accounts_cli(db, "reset-password", "alice", stdin=b"brand-new-pass\n")
+    code, out, _ = await accounts_cli(db, "reset-password", "alice", stdin=b"brand-new-pass\n")
     assert (code, out) == (0, "password of alice reset\n")
     client = await open_json(server.port)
     await client.send("/login alice brand-new-pass")
     assert (await client.expect("registered"))["account"] is True
     client.close()
 
-    code, out, _ = await _accounts_cli(db, "delete", "bob")
+    # The daemon keeps the nicknames it knows reserved: delete waits for it to stop.
+    code, _, err = await accounts_cli(db, "delete", "bob")
+    assert code == 1
+    assert f"the database {db} is in use by a running chatd (pid {os.getpid()})" in err
+    await server.shutdown()
+    code, out, _ = await accounts_cli(db, "delete", "bob")
     assert (code, out) == (0, "deleted bob\n")
-    code, _, err = await _accounts_cli(db, "delete", "bob")
+    code, _, err = await accounts_cli(db, "delete", "bob")
     assert (code, err) == (1, "chatd accounts: no account bob\n")
-    code, _, err = await _accounts_cli(db, "reset-password", "alice", stdin=b"short\n")
+    code, _, err = await accounts_cli(db, "reset-password", "alice", stdin=b"short\n")
     assert code == 2
     assert "8-128 characters" in err
-    code, _, err = await _accounts_cli(str(tmp_path / "missing.db"), "list")
+    code, _, err = await accounts_cli(str(tmp_path / "missing.db"), "list")
     assert code == 1
     assert "no database" in err

@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from chatd.protocol import COMMAND_HELP
 from chatd.server import Server
 from tests.conftest import StartServer
-from tests.helpers import DEADLINE, Event, open_json
+from tests.helpers import DEADLINE, Event, LineClient, open_json
 
 try:
     from playwright.async_api import async_playwright, expect
@@ -96,9 +97,16 @@ class Pages:
 
 
 @pytest.fixture
-async def web_server(start_server: StartServer) -> Server:
-    """A daemon with its web port (and its plain TCP port for the raw client)."""
-    return await start_server(http_port=0)
+async def web_server(
+    start_server: StartServer, request: pytest.FixtureRequest, tmp_path: Path
+) -> Server:
+    """A daemon with its web port (and its plain TCP port for the raw client).
+
+    In memory, or on SQLite when parametrized indirectly with ``"sqlite"``.
+    """
+    store = getattr(request, "param", "memory")
+    db = str(tmp_path / "chat.db") if store == "sqlite" else ":memory:"
+    return await start_server(http_port=0, db=db)
 
 
 @pytest.fixture
@@ -350,4 +358,155 @@ async def test_phone_layout(web_server: Server, pages: Pages) -> None:
 
     await say(page, "hello from my phone")
     await expect(message(page, "hello from my phone")).to_contain_text("pat", timeout=WAIT_MS)
+    pages.assert_clean()
+
+
+#: Per text node of a box: the text and its font, and whether the box holds a <pre>.
+TEXT_FONTS = """(box) => {
+    const walker = document.createTreeWalker(box, NodeFilter.SHOW_TEXT);
+    const fonts = [];
+    while (walker.nextNode()) {
+        const node = walker.currentNode;
+        if (node.textContent.trim()) {
+            fonts.push([node.textContent, getComputedStyle(node.parentElement).fontFamily]);
+        }
+    }
+    return {pre: box.querySelector('pre') !== null, fonts};
+}"""
+
+
+async def test_help_lists_the_commands_that_work_from_the_page(
+    web_server: Server, pages: Pages
+) -> None:
+    page = await pages.join("hal")
+    await say(page, "/help")
+    help_box = page.get_by_test_id("messages").locator("li").filter(has_text="/join ROOM")
+    await expect(help_box).to_have_count(1, timeout=WAIT_MS)
+    text = await help_box.inner_text()
+    for absent in ("/format", "/ping", "/pong"):
+        assert absent not in text, absent
+    # Everything else the server describes is there, each command on its own row.
+    wanted = [u for u, _ in COMMAND_HELP if u.split()[0] not in ("/format", "/ping", "/pong")]
+    for usage, description in COMMAND_HELP:
+        if usage in wanted:
+            assert usage in text
+            assert description in text
+    assert await help_box.locator("dt").all_inner_texts() == wanted
+    # Read as a list, not a monospace dump: the descriptions are in the page's font.
+    found = await help_box.evaluate(TEXT_FONTS)
+    assert not found["pre"]
+    descriptions = [font for node, font in found["fonts"] if "join a room (created" in node]
+    assert descriptions, found
+    assert all("mono" not in font for font in descriptions), descriptions
+    pages.assert_clean()
+
+
+#: The first message in view in the timeline and the top of its box on screen.
+FIRST_IN_VIEW = """(box) => {
+    const top = box.getBoundingClientRect().top;
+    const first = [...box.querySelectorAll('[data-testid=message]')]
+        .find((n) => n.getBoundingClientRect().bottom > top);
+    return [first.dataset.id, first.getBoundingClientRect().top];
+}"""
+
+
+@pytest.mark.parametrize("web_server", ["memory", "sqlite"], indirect=True)
+async def test_scrolling_up_loads_older_messages_in_place(web_server: Server, pages: Pages) -> None:
+    tom = await open_json(web_server.port, "tom")
+    sue = await open_json(web_server.port, "sue")
+    try:
+        # 100 stored messages, two senders taking turns (each line has its header).
+        for client in (tom, sue):
+            await client.send("/join archive")
+            await client.expect("current")
+        for i in range(1, 101):
+            sender = tom if i % 2 else sue
+            await sender.send(f"note {i:03}")
+            await sender.expect(said("archive", sender.nick or "", f"note {i:03}"))
+
+        ann = await pages.join("ann")
+        await say(ann, "/join archive")
+        await expect(ann.get_by_test_id("current-title")).to_have_text("#archive", timeout=WAIT_MS)
+        timeline = ann.get_by_test_id("messages")
+        lines = timeline.get_by_test_id("message")
+        await expect(lines).to_have_count(20, timeout=WAIT_MS)  # what a join shows
+        await expect(lines.first).to_contain_text("note 081", timeout=WAIT_MS)
+        # Count the loading markers shown: one may come and go between two polls.
+        await timeline.evaluate(
+            """(box) => {
+                window.markersSeen = 0;
+                new MutationObserver((records) => {
+                    for (const r of records) for (const n of r.addedNodes) {
+                        if (n.dataset.testid === 'history-loading') window.markersSeen++;
+                    }
+                }).observe(box, {childList: true});
+            }"""
+        )
+
+        async def scroll_to_top_and_wait(count: int) -> None:
+            """Scroll to the top; the line that was first in view must not move."""
+            msg_id, top = await timeline.evaluate(
+                f"(box) => {{ box.scrollTop = 0; return ({FIRST_IN_VIEW})(box); }}"
+            )
+            await expect(lines).to_have_count(count, timeout=WAIT_MS)
+            same = timeline.locator(f"[data-testid=message][data-id='{msg_id}']")
+            box = await same.bounding_box()
+            assert box is not None
+            assert abs(box["y"] - top) <= 3, "the timeline jumped when older messages came in"
+
+        await scroll_to_top_and_wait(70)  # a page of 50 before the 20
+        assert await ann.evaluate("window.markersSeen") == 1
+        await expect(lines.first).to_contain_text("note 031", timeout=WAIT_MS)
+        await expect(ann.get_by_test_id("history-loading")).to_have_count(0, timeout=WAIT_MS)
+        await scroll_to_top_and_wait(100)  # the last 30: the beginning
+        await expect(ann.get_by_test_id("history-start")).to_have_text(
+            "Beginning of #archive", timeout=WAIT_MS
+        )
+        texts = await lines.locator(".msg__text").all_inner_texts()
+        assert texts == [f"note {i:03}" for i in range(1, 101)]  # in order, none twice
+
+        # At the beginning, scrolling up asks for nothing more.
+        await timeline.evaluate("(box) => { box.scrollTop = 0; }")
+        await tom.send("still here")
+        await expect(message(ann, "still here")).to_be_visible(timeout=WAIT_MS)
+        assert await ann.evaluate("window.markersSeen") == 2
+        await expect(lines).to_have_count(101, timeout=WAIT_MS)
+    finally:
+        tom.close()
+        sue.close()
+    pages.assert_clean()
+
+
+async def test_a_room_created_from_a_raw_client_appears_without_refreshing(
+    web_server: Server, pages: Pages
+) -> None:
+    ann = await pages.join("ann")
+    nc = await LineClient.open("127.0.0.1", web_server.port)
+    try:
+        await nc.line()  # the greeting
+        await nc.send("ned")
+        await nc.expect_line(r"^\* now talking in #general$")
+        # The page has caught up with ned's arrival (and the refresh it causes).
+        await expect(ann.locator("[data-testid=member][data-nick=ned]")).to_be_visible(
+            timeout=WAIT_MS
+        )
+        general = ann.locator("[data-testid=room][data-room=general]")
+        await expect(general.get_by_test_id("member-count")).to_have_attribute(
+            "aria-label", "2 members", timeout=WAIT_MS
+        )
+
+        await nc.send("/create Lab")
+        await nc.expect_line(r"^\* now talking in #Lab$")
+        lab = ann.locator("[data-testid=room][data-room=Lab]")
+        await expect(lab).to_be_visible(timeout=WAIT_MS)  # nobody clicked refresh
+        count = lab.get_by_test_id("member-count")
+        await expect(count).to_have_attribute("aria-label", "1 member", timeout=WAIT_MS)
+        await expect(count).to_have_attribute("title", "1 member", timeout=WAIT_MS)
+        await expect(lab.get_by_test_id("unread")).to_have_count(0, timeout=WAIT_MS)
+
+        await nc.send("/leave Lab")  # the last member: the room goes
+        await nc.expect_line(r"^\* ned left #Lab$")
+        await expect(lab).to_have_count(0, timeout=WAIT_MS)
+    finally:
+        nc.close()
     pages.assert_clean()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import os
+import re
 import signal
 import socket
 import subprocess
@@ -69,6 +72,97 @@ def test_connect_help() -> None:
     assert result.returncode == 0
     for flag in ("--port", "--nick", "--no-reconnect", "--json"):
         assert flag in result.stdout
+
+
+def _subcommands() -> list[tuple[str, ...]]:
+    """Every ``chatd`` subcommand, nested ones (``accounts list``) included."""
+    from chatd.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> list[tuple[str, ...]]:
+        found = [path] if path else []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    found += walk(child, (*path, name))
+        return found
+
+    return walk(build_parser(), ())
+
+
+def _help_entries(text: str) -> dict[str, str]:
+    """An option's help, on one line, by each of its flags (``--tls``, ``--no-tls``)."""
+    entries: dict[str, str] = {}
+    current: list[str] = []
+    for line in [*text.splitlines(), ""]:
+        if re.match(r"  \S", line) or not line.strip() or not line.startswith(" "):
+            if current:
+                joined = " ".join(" ".join(current).split())
+                flags = re.findall(r"(?<![\w-])(--?[\w-]+|[a-z]\w*)(?=[ ,]|$)", current[0])
+                for flag in flags[:1] + [f for f in flags if f.startswith("-")]:
+                    entries.setdefault(flag, joined)
+            current = [line] if re.match(r"  \S", line) else []
+        elif current:
+            current.append(line)
+    return entries
+
+
+#: Options whose default is a value the reader can use, and how help shows it.
+SHOWN_DEFAULTS = {
+    ("serve",): {"--port": "9999", "--tls-port": "9998", "--max-line": "4096", "--loop": "uvloop"},
+    ("connect",): {"host": "localhost", "--loop": "uvloop"},
+    ("accounts",): {"--db": "chatd.db"},
+    ("gencert",): {"--cert": "chatd-cert.pem", "--key": "chatd-key.pem", "--days": "365"},
+    ("health",): {"--port": "9999", "--timeout": "5.0"},
+    ("bench",): {"--duration": "10.0", "--procs": "2", "--rates": "500.0,1000.0,2000.0"},
+    ("chatd.soak",): {"--seconds": "600.0", "--workers": "50"},
+}
+#: Options that are off or computed unless given: no made-up default.
+NO_DEFAULT = {
+    ("serve",): ["--redis", "--tls-cert", "--tls-key", "--http-port", "--tls-only"],
+    ("health",): ["--http-port"],
+    ("bench",): ["--host", "--pid", "--quick"],
+}
+
+
+@pytest.mark.parametrize("command", [*_subcommands(), ("chatd.soak",)], ids=" ".join)
+def test_every_help_shows_each_real_default_once(command: tuple[str, ...]) -> None:
+    """``chatd SUB --help``, and ``python -m chatd.soak --help`` beside them."""
+    argv = ["chatd", *command] if command != ("chatd.soak",) else list(command)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATD_")}
+    env["COLUMNS"] = "400"  # no wrapping inside a word (HOSTNAME- PID)
+    result = subprocess.run(
+        [sys.executable, "-m", *argv, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    entries = _help_entries(result.stdout)
+    assert "-h" in entries
+    for flag, text in entries.items():
+        for empty in ("None", "False", "[]", ")"):
+            assert f"(default: {empty}" not in text, (flag, text)
+        assert text.count("default:") <= 1, (flag, text)
+    for flag, value in SHOWN_DEFAULTS.get(command, {}).items():
+        assert re.search(rf"default: [^)]*{re.escape(value)}", entries[flag]), entries[flag]
+    for flag in NO_DEFAULT.get(command, []):
+        assert "default" not in entries[flag], entries[flag]
+    if command == ("serve",):
+        assert entries["--node-id"].count("HOSTNAME-PID") == 1
+
+
+def test_the_subcommands_checked_are_all_there() -> None:
+    assert {c[0] for c in _subcommands()} >= {
+        "serve",
+        "connect",
+        "accounts",
+        "gencert",
+        "health",
+        "bench",
+    }
 
 
 @pytest.mark.parametrize(

@@ -214,10 +214,11 @@ def test_nick_colour_is_stable_and_case_insensitive() -> None:
 def test_help_lines_are_an_aligned_table() -> None:
     event = {"type": "help", "commands": [{"usage": u, "help": h} for u, h in COMMAND_HELP]}
     lines = help_lines(event)
+    shown = [(u, h) for u, h in COMMAND_HELP if not u.startswith("/format")]  # refused here
     assert lines[0] == "* commands:"
-    assert len(lines) == len(COMMAND_HELP) + 2
+    assert len(lines) == len(shown) + 2
     assert lines[1].startswith("  /nick NAME ")
-    columns = {line.index(text) for line, (_, text) in zip(lines[1:-1], COMMAND_HELP, strict=True)}
+    columns = {line.index(text) for line, (_, text) in zip(lines[1:-1], shown, strict=True)}
     assert len(columns) == 1
     assert all(line.startswith("\x1b[2m") for line in help_lines(event, colour=True))
 
@@ -410,6 +411,23 @@ async def test_format_is_not_passed_through(server: Server, spawn: Spawn) -> Non
     await gus.expect(r"/format is not sent", stream="err")
     await gus.expect(r"^\* in #general: gus$")
     assert await gus.finish() == 0
+
+
+async def test_help_lists_only_what_the_client_sends(server: Server, spawn: Spawn) -> None:
+    ivy = await spawn(server.port, "--nick", "ivy")
+    await ivy.send("/help")
+    line = await ivy.expect(r"^\* commands: ")
+    listed = [(u, h) for u, h in COMMAND_HELP if f"{u} - {h}" in line]
+    assert line == "* commands: " + "; ".join(f"{u} - {h}" for u, h in listed)
+    assert "/format" not in line
+    # Every command it lists goes to the server: none is refused on the spot.
+    names = list(dict.fromkeys(usage.split()[0] for usage, _ in listed))
+    assert names[-1] == "//TEXT"
+    assert "/quit" in names
+    await ivy.send(*(name for name in names[:-1] if name != "/quit"), "//TEXT", "/quit done")
+    assert await ivy.wait() == 0
+    assert ivy.out[-1] == "* bye (done)"
+    assert ivy.err == []
 
 
 async def test_no_connection_at_start_is_an_error(spawn: Spawn) -> None:

@@ -325,3 +325,117 @@ async def test_a_killed_node_loses_its_users_within_the_ttl(
         await taker.expect("current")
     finally:
         await doomed.stop()
+
+
+async def test_room_watchers_on_every_node_hear_of_rooms_created_and_removed(
+    nodes: Nodes,
+) -> None:
+    """A room created on node1 reaches a watcher on node2 (and on node1), once."""
+    one, two = await nodes(2)
+    far, near, bystander = await clients((two, "far"), (one, "near"), (two, "olga"))
+    for watcher in (far, near):
+        await watcher.send("/rooms watch")
+        await watcher.expect("rooms")
+    nc = LineClient(*await asyncio.open_connection("127.0.0.1", one.port))
+    _open.append(nc)
+    await nc.line()  # the greeting
+    await nc.send("ned", "/create Lab")
+    await nc.expect_line(r"^\* now talking in #Lab$")
+    created = {"type": "room", "room": "Lab", "event": "created", "members": 1}
+    assert await far.expect("room") == created
+    assert await near.expect("room") == created
+
+    # A second member on the other node: the room stays in use.
+    await bystander.send("/join lab")
+    await bystander.expect("current")
+    await nc.send("/leave lab")
+    await nc.expect_line(r"^\* ned left #Lab$")
+    await bystander.send("/leave lab")  # the last member, on node2
+    await bystander.expect("current")
+    removed = {"type": "room", "room": "Lab", "event": "removed", "members": 0}
+    assert await far.expect("room") == removed
+    assert await near.expect("room") == removed
+    for watcher in (far, near):
+        assert [e for e in await watcher.sync() if e["type"] == "room"] == []
+    assert [e for e in await bystander.sync() if e["type"] == "room"] == []
+
+
+async def test_a_login_on_another_node_rejoins_the_accounts_rooms(nodes: Nodes) -> None:
+    """The account's rooms are kept in Redis: any node takes the account back to them."""
+    one, two = await nodes(2)
+    dave = await client(one.port, "dave")
+    await dave.send("/register correct-horse", "/join a", "/join b", "in b", "/leave a", "/join b")
+    await dave.expect(said("in b"))
+    await dave.send("/join c", "/join b", "/quit")
+    await dave.expect("bye")
+    dave.close()
+
+    again = await client(two.port)
+    await again.send("/login dave correct-horse")
+    events = await again.sync()
+    joins = [e["room"] for e in events if e["type"] == "join" and e["nick"] == "dave"]
+    assert joins == ["general", "b", "c"]
+    assert [e for e in events if e["type"] == "current"][-1]["room"] == "b"
+    assert [e["text"] for e in events if e["type"] == "message" and e["room"] == "b"] == ["in b"]
+    for room in ("general", "b", "c"):
+        await again.send(f"/who {room}")
+        assert (await again.expect("who"))["nicks"] == ["dave"]
+    await again.send("/who a")
+    assert (await again.expect(lambda e: e["type"] in ("who", "error")))["type"] == "error"
+
+
+async def test_own_message_comes_before_the_reply_to_the_next_command_in_a_cluster(
+    nodes: Nodes,
+) -> None:
+    """A message comes back from Redis after the commands behind it ran:
+    their replies wait for it, so they still come in command order."""
+    one, two = await nodes(2)
+    alice, bob = await clients((one, "alice"), (two, "bob"))
+    await alice.expect(lambda e: e.get("type") == "join" and e.get("nick") == "bob", "bob joins")
+    await alice.send("hello\n/who\n/topic here\n/me waves\n/rooms\n/ping done")
+    events = await alice.sync("done")
+    kinds = [e["type"] for e in events]
+    assert kinds == ["message", "who", "topic", "message", "rooms"], events
+    assert [e["text"] for e in events if e["type"] == "message"] == ["hello", "waves"]
+    assert (await bob.expect(said("waves")))["from"] == "alice"
+
+
+async def test_a_burst_through_redis_cuts_no_reader_that_keeps_up(nodes: Nodes) -> None:
+    """Redis confirms a pipelined batch at once: the window keeps the
+    talker's burst from landing in the readers' outboxes in one lump."""
+    one, two = await nodes(2, max_queue_bytes=128 * 1024, max_line=1024)
+    watcher, talker, far = await clients((one, "watcher"), (one, "talker"), (two, "far"))
+    await talker.expect(lambda e: e.get("type") == "join" and e.get("nick") == "far", "far joins")
+    script = [f"talker-{i:05d}-".ljust(900, "x") for i in range(2000)]
+
+    async def read_all(reader: LineClient) -> list[str]:
+        texts: list[str] = []
+        async with asyncio.timeout(60):
+            while len(texts) < len(script):
+                event = await reader.event()
+                assert event["type"] not in ("error", "bye"), event
+                if event["type"] == "message":
+                    texts.append(event["text"])
+        return texts
+
+    readers = [asyncio.create_task(read_all(c)) for c in (watcher, talker, far)]
+    data = "".join(line + "\n" for line in script).encode()
+    talker.writer.write(data)
+    await talker.writer.drain()
+    for received in await asyncio.gather(*readers):
+        assert received == script
+
+
+async def test_who_and_rooms_right_after_a_join_see_it(nodes: Nodes) -> None:
+    """/who and /rooms ask Redis: they wait for this node's earlier writes
+    there, so they answer for the commands before them."""
+    (one,) = await nodes(1)
+    raw = await LineClient.open("127.0.0.1", one.port)
+    _open.append(raw)
+    await raw.use_json()
+    await raw.send("vee\n/join r9\n/who\n/rooms\n/ping done")
+    events = await raw.sync("done")
+    who = next(e for e in events if e["type"] == "who")
+    assert who == {"type": "who", "room": "r9", "nicks": ["vee"]}, events
+    rooms = next(e for e in events if e["type"] == "rooms")
+    assert {"name": "r9", "members": 1} in rooms["rooms"], events

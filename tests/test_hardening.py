@@ -38,8 +38,9 @@ Figure = Callable[[str, object], None]
 # -- 3. slow-consumer isolation ----------------------------------------------
 
 
+@pytest.mark.both_stores
 async def test_one_stuck_reader_among_200_is_cut_and_the_others_lose_nothing(
-    figure: Figure, long_run: bool
+    figure: Figure, long_run: bool, chatd_store: str
 ) -> None:
     """A room of 200 readers and one client that never reads.
 
@@ -52,6 +53,8 @@ async def test_one_stuck_reader_among_200_is_cut_and_the_others_lose_nothing(
     # the transport (64 KiB) take before its writes count as blocked.
     messages = 800 if long_run else 400
     daemon = await Daemon.start(
+        "--db",
+        chatd_store,
         "--loop",
         loop_name(),
         "--sndbuf",

@@ -173,6 +173,31 @@ async def test_history_survives_a_restart_and_empty_rooms_keep_it(
     bob.close()
 
 
+async def test_ids_keep_increasing_when_the_daemon_process_restarts(tmp_path: Path) -> None:
+    """A client that keeps ids (to page /history, to spot duplicates) never sees one reused."""
+    db = str(tmp_path / "chat.db")
+    first = await Daemon.start("--db", db)
+    try:
+        alice = await open_json(first.port, "alice")
+        bob = await open_json(first.port, "bob")
+        before = await say_all(alice, ["one", "two"])
+        await alice.send("/msg bob the last one is private")
+        before.append((await bob.expect("dm"))["id"])
+        alice.close()
+        bob.close()
+    finally:
+        assert await first.stop() == 0
+
+    second = await Daemon.start("--db", db)
+    try:
+        carol = await open_json(second.port, "carol")
+        after = await say_all(carol, ["after the restart"])
+        assert after[0] > max(before)
+        carol.close()
+    finally:
+        await second.stop()
+
+
 async def test_nothing_anyone_saw_is_lost_to_sigkill(tmp_path: Path) -> None:
     """Several talkers; SIGKILL mid-load; every message anyone saw is in /history."""
     db = str(tmp_path / "chat.db")

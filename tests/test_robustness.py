@@ -11,14 +11,16 @@ import contextlib
 import gc
 import logging
 import socket
+import sqlite3
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from chatd.server import Server
 from tests.conftest import Connect, StartServer
-from tests.helpers import Daemon, Event, LineClient, open_json, rss_kib
+from tests.helpers import Daemon, Event, LineClient, open_json, rss_kib, until_async
 
 
 async def test_invalid_utf8_is_refused_and_the_connection_stays_usable(connect: Connect) -> None:
@@ -83,6 +85,7 @@ async def test_ten_megabyte_line_does_not_grow_the_daemon() -> None:
         assert await daemon.stop() == 0
 
 
+@pytest.mark.both_stores
 async def test_slow_consumer_is_cut_and_the_room_carries_on(
     start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -137,6 +140,7 @@ async def test_slow_consumer_is_cut_and_the_room_carries_on(
             client.close()
 
 
+@pytest.mark.both_stores
 async def test_replies_to_a_client_that_does_not_read_are_paced_not_dropped(
     start_server: StartServer,
 ) -> None:
@@ -153,6 +157,7 @@ async def test_replies_to_a_client_that_does_not_read_are_paced_not_dropped(
         client.close()
 
 
+@pytest.mark.both_stores
 @pytest.mark.parametrize("register", [True, False], ids=["registered", "unregistered"])
 async def test_a_client_that_never_reads_is_cut_by_the_write_timeout(
     start_server: StartServer, register: bool, caplog: pytest.LogCaptureFixture
@@ -177,6 +182,7 @@ async def test_a_client_that_never_reads_is_cut_by_the_write_timeout(
         client.close()
 
 
+@pytest.mark.both_stores
 async def test_a_steady_sender_above_the_rate_is_slowed_never_cut(
     start_server: StartServer,
 ) -> None:
@@ -378,6 +384,7 @@ async def test_a_storm_of_connections_all_get_in(start_server: StartServer) -> N
             group.create_task(one(n))
 
 
+@pytest.mark.both_stores
 async def test_shutdown_tells_everyone_and_leaves_no_task(
     start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -526,6 +533,7 @@ def test_a_finished_event_loop_is_not_kept_alive() -> None:
     assert gone() is None
 
 
+@pytest.mark.both_stores
 async def test_after_congestion_clears_no_writer_task_remains(start_server: StartServer) -> None:
     server = await start_server(sndbuf=4096)
     slow = await open_json(server.port, "slow")
@@ -542,3 +550,40 @@ async def test_after_congestion_clears_no_writer_task_remains(start_server: Star
     finally:
         slow.close()
         talker.close()
+
+
+async def test_replies_held_behind_a_message_count_against_the_outbox(tmp_path: Path) -> None:
+    """A message the store has not confirmed holds back the replies to the
+    commands after it. Those replies are output like any other: a client
+    that asks for more of them than its soft limit, and reads none, is read
+    no further until they go out (else one cheap line, /help, could fill
+    the daemon's memory while the store is slow)."""
+    db = tmp_path / "chat.db"
+    daemon = await Daemon.start("--db", str(db))
+    asker = await open_json(daemon.port, "asker")
+    other = await open_json(daemon.port, "other")
+    locker = sqlite3.connect(db, isolation_level=None)
+    try:
+        locker.execute("BEGIN IMMEDIATE")  # the store waits (its busy timeout is 5 s)
+        asker.stop_reading()
+        # Some 3,000 help replies of about 2 KiB each: far over the soft limit.
+        await asker.send(b"hello\n" + b"/help\n" * 3000 + b"/nick marker\n")
+        for _ in range(2):  # the daemon has read and run what it would run
+            await other.send("/who")
+            await other.expect("who")
+        await other.send("/who")
+        assert "marker" not in (await other.expect("who"))["nicks"]
+        locker.execute("ROLLBACK")
+        asker.resume_reading()
+        assert (await other.expect("message"))["text"] == "hello"
+
+        async def renamed() -> bool:
+            await other.send("/who")
+            return "marker" in (await other.expect("who"))["nicks"]
+
+        await until_async(renamed, "the rest of the asker's lines run")
+    finally:
+        locker.close()
+        asker.close()
+        other.close()
+        assert await daemon.stop() == 0

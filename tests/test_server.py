@@ -221,3 +221,51 @@ async def test_half_closed_client_gets_all_its_answers(server: Server) -> None:
         client.close()
     assert b'"type":"pong","token":"last"' in data
     assert b'"current","room":"side"' in data
+
+
+async def test_room_watchers_hear_of_rooms_created_and_removed(connect: Connect) -> None:
+    """/rooms watch keeps a room list current; nobody else pays for it."""
+    watcher = await connect("wendy")
+    bystander = await connect("olga")  # never asks: gets no room events
+    reader = await connect("rita", json_mode=False)  # a human watching in text mode
+    await watcher.send("/rooms watch")
+    listing = await watcher.expect("rooms")
+    assert [r["name"] for r in listing["rooms"]] == ["general"]
+    await reader.send("/rooms watch")
+    await reader.expect_line(r"^\* rooms: ")
+
+    nc = await connect("ned", json_mode=False)
+    await nc.send("/create Lab")
+    await nc.expect_line(r"^\* now talking in #Lab$")
+    assert await watcher.expect("room") == {
+        "type": "room",
+        "room": "Lab",
+        "event": "created",
+        "members": 1,
+    }
+    assert await reader.expect_line(r"^\* room ") == "* room #Lab created (1 member)"
+
+    # Joins and leaves that keep the room in use are not room events.
+    await bystander.send("/join lab")
+    await bystander.expect("current")
+    await bystander.send("/leave lab")
+    await bystander.expect("current")
+    await nc.send("/quit")  # the last member goes: the room is gone
+    assert await watcher.expect("room") == {
+        "type": "room",
+        "room": "Lab",
+        "event": "removed",
+        "members": 0,
+    }
+    assert await reader.expect_line(r"^\* room ") == "* room #Lab removed"
+    assert [e for e in await watcher.sync() if e["type"] == "room"] == []
+    assert [e for e in await bystander.sync() if e["type"] == "room"] == []
+
+    # unwatch stops them.
+    await watcher.send("/rooms unwatch")
+    await watcher.expect("rooms")
+    await bystander.send("/create quiet")
+    await bystander.expect("current")
+    assert [e for e in await watcher.sync() if e["type"] == "room"] == []
+    await watcher.send("/rooms watching")
+    assert (await watcher.expect("error"))["code"] == "bad_args"

@@ -180,13 +180,29 @@ def spawn_chatd(
     """Start ``chatd serve`` on a free loopback port, configured for load.
 
     A database file is emptied first: each spawn measures a fresh store.
+    One that a running daemon holds is left alone, and the bench stops.
     With ``transport="ws"`` the web port is opened too, with WebSocket pings
     off: the load generator frames what it sends but never parses frames.
     """
     if db != ":memory:":
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(db + suffix)
+        from pathlib import Path
+
+        from chatd.store import DatabaseLock, StoreError
+
+        lock = DatabaseLock(Path(db))
+        try:
+            lock.acquire()
+        except FileNotFoundError:
+            pass  # no directory yet: nothing to empty
+        except (StoreError, OSError) as exc:
+            raise SystemExit(f"chatd bench: {exc}") from None
+        else:
+            try:
+                for suffix in ("", "-wal", "-shm"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(db + suffix)
+            finally:
+                lock.release()
     cmd = [
         sys.executable,
         "-m",

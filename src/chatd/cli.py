@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from chatd import __version__
 from chatd.config import Settings
 from chatd.errors import ChatError
-from chatd.store import SqliteStore, StoreError, default_db_path
+from chatd.store import DatabaseInUse, SqliteStore, StoreError, default_db_path
 
 logger = logging.getLogger("chatd")
 
@@ -113,6 +113,49 @@ def run(coro: Coroutine[Any, Any, T], loop: str) -> T:
     return asyncio.run(coro)
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows an option's default where it tells the reader something.
+
+    ``ArgumentDefaultsHelpFormatter`` prints ``(default: None)`` for an option
+    that is off unless given, and a second default after a help text that
+    already names one. Here a default is shown once: not when the help text
+    already gives it (``%(default)s``, or words such as ``default: HOSTNAME-PID``
+    for a default computed later), and not when it is None, False or empty,
+    which only mean "not given".
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        default = action.default
+        if not _meaningful_default(default):
+            # Some Python versions add this themselves (BooleanOptionalAction).
+            return help_text.replace(" (default: %(default)s)", "")
+        if "%(default)" in help_text or "default:" in help_text:
+            return help_text
+        if not action.option_strings and action.nargs not in (argparse.OPTIONAL, "*"):
+            return help_text  # a required positional argument has no default
+        if isinstance(default, list | tuple):
+            shown = ",".join(str(value) for value in default).replace("%", "%%")
+            return f"{help_text} (default: {shown})"
+        return f"{help_text} (default: %(default)s)"
+
+
+def _meaningful_default(default: object) -> bool:
+    if default is None or default is False or default is argparse.SUPPRESS:
+        return False
+    return not (isinstance(default, str | list | tuple) and not default)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` with :class:`HelpFormatter`; subcommands'
+    parsers are made from the same class, so every ``--help`` shows defaults
+    the same way."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def _add_common(parser: argparse.ArgumentParser, log_level: str = "info") -> None:
     parser.add_argument(
         "--loop",
@@ -136,7 +179,7 @@ def _add_common(parser: argparse.ArgumentParser, log_level: str = "info") -> Non
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="chatd",
         description="A line-protocol chat daemon: talk with nc, telnet or 'chatd connect'.",
     )
@@ -148,7 +191,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the chat daemon",
         description="Run the chat daemon. Stop it with SIGINT or SIGTERM: clients are told, "
         "their queued output is flushed, and the daemon exits 0.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     net = serve.add_argument_group("listening")
     net.add_argument(
@@ -469,8 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
     accounts = sub.add_parser(
         "accounts",
         help="list, delete or reset accounts in a database",
-        description="Manage the accounts in a chatd database. Safe while the daemon runs; "
-        "a deleted nickname stays reserved in a running daemon until it restarts.",
+        description="Manage the accounts in a chatd database. list and reset-password work "
+        "while a daemon serves the database (a new password counts from the next login); "
+        "delete is refused until that daemon stops, since a running daemon keeps the "
+        "nicknames it knows reserved.",
     )
     accounts.add_argument(
         "--db",
@@ -765,9 +809,22 @@ async def _manage_accounts(args: argparse.Namespace) -> int:
     from chatd.accounts import Passwords
     from chatd.protocol import check_password
 
-    store = SqliteStore(args.db)
+    # A daemon reads accounts and passwords from the file at each login, so
+    # list and reset-password share it with one. It keeps the registered
+    # nicknames in memory, though: a delete behind its back would leave the
+    # nickname reserved there, so delete takes the daemon's lock (see
+    # DatabaseLock), which also keeps a daemon from starting meanwhile.
+    store = SqliteStore(args.db, lock=args.action == "delete")
     try:
         await store.open()
+    except DatabaseInUse as exc:
+        who = f"a running chatd (pid {exc.holder})" if exc.holder else "a running chatd"
+        print(
+            f"chatd accounts: the database {exc.path} is in use by {who}; stop it to "
+            "delete an account (list and reset-password work while it runs)",
+            file=sys.stderr,
+        )
+        return 1
     except StoreError as exc:
         print(f"chatd accounts: {exc}", file=sys.stderr)
         return 1

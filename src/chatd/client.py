@@ -31,11 +31,14 @@ What the client does not print, because the client caused it and not the user:
   ``/quit`` it sends at the end of input;
 * during a restore after a reconnect: the registration, its own joins and
   leaves, the ``current`` changes and the topics shown on join. One status
-  line ("reconnected as ...") stands for them.
+  line ("reconnected as ...") stands for them. Of the history the joins
+  replay, only the messages it had not shown yet (by id and time, per room)
+  are printed; if the replay may not reach back to them all, the rest is
+  fetched with ``/history`` and printed first, in order.
 
 ``/format`` typed by the user is refused locally: switching the server to
-text would break the client. ``/quit`` is sent and the client waits (a
-bounded time) for the ``bye`` or the close.
+text would break the client, so ``/help`` does not list it. ``/quit`` is
+sent and the client waits (a bounded time) for the ``bye`` or the close.
 
 Reconnecting: when the connection ends without a ``/quit`` (the server
 closed it, a network error, or a ``shutdown`` event, which is printed and
@@ -45,7 +48,10 @@ after a delay that starts at ``backoff_initial`` (0.5 s) and doubles up to
 clients of a restarted server do not all return at the same instant. A
 connection only counts as made (and resets the delay) once the server has
 acknowledged ``/format json``. On the new connection the client takes its
-nickname back, rejoins its rooms in their old order, leaves ``general`` if it
+nickname back (logging in again with the password of the ``/login`` or
+``/register`` typed in this session, kept in memory only and updated by
+``/passwd``; the server then rejoins the account's rooms itself), rejoins its
+rooms in their old order, leaves ``general`` if it
 had left it, and makes its old current room current again. Lines typed at
 the prompt while disconnected are kept and sent after that; in pipe mode
 stdin is simply not read until the connection is back. If someone took the
@@ -168,6 +174,23 @@ def _entries(value: object) -> list[Mapping[str, Any]]:
     return [item for item in value if isinstance(item, Mapping)]
 
 
+#: Commands this client does not send, and why (said when one is typed).
+#: ``/help`` leaves them out: it lists only what works here.
+REFUSED_COMMANDS: Final[Mapping[str, str]] = {
+    "/format": "this client needs JSON from the server (use 'chatd connect --json' to print JSON)",
+}
+
+
+def _help_rows(event: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The ``help`` event's (usage, help) pairs, less the commands refused here.
+
+    The server's list is the one description of the commands; each client
+    shows the part of it that works in that client.
+    """
+    rows = [(_field(c, "usage"), _field(c, "help")) for c in _entries(event.get("commands"))]
+    return [(usage, text) for usage, text in rows if _command_name(usage) not in REFUSED_COMMANDS]
+
+
 def _stamp(ts: object, tz: tzinfo | None, fmt: str = "%H:%M", blank: str = "--:--") -> str:
     """A message's time in ``fmt``; ``blank`` when the server sent no usable time."""
     if isinstance(ts, bool) or not isinstance(ts, int | float):
@@ -191,10 +214,7 @@ def _system_text(event: Mapping[str, Any]) -> str:
             name = " ".join(p for p in (_field(event, "server"), _field(event, "version")) if p)
             return f"* welcome to {name or 'the server'}; /help lists the commands"
         case "help":
-            rows = [
-                f"{_field(c, 'usage')} - {_field(c, 'help')}"
-                for c in _entries(event.get("commands"))
-            ]
+            rows = [f"{usage} - {text}" for usage, text in _help_rows(event)]
             return "* commands: " + "; ".join(rows)
         case "text":
             return _field(event, "text")
@@ -246,7 +266,7 @@ def render_event(
 
 def help_lines(event: Mapping[str, Any], *, colour: bool = False) -> list[str]:
     """The ``help`` event as an aligned table, for the interactive mode."""
-    rows = [(_field(c, "usage"), _field(c, "help")) for c in _entries(event.get("commands"))]
+    rows = _help_rows(event)
     width = max((len(usage) for usage, _ in rows), default=0)
     lines = [
         "* commands:",
@@ -486,6 +506,30 @@ def _command_name(line: str) -> str | None:
     return line.split(" ", 1)[0].lower()
 
 
+def _message_mark(event: Mapping[str, Any]) -> tuple[int, float] | None:
+    """(id, ts) of a room message, to compare with what was shown; None otherwise."""
+    id_, ts, room = event.get("id"), event.get("ts"), event.get("room")
+    if (
+        event.get("type") != "message"
+        or not isinstance(room, str)
+        or isinstance(id_, bool)
+        or not isinstance(id_, int)
+        or isinstance(ts, bool)
+        or not isinstance(ts, int | float)
+    ):
+        return None
+    return id_, float(ts)
+
+
+def _shown_before(mark: tuple[int, float], seen: tuple[int, float]) -> bool:
+    """Whether a message is no newer than the newest shown (by ``seen``).
+
+    Ids alone would do on a daemon that kept its store; the time guards
+    against a daemon that restarted without one and counts ids from 1 again.
+    """
+    return mark[0] <= seen[0] and mark[1] <= seen[1]
+
+
 class ChatClient:
     """Connects, renders, reconnects: everything but where input comes from.
 
@@ -506,6 +550,18 @@ class ChatClient:
         self._snapshot: _Snapshot | None = None
         self._login: str | None = None  # the /login of the account we are in
         self._login_sent: str | None = None  # the last /login typed, not yet answered
+        self._register_sent: str | None = None  # the password of the last /register typed
+        self._passwd_sent: str | None = None  # the new password of the last /passwd typed
+        #: Per room (name_key): (id, ts) of the newest message shown, so that a
+        #: reconnect shows only what was missed, not the history shown already.
+        self._seen: dict[str, tuple[int, float]] = {}
+        #: Rooms whose history replay (on the restore's joins) is being held
+        #: back, and whether it repeated anything already shown.
+        self._replay: dict[str, list[tuple[Mapping[str, Any], str | None]]] = {}
+        self._replay_repeats: set[str] = set()
+        #: Rooms whose missed messages are being fetched with /history: what
+        #: to show after them (the replay, live messages that came meanwhile).
+        self._fetching: dict[str, list[tuple[Mapping[str, Any], str | None]]] = {}
         #: Lines typed (interactive) while there was no connection to send them on.
         self._backlog: list[str] = []
         self._ready = asyncio.Event()
@@ -544,12 +600,8 @@ class ChatClient:
         if command == "/quit":
             self.quit(line)
             return
-        if command == "/format":
-            self._ui.status(
-                "/format is not sent: this client needs JSON from the server "
-                "(use 'chatd connect --json' to print JSON)",
-                error=True,
-            )
+        if command is not None and (why := REFUSED_COMMANDS.get(command)):
+            self._ui.status(f"{command} is not sent: {why}", error=True)
             return
         if self._ui.interactive and (self._link is None or not self._link.ready):
             self._backlog.append(line)
@@ -557,6 +609,10 @@ class ChatClient:
             return
         if command == "/login":
             self._login_sent = line
+        elif command == "/register" and len(words := line.split()) == 2:
+            self._register_sent = words[1]
+        elif command == "/passwd" and len(words := line.split()) == 3:
+            self._passwd_sent = words[2]
         # Pipe mode waits for a connection instead: stdin is read no faster than it is sent.
         while (link := self._link) is None or not link.ready:
             await self._ready.wait()
@@ -718,6 +774,9 @@ class ChatClient:
         self._nick = None
         self._rooms.clear()
         self._current = None
+        self._replay.clear()
+        self._replay_repeats.clear()
+        self._fetching.clear()
         link.send("/format json")
         if self._snapshot is not None:
             link.restore = self._snapshot
@@ -770,8 +829,8 @@ class ChatClient:
         text = line.decode("utf-8", "replace")
         event, is_json = parse_server_line(text)
         hidden = self._on_event(link, event)
-        if not hidden:
-            self._ui.event(event, text if is_json else None)
+        if not hidden and not self._catch_up(link, event, text if is_json else None):
+            self._show(event, text if is_json else None)
         kind = event.get("type")
         if kind == "welcome" and not hidden and self._options.nick is None:
             self._ui.status("pick a nickname: type it, or /nick NAME")
@@ -808,6 +867,10 @@ class ChatClient:
                     self._login = link.restore.login
                 elif self._login_sent is not None:
                     self._login, self._login_sent = self._login_sent, None
+                elif self._register_sent is not None and isinstance(nick, str):
+                    # Registered here: the same password logs in again after a reconnect.
+                    self._login = f"/login {nick} {self._register_sent}"
+                    self._register_sent = None
                 if restoring and link.restore_token is None:
                     self._send_restore(link)
                 return restoring
@@ -840,6 +903,11 @@ class ChatClient:
                 return restoring
             case "topic":
                 return restoring and event.get("changed") is not True
+            case "passwd":
+                if self._passwd_sent is not None and self._login is not None and self._nick:
+                    self._login = f"/login {self._nick} {self._passwd_sent}"
+                self._passwd_sent = None
+                return False
             case "pong":
                 return self._on_pong(link, event.get("token"))
             case "error":
@@ -849,6 +917,67 @@ class ChatClient:
             case "bye":
                 return self._quiet_quit
         return False
+
+    def _show(self, event: Mapping[str, Any], raw: str | None) -> None:
+        """Print an event, noting the newest message shown in each room."""
+        self._ui.event(event, raw)
+        mark = _message_mark(event)
+        if mark is not None:
+            key = name_key(event["room"])
+            # The newest by time: ids start again on a daemon without a store.
+            self._seen[key] = max(self._seen.get(key, mark), mark, key=lambda m: (m[1], m[0]))
+
+    def _catch_up(self, link: _Link, event: Mapping[str, Any], raw: str | None) -> bool:
+        """After a reconnect, show a room's missed messages once and in order.
+
+        Return True when the event is not to be shown now. The joins of a
+        restore replay each room's last messages: those shown before the
+        connection was lost are dropped. If the replay is all new and the
+        server has older ones, what was missed before it is fetched with
+        ``/history`` and shown first, the replay and any live message after.
+        """
+        kind, room = event.get("type"), event.get("room")
+        if kind not in ("message", "history") or not isinstance(room, str):
+            return False
+        key = name_key(room)
+        mark = _message_mark(event)
+        history = kind == "history" or event.get("history") is True
+        if key in self._fetching:
+            if not history:
+                self._fetching[key].append((event, raw))  # after the missed ones
+            elif mark is not None:
+                if not _shown_before(mark, self._seen[key]):
+                    self._show(event, raw)
+            else:
+                # The end of the /history page: everything held follows it.
+                if event.get("more") is True:
+                    self._ui.status(
+                        f"more messages of #{room} were missed; "
+                        f"/history {room} 1000 before={_field(event, 'before')}"
+                    )
+                for held, held_raw in self._fetching.pop(key):
+                    self._show(held, held_raw)
+            return True
+        if not (link.restoring and history and key in self._seen):
+            return False
+        seen = self._seen[key]
+        if mark is not None:
+            if _shown_before(mark, seen):
+                self._replay_repeats.add(key)
+            else:
+                self._replay.setdefault(key, []).append((event, raw))
+            return True
+        # The replay's summary: shown only through what it brought.
+        replay = self._replay.pop(key, [])
+        repeats = key in self._replay_repeats
+        self._replay_repeats.discard(key)
+        if replay and not repeats and event.get("more") is True:
+            self._fetching[key] = replay
+            link.send(f"/history {room} 1000 before={replay[0][0].get('id')}")
+            return True
+        for held, held_raw in replay:
+            self._show(held, held_raw)
+        return True
 
     def _send_restore(self, link: _Link) -> None:
         """Our nickname is back: rejoin the rooms, then let the user's lines through."""

@@ -15,11 +15,14 @@ Each daemon (a *node*) keeps its own members in its own
 ``chatd:conv:CONV``          stream per room or private conversation, capped
 ``chatd:accounts``           hash: nickname key -> JSON account
 ``chatd:accountid``          counter: the id of the last account
+``chatd:accountrooms``       hash: account id -> JSON ``[[room, ...], current]``
 ===========================  ===================================================
 
-Channels: ``chatd:r:ROOM`` carries a room's events and ``chatd:n:NODE`` what
-is addressed to one node (private messages, kicks, barriers). A node
-subscribes to the rooms it has members in, and to its own channel.
+Channels: ``chatd:r:ROOM`` carries a room's events, ``chatd:n:NODE`` what
+is addressed to one node (private messages, kicks, barriers), and
+``chatd:rooms`` rooms coming into use and going out of use (for the members
+that ``/rooms watch``). A node subscribes to the rooms it has members in, to
+its own channel and to ``chatd:rooms``.
 
 Every change is one Lua script, so Redis applies it atomically: a message
 takes its id from ``chatd:msgid``, is appended to its stream and published,
@@ -69,12 +72,21 @@ from chatd.protocol import (
     Left,
     Message,
     NickChanged,
+    RoomChanged,
     RoomList,
     TopicIs,
     WhoList,
     name_key,
 )
-from chatd.store import Account, Done, RoomRecord, Store, StoredMessage, StoreError
+from chatd.store import (
+    Account,
+    AccountRooms,
+    Done,
+    RoomRecord,
+    Store,
+    StoredMessage,
+    StoreError,
+)
 
 if TYPE_CHECKING:
     from chatd.rooms import Member, RoomManager
@@ -104,6 +116,14 @@ CATCH_UP_MAX: Final = 1000
 _LUA_HEAD = """
 local P = 'chatd:'
 local function owner(v) return string.match(v, '^([^\\t]*)') end
+-- A room whose last member went, unless it stays (general, a topic): removed.
+local function vacated(node, room)
+  if room ~= 'general' and redis.call('EXISTS', P..'members:'..room) == 0
+      and redis.call('HEXISTS', P..'topics', room) == 0 then
+    local name = redis.call('HGET', P..'roomnames', room) or room
+    redis.call('PUBLISH', P..'rooms', cjson.encode({node, 'rr', name, 0}))
+  end
+end
 """
 
 #: Take a nickname for a member of this node (or change one).
@@ -162,12 +182,20 @@ return 1
 )
 
 #: A member of this node is in a room. ARGV: node, key, nick, room key, room name.
+#: The first member of a room not in use (no members, no topic) creates it:
+#: that is published on ``chatd:rooms``.
 JOIN = """
 local P = 'chatd:'
 local node, key, nick, room = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local fresh = room ~= 'general' and redis.call('EXISTS', P..'members:'..room) == 0
+  and redis.call('HEXISTS', P..'topics', room) == 0
 redis.call('HSET', P..'members:'..room, key, node..'\\t'..nick)
 redis.call('SADD', P..'in:'..node..':'..key, room)
 redis.call('HSETNX', P..'roomnames', room, ARGV[5])
+if fresh then
+  redis.call('PUBLISH', P..'rooms',
+    cjson.encode({node, 'rc', redis.call('HGET', P..'roomnames', room), 1}))
+end
 return 1
 """
 
@@ -177,7 +205,10 @@ LEAVE = (
     + """
 local node, key, room = ARGV[1], ARGV[2], ARGV[3]
 local m = redis.call('HGET', P..'members:'..room, key)
-if m and owner(m) == node then redis.call('HDEL', P..'members:'..room, key) end
+if m and owner(m) == node then
+  redis.call('HDEL', P..'members:'..room, key)
+  vacated(node, room)
+end
 redis.call('SREM', P..'in:'..node..':'..key, room)
 return 1
 """
@@ -250,6 +281,7 @@ for _, node in ipairs(dead) do
         if ARGV[3] ~= '1' then
           redis.call('PUBLISH', P..'r:'..room, cjson.encode({'', 'l', name,
             string.match(m, '\\t(.*)$'), ARGV[2]}))
+          vacated('', room)
         end
       end
     end
@@ -725,13 +757,35 @@ class RedisStore(Store):
             raise StoreError(str(exc)) from None
 
     async def delete_account(self, nick: str) -> bool:
+        value = await self._read("HGET", P + "accounts", name_key(nick))
         deleted = await self._read("HDEL", P + "accounts", name_key(nick))
+        if value is not None:
+            await self._read("HDEL", P + "accountrooms", str(_account(value).id))
         self._registered.discard(name_key(nick))
         return bool(deleted)
 
     async def accounts(self) -> list[Account]:
         values = await self._read("HVALS", P + "accounts")
         return sorted((_account(v) for v in values), key=lambda a: name_key(a.nick))
+
+    def save_account_rooms(self, account: int, rooms: AccountRooms) -> None:
+        def saved(result: Any) -> None:
+            if isinstance(result, BaseException):
+                logger.error("the rooms of account %d were not saved: %s", account, result)
+
+        value = json.dumps([list(rooms.rooms), rooms.current])
+        self.link.submit("HSET", (P + "accountrooms", str(account), value), saved, essential=True)
+
+    async def account_rooms(self, account: int) -> AccountRooms:
+        try:
+            # Through the write queue: after this node's saves made before it.
+            value = await self.link.call("HGET", P + "accountrooms", str(account))
+        except Unavailable as exc:
+            raise StoreError(str(exc)) from None
+        if value is None:
+            return AccountRooms()
+        rooms, current = json.loads(value)
+        return AccountRooms(tuple(str(r) for r in rooms), None if current is None else str(current))
 
 
 def _account(value: bytes) -> Account:
@@ -1005,13 +1059,28 @@ class Cluster:
             raise NoSuchNick(f"nobody is called {to}")
         return Direct(message_id, ts, member.nick or "", target, text)
 
+    async def _after_writes(self) -> None:
+        """Wait until Redis has applied every write this node queued before
+        (a no-op through the ordered queue), so that a query sees them: a
+        /who right after a /join finds the member there."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def applied(_: Any) -> None:
+            if not future.done():
+                future.set_result(None)
+
+        self.link.submit("PING", (), applied)
+        await future
+
     async def room_list(self) -> RoomList:
+        await self._after_writes()
         flat = await self._call("rooms")
         pairs = [(_text(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
         pairs.sort(key=lambda pair: name_key(pair[0]))
         return RoomList(tuple(pairs))
 
     async def who(self, room_name: str) -> WhoList:
+        await self._after_writes()
         key = name_key(room_name)
         values = await self._command("HVALS", P + "members:" + key)
         if (
@@ -1045,7 +1114,8 @@ class Cluster:
                 await self._pubsub.aclose()
         self._pubsub = self.link.redis.pubsub()
         self._subscribed = {room.key for room in self.manager.live_rooms()} | {DEFAULT_ROOM}
-        channels = [P + "n:" + self.node] + [P + "r:" + key for key in self._subscribed]
+        channels = [P + "n:" + self.node, P + "rooms"]
+        channels += [P + "r:" + key for key in self._subscribed]
         async with asyncio.timeout(COMMAND_TIMEOUT):
             await self._pubsub.subscribe(*channels)
         self._reader_up.set()
@@ -1222,6 +1292,10 @@ class Cluster:
                 done()
         elif what == "k":
             manager.remote_kick(data[2], data[3])
+        elif what in ("rc", "rr"):
+            # This node's own too: in cluster mode only Redis knows a room is new.
+            event = "created" if what == "rc" else "removed"
+            manager.remote_room(RoomChanged(data[2], event, int(data[3])))
         elif origin == self.node:
             return  # this node's own event: its members have seen it
         elif what == "j":

@@ -29,7 +29,7 @@ __all__ = ["ReplyOrder"]
 class ReplyOrder:
     """The operations of one connection and the replies held behind them."""
 
-    __slots__ = ("_echoes", "_ended", "_held", "begun", "done")
+    __slots__ = ("_echoes", "_ended", "_held", "begun", "done", "held_bytes")
 
     def __init__(self) -> None:
         #: The number of the last operation begun, and of the last one ended
@@ -37,6 +37,9 @@ class ReplyOrder:
         self.begun = 0
         self.done = 0
         self._held: deque[tuple[int, bytes]] = deque()
+        #: Bytes of the replies held: output the connection has to take yet,
+        #: like its outbox (the session paces the client on both).
+        self.held_bytes = 0
         #: Operations ended before an earlier one did: number -> their output.
         self._ended: dict[int, bytes | None] = {}
         #: Messages whose echo ends them (cluster mode): (number, room key),
@@ -59,6 +62,7 @@ class ReplyOrder:
     def hold(self, data: bytes) -> None:
         """Hold a reply until the operations begun before it ended."""
         self._held.append((self.begun, data))
+        self.held_bytes += len(data)
 
     def end(self, seq: int, data: bytes | None = None) -> list[bytes]:
         """Operation ``seq`` ended, saying ``data`` in its place; return what
@@ -79,7 +83,9 @@ class ReplyOrder:
             if said is not None:
                 out.append(said)
             while held and held[0][0] <= self.done:
-                out.append(held.popleft()[1])
+                reply = held.popleft()[1]
+                self.held_bytes -= len(reply)
+                out.append(reply)
         return out
 
     def echo(self, room_key: str, data: bytes) -> tuple[list[bytes], bool]:
@@ -109,6 +115,7 @@ class ReplyOrder:
                 out.append(said)
         out.extend(data for _, data in held)
         held.clear()
+        self.held_bytes = 0
         self._ended.clear()
         self._echoes.clear()
         self.done = self.begun

@@ -217,7 +217,8 @@ class Leave:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ListRooms:
-    pass
+    #: True: also send ``room`` events from now on; False: stop; None: list only.
+    watch: bool | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -336,7 +337,7 @@ COMMAND_HELP: Final[tuple[tuple[str, str], ...]] = (
     ("/create ROOM", "create a new room, join it and make it current"),
     ("/join ROOM", "join a room (created if needed) and make it current"),
     ("/leave [ROOM]", "leave a room (default: the current one)"),
-    ("/rooms", "list rooms with their member counts"),
+    ("/rooms [watch|unwatch]", "list rooms with their member counts; watch: follow changes"),
     ("/who [ROOM]", "list who is in a room (default: the current one)"),
     ("/msg NICK TEXT", "send a private message"),
     ("/me ACTION", "send an action to the current room"),
@@ -473,6 +474,15 @@ def _parse_history(args: str) -> ShowHistory:
     return ShowHistory(target, count, before)
 
 
+def _parse_rooms(args: str) -> ListRooms:
+    word = args.lower()
+    if word in ("watch", "unwatch"):
+        return ListRooms(watch=word == "watch")
+    if word:
+        raise BadArgs("usage: /rooms [watch|unwatch]")
+    return ListRooms()
+
+
 _MAX_KEEPALIVE: Final = 3600
 
 
@@ -495,7 +505,7 @@ _PARSERS: Final[dict[str, Any]] = {
     "create": lambda a: Create(check_room(_one_arg(a, "/create ROOM"))),
     "join": lambda a: Join(check_room(_one_arg(a, "/join ROOM"))),
     "leave": lambda a: Leave(check_room(_one_arg(a, "/leave [ROOM]")) if a else None),
-    "rooms": lambda a: ListRooms(),
+    "rooms": _parse_rooms,
     "who": lambda a: Who(check_room(_one_arg(a, "/who [ROOM]")) if a else None),
     "msg": _parse_msg,
     "me": _parse_me,
@@ -625,6 +635,23 @@ class RoomList:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class RoomChanged:
+    """A room came into use (``created``) or went out of use (``removed``).
+
+    Sent only to connections that asked with ``/rooms watch``, so a client
+    can keep its room list current without polling ``/rooms``, and a server
+    with thousands of connections pays a delivery only for those that care.
+    """
+
+    type: ClassVar[str] = "room"
+    room: str
+    #: ``created`` or ``removed``.
+    event: str
+    #: Members when it happened (1 for a room created by a join, 0 when removed).
+    members: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class WhoList:
     type: ClassVar[str] = "who"
     room: str
@@ -727,6 +754,7 @@ Event = (
     | NickChanged
     | TopicIs
     | RoomList
+    | RoomChanged
     | WhoList
     | Pong
     | KeepAliveIs
@@ -888,6 +916,8 @@ def event_from_json(obj: Mapping[str, Any]) -> Event:
             case "rooms":
                 rooms = _objects(obj["rooms"])
                 return RoomList(tuple((_str(r["name"]), _int(r["members"])) for r in rooms))
+            case "room":
+                return RoomChanged(_str(obj["room"]), _str(obj["event"]), _int(obj["members"]))
             case "who":
                 nicks = obj["nicks"]
                 if not isinstance(nicks, list):
@@ -957,6 +987,10 @@ def event_to_text(event: Event) -> str:
         case RoomList(rooms):
             listing = ", ".join(f"#{name} ({count})" for name, count in rooms)
             return f"* rooms: {listing or 'none'}"
+        case RoomChanged(room, "created", members):
+            return f"* room #{room} created ({members} member{'s' * (members != 1)})"
+        case RoomChanged(room, what, _):
+            return f"* room #{room} {what}"
         case WhoList(room, nicks):
             return f"* in #{room}: {', '.join(nicks) or 'nobody'}"
         case Pong(token):

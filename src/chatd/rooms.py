@@ -34,10 +34,12 @@ waiting for the store.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from chatd.errors import (
@@ -66,6 +68,7 @@ from chatd.protocol import (
     Message,
     NickChanged,
     Registered,
+    RoomChanged,
     RoomList,
     TopicIs,
     WhoList,
@@ -73,13 +76,23 @@ from chatd.protocol import (
     render,
 )
 from chatd.stats import Stats
-from chatd.store import MemoryStore, RoomRecord, Store, StoredMessage
+from chatd.store import AccountRooms, MemoryStore, RoomRecord, Store, StoredMessage
 
 if TYPE_CHECKING:
     from chatd.cluster import Cluster
 
 #: Writes the store may have queued before new messages are refused.
 MAX_STORE_BACKLOG = 50_000
+#: Bytes a message is counted for in the store window beyond its text
+#: (its rendered event's framing: id, time, room, sender).
+MESSAGE_OVERHEAD = 96
+#: Backpressure's budget: seconds that senders may be held back for readers
+#: that are behind, at most HOLD_BURST in one stretch and HOLD_SHARE of the
+#: time after that. A reader a moment behind the talkers uses a little of
+#: it; readers that stop reading, one after another, cannot slow the server
+#: by more than that share.
+HOLD_BURST = 1.0
+HOLD_SHARE = 0.1
 
 
 class Member:
@@ -111,6 +124,37 @@ class Member:
     def kick(self, reason: str) -> None:
         """End this member's connection (after the manager has let it go)."""
         raise NotImplementedError
+
+    def stall(self, now: float) -> float:
+        """Seconds more that this member, behind on its output (see
+        RoomManager.falling_behind), holds back those who talk to it: while
+        it still reads, senders wait for it; one that stopped reading holds
+        nobody back (it is cut by its own limits instead)."""
+        return 0.0
+
+    def ops_pending(self) -> bool:
+        """Some operation of this member's (begin_op) has not ended yet."""
+        return False
+
+    def begin_op(self, echo_room: str | None = None) -> int:
+        """A command of this member's whose outcome comes later (a message on
+        its way to the store, a barrier) has started; returns its number.
+
+        A member that keeps its replies in command order holds back the
+        replies to its later commands until :meth:`end_op` of this one (or,
+        with ``echo_room``, until its echo from that room, see :meth:`echo`).
+        """
+        return 0
+
+    def echo(self, data: bytes, room_key: str) -> None:
+        """This member's own room message, come back through the cluster."""
+        self.deliver(data)
+
+    def end_op(self, seq: int, data: bytes | None = None) -> None:
+        """Operation ``seq`` is over: its own events were delivered; ``data``
+        is its reply, if it has one (an error, a pong), to go in its place."""
+        if data is not None:
+            self.reply(data)
 
 
 class Room:
@@ -156,6 +200,8 @@ class RoomManager:
         max_members: int = 1000,
         announce_limit: int = 100,
         history_on_join: int = 20,
+        store_window_bytes: int = 128 * 1024,
+        store_window_messages: int = 1000,
         store: Store | None = None,
         stats: Stats | None = None,
         clock: Callable[[], float] = time.time,
@@ -169,6 +215,32 @@ class RoomManager:
         #: N*N/2 deliveries. The member who joins or leaves is still told.
         self.announce_limit = announce_limit
         self.history_on_join = history_on_join
+        #: The store window: messages (and their bytes) accepted but not yet
+        #: confirmed by the store. A store that confirms in groups (SQLite's
+        #: group commit, Redis's pipelines) delivers a whole group in one
+        #: loop pass; the window bounds what one pass can put into any
+        #: member's outbox, so a reader that keeps up is never cut by a
+        #: burst. Senders past the window wait (see store_full): the
+        #: pushback is on them, never on the readers.
+        self.store_window_bytes = store_window_bytes
+        self.store_window_messages = store_window_messages
+        self._unstored_bytes = 0
+        self._unstored = 0
+        self._store_space: asyncio.Future[None] | None = None
+        #: Members whose messages were stored in cluster mode and whose
+        #: echoes are on their way back from Redis: (member, op number).
+        self._echoes: list[tuple[Member, int]] = []
+        self._echo_barrier = False
+        #: Members whose outbox is over the soft limit; senders to them wait
+        #: while they are still reading (backpressure), and ``_relief`` is
+        #: done when one of them catches up or goes.
+        self._behind: dict[Member, None] = {}
+        self._relief: asyncio.Future[None] | None = None
+        #: The holding budget (see HOLD_BURST): seconds left, when it was
+        #: last brought up to date (loop time), and how many senders wait.
+        self._hold_left = HOLD_BURST
+        self._hold_stamp = 0.0
+        self._holders = 0
         self.store: Store = store if store is not None else MemoryStore()
         self.stats = stats if stats is not None else Stats()
         self._clock = clock
@@ -176,6 +248,10 @@ class RoomManager:
         self.cluster: Cluster | None = None
         self._nicks: dict[str, Member] = {}
         self._rooms: dict[str, Room] = {}
+        #: Members whose account's rooms are being rejoined: saved once, at the end.
+        self._rejoining: set[Member] = set()
+        #: Members that asked for ``room`` events (``/rooms watch``).
+        self._watchers: dict[Member, None] = {}
         self._next_id = 1
         self._add_room(DEFAULT_ROOM)
 
@@ -277,7 +353,7 @@ class RoomManager:
         audience: dict[Member, None] = {member: None}
         for room in member.rooms.values():
             audience.update(room.members)
-        self._send_all(audience, NickChanged(old, nick))
+        self._send_all(audience, NickChanged(old, nick), member)
 
     def login(self, member: Member, nick: str, account: int) -> None:
         """Log a member in to an account whose password it proved.
@@ -329,6 +405,7 @@ class RoomManager:
                 )
             if room is not None and len(room.members) >= self.max_members and key != DEFAULT_ROOM:
                 raise RoomFull(f"#{room.name} has {len(room.members)} members, the most allowed")
+            created = room is None
             if room is None:
                 if len(self._rooms) >= self.max_rooms:
                     raise TooManyRooms(
@@ -342,6 +419,8 @@ class RoomManager:
             member.rooms[key] = room
             if self.cluster is not None:
                 self.cluster.joined(member, room.key, room.name)
+            elif created:  # in cluster mode Redis tells (remote_room)
+                self._room_changed(RoomChanged(room.name, "created", len(room.members)))
             self._announce(room, member, Joined(room.name, member.nick or ""))
             if room.topic:
                 self._tell(member, TopicIs(room.name, room.topic, room.topic_by))
@@ -349,6 +428,7 @@ class RoomManager:
                 self._show_history(member, room)
         member.current = room
         self._tell(member, Current(room.name))
+        self.save_rooms(member)
 
     def leave(self, member: Member, room_name: str | None = None) -> None:
         if room_name is None:
@@ -368,6 +448,34 @@ class RoomManager:
             # Fall back to the most recently joined room, if any.
             member.current = next(reversed(member.rooms.values()), None)
             self._tell(member, Current(member.current.name if member.current else None))
+        self.save_rooms(member)
+
+    def save_rooms(self, member: Member) -> None:
+        """Remember a logged-in member's rooms, which its next login rejoins.
+
+        Called on /join and /leave, not when a connection ends: quitting keeps
+        an account's rooms, an explicit /leave forgets the room.
+        """
+        if member.account is None or member.key is None or member in self._rejoining:
+            return
+        current = member.current.name if member.current is not None else None
+        rooms = tuple(room.name for room in member.rooms.values())
+        self.store.save_account_rooms(member.account, AccountRooms(rooms, current))
+
+    @contextlib.contextmanager
+    def rejoining(self, member: Member) -> Iterator[None]:
+        """Save ``member``'s rooms once when the block ends, not at each join.
+
+        A login lands in general and then rejoins the account's rooms one by
+        one, possibly waiting for the store between them: saving halfway
+        would make the account forget rooms if the connection ended there.
+        """
+        self._rejoining.add(member)
+        try:
+            yield
+        finally:
+            self._rejoining.discard(member)
+        self.save_rooms(member)
 
     def say(self, member: Member, text: str, *, action: bool = False) -> None:
         """Store a room message; everyone in the room sees it once it is stored."""
@@ -424,7 +532,7 @@ class RoomManager:
         room = self._current(member)
         room.topic, room.topic_by = text, member.nick
         self.store.save_room(RoomRecord(room.name, text, member.nick))
-        self._fanout(room, TopicIs(room.name, text, member.nick, changed=True))
+        self._fanout(room, TopicIs(room.name, text, member.nick, changed=True), member)
 
     def disconnect(self, member: Member, reason: str, *, release: bool = True) -> None:
         """Remove a member everywhere; tell each of its rooms why it left.
@@ -432,6 +540,8 @@ class RoomManager:
         ``release=False`` keeps the nickname taken in the cluster (it passes
         to another member of this node).
         """
+        self._watchers.pop(member, None)
+        self.caught_up(member)
         if member.key is None:
             return
         for room in list(member.rooms.values()):
@@ -445,7 +555,32 @@ class RoomManager:
             self.cluster.released(member.key)
         member.key = None
 
+    def watch_rooms(self, member: Member, on: bool) -> None:
+        """Start or stop sending ``member`` the ``room`` events (``/rooms watch``).
+
+        Opt-in: a room created among thousands of connections costs one
+        delivery per watcher, not one per connection. Logging out or
+        disconnecting stops it.
+        """
+        if on:
+            self._watchers[member] = None
+        else:
+            self._watchers.pop(member, None)
+
+    def _room_changed(self, event: RoomChanged) -> None:
+        """Tell the watchers that a room came into use or went out of use.
+
+        The one place that decides who learns of a room: every room is
+        visible to everyone today; a room some may not see is filtered here.
+        """
+        if self._watchers:
+            self._send_all(self._watchers, event)
+
     # -- cluster mode ------------------------------------------------------
+
+    def remote_room(self, event: RoomChanged) -> None:
+        """A room created or removed anywhere in the cluster (this node included)."""
+        self._room_changed(event)
 
     def barrier(self, done: Callable[[], None]) -> None:
         """``done`` once everything said before is stored and delivered."""
@@ -486,8 +621,15 @@ class RoomManager:
             return
         room.seen = event.id
         room.remember(event)
-        self._send_all(room.members, event)
-        self.stats.messages_out += len(room.members)
+        members = room.members
+        self.stats.messages_out += len(members)
+        sender = self._nicks.get(name_key(event.sender))
+        if sender is not None and sender.ops_pending() and sender in members:
+            # In its place among the replies to the sender's commands.
+            sender.echo(render(event, sender.fmt), room.key)
+            self._send_all([m for m in members if m is not sender], event)
+        else:
+            self._send_all(members, event)
 
     def remote_direct(self, event: Direct) -> None:
         target = self._nicks.get(name_key(event.to))
@@ -569,15 +711,33 @@ class RoomManager:
         """Store a message, then deliver it and count it (unless deliver returns None).
 
         If the store fails, the sender is told and nobody sees the message.
+        The message is one of the sender's operations (:meth:`Member.begin_op`):
+        its echo, or the error, comes before the replies to its later commands.
         """
         arrived = time.perf_counter()
+        cluster = self.cluster is not None and record.room is not None
+        seq = member.begin_op(name_key(record.room) if cluster and record.room else None)
+        size = len(record.text) + MESSAGE_OVERHEAD
+        self._unstored += 1
+        self._unstored_bytes += size
 
         def stored(exc: BaseException | None) -> None:
+            self._unstored -= 1
+            self._unstored_bytes -= size
+            if self._store_space is not None and self._unstored_bytes <= (
+                self.store_window_bytes // 2
+            ):
+                self._store_space.set_result(None)
+                self._store_space = None
             if exc is not None:
-                self._store_failed(member, exc)
+                member.end_op(seq, render(Error.of(self._store_error(exc)), member.fmt))
                 return
             committed = time.perf_counter()
             recipients = deliver()
+            if self.cluster is not None:
+                self._after_echo(member, seq)
+            else:
+                member.end_op(seq)
             if recipients is None:
                 return
             stats = self.stats
@@ -589,6 +749,107 @@ class RoomManager:
         self.store.append(record, stored)
 
     @property
+    def store_full(self) -> bool:
+        """The store window is full: a new message should wait (store_space)."""
+        return (
+            self._unstored_bytes >= self.store_window_bytes
+            or self._unstored >= self.store_window_messages
+        )
+
+    def store_space(self) -> asyncio.Future[None]:
+        """A future done once the store window is half empty again."""
+        if self._store_space is None:
+            self._store_space = asyncio.get_running_loop().create_future()
+        return self._store_space
+
+    # -- pushback ------------------------------------------------------------
+
+    def falling_behind(self, member: Member) -> None:
+        """``member``'s outbox went over its soft limit."""
+        self._behind[member] = None
+
+    def caught_up(self, member: Member) -> None:
+        """``member``'s outbox is under its soft limit again, or it is gone."""
+        if member in self._behind:
+            del self._behind[member]
+            if self._relief is not None:
+                self._relief.set_result(None)
+                self._relief = None
+
+    def backpressure(self, member: Member, to: str | None, now: float) -> float:
+        """Seconds ``member`` should wait before its next message to the
+        current room (or to nick ``to``), at most; 0.0: send now.
+
+        A reader that is behind but still reading holds the message back
+        until it catches up: the sender waits (and TCP pushes back on it),
+        not the reader, which is not cut for lagging a moment behind the
+        talkers. One that has stopped reading holds nobody back for longer
+        than its stall allows (see Member.stall), and all of them together
+        no longer than the holding budget (HOLD_BURST, HOLD_SHARE): past it,
+        a reader much slower than its room meets the outbox limits as before.
+        """
+        if not self._behind or self._hold_budget(now) <= 0.0:
+            return 0.0
+        wait = 0.0
+        if to is None:
+            room = member.current
+            if room is None:
+                return 0.0
+            for other in self._behind:
+                if other is not member and other in room.members:
+                    wait = max(wait, other.stall(now))
+        else:
+            target = self._nicks.get(name_key(to))
+            if target is not None and target is not member and target in self._behind:
+                wait = target.stall(now)
+        return min(wait, self._hold_left)
+
+    def hold(self, now: float, holding: bool) -> None:
+        """A sender starts (``holding``) or stops waiting for backpressure."""
+        self._hold_budget(now)
+        self._holders += 1 if holding else -1
+
+    def _hold_budget(self, now: float) -> float:
+        """The seconds of holding left: spent while any sender waits, earned
+        back at HOLD_SHARE a second while none does."""
+        elapsed = max(0.0, now - self._hold_stamp)
+        self._hold_stamp = now
+        if self._holders:
+            self._hold_left = max(0.0, self._hold_left - elapsed)
+        else:
+            self._hold_left = min(HOLD_BURST, self._hold_left + elapsed * HOLD_SHARE)
+        return self._hold_left
+
+    @property
+    def anyone_behind(self) -> bool:
+        """Some member is behind on its output (backpressure may apply)."""
+        return bool(self._behind)
+
+    def relief(self) -> asyncio.Future[None]:
+        """A future done when a member that was behind catches up or goes."""
+        if self._relief is None:
+            self._relief = asyncio.get_running_loop().create_future()
+        return self._relief
+
+    def _after_echo(self, member: Member, seq: int) -> None:
+        """Cluster mode: a stored message comes back through Redis later; its
+        operation ends after a barrier, which passes once it came back. One
+        barrier at a time serves every message stored meanwhile."""
+        self._echoes.append((member, seq))
+        if not self._echo_barrier:
+            self._echo_barrier = True
+            self.barrier(self._echoes_back)
+
+    def _echoes_back(self) -> None:
+        done, self._echoes = self._echoes, []
+        self._echo_barrier = False
+        for member, seq in done:
+            member.end_op(seq)
+        if self._echoes:  # stored while the barrier was on its way
+            self._echo_barrier = True
+            self.barrier(self._echoes_back)
+
+    @property
     def room_count(self) -> int:
         return len(self._rooms)
 
@@ -596,10 +857,11 @@ class RoomManager:
         if self.store.backlog > MAX_STORE_BACKLOG:
             raise StorageUnavailable("the message store is falling behind; try again shortly")
 
-    def _store_failed(self, member: Member, exc: BaseException) -> None:
-        if not isinstance(exc, ChatError):
-            exc = StorageUnavailable(f"your message was not sent: {exc}")
-        self._tell(member, Error.of(exc))
+    @staticmethod
+    def _store_error(exc: BaseException) -> ChatError:
+        if isinstance(exc, ChatError):
+            return exc
+        return StorageUnavailable(f"your message was not sent: {exc}")
 
     def _remove(self, member: Member, room: Room) -> None:
         del room.members[member]
@@ -613,6 +875,7 @@ class RoomManager:
                 self.close_room(room)
         elif not room.members and room.key != DEFAULT_ROOM and not room.topic:
             del self._rooms[room.key]
+            self._room_changed(RoomChanged(room.name, "removed", 0))
 
     def _take_id(self) -> int:
         self._next_id += 1
@@ -629,19 +892,28 @@ class RoomManager:
         if len(room.members) > self.announce_limit:
             self._tell(member, event)
         else:
-            self._fanout(room, event)
+            self._fanout(room, event, member)
 
-    def _fanout(self, room: Room, event: Event) -> None:
+    def _fanout(self, room: Room, event: Event, actor: Member | None = None) -> None:
         """Deliver an event to every member of a room, rendering once per format
-        (and, in cluster mode, to its members on the other nodes)."""
-        self._send_all(room.members, event)
+        (and, in cluster mode, to its members on the other nodes).
+
+        ``actor``, the member whose command caused it, gets it as a reply
+        while earlier commands of its are still pending, so that it comes in
+        its place among the replies to its commands.
+        """
+        self._send_all(room.members, event, actor)
         if self.cluster is not None:
             self.cluster.publish(room.key, event)
 
     @staticmethod
-    def _send_all(members: Iterable[Member], event: Event) -> None:
+    def _send_all(members: Iterable[Member], event: Event, actor: Member | None = None) -> None:
         as_json: bytes | None = None
         as_text: bytes | None = None
+        if actor is not None and actor.ops_pending() and actor in members:
+            # Behind the actor's replies still held for its earlier commands.
+            actor.reply(render(event, actor.fmt))
+            members = [m for m in members if m is not actor]
         for member in members:
             if member.fmt:
                 if as_json is None:

@@ -96,6 +96,10 @@ class Server:
             max_members=s.max_room_members,
             announce_limit=s.announce_limit,
             history_on_join=s.history_on_join,
+            # Half the soft limit: what one group of confirmations can add
+            # to an outbox leaves a reader that keeps up well inside it.
+            store_window_bytes=max(s.soft_queue_bytes // 2, s.max_line),
+            store_window_messages=max(s.max_queue_events // 8, 1),
             store=store,
         )
 

@@ -59,6 +59,7 @@ from chatd.errors import (
     RegistrationTimeout,
     StorageUnavailable,
 )
+from chatd.order import ReplyOrder
 from chatd.protocol import (
     Answer,
     Bye,
@@ -105,7 +106,7 @@ from chatd.protocol import (
     render,
 )
 from chatd.rooms import Member, stored_event
-from chatd.store import Account, StoreError, dm_key
+from chatd.store import Account, AccountRooms, StoreError, dm_key
 
 if TYPE_CHECKING:
     from chatd.config import Settings
@@ -116,6 +117,9 @@ logger = logging.getLogger(__name__)
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 #: Seconds a closing connection waits for the client to close its side.
 LINGER_SECONDS = 2.0
+#: A client behind on its output whose last write has waited this long for
+#: it to read no longer holds back those who talk to it (see Session.stall).
+STALL_SECONDS = 1.0
 
 
 class Connection(Protocol):
@@ -341,7 +345,8 @@ class _InputLimits:
         return self.volume.take(now, 0.0)
 
 
-_Pending = Coroutine[Any, Any, None]
+#: A command that waits; it may end the session (a reason) like any command.
+_Pending = Coroutine[Any, Any, str | None]
 
 
 class Session(Member):
@@ -349,6 +354,7 @@ class Session(Member):
 
     __slots__ = (
         "_auth",
+        "_behind",
         "_closing",
         "_conn",
         "_cost",
@@ -364,6 +370,8 @@ class Session(Member):
         "_manager",
         "_max_bytes",
         "_max_events",
+        "_ops_idle",
+        "_order",
         "_pending",
         "_pending_bytes",
         "_ping_sent",
@@ -401,6 +409,11 @@ class Session(Member):
         self._conn = conn
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        #: Replies in command order (see begin_op); made by the first
+        #: operation, so an idle connection holds none.
+        self._order: ReplyOrder | None = None
+        #: Done when no operation is unfinished (see _ops_settled).
+        self._ops_idle: asyncio.Future[None] | None = None
         self._max_bytes = settings.max_queue_bytes
         self._max_events = settings.max_queue_events
         self._soft_bytes = settings.soft_queue_bytes
@@ -409,6 +422,8 @@ class Session(Member):
         #: 0.0; reset when a sweep finds it under. Replies alone never set it:
         #: they are paced (see _wait_outbox).
         self._soft_since = 0.0
+        #: Over the soft limit right now (the manager knows: backpressure).
+        self._behind = False
         self._loop = asyncio.get_running_loop()
         self._flusher = _flusher(self._loop)
         #: A flush is due (a loop callback, or the writer after its drain).
@@ -464,8 +479,12 @@ class Session(Member):
             self._stats.slow_consumers += 1
             self.drop(f"send queue overflow ({queued} bytes, {len(pending)} events queued)")
             return
-        if queued > self._soft_bytes and not self._soft_since:
-            self._soft_since = self._loop.time()  # sweep() cuts it if this lasts
+        if queued > self._soft_bytes:
+            if not self._soft_since:
+                self._soft_since = self._loop.time()  # sweep() cuts it if this lasts
+            if not self._behind:
+                self._behind = True
+                self._manager.falling_behind(self)
         if not self._flush_scheduled:
             # The hot path of fan-out: one flush per loop pass, however many
             # events arrive in it; after the first, a delivery costs one check.
@@ -475,6 +494,10 @@ class Session(Member):
     def reply(self, data: bytes) -> None:
         if self._closing:
             return
+        order = self._order
+        if order is not None and order.busy:
+            order.hold(data)  # an earlier command's outcome is still to come
+            return
         self._pending.append(data)
         self._pending_bytes += len(data)
         if not self._flush_scheduled:
@@ -483,6 +506,73 @@ class Session(Member):
 
     def tell(self, event: Event) -> None:
         self.reply(render(event, self.fmt))
+
+    def stall(self, now: float) -> float:
+        if self._closing:
+            return 0.0
+        since = self.write_blocked_since
+        if not since:
+            return STALL_SECONDS  # its writes go through: it is reading
+        return max(0.0, STALL_SECONDS - (now - since))
+
+    def ops_pending(self) -> bool:
+        return self._order is not None and self._order.busy
+
+    def begin_op(self, echo_room: str | None = None) -> int:
+        """A command whose outcome comes later (a message on its way to the
+        store, a barrier): replies to later commands wait for it, so a
+        connection gets its replies, its own messages included, in command
+        order. The commands themselves do not wait: messages pipeline."""
+        if self._order is None:
+            self._order = ReplyOrder()
+        return self._order.begin(echo_room)
+
+    def end_op(self, seq: int, data: bytes | None = None) -> None:
+        if self._order is not None:
+            self._queue_replies(self._order.end(seq, data))
+
+    def echo(self, data: bytes, room_key: str) -> None:
+        order = self._order
+        if order is None:
+            self.deliver(data)
+            return
+        out, awaited = order.echo(room_key, data)
+        self._queue_replies(out)
+        if not awaited:
+            self.deliver(data)
+
+    def _queue_replies(self, out: list[bytes]) -> None:
+        """What ended operations release, in order; then wake /quit's wait."""
+        if out and not self._closing:
+            self._pending.extend(out)
+            self._pending_bytes += sum(map(len, out))
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._flusher.add(self)
+        if self._ops_idle is not None and not self.ops_pending():
+            if not self._ops_idle.done():
+                self._ops_idle.set_result(None)
+            self._ops_idle = None
+
+    def _release_held(self) -> None:
+        """Closing: whatever waited goes out now, in order."""
+        if self._order is not None:
+            out = self._order.release()
+            self._pending.extend(out)
+            self._pending_bytes += sum(map(len, out))
+        if self._ops_idle is not None and not self._ops_idle.done():
+            self._ops_idle.set_result(None)
+        self._ops_idle = None
+
+    async def _ops_settled(self, seconds: float) -> None:
+        """Wait (at most ``seconds``) until this session's operations ended."""
+        if not self.ops_pending() or self._closing:
+            return
+        if self._ops_idle is None:
+            self._ops_idle = self._loop.create_future()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await asyncio.shield(self._ops_idle)
 
     def drop(self, reason: str) -> None:
         """Cut the connection at once (RST), discarding queued output."""
@@ -569,6 +659,8 @@ class Session(Member):
         await waiter
 
     def _stop_output(self) -> None:
+        if self.ops_pending():
+            self._release_held()
         self._closing = True
         self._wake_reader()
         self._start_writer()  # it does the last flush and the end of output (FIN)
@@ -583,6 +675,7 @@ class Session(Member):
         """
         self._flush_scheduled = False
         if not self._pending or self._dropped:
+            self._check_caught_up()
             return
         batch = self._pending
         size = self._pending_bytes
@@ -600,6 +693,14 @@ class Session(Member):
             self._in_flight = size  # counted against the bound while it waits
             self.write_blocked_since = self._loop.time()
             self._start_writer()
+        self._check_caught_up()
+
+    def _check_caught_up(self) -> None:
+        if self._behind and (
+            self._dropped or self._pending_bytes + self._in_flight <= self._soft_bytes
+        ):
+            self._behind = False
+            self._manager.caught_up(self)
 
     def _write_failed(self, exc: BaseException) -> None:
         """The peer is gone: no congestion left to wait out, no more output."""
@@ -618,6 +719,7 @@ class Session(Member):
                     await conn.drain()
                     self._in_flight = 0
                     self.write_blocked_since = 0.0
+                    self._wake_reader()
                     self._flush()  # what queued meanwhile; may congest again
                 elif not self._closing:
                     return  # nothing congested: the next congestion starts a new task
@@ -732,6 +834,9 @@ class Session(Member):
                 return refused
             if not backlog:
                 if self._eof:
+                    # Half-closed (``printf ... | nc``): the replies and echoes
+                    # of what it sent still go out before the end.
+                    await self._ops_settled(settings.shutdown_grace)
                     return "connection closed"
                 if limits is not None and (wait := limits.bytes_wait(loop.time())) > 0:
                     limits.pushed_back = True
@@ -752,7 +857,7 @@ class Session(Member):
                     self._stats.rate_delayed += 1
                 if delay > 0 and await self._throttle(delay, framer, backlog, limits):
                     return self._flooding()
-            if self._pending_bytes > self._soft_bytes or len(self._pending) > self._soft_events:
+            if self._backed_up():
                 if limits is not None:
                     limits.pushed_back = True
                 await self._wait_outbox()
@@ -762,8 +867,8 @@ class Session(Member):
                 self._prereg_lines += 1
             reason = self._handle(item)
             if reason is not None and not isinstance(reason, str):
-                await self._complete(reason)
-            elif reason is not None:
+                reason = await self._complete(reason)
+            if reason is not None:
                 return reason
             if self._cost and limits is not None:
                 limits.lines.charge(self._cost)
@@ -864,10 +969,18 @@ class Session(Member):
                 while not self._closing:
                     await self._reader_wait()
 
+    def _backed_up(self) -> bool:
+        """This client's unsent output, what its transport still holds
+        included, is over the soft limit: its commands wait. A talker that
+        reads its own echoes is so paced by its own reading."""
+        held = self._order.held_bytes if self._order is not None else 0
+        return (
+            self._pending_bytes + self._in_flight + held > self._soft_bytes
+            or len(self._pending) > self._soft_events
+        )
+
     async def _wait_outbox(self) -> None:
-        while not self._closing and (
-            self._pending_bytes > self._soft_bytes or len(self._pending) > self._soft_events
-        ):
+        while not self._closing and self._backed_up():
             await self._reader_wait()
 
     def _handle(self, item: bytes | ChatError) -> str | _Pending | None:
@@ -880,12 +993,84 @@ class Session(Member):
             self.tell(Error.of(exc))
             return None
 
-    async def _complete(self, pending: _Pending) -> None:
+    async def _complete(self, pending: _Pending) -> str | None:
         """Finish a command that waits (for the store or a password hash)."""
         try:
-            await pending
+            return await pending
         except ChatError as exc:
             self.tell(Error.of(exc))
+            return None
+
+    def _send(self, command: Say | Me | Msg) -> _Pending | None:
+        """A room message or a DM: stored, then delivered (RoomManager)."""
+        manager = self._manager
+        match command:
+            case Say(text):
+                manager.say(self, text)
+            case Me(text):
+                manager.say(self, text, action=True)
+            case Msg(nick, text) if manager.cluster is not None:
+                return manager.send_direct(self, nick, text)
+            case Msg(nick, text):
+                manager.direct(self, nick, text)
+        return None
+
+    async def _when_clear(self, command: Say | Me | Msg) -> str | None:
+        """Run a message once the store window has room and no reader of it
+        that is behind but still reading holds it back.
+
+        The sender waits, and so TCP pushes back on it: a burst from one
+        group commit never grows the readers' outboxes past the window, and
+        a reader a little slower than the talkers is waited for, not cut.
+        """
+        manager = self._manager
+        to = command.nick if isinstance(command, Msg) else None
+        held = False
+        try:
+            while not self._closing:
+                if manager.store_full:
+                    wake, timeout = manager.store_space(), None
+                elif (wait := manager.backpressure(self, to, self._loop.time())) > 0:
+                    wake, timeout = manager.relief(), wait
+                    if not held:
+                        held = True
+                        manager.hold(self._loop.time(), True)
+                else:
+                    break
+                closing = self._loop.create_future()
+                self._reader_waiter = closing  # woken by a flush or by closing
+                await asyncio.wait(
+                    (wake, closing), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+        finally:
+            if held:
+                manager.hold(self._loop.time(), False)
+        if self._closing:
+            return None
+        pending = self._send(command)
+        if pending is not None:
+            await pending
+        return None
+
+    def _logout(self) -> None:
+        self._manager.logout(self)
+        # Choosing a nickname again has the usual deadline and limits.
+        self._register_deadline = self._loop.time() + self._settings.register_timeout
+        self._prereg_lines = self._prereg_bytes = 0
+
+    async def _logout_after(self) -> None:
+        """/logout after messages still on their way: they reach the rooms
+        (and their echoes this connection) while it is still in them."""
+        await self._ops_settled(self._settings.shutdown_grace)
+        if self.account is not None and not self._closing:
+            self._logout()
+
+    async def _quit_after(self, reason: str) -> str:
+        """/quit after messages still on their way to the store: they and their
+        echoes go out first (within the shutdown grace), then the goodbye."""
+        await self._ops_settled(self._settings.shutdown_grace)
+        self.tell(Bye(reason))
+        return f"quit: {reason}" if reason else "quit"
 
     def _dispatch(self, command: Command) -> str | _Pending | None:
         """Carry out one command; return a reason when the session should end.
@@ -903,14 +1088,19 @@ class Session(Member):
                 if fmt is Format.TEXT:
                     self._keepalive = 0.0  # pings are for programs, which speak JSON
             case Ping(token):
-                # After everything this session said is stored and delivered.
-                manager.barrier(lambda: self.tell(Pong(token)))
+                # After everything this session said is stored and delivered,
+                # in its place among the replies.
+                seq = self.begin_op()
+                pong = render(Pong(token), self.fmt)
+                manager.barrier(lambda: self.end_op(seq, pong))
             case KeepAlive(interval):
                 self._set_keepalive(interval)
             case Answer():
                 pass  # any input answers a ping; this one runs nothing
             case Help():
                 self.tell(HelpText())
+            case Quit(reason) if self.ops_pending():
+                return self._quit_after(reason)  # the messages before it go out first
             case Quit(reason):
                 self.tell(Bye(reason))
                 return f"quit: {reason}" if reason else "quit"
@@ -937,14 +1127,10 @@ class Session(Member):
                 return self._cluster_nick(name)
             case Nick(name):
                 manager.rename(self, name)
-            case Say(text):
-                manager.say(self, text)
-            case Me(text):
-                manager.say(self, text, action=True)
-            case Msg(nick, text) if manager.cluster is not None:
-                return manager.send_direct(self, nick, text)
-            case Msg(nick, text):
-                manager.direct(self, nick, text)
+            case Say() | Me() | Msg() if manager.store_full or manager.anyone_behind:
+                return self._when_clear(command)
+            case Say() | Me() | Msg():
+                return self._send(command)
             case Create(room) if manager.is_live(room):
                 manager.join(self, room, create=True)
             case Join(room) if manager.is_live(room):
@@ -955,11 +1141,15 @@ class Session(Member):
                 return self._join_stored(room, create=False)
             case Leave(room):
                 manager.leave(self, room)
-            case ListRooms() if manager.cluster is not None:
+            case ListRooms(watch) if manager.cluster is not None:
+                if watch is not None:
+                    manager.watch_rooms(self, watch)  # before the list: nothing falls between
                 return self._cluster_rooms()
             case Who(room) if manager.cluster is not None:
                 return self._cluster_who(room)
-            case ListRooms():
+            case ListRooms(watch):
+                if watch is not None:
+                    manager.watch_rooms(self, watch)
                 rooms = manager.room_list()
                 self.tell(rooms)
                 self._cost = len(rooms.rooms) // 100  # big answers cost more
@@ -974,13 +1164,12 @@ class Session(Member):
                     manager.set_topic(self, text)
             case Register(password):
                 return self._register_account(password)
+            case Logout() if self.account is None:
+                raise NotLoggedIn("you are not logged in")
+            case Logout() if self.ops_pending():
+                return self._logout_after()  # the messages before it are delivered first
             case Logout():
-                if self.account is None:
-                    raise NotLoggedIn("you are not logged in")
-                manager.logout(self)
-                # Choosing a nickname again has the usual deadline and limits.
-                self._register_deadline = self._loop.time() + self._settings.register_timeout
-                self._prereg_lines = self._prereg_bytes = 0
+                self._logout()
             case Passwd(old, new):
                 return self._passwd(old, new)
             case ShowHistory():
@@ -1084,6 +1273,7 @@ class Session(Member):
         if self.nick == nick and not self._closing:
             self.account = account.id
             self.tell(Registered(nick, True))
+            self._manager.save_rooms(self)  # the rooms it is in are the account's now
 
     async def _check_password(self, nick: str, password: str) -> Account:
         """The account if ``password`` is right; else a delay and BadLogin."""
@@ -1110,13 +1300,53 @@ class Session(Member):
         account = await self._check_password(nick, password)
         if self._closing:
             return
-        cluster = self._manager.cluster
+        manager = self._manager
+        try:
+            saved = await manager.store.account_rooms(account.id)
+        except StoreError as exc:
+            raise StorageUnavailable(f"cannot log in now: {exc}") from None
+        if self._closing:
+            return
+        cluster = manager.cluster
         if cluster is not None:
             await cluster.claim(self, account.nick, account=account.id, takeover=True, guest=False)
             if self._closing:
                 return
-        self._manager.login(self, account.nick, account.id)
-        logger.info("login %s from %s", self.nick, self.peer)
+        with manager.rejoining(self):
+            manager.login(self, account.nick, account.id)
+            logger.info("login %s from %s", self.nick, self.peer)
+            await self._rejoin(saved)
+
+    async def _rejoin(self, saved: AccountRooms) -> None:
+        """Put a connection that just logged in back into its account's rooms.
+
+        Each room is joined as by /join (created if gone, with its history);
+        one that cannot be (a limit) is reported with its error and skipped.
+        Then the account's current room is current again.
+        """
+        manager = self._manager
+        for name in saved.rooms:
+            if self.key is None or self._closing:
+                return
+            if name_key(name) in self.rooms:
+                continue
+            try:
+                if manager.is_live(name):
+                    manager.join(self, name)
+                else:
+                    check_room(name, self._settings.max_room_len)
+                    await self._join_stored(name, create=False)
+            except ChatError as exc:
+                self.tell(Error.of(exc))
+        current = saved.current
+        if (
+            current is not None
+            and name_key(current) in self.rooms
+            and (self.current is None or self.current.key != name_key(current))
+            and self.key is not None
+            and not self._closing
+        ):
+            manager.join(self, current)  # already in it: only makes it current
 
     async def _passwd(self, old: str, new: str) -> None:
         auth, store = self._need_auth(), self._manager.store

@@ -17,17 +17,18 @@ descriptors, tasks or nicknames above the start, or any room but
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
 import os
 import random
 import re
+import signal
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -88,11 +89,17 @@ class Client:
     async def open(cls, port: int) -> Client:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
         client = cls(reader, writer)
-        greeting = await client.reader.readline()
-        if not greeting.startswith(b"* welcome"):
-            raise ConnectionError(f"refused: {greeting.decode(errors='replace').strip()}")
-        client.send("/format json")
-        await client.until("format")
+        try:
+            greeting = await client.reader.readline()
+            if not greeting.startswith(b"* welcome"):
+                raise ConnectionError(f"refused: {greeting.decode(errors='replace').strip()}")
+            client.send("/format json")
+            await client.until("format")
+        except BaseException:
+            # Also when the soak is stopped: an open socket would hold the
+            # daemon's shutdown for its whole grace.
+            writer.transport.abort()
+            raise
         return client
 
     def send(self, line: str) -> None:
@@ -150,6 +157,13 @@ async def worker(n: int, port: int, stop: float, report: Report, *, once: bool =
 
 async def watcher(port: int, room: int, done: asyncio.Event) -> None:
     client = await Client.open(port)
+    try:
+        await _watch(client, room, done)
+    finally:
+        await client.close()
+
+
+async def _watch(client: Client, room: int, done: asyncio.Event) -> None:
     client.send(f"/nick watcher{room}")
     await client.until("current")
     client.send(f"/join room{room}")
@@ -164,7 +178,6 @@ async def watcher(port: int, room: int, done: asyncio.Event) -> None:
             read = asyncio.ensure_future(client.reader.read(1 << 16))
     read.cancel()
     client.send("/quit")
-    await client.close()
 
 
 async def spawn(db: str) -> tuple[asyncio.subprocess.Process, int, int]:
@@ -215,12 +228,20 @@ async def soak(seconds: float, workers: int) -> Report:
     report = Report(workers=workers)
     with tempfile.TemporaryDirectory(prefix="chatd-soak-") as tmp:
         proc, port, web = await spawn(os.path.join(tmp, "soak.db"))
+        # A long run prints nothing until it ends: say it has begun, and with what.
+        print(
+            f"soak: chatd serve (pid {proc.pid}) on 127.0.0.1:{port}, "
+            f"{workers} clients churning for {seconds:g} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        watchers: list[asyncio.Task[None]] = []
         try:
             # Warm up: one cycle of everything, so what is made once is there.
             await worker(-1, port, 0.0, report, once=True)
             report.start = await asyncio.to_thread(read_metrics, web)
             done = asyncio.Event()
-            watchers = [asyncio.create_task(watcher(port, r, done)) for r in range(2)]
+            watchers += [asyncio.create_task(watcher(port, r, done)) for r in range(2)]
             began = time.monotonic()
             stop = began + seconds
             await asyncio.gather(*(worker(n, port, stop, report) for n in range(workers)))
@@ -237,13 +258,47 @@ async def soak(seconds: float, workers: int) -> Report:
             # The scrape itself holds a task while it runs: read it once more.
             report.end = await asyncio.to_thread(read_metrics, web)
         finally:
+            # Stopped early, the watchers are still reading: they quit first.
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
             proc.terminate()
             await proc.wait()
     return report
 
 
+async def stoppable(run: Coroutine[Any, Any, Report]) -> tuple[Report | None, signal.Signals]:
+    """Run the soak; SIGINT or SIGTERM end it early, with no report.
+
+    Either way the daemon it started is stopped and its database removed (the
+    ``finally`` in :func:`soak`): by default SIGTERM would end this process
+    at once and leave that daemon running with no one to stop it.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(run)
+    received: list[signal.Signals] = []
+
+    def stop(sig: signal.Signals) -> None:
+        received.append(sig)
+        task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        return await task, signal.SIGINT
+    except asyncio.CancelledError:
+        if not received or not task.cancelled():
+            raise  # not ours: this coroutine itself is being cancelled
+        return None, received[0]
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    from chatd.cli import ArgumentParser
+
+    parser = ArgumentParser(
         prog="python -m chatd.soak",
         description="Churn connections against a fresh daemon; compare its resources after.",
     )
@@ -251,7 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=50, help="clients churning at once")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
-    report = asyncio.run(soak(args.seconds, args.workers))
+    report, stopped_by = asyncio.run(stoppable(soak(args.seconds, args.workers)))
+    if report is None:
+        print(
+            f"soak: stopped by {stopped_by.name} before the end; nothing compared", file=sys.stderr
+        )
+        return 128 + stopped_by
     leaks = report.leaks
     if args.json:
         print(json.dumps({**asdict(report), "leaks": leaks}))

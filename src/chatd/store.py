@@ -1,4 +1,4 @@
-"""What chatd remembers: accounts, rooms with topics, and every message.
+"""What chatd remembers: accounts and their rooms, rooms with topics, and every message.
 
 :class:`Store` is the small interface the rest of the daemon uses; two
 stores implement it:
@@ -10,7 +10,8 @@ stores implement it:
   One writer thread owns the write connection and commits whatever has
   queued up since its last commit in one transaction (group commit); a
   reader thread with its own connection answers queries, which WAL lets run
-  beside the writes. The event loop never touches SQLite.
+  beside the writes. The event loop never touches SQLite. A daemon holds
+  its file alone (:class:`DatabaseLock`).
 
 Writes that must be durable before anyone sees them (messages) take a
 ``done`` callback: it runs on the event loop after the commit, in the order
@@ -24,6 +25,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import fcntl
 import logging
 import os
 import queue
@@ -49,6 +51,20 @@ Done = Callable[[BaseException | None], None]
 
 class StoreError(Exception):
     """The store cannot be used (opened, migrated, written); the text says why."""
+
+
+class DatabaseInUse(StoreError):
+    """Another process holds the database's lock (see :class:`DatabaseLock`)."""
+
+    def __init__(self, path: Path, holder: int | None) -> None:
+        self.path = path
+        #: The pid that holds the lock, if it could be told.
+        self.holder = holder
+        by = "another chatd" + (f" (pid {holder})" if holder else "")
+        super().__init__(
+            f"the database {path} is in use by {by}; give each daemon its own --db "
+            "(or --db :memory:), or stop the other one first"
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -94,6 +110,16 @@ class RoomRecord:
     name: str
     topic: str
     topic_by: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AccountRooms:
+    """The rooms an account was in, kept so that its next login rejoins them."""
+
+    #: Room names in join order (the order decides the fallback current room).
+    rooms: tuple[str, ...] = ()
+    #: The room that was current, or None.
+    current: str | None = None
 
 
 class Store(abc.ABC):
@@ -171,6 +197,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def accounts(self) -> list[Account]: ...
 
+    @abc.abstractmethod
+    def save_account_rooms(self, account: int, rooms: AccountRooms) -> None:
+        """Remember the rooms of an account (in order, after earlier writes)."""
+
+    @abc.abstractmethod
+    async def account_rooms(self, account: int) -> AccountRooms:
+        """The rooms an account was last in (none if never saved)."""
+
     async def writable(self) -> bool:
         """Whether a write can be committed now."""
         return True
@@ -184,6 +218,7 @@ class MemoryStore(Store):
         self._messages: dict[str, deque[StoredMessage]] = {}
         self._rooms: dict[str, RoomRecord] = {}
         self._accounts: dict[str, Account] = {}
+        self._account_rooms: dict[int, AccountRooms] = {}
         self._next_account = 1
 
     def append(self, message: StoredMessage, done: Done) -> None:
@@ -243,10 +278,19 @@ class MemoryStore(Store):
         return True
 
     async def delete_account(self, nick: str) -> bool:
-        return self._accounts.pop(name_key(nick), None) is not None
+        account = self._accounts.pop(name_key(nick), None)
+        if account is not None:
+            self._account_rooms.pop(account.id, None)
+        return account is not None
 
     async def accounts(self) -> list[Account]:
         return sorted(self._accounts.values(), key=lambda a: name_key(a.nick))
+
+    def save_account_rooms(self, account: int, rooms: AccountRooms) -> None:
+        self._account_rooms[account] = rooms
+
+    async def account_rooms(self, account: int) -> AccountRooms:
+        return self._account_rooms.get(account, AccountRooms())
 
 
 #: The schema, one migration per version. ``PRAGMA user_version`` holds the
@@ -283,6 +327,16 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             topic TEXT NOT NULL,
             topic_by TEXT,
             updated REAL NOT NULL
+        )""",
+    ),
+    # 3: the rooms each account is in, rejoined at its next login.
+    (
+        """CREATE TABLE account_rooms (
+            account INTEGER NOT NULL,
+            position INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            current INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (account, position)
         )""",
     ),
 )
@@ -355,8 +409,12 @@ class SqliteStore(Store):
         *,
         sync: str = "normal",
         clock: Callable[[], float] = time.time,
+        lock: bool = True,
     ) -> None:
+        """``lock=False`` opens a database that a daemon may hold: only for
+        changes that daemon reads back from the file (not :meth:`is_registered`)."""
         self.path = Path(path)
+        self._lock = DatabaseLock(self.path) if lock else None
         self._sync = sync
         self._clock = clock
         self._registered: set[str] = set()
@@ -392,6 +450,14 @@ class SqliteStore(Store):
     def _open(self) -> None:
         if not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._lock is not None:
+            # Before SQLite touches the file: a refused daemon migrates nothing.
+            try:
+                self._lock.acquire()
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot use the database {self.path}: {exc.strerror or exc}"
+                ) from None
         self._wconn = conn = self._connect()
         (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
         if mode != "wal":
@@ -412,10 +478,13 @@ class SqliteStore(Store):
         self._rconn = self._connect()
 
     def _close_connections(self) -> None:
+        """Close both connections, then let another daemon have the database."""
         for conn in (self._wconn, self._rconn):
             if conn is not None:
                 conn.close()
         self._wconn = self._rconn = None
+        if self._lock is not None:
+            self._lock.release()
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -576,12 +645,37 @@ class SqliteStore(Store):
 
     async def delete_account(self, nick: str) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
+            conn.execute(
+                "DELETE FROM account_rooms WHERE account IN"
+                " (SELECT id FROM accounts WHERE key = ?)",
+                (name_key(nick),),
+            )
             cursor = conn.execute("DELETE FROM accounts WHERE key = ?", (name_key(nick),))
             return cursor.rowcount == 1
 
         deleted: bool = await self._write(run)
         self._registered.discard(name_key(nick))
         return deleted
+
+    def save_account_rooms(self, account: int, rooms: AccountRooms) -> None:
+        current = name_key(rooms.current) if rooms.current is not None else None
+        rows = [
+            (account, position, name, int(name_key(name) == current))
+            for position, name in enumerate(rooms.rooms)
+        ]
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM account_rooms WHERE account = ?", (account,))
+            conn.executemany(
+                "INSERT INTO account_rooms (account, position, name, current) VALUES (?, ?, ?, ?)",
+                rows,
+            )
+
+        def done(_: Any, exc: BaseException | None) -> None:
+            if exc is not None:
+                logger.error("the rooms of account %d were not saved: %s", account, exc)
+
+        self._submit(_Write(None, run, done))
 
     async def writable(self) -> bool:
         try:
@@ -637,6 +731,85 @@ class SqliteStore(Store):
             "SELECT id, nick, password_hash, created FROM accounts ORDER BY key"
         )
         return [Account(*row) for row in rows]
+
+    async def account_rooms(self, account: int) -> AccountRooms:
+        # After the writes queued before: a login right after a /join sees it.
+        assert self._loop is not None
+        saved: asyncio.Future[None] = self._loop.create_future()
+        self.barrier(lambda: None if saved.done() else saved.set_result(None))
+        await saved
+        rows = await self._read(
+            "SELECT name, current FROM account_rooms WHERE account = ? ORDER BY position", account
+        )
+        current = next((name for name, is_current in rows if is_current), None)
+        return AccountRooms(tuple(name for name, _ in rows), current)
+
+
+class DatabaseLock:
+    """The lock that keeps a database to one daemon: flock(2) on the file itself.
+
+    A daemon numbers messages on from the highest id in its database, so two
+    daemons on one file hand out the same ids and one of them loses every
+    message whose id the other stored first. The kernel drops an flock when
+    its holder's descriptor closes, so a holder that dies in any way (SIGKILL
+    included) frees the database at once: unlike a pid file, nothing stale is
+    left to clean up. The lock is on the database's inode, so every name of
+    the file (a symbolic or a hard link, a relative path) meets the same lock.
+
+    SQLite's own locks are POSIX record locks, which on Linux are independent
+    of flock. A process loses its POSIX locks on a file when it closes any
+    descriptor of that file, so the lock's descriptor is opened before SQLite
+    opens the file and closed only after SQLite has closed it.
+    """
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self.path = db
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock now or raise DatabaseInUse (never waits); OSError if
+        the file cannot be opened."""
+        if self._fd is not None:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except PermissionError:  # a read-only file still locks; SQLite then says why
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _flock_holder(os.fstat(fd))
+            os.close(fd)
+            raise DatabaseInUse(self.db, holder) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def release(self) -> None:
+        """Let the next daemon have the database (closing the file drops the lock)."""
+        if self._fd is None:
+            return
+        os.close(self._fd)
+        self._fd = None
+
+
+def _flock_holder(st: os.stat_result) -> int | None:
+    """The pid holding an flock on the file ``st`` describes, from /proc/locks
+    (Linux; None elsewhere, or if it cannot be told): said to whoever is
+    refused, for information only."""
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as locks:
+            for line in locks:
+                fields = line.split()
+                # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == inode:
+                    return int(fields[4])
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def default_db_path() -> Path:

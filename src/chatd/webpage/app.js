@@ -13,6 +13,8 @@
   const GROUP_SECONDS = 300; // consecutive messages within 5 min share a header
   const BACKOFF_FIRST = 0.5; // seconds; doubles on every failed attempt
   const BACKOFF_MAX = 30;
+  const PAGE = 50; // older messages asked for at a time, when scrolled to the top
+  const NEAR_TOP = 200; // pixels from the top of the timeline that load older messages
 
   /** Create an element with a class and optional text (always textContent). */
   function el(tag, className, text) {
@@ -23,6 +25,7 @@
   }
 
   const pad = (n) => String(n).padStart(2, '0');
+  const SVG_NS = 'http://www.w3.org/2000/svg';
 
   function timeNode(ts) {
     const d = ts ? new Date(ts * 1000) : new Date();
@@ -99,7 +102,12 @@
     const key = kind === 'room' ? roomKey(name) : dmKey(name);
     let c = state.convs.get(key);
     if (!c) {
-      c = { key, kind, name, items: [], ids: new Set(), unread: 0, historyOpen: false, topic: '' };
+      c = {
+        key, kind, name, items: [], ids: new Set(), unread: 0, historyOpen: false, topic: '',
+        // Paging back: the id to ask before, whether the server has older messages
+        // (undefined until its first history event), a page being received.
+        before: null, more: undefined, loading: null,
+      };
       state.convs.set(key, c);
     } else if (c.name !== name && lower(c.name) === lower(name)) {
       c.name = name; // a later spelling from the server wins
@@ -164,10 +172,46 @@
     addItem(c, li);
   }
 
+  /**
+   * Commands that do nothing useful from this page, or break it, by their name:
+   * the page needs JSON (/format), and its WebSocket keeps itself alive (/ping,
+   * /pong). The help leaves them out.
+   */
+  const NOT_HERE = new Set(['/format', '/ping', '/pong']);
+
+  /** The server's list of commands, less those not for this page, as a readable list. */
+  function showHelp(c, commands) {
+    if (!c) return;
+    const li = el('li', 'sys sys--help');
+    li.dataset.testid = 'help';
+    const box = el('div', 'help');
+    const list = el('dl', 'help__list');
+    for (const cmd of Array.isArray(commands) ? commands : []) {
+      const usage = String(cmd.usage);
+      if (NOT_HERE.has(lower(usage.split(' ')[0]))) continue;
+      const row = el('div', 'help__row');
+      const dt = el('dt', 'help__usage');
+      dt.append(el('code', null, usage));
+      row.append(dt, el('dd', 'help__text', cmd.help));
+      list.append(row);
+    }
+    box.append(el('p', 'help__title', 'Commands'), list,
+      el('p', 'help__foot', 'Anything else is sent to this conversation. ' +
+        'Start a line with // to send one that begins with /.'));
+    li.append(box);
+    addItem(c, li);
+  }
+
   /** Render a room message or a DM. */
   function renderMessage(c, ev) {
     if (ev.history) {
       if (c.ids.has(ev.id)) return false; // already shown (history after a reconnect)
+      if (c.loading) {
+        // An older page: shown all at once, above, when its history event comes.
+        c.ids.add(ev.id);
+        c.loading.events.push(ev);
+        return false;
+      }
       if (!c.historyOpen) {
         c.historyOpen = true;
         const sep = el('li', 'sep');
@@ -177,7 +221,12 @@
       }
     }
     c.ids.add(ev.id);
-    const prev = c.items[c.items.length - 1];
+    addItem(c, messageNode(ev, c.items[c.items.length - 1]));
+    return true;
+  }
+
+  /** The line of a message; it shares the header of `prev`, the line above, when it can. */
+  function messageNode(ev, prev) {
     const grouped = !ev.action && prev && prev.classList.contains('msg') &&
       !prev.classList.contains('msg--action') && prev.dataset.from === lower(ev.from) &&
       prev.classList.contains('msg--history') === Boolean(ev.history) &&
@@ -208,8 +257,95 @@
     appendLinkified(text, ev.text);
     body.append(meta, text);
     li.append(side, body);
-    addItem(c, li);
-    return true;
+    return li;
+  }
+
+  // ------------------------------------------------------- older messages
+
+  /**
+   * Change the timeline above what is on screen without moving it: the first
+   * line in view stays where it is (the browser's own scroll anchoring is off).
+   */
+  function keepPlace(change) {
+    const box = ui.messages;
+    const top = box.getBoundingClientRect().top;
+    // The first line in view that is a message or an event (not a marker above them).
+    const lines = [...box.children].filter((n) => n.getBoundingClientRect().bottom > top);
+    const anchor = lines.find((n) => n.classList.contains('msg') || n.classList.contains('sys')) ||
+      lines[0];
+    const was = anchor ? anchor.getBoundingClientRect().top : 0;
+    change();
+    if (anchor && anchor.isConnected) box.scrollTop += anchor.getBoundingClientRect().top - was;
+  }
+
+  /** Where older lines go in a conversation: at the top, under its "earlier messages" line. */
+  function topIndex(c) {
+    const first = c.items[0];
+    return first && first.dataset.testid === 'history-separator' ? 1 : 0;
+  }
+
+  function insertItems(c, at, nodes) {
+    c.items.splice(at, 0, ...nodes);
+    if (c.key !== state.view || !nodes.length) return;
+    const next = ui.messages.children[at] || null;
+    keepPlace(() => { for (const n of nodes) ui.messages.insertBefore(n, next); });
+  }
+
+  function removeItem(c, node) {
+    const i = c.items.indexOf(node);
+    if (i >= 0) c.items.splice(i, 1);
+    if (node.isConnected) keepPlace(() => node.remove());
+  }
+
+  /** Ask for the page before the oldest message shown, if there is one and none is on its way. */
+  function loadOlder() {
+    const c = state.convs.get(state.view);
+    if (!c || !c.more || c.loading || c.before === null || state.phase !== 'online') return;
+    if (c.kind === 'room' && !state.joined.has(lower(c.name))) return; // history is for members
+    if (c.items.length >= MAX_ITEMS) return; // the oldest lines would be dropped again
+    const target = c.kind === 'room' ? `#${c.name}` : `@${c.name}`;
+    if (!send(`/history ${target} ${PAGE} before=${c.before}`)) return;
+    const marker = el('li', 'loading', 'Loading earlier messages…');
+    marker.dataset.testid = 'history-loading';
+    marker.setAttribute('role', 'status');
+    c.loading = { events: [], marker };
+    insertItems(c, topIndex(c), [marker]);
+  }
+
+  /** The page asked for has arrived (its history event): put it above, in place. */
+  function finishPage(c, ev) {
+    const { events, marker } = c.loading;
+    c.loading = null;
+    c.more = ev.more;
+    if (ev.before !== null) c.before = ev.before;
+    removeItem(c, marker);
+    const nodes = [];
+    for (const e of events) nodes.push(messageNode(e, nodes[nodes.length - 1]));
+    if (!c.more) {
+      const start = el('li', 'sep sep--start');
+      start.dataset.testid = 'history-start';
+      start.append(el('span', 'sep__label', c.kind === 'room'
+        ? `Beginning of #${c.name}` : `Beginning of your messages with ${c.name}`));
+      nodes.unshift(start);
+    }
+    insertItems(c, topIndex(c), nodes);
+    fillView();
+  }
+
+  /** A timeline too short to scroll cannot be scrolled to its top: load until it can. */
+  function fillView() {
+    const box = ui.messages;
+    if (box.scrollHeight - box.clientHeight < NEAR_TOP) loadOlder();
+  }
+
+  /** Forget pages on their way: the connection that would have brought them is gone. */
+  function dropPages() {
+    for (const c of state.convs.values()) {
+      if (!c.loading) continue;
+      for (const e of c.loading.events) c.ids.delete(e.id);
+      removeItem(c, c.loading.marker);
+      c.loading = null;
+    }
   }
 
   function bump(c) {
@@ -223,6 +359,28 @@
     b.dataset.testid = 'unread';
     b.setAttribute('aria-label', `${n} unread`);
     return b;
+  }
+
+  /** A room's member count: a person and a number, quiet, unlike the unread badge. */
+  function memberCount(n) {
+    const label = `${n} member${n === 1 ? '' : 's'}`;
+    const span = el('span', 'item__members');
+    span.dataset.testid = 'member-count';
+    span.title = label;
+    span.setAttribute('aria-label', label);
+    span.setAttribute('role', 'img');
+    const svg = document.createElementNS(SVG_NS, 'svg');
+    svg.setAttribute('viewBox', '0 0 16 16');
+    svg.setAttribute('aria-hidden', 'true');
+    const head = document.createElementNS(SVG_NS, 'circle');
+    head.setAttribute('cx', '8');
+    head.setAttribute('cy', '5');
+    head.setAttribute('r', '3');
+    const body = document.createElementNS(SVG_NS, 'path');
+    body.setAttribute('d', 'M2.5 14.5c.6-3 2.7-4.5 5.5-4.5s4.9 1.5 5.5 4.5');
+    svg.append(head, body);
+    span.append(svg, el('span', 'item__members-n', n));
+    return span;
   }
 
   function renderSidebar() {
@@ -240,7 +398,7 @@
       if (roomKey(r.name) === state.view) { b.classList.add('item--active'); b.setAttribute('aria-current', 'page'); }
       b.append(el('span', 'item__sigil', '#'), el('span', 'item__name', r.name));
       if (c && c.unread) b.append(badge(c.unread));
-      if (r.members !== null) b.append(el('span', 'item__count', r.members));
+      if (r.members !== null) b.append(memberCount(r.members));
       b.title = state.joined.has(lower(r.name)) ? `#${r.name}` : `Join #${r.name}`;
       b.addEventListener('click', () => { closeDrawers(); send(`/join ${r.name}`); });
       const li = el('li');
@@ -318,6 +476,7 @@
     scrollToBottom();
     renderHeader();
     renderSidebar();
+    if (c) fillView();
   }
 
   function openDm(nick) {
@@ -389,6 +548,7 @@
     state.phase = 'idle';
     if (outbox.length) toast(`${outbox.length} line(s) could not be sent.`);
     outbox.length = 0;
+    dropPages();
     if (wasOnline) {
       // Remember where we were, to get back there once reconnected.
       state.restore = { rooms: [...state.joined.values()], current: state.current, view: state.view };
@@ -459,7 +619,17 @@
       }
       case 'history': {
         const c = ev.peer ? state.convs.get(dmKey(ev.peer)) : state.convs.get(roomKey(ev.room));
-        if (c) c.historyOpen = false;
+        if (!c) break;
+        c.historyOpen = false;
+        if (c.loading) {
+          finishPage(c, ev);
+        } else if (c.more === undefined) {
+          // The first history of this conversation (on join): page back from there.
+          // Later ones (after a reconnect) are newer than what paging reached.
+          c.more = ev.more;
+          c.before = ev.before;
+          if (c.key === state.view) fillView();
+        }
         break;
       }
       case 'topic': {
@@ -471,6 +641,7 @@
       }
       case 'nick': onNick(ev); break;
       case 'rooms': state.roomList = ev.rooms; renderSidebar(); break;
+      case 'room': onRoomEvent(ev); break;
       case 'who':
         if (state.current && lower(ev.room) === lower(state.current)) {
           state.members = ev.nicks;
@@ -490,12 +661,7 @@
       case 'shutdown':
         toast('The server is shutting down; reconnecting when it is back.', 'info');
         break;
-      case 'help':
-        systemLine(state.convs.get(state.view), ['Commands:',
-          ...ev.commands.map((c) => `  ${c.usage.padEnd(38)} ${c.help}`),
-          'Anything else is said in the room. Start with // to say a line beginning with /.'].join('\n'),
-        null, 'sys--block');
-        break;
+      case 'help': showHelp(state.convs.get(state.view), ev.commands); break;
       case 'passwd':
         if (state.pendingPassword) state.password = state.pendingPassword;
         state.pendingPassword = null;
@@ -536,7 +702,7 @@
       if (r.current) send(`/join ${r.current}`);
       send('/ping restored'); // answered after everything above
     }
-    send('/rooms');
+    send('/rooms watch'); // the list, then every room created or removed: no polling
   }
 
   function finishRestore() {
@@ -547,6 +713,15 @@
     const dm = r.view && r.view[0] === '@' && state.convs.has(r.view);
     showView(dm ? r.view : state.current ? roomKey(state.current) : null);
     systemLine(state.convs.get(state.view), `Reconnected as ${state.me}.`);
+  }
+
+  /** A room came or went (we watch them: /rooms watch); the list follows. */
+  function onRoomEvent(ev) {
+    const rooms = state.roomList.filter((r) => lower(r.name) !== lower(ev.room));
+    if (ev.event === 'created') rooms.push({ name: ev.room, members: ev.members });
+    else if (ev.event !== 'removed') return;
+    state.roomList = rooms;
+    renderSidebar();
   }
 
   function onJoin(ev) {
@@ -767,7 +942,10 @@
   });
   $('refresh-rooms').addEventListener('click', () => send('/rooms'));
 
-  ui.messages.addEventListener('scroll', () => { if (nearBottom()) ui.jump.hidden = true; });
+  ui.messages.addEventListener('scroll', () => {
+    if (nearBottom()) ui.jump.hidden = true;
+    if (ui.messages.scrollTop < NEAR_TOP) loadOlder();
+  });
   ui.jump.addEventListener('click', scrollToBottom);
   ui.retry.addEventListener('click', reconnectNow);
 
