@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from chatd.server import Server
+from chatd.store import StoredMessage, StoreError
 from tests.conftest import Spawn, StartServer
-from tests.helpers import LineClient, open_json
+from tests.helpers import LineClient, PipeClient, open_json
 
 PASSWORD = "correct-horse"
 
@@ -206,3 +207,174 @@ async def test_the_terminal_client_logs_in_with_the_password_it_changed(
     await start_server(db=db, port=port)
     await ivy.expect(r"reconnected as ivy in #general, #a; talking in #a$", stream="err")
     assert await ivy.finish() == 0
+
+
+async def _miss_while_away(
+    client: PipeClient, start_server: StartServer, first: Server, db: str, says: list[str]
+) -> tuple[Server, LineClient]:
+    """Restart the daemon while ``client`` is held still; ``says`` are
+    ``ROOM TEXT`` lines bob says before the client may reconnect."""
+    port = first.port
+    await first.shutdown()
+    await client.expect(r"connection to .* lost", stream="err")
+    os.kill(client.proc.pid, signal.SIGSTOP)
+    try:
+        second = await start_server(db=db, port=port, history_on_join=2)
+        bob = await json_client(port, "bob")
+        for line in says:
+            room, _, text = line.partition(" ")
+            await bob.send(f"/join #{room}", text)
+            await bob.expect(lambda e, text=text: e.get("text") == text)
+    finally:
+        os.kill(client.proc.pid, signal.SIGCONT)
+    return second, bob
+
+
+def said_by_bob(client: PipeClient, room: str) -> list[str]:
+    return [line.partition("bob: ")[2] for line in client.out if f"[{room}] bob: " in line]
+
+
+@pytest.mark.parametrize("elsewhere", ["chatd connect", "nc"])
+async def test_a_terminal_client_replaced_by_a_login_elsewhere_says_so_and_stays_away(
+    server: Server, spawn: Spawn, elsewhere: str
+) -> None:
+    dave = await spawn(server.port, "--nick", "dave")
+    await dave.send(f"/register {PASSWORD}", "/join a")
+    await dave.expect(r"^\* now talking in #a$")
+    watcher = await json_client(server.port, "watcher")
+    await watcher.send("/join a")
+    await watcher.sync()
+
+    if elsewhere == "nc":
+        other, _ = await login(server.port, "dave")
+        await other.send("/ping still-here")
+    else:
+        laptop = await spawn(server.port)
+        await laptop.send(f"/login dave {PASSWORD}")
+        await laptop.expect(r"^\* you are dave \(logged in\)$")
+    assert await dave.wait() == 1
+    assert dave.out[-1] == "* bye (logged in from elsewhere)"
+    assert dave.err == ["chatd connect: you logged in from somewhere else; not reconnecting"]
+
+    # The new session keeps the account: nobody comes back to throw it off.
+    if elsewhere == "nc":
+        await other.expect(lambda e: e.get("token") == "still-here")
+        await other.send("/who a", "/quit")
+        assert (await other.expect("who"))["nicks"] == ["dave", "watcher"]
+        await other.expect("bye")
+        other.close()
+    else:
+        await laptop.send("/who a")
+        await laptop.expect(r"^\* in #a: dave, watcher$")
+        assert await laptop.finish() == 0
+        assert laptop.err == []
+    watcher.close()
+
+
+async def test_the_terminal_client_catches_up_in_a_room_named_by_digits(
+    start_server: StartServer, spawn: Spawn, tmp_path: Path
+) -> None:
+    """``/history 2024`` would ask for 2024 messages: the fetch names ``#2024``."""
+    db = str(tmp_path / "chat.db")
+    first = await start_server(db=db, history_on_join=2)
+    dave = await spawn(first.port, "--nick", "dave")
+    await dave.send(f"/register {PASSWORD}", "/join 2024")
+    await dave.expect(r"^\* now talking in #2024$")
+    bob = await json_client(first.port, "bob")
+    await bob.send("/join #2024", "seen before the restart")
+    await dave.expect(r"\[2024\] bob: seen before the restart$")
+    bob.close()
+
+    missed = ["missed one", "missed two", "missed three"]
+    _, bob = await _miss_while_away(
+        dave, start_server, first, db, [f"2024 {text}" for text in missed]
+    )
+    await dave.expect(r"reconnected as dave in #general, #2024; talking in #2024$", stream="err")
+    await bob.send("said live")
+    await dave.expect(r"^\d\d:\d\d \[2024\] bob: said live$")
+    assert said_by_bob(dave, "2024") == ["seen before the restart", *missed, "said live"]
+    assert not [line for line in dave.out if line.startswith("! bad_args")]
+    bob.close()
+    assert await dave.finish() == 0
+
+
+async def test_a_failed_catch_up_fetch_holds_back_no_message(
+    start_server: StartServer, spawn: Spawn, tmp_path: Path
+) -> None:
+    """The /history of missed messages fails: the live ones still come, and
+    the client says what it could not show and how to ask again."""
+    db = str(tmp_path / "chat.db")
+    first = await start_server(db=db, history_on_join=2)
+    dave = await spawn(first.port, "--nick", "dave")
+    await dave.send(f"/register {PASSWORD}", "/join b")
+    await dave.expect(r"^\* now talking in #b$")
+    bob = await json_client(first.port, "bob")
+    await bob.send("/join b", "seen before the restart")
+    await dave.expect(r"\[b\] bob: seen before the restart$")
+    bob.close()
+
+    port = first.port
+    await first.shutdown()
+    await dave.expect(r"connection to .* lost", stream="err")
+    missed = ["missed one", "missed two", "missed three"]
+    os.kill(dave.proc.pid, signal.SIGSTOP)
+    try:
+        second = await start_server(db=db, port=port, history_on_join=2)
+        store = second.manager.store
+        recent = store.recent
+
+        async def unreadable_pages(
+            conversation: str, limit: int, before: int | None = None, account: int | None = None
+        ) -> tuple[list[StoredMessage], bool]:
+            """The last messages (on join) are read; a page back fails."""
+            if before is not None:
+                raise StoreError("the database cannot be read: disk I/O error")
+            return await recent(conversation, limit, before, account)
+
+        store.recent = unreadable_pages  # type: ignore[method-assign]
+        bob = await json_client(second.port, "bob")
+        await bob.send("/join b", *missed)
+        await bob.expect(lambda e: e.get("text") == missed[-1])
+    finally:
+        os.kill(dave.proc.pid, signal.SIGCONT)
+
+    await dave.expect(r"^! storage_unavailable: the database cannot be read")
+    await dave.expect(
+        r"the missed messages could not be fetched; /history #b 1000 before=\d+$", stream="err"
+    )
+    await dave.expect(r"reconnected as dave in #general, #b; talking in #b$", stream="err")
+    await bob.send("said live")
+    await dave.expect(r"^\d\d:\d\d \[b\] bob: said live$")
+    # The replay (the last two) was held for the fetch and follows its failure.
+    assert said_by_bob(dave, "b") == [
+        "seen before the restart",
+        "missed two",
+        "missed three",
+        "said live",
+    ]
+    bob.close()
+    assert await dave.finish() == 0
+
+
+async def test_the_terminal_client_shows_what_was_missed_in_a_room_it_had_shown_nothing_of(
+    start_server: StartServer, spawn: Spawn, tmp_path: Path
+) -> None:
+    """Ids are global: the newest message shown in #b bounds what #a had shown."""
+    db = str(tmp_path / "chat.db")
+    first = await start_server(db=db, history_on_join=2)
+    dave = await spawn(first.port, "--nick", "dave")
+    await dave.send("/join a", "/join b", "/join a")
+    await dave.expect(r"^\* now talking in #a$")
+    bob = await json_client(first.port, "bob")
+    await bob.send("/join b", "seen before the restart")
+    await dave.expect(r"\[b\] bob: seen before the restart$")
+    bob.close()
+
+    missed = ["missed one", "missed two", "missed three"]
+    _, bob = await _miss_while_away(dave, start_server, first, db, [f"a {t}" for t in missed])
+    await dave.expect(r"reconnected as dave in #general, #a, #b; talking in #a$", stream="err")
+    await bob.send("said live")
+    await dave.expect(r"^\d\d:\d\d \[a\] bob: said live$")
+    assert said_by_bob(dave, "a") == [*missed, "said live"]
+    bob.close()
+    assert await dave.finish() == 0

@@ -15,6 +15,7 @@ async API only needs subprocess pipes, which uvloop provides.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -35,7 +36,7 @@ except ImportError:  # the dev extra is not installed
     async_playwright = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
-    from playwright.async_api import Browser, Locator, Page, ViewportSize
+    from playwright.async_api import Browser, Locator, Page, ViewportSize, WebSocketRoute
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -51,6 +52,7 @@ CHROMIUM_ARGS = [
 WAIT_MS = DEADLINE * 1000
 DESKTOP: ViewportSize = {"width": 1100, "height": 700}
 PHONE: ViewportSize = {"width": 390, "height": 844}
+PASSWORD = "correct-horse"
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshot.png"
 
 
@@ -509,4 +511,197 @@ async def test_a_room_created_from_a_raw_client_appears_without_refreshing(
         await expect(lab).to_have_count(0, timeout=WAIT_MS)
     finally:
         nc.close()
+    pages.assert_clean()
+
+
+#: Scroll a timeline to the top and wait until what that asked for is on screen:
+#: a page of older messages (the loading line gone) or another marker at the top.
+#: Resolves to the number of messages shown.
+SCROLL_TO_TOP = """(box) => new Promise((resolve) => {
+    const seen = new MutationObserver(() => {
+        if (box.querySelector('[data-testid=history-loading]')) return;
+        seen.disconnect();
+        resolve(box.querySelectorAll('[data-testid=message]').length);
+    });
+    seen.observe(box, {childList: true});
+    box.scrollTop = 0;
+})"""
+
+
+async def scroll_to_top(page: Page) -> int:
+    """Scroll the timeline up once; the number of messages shown when the page came in."""
+    async with asyncio.timeout(DEADLINE):
+        count: int = await page.get_by_test_id("messages").evaluate(SCROLL_TO_TOP)
+    return count
+
+
+async def texts_shown(page: Page) -> list[str]:
+    return await page.get_by_test_id("messages").locator(".msg__text").all_inner_texts()
+
+
+async def login(pages: Pages, nick: str, password: str) -> Page:
+    """A desktop page that logged in to an account from the join screen."""
+    page = await pages.open()
+    await page.get_by_test_id("nick-input").fill(nick)
+    await page.get_by_test_id("password-input").fill(password)
+    await page.get_by_test_id("join-button").click()
+    await expect(page.get_by_test_id("status")).to_have_attribute(
+        "data-state", "online", timeout=WAIT_MS
+    )
+    await expect(page.locator("#me-account")).to_be_visible(timeout=WAIT_MS)
+    return page
+
+
+async def test_a_conversation_started_by_a_message_scrolls_back(
+    web_server: Server, pages: Pages
+) -> None:
+    quinn = await open_json(web_server.port, "quinn")
+    pia = await open_json(web_server.port, "pia")
+    try:
+        for client in (quinn, pia):
+            await client.send(f"/register {PASSWORD}")
+            await client.expect(lambda e: e["type"] == "registered" and e["account"])
+        for i in range(1, 101):
+            await quinn.send(f"/msg pia note {i:03}")
+        await pia.expect(dm("quinn", "pia", "note 100"))
+        pia.close()
+
+        # pia comes back on the page; the conversation starts with a new message.
+        page = await login(pages, "pia", PASSWORD)
+        await quinn.send("/msg pia note 101")
+        entry = page.locator("[data-testid=dm][data-peer=quinn]")
+        await expect(entry.get_by_test_id("unread")).to_have_text("1", timeout=WAIT_MS)
+        await entry.click()
+        await expect(page.get_by_test_id("current-title")).to_have_text("@quinn", timeout=WAIT_MS)
+        start = page.get_by_test_id("history-start")
+        for _ in range(4):  # 101 messages, 50 a page: three pages at most
+            if await start.count():
+                break
+            await scroll_to_top(page)
+        await expect(start).to_have_text("Beginning of your messages with quinn", timeout=WAIT_MS)
+        assert await texts_shown(page) == [f"note {i:03}" for i in range(1, 102)]
+    finally:
+        quinn.close()
+        pia.close()
+    pages.assert_clean()
+
+
+async def test_a_guest_conversation_asks_for_no_history(web_server: Server, pages: Pages) -> None:
+    quinn = await open_json(web_server.port, "quinn")
+    try:
+        page = await pages.join("gil")
+        await quinn.send("/msg gil hello guest")
+        await page.locator("[data-testid=dm][data-peer=quinn]").click()
+        await expect(message(page, "hello guest")).to_be_visible(timeout=WAIT_MS)
+        await page.get_by_test_id("messages").evaluate("(box) => { box.scrollTop = 0; }")
+        # A /history from a guest would be refused (not_logged_in) before this echo.
+        await say(page, "hi back")
+        await expect(message(page, "hi back")).to_be_visible(timeout=WAIT_MS)
+        await expect(page.get_by_test_id("notice")).to_have_count(0)
+        await expect(page.get_by_test_id("history-loading")).to_have_count(0)
+        await expect(page.get_by_test_id("history-start")).to_have_count(0)
+    finally:
+        quinn.close()
+    pages.assert_clean()
+
+
+@pytest.mark.parametrize("web_server", ["sqlite"], indirect=True)
+async def test_messages_missed_while_away_are_reached_by_scrolling_back(
+    web_server: Server, pages: Pages, start_server: StartServer
+) -> None:
+    async def talk(port: int, texts: list[str]) -> None:
+        """tom and sue take turns in #archive (each line has its header)."""
+        tom = await open_json(port, "tom")
+        sue = await open_json(port, "sue")
+        try:
+            for client in (tom, sue):
+                await client.send("/join archive")
+                await client.expect("current")
+            for i, text in enumerate(texts):
+                sender = (tom, sue)[i % 2]
+                await sender.send(text)
+                await sender.expect(said("archive", sender.nick or "", text))
+        finally:
+            tom.close()
+            sue.close()
+
+    before = [f"before {i:02}" for i in range(1, 31)]
+    await talk(web_server.port, before)
+    ann = await pages.join("ann")
+    await say(ann, "/join archive")
+    await expect(ann.get_by_test_id("current-title")).to_have_text("#archive", timeout=WAIT_MS)
+    await expect(message(ann, "before 30")).to_be_visible(timeout=WAIT_MS)
+    await scroll_to_top(ann)
+    await expect(ann.get_by_test_id("history-start")).to_be_visible(timeout=WAIT_MS)
+    assert await texts_shown(ann) == before
+
+    # The daemon restarts; the page cannot get back until 30 lines were said.
+    back = asyncio.Event()
+
+    async def hold(ws: WebSocketRoute) -> None:
+        await back.wait()
+        ws.connect_to_server()
+
+    await ann.route_web_socket(re.compile(r"/ws$"), hold)
+    port, http_port = web_server.port, web_server.http_port
+    await web_server.shutdown()
+    restarted = await start_server(db=web_server.settings.db, port=port, http_port=http_port)
+    missed = [f"missed {i:02}" for i in range(1, 31)]
+    await talk(restarted.port, missed)
+    back.set()
+    timeline = ann.get_by_test_id("messages")
+    await expect(timeline).to_contain_text("Reconnected as ann", timeout=WAIT_MS)
+    await expect(message(ann, "missed 30")).to_be_visible(timeout=WAIT_MS)
+
+    # Scrolling back reaches every message, in order, each once.
+    start = ann.get_by_test_id("history-start")
+    for _ in range(3):  # 60 messages: the 20 of the join, then pages of 50
+        if await start.count():
+            break
+        await scroll_to_top(ann)
+    await expect(start).to_have_count(1, timeout=WAIT_MS)
+    assert await texts_shown(ann) == before + missed
+
+    # The same after leaving the room and joining it again.
+    await say(ann, "/leave archive")
+    await expect(ann.get_by_test_id("current-title")).to_have_text("#general", timeout=WAIT_MS)
+    later = [f"later {i:02}" for i in range(1, 31)]
+    await talk(restarted.port, later)
+    await say(ann, "/join archive")
+    await expect(message(ann, "later 30")).to_be_visible(timeout=WAIT_MS)
+    for _ in range(3):  # 90 messages
+        if await start.count():
+            break
+        await scroll_to_top(ann)
+    await expect(start).to_have_count(1, timeout=WAIT_MS)
+    assert await texts_shown(ann) == before + missed + later
+    pages.assert_clean()
+
+
+async def test_scrolling_back_says_where_the_page_stops_keeping_lines(
+    web_server: Server, pages: Pages
+) -> None:
+    tom = await open_json(web_server.port, "tom")
+    try:
+        await tom.send("/join archive")
+        await tom.expect("current")
+        # More than the page keeps; actions are never grouped, so every line is tall.
+        for first in range(1, 2101, 100):
+            await tom.send(*(f"/me notes {i:04}" for i in range(first, first + 100)))
+            await tom.expect(said("archive", "tom", f"notes {first + 99:04}"))
+        ann = await pages.join("ann")
+        await say(ann, "/join archive")
+        await expect(message(ann, "notes 2100")).to_be_visible(timeout=WAIT_MS)
+        capped = ann.get_by_test_id("history-capped")
+        for _ in range(45):  # 20, then 50 a page, to about 2000 lines
+            if await capped.count():
+                break
+            await scroll_to_top(ann)
+        await expect(capped).to_contain_text("newest 2000 lines", timeout=WAIT_MS)
+        await expect(capped).to_be_in_viewport(ratio=1, timeout=WAIT_MS)  # where the reader is
+        await expect(ann.get_by_test_id("history-start")).to_have_count(0)
+        texts = await texts_shown(ann)
+        assert texts == [f"tom notes {i:04}" for i in range(2101 - len(texts), 2101)]
+    finally:
+        tom.close()
     pages.assert_clean()

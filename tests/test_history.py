@@ -382,3 +382,20 @@ async def test_a_ping_still_follows_every_echo_with_a_database(
         f"line {n}" for n in range(200)
     ]
     alice.close()
+
+
+async def test_the_text_hint_to_page_back_works_in_a_room_named_by_digits(
+    connect: Connect,
+) -> None:
+    """The hint under a history replay is a command to type as it is: a room
+    named by digits needs its '#', or the digits would be read as N."""
+    talker = await connect("talker", json_mode=False)
+    await talker.send("/join #2024", *[f"line {i}" for i in range(25)])
+    await talker.expect_line(r"\[2024\] talker: line 24$")
+    reader = await connect("reader", json_mode=False)
+    await reader.send("/join #2024")
+    hint = await reader.expect_line(r"more: /history ")
+    command = hint.split("more: ", 1)[1]
+    assert command.startswith("/history #2024 20 before="), hint
+    await reader.send(command)
+    assert (await reader.expect_line(r"line 4$|error")).endswith("talker: line 4")

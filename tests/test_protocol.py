@@ -457,7 +457,7 @@ def test_event_from_json_refuses_malformed_objects(obj: dict[str, object]) -> No
         (Direct(1, 60.0, "bob", "ann", "p", history=True), "1970-01-01 00:01 [bob -> ann] p"),
         (
             History("dev", None, 20, True, 31),
-            "* 20 earlier messages of #dev; more: /history dev 20 before=31",
+            "* 20 earlier messages of #dev; more: /history #dev 20 before=31",
         ),
         (History(None, "bob", 1, False, None), "* 1 earlier message of you and bob"),
         (PasswordChanged("ann"), "* password of ann changed"),

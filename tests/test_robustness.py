@@ -477,6 +477,9 @@ class FaultyConnection:
     def congested(self) -> bool:
         return False
 
+    def buffered(self) -> int:
+        return 0
+
     def write_eof(self) -> None:
         return
 

@@ -31,10 +31,14 @@ What the client does not print, because the client caused it and not the user:
   ``/quit`` it sends at the end of input;
 * during a restore after a reconnect: the registration, its own joins and
   leaves, the ``current`` changes and the topics shown on join. One status
-  line ("reconnected as ...") stands for them. Of the history the joins
-  replay, only the messages it had not shown yet (by id and time, per room)
+  line ("reconnected as ...") stands for them, printed after the missed
+  messages. Of the history the joins replay, only the messages it had not
+  shown yet (by id and time, per room; a room that had shown nothing is
+  measured against the newest message shown anywhere, as ids are global)
   are printed; if the replay may not reach back to them all, the rest is
-  fetched with ``/history`` and printed first, in order.
+  fetched with ``/history #ROOM`` and printed first, in order. A fetch the
+  server answers with an error is said, with the command to try again, and
+  what was held back for it follows.
 
 ``/format`` typed by the user is refused locally: switching the server to
 text would break the client, so ``/help`` does not list it. ``/quit`` is
@@ -57,11 +61,16 @@ the prompt while disconnected are kept and sent after that; in pipe mode
 stdin is simply not read until the connection is back. If someone took the
 nickname meanwhile, the server's error is shown and the user picks another
 one. With ``--no-reconnect``, or when the very first connection fails, the
-client exits with status 1 instead.
+client exits with status 1 instead. A ``bye`` the client did not ask for
+with ``/quit`` means the server sent this session away on purpose (the
+account logged in somewhere else, and later any kick): the client says so
+and exits with status 1 rather than come back, which would undo it (and
+throw the other session off in turn).
 
 Exit status: 0 after ``/quit``, Ctrl-D, Ctrl-C at the prompt or the end of
 input; 1 when it cannot connect at start, loses the connection with
-``--no-reconnect``, or (pipe mode) finds nobody reading its stdout any more;
+``--no-reconnect``, is sent away by the server (a ``bye`` it did not ask
+for), or (pipe mode) finds nobody reading its stdout any more;
 130 when a pipe-mode client is interrupted by SIGINT.
 
 Everything the server sends is untrusted: every field is passed through
@@ -455,6 +464,9 @@ class _Snapshot:
     #: The /login line that made the session an account's, kept in memory
     #: only, to log in again after a reconnect (the nickname is protected).
     login: str | None = None
+    #: (id, ts) of the newest message or DM shown anywhere: message ids are
+    #: global, so it bounds what was seen in a room that showed nothing yet.
+    newest: tuple[int, float] | None = None
 
 
 class _Link:
@@ -521,6 +533,13 @@ def _message_mark(event: Mapping[str, Any]) -> tuple[int, float] | None:
     return id_, float(ts)
 
 
+def _any_mark(event: Mapping[str, Any]) -> tuple[int, float] | None:
+    """(id, ts) of a room message or a DM; None for anything else."""
+    if event.get("type") == "dm":
+        return _message_mark({**event, "type": "message", "room": ""})
+    return _message_mark(event)
+
+
 def _shown_before(mark: tuple[int, float], seen: tuple[int, float]) -> bool:
     """Whether a message is no newer than the newest shown (by ``seen``).
 
@@ -562,6 +581,16 @@ class ChatClient:
         #: Rooms whose missed messages are being fetched with /history: what
         #: to show after them (the replay, live messages that came meanwhile).
         self._fetching: dict[str, list[tuple[Mapping[str, Any], str | None]]] = {}
+        #: The ping token sent after each /history of a fetch -> (room key,
+        #: the /history line): every reply to that /history comes before its
+        #: pong, so the pong releases a room its /history did not (an error).
+        self._fetch_tokens: dict[str, tuple[str, str]] = {}
+        #: (id, ts) of the newest message or DM shown in this session.
+        self._newest: tuple[int, float] | None = None
+        #: The "reconnected as ..." line, kept until the fetched messages are shown.
+        self._restored_status: str | None = None
+        #: Why the server sent us away with a ``bye`` we did not ask for.
+        self._sent_away: str | None = None
         #: Lines typed (interactive) while there was no connection to send them on.
         self._backlog: list[str] = []
         self._ready = asyncio.Event()
@@ -669,6 +698,11 @@ class ChatClient:
                 reason = await self._serve(link)
                 if self._quitting:
                     return self._exit_status
+                if self._sent_away is not None:
+                    # Sent away on purpose: coming back would undo it (and a
+                    # login elsewhere would throw that one off in turn).
+                    self._ui.status(self._sent_away, error=True)
+                    return 1
                 if link.acked:
                     ever_made = True
                     backoff.reset()
@@ -755,7 +789,13 @@ class ChatClient:
         finally:
             if not link.restoring:
                 self._snapshot = (
-                    _Snapshot(self._nick, tuple(self._rooms.values()), self._current, self._login)
+                    _Snapshot(
+                        self._nick,
+                        tuple(self._rooms.values()),
+                        self._current,
+                        self._login,
+                        self._newest,
+                    )
                     if self._nick is not None
                     else None
                 )
@@ -777,6 +817,8 @@ class ChatClient:
         self._replay.clear()
         self._replay_repeats.clear()
         self._fetching.clear()
+        self._fetch_tokens.clear()
+        self._restored_status = None
         link.send("/format json")
         if self._snapshot is not None:
             link.restore = self._snapshot
@@ -915,12 +957,22 @@ class ChatClient:
                     self._abandon_restore(link, event)
                 return False
             case "bye":
+                if not self._quitting:
+                    reason = _field(event, "reason")
+                    self._sent_away = (
+                        "you logged in from somewhere else; not reconnecting"
+                        if reason == "logged in from elsewhere"
+                        else f"the server ended the session ({reason or 'no reason given'}); "
+                        "not reconnecting"
+                    )
                 return self._quiet_quit
         return False
 
     def _show(self, event: Mapping[str, Any], raw: str | None) -> None:
         """Print an event, noting the newest message shown in each room."""
         self._ui.event(event, raw)
+        if (any_mark := _any_mark(event)) is not None:
+            self._newest = max(self._newest or any_mark, any_mark, key=lambda m: (m[1], m[0]))
         mark = _message_mark(event)
         if mark is not None:
             key = name_key(event["room"])
@@ -935,6 +987,9 @@ class ChatClient:
         connection was lost are dropped. If the replay is all new and the
         server has older ones, what was missed before it is fetched with
         ``/history`` and shown first, the replay and any live message after.
+        A room that showed nothing before is measured against the newest
+        message shown anywhere (ids are global), so what was said in it
+        meanwhile is shown too.
         """
         kind, room = event.get("type"), event.get("room")
         if kind not in ("message", "history") or not isinstance(room, str):
@@ -946,21 +1001,23 @@ class ChatClient:
             if not history:
                 self._fetching[key].append((event, raw))  # after the missed ones
             elif mark is not None:
-                if not _shown_before(mark, self._seen[key]):
+                seen = self._seen_mark(link, key)
+                if seen is None or not _shown_before(mark, seen):
                     self._show(event, raw)
             else:
                 # The end of the /history page: everything held follows it.
                 if event.get("more") is True:
                     self._ui.status(
                         f"more messages of #{room} were missed; "
-                        f"/history {room} 1000 before={_field(event, 'before')}"
+                        f"/history #{room} 1000 before={_field(event, 'before')}"
                     )
-                for held, held_raw in self._fetching.pop(key):
-                    self._show(held, held_raw)
+                self._release(key)
             return True
-        if not (link.restoring and history and key in self._seen):
+        if not link.restoring or not history:
             return False
-        seen = self._seen[key]
+        seen = self._seen_mark(link, key)
+        if seen is None:
+            return False
         if mark is not None:
             if _shown_before(mark, seen):
                 self._replay_repeats.add(key)
@@ -973,11 +1030,37 @@ class ChatClient:
         self._replay_repeats.discard(key)
         if replay and not repeats and event.get("more") is True:
             self._fetching[key] = replay
-            link.send(f"/history {room} 1000 before={replay[0][0].get('id')}")
+            # "#": a room named by digits alone would be read as the count.
+            command = f"/history #{room} 1000 before={replay[0][0].get('id')}"
+            token = self._new_token()
+            self._fetch_tokens[token] = (key, command)
+            link.send(command)
+            link.send(f"/ping {token}")
             return True
         for held, held_raw in replay:
             self._show(held, held_raw)
         return True
+
+    def _seen_mark(self, link: _Link, key: str) -> tuple[int, float] | None:
+        """The newest message shown in a room, or a bound for it; None: no bound.
+
+        A room of the restored state that showed nothing yet takes the
+        newest message shown anywhere before the connection was lost.
+        """
+        if (seen := self._seen.get(key)) is not None:
+            return seen
+        snapshot = link.restore
+        if snapshot is None or key not in {name_key(room) for room in snapshot.rooms}:
+            return None
+        return snapshot.newest
+
+    def _release(self, key: str) -> None:
+        """Show what a fetch held back; the restore's status once none is left."""
+        for held, held_raw in self._fetching.pop(key, []):
+            self._show(held, held_raw)
+        if not self._fetching and self._restored_status is not None:
+            self._ui.status(self._restored_status)
+            self._restored_status = None
 
     def _send_restore(self, link: _Link) -> None:
         """Our nickname is back: rejoin the rooms, then let the user's lines through."""
@@ -1010,8 +1093,20 @@ class ChatClient:
             self._snapshot = None
             rooms = ", ".join(f"#{room}" for room in self._rooms.values()) or "no room"
             where = f"; talking in #{self._current}" if self._current else ""
-            self._ui.status(f"reconnected as {self._nick} in {rooms}{where}")
+            status = f"reconnected as {self._nick} in {rooms}{where}"
+            if self._fetching:
+                # Said after the missed messages still being fetched, not amid them.
+                self._restored_status = status
+            else:
+                self._ui.status(status)
             self.on_change()
+        elif (fetch := self._fetch_tokens.pop(token, None)) is not None:
+            key, command = fetch
+            if key in self._fetching:
+                # The /history was answered without its page (an error): no
+                # room stays held; what was held follows the error.
+                self._ui.status(f"the missed messages could not be fetched; {command}", error=True)
+                self._release(key)
         elif token == self._eof_token:
             self.quit(quiet=True)
         return True

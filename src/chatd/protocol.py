@@ -961,7 +961,7 @@ def event_to_text(event: Event) -> str:
             where = f"#{room}" if room is not None else f"you and {peer}"
             line = f"* {count} earlier message{'s' * (count != 1)} of {where}"
             if more:
-                target = room if room is not None else f"@{peer}"
+                target = f"#{room}" if room is not None else f"@{peer}"
                 line += f"; more: /history {target} 20 before={before}"
             return line
         case LoggedOut(nick):

@@ -91,7 +91,7 @@ MESSAGE_OVERHEAD = 96
 #: time after that. A reader a moment behind the talkers uses a little of
 #: it; readers that stop reading, one after another, cannot slow the server
 #: by more than that share.
-HOLD_BURST = 1.0
+HOLD_BURST = 3.0
 HOLD_SHARE = 0.1
 
 

@@ -117,8 +117,9 @@ logger = logging.getLogger(__name__)
 _LINGER_ZERO = struct.pack("ii", 1, 0)
 #: Seconds a closing connection waits for the client to close its side.
 LINGER_SECONDS = 2.0
-#: A client behind on its output whose last write has waited this long for
-#: it to read no longer holds back those who talk to it (see Session.stall).
+#: A client behind on its output whose output has not moved for this long
+#: (its blocked write did not shrink) no longer holds back those who talk
+#: to it (see Session.stall).
 STALL_SECONDS = 1.0
 
 
@@ -143,6 +144,10 @@ class Connection(Protocol):
 
     def congested(self) -> bool:
         """True when the transport's buffer is over its high-water mark."""
+        ...
+
+    def buffered(self) -> int:
+        """Bytes the transport holds that the kernel has not taken yet."""
         ...
 
     def write_eof(self) -> None:
@@ -198,6 +203,9 @@ class StreamConnection:
 
     def congested(self) -> bool:
         return self._writer.transport.get_write_buffer_size() > self._high_water
+
+    def buffered(self) -> int:
+        return self._writer.transport.get_write_buffer_size()
 
     def get_extra_info(self, name: str) -> object:
         return self._writer.get_extra_info(name)
@@ -365,6 +373,7 @@ class Session(Member):
         "_in_flight",
         "_keepalive",
         "_kick_timer",
+        "_last_buffered",
         "_last_input",
         "_loop",
         "_manager",
@@ -378,6 +387,7 @@ class Session(Member):
         "_pings",
         "_prereg_bytes",
         "_prereg_lines",
+        "_progress_at",
         "_reader_waiter",
         "_register_deadline",
         "_settings",
@@ -422,8 +432,12 @@ class Session(Member):
         #: 0.0; reset when a sweep finds it under. Replies alone never set it:
         #: they are paced (see _wait_outbox).
         self._soft_since = 0.0
-        #: Over the soft limit right now (the manager knows: backpressure).
+        #: Over the soft limit right now (the manager knows: backpressure);
+        #: while a write is blocked, what the transport held at the last look
+        #: and when it was last seen to shrink (see stall).
         self._behind = False
+        self._last_buffered = 0
+        self._progress_at = 0.0
         self._loop = asyncio.get_running_loop()
         self._flusher = _flusher(self._loop)
         #: A flush is due (a loop callback, or the writer after its drain).
@@ -510,10 +524,14 @@ class Session(Member):
     def stall(self, now: float) -> float:
         if self._closing:
             return 0.0
-        since = self.write_blocked_since
-        if not since:
+        if not self.write_blocked_since:
             return STALL_SECONDS  # its writes go through: it is reading
-        return max(0.0, STALL_SECONDS - (now - since))
+        # A blocked write shrinks only as the client reads: that is progress.
+        buffered = self._conn.buffered()
+        if buffered < self._last_buffered:
+            self._last_buffered = buffered
+            self._progress_at = now
+        return max(0.0, STALL_SECONDS - (now - self._progress_at))
 
     def ops_pending(self) -> bool:
         return self._order is not None and self._order.busy
@@ -691,7 +709,8 @@ class Session(Member):
         if self._conn.congested():
             self._flush_scheduled = True  # the writer flushes after its drain
             self._in_flight = size  # counted against the bound while it waits
-            self.write_blocked_since = self._loop.time()
+            self.write_blocked_since = self._progress_at = self._loop.time()
+            self._last_buffered = self._conn.buffered()
             self._start_writer()
         self._check_caught_up()
 

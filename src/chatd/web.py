@@ -158,6 +158,9 @@ class WebSocketConnection:
     def congested(self) -> bool:
         return self._ws.transport.get_write_buffer_size() > self._high_water
 
+    def buffered(self) -> int:
+        return self._ws.transport.get_write_buffer_size()
+
     def write_eof(self) -> None:
         """Start the closing handshake: the client answers and the reader sees the end."""
         ws = self._ws

@@ -107,6 +107,10 @@
         // Paging back: the id to ask before, whether the server has older messages
         // (undefined until its first history event), a page being received.
         before: null, more: undefined, loading: null,
+        // A room's history on join on its way: {newest shown before it, its oldest id, its line}.
+        replay: null,
+        dropped: false, // lines were dropped at the top (MAX_ITEMS): older ones are not shown
+        capped: null, // the line that says so, once shown
       };
       state.convs.set(key, c);
     } else if (c.name !== name && lower(c.name) === lower(name)) {
@@ -156,6 +160,7 @@
   function addItem(c, node) {
     c.items.push(node);
     const dropped = c.items.length > MAX_ITEMS ? c.items.shift() : null;
+    if (dropped) c.dropped = true;
     if (c.key !== state.view) return;
     const stick = nearBottom();
     if (dropped) dropped.remove();
@@ -205,6 +210,7 @@
   /** Render a room message or a DM. */
   function renderMessage(c, ev) {
     if (ev.history) {
+      if (c.replay && c.replay.oldest === null) c.replay.oldest = ev.id;
       if (c.ids.has(ev.id)) return false; // already shown (history after a reconnect)
       if (c.loading) {
         // An older page: shown all at once, above, when its history event comes.
@@ -217,6 +223,7 @@
         const sep = el('li', 'sep');
         sep.dataset.testid = 'history-separator';
         sep.append(el('span', 'sep__label', 'earlier messages'));
+        if (c.replay) c.replay.sep = sep;
         addItem(c, sep);
       }
     }
@@ -297,12 +304,40 @@
     if (node.isConnected) keepPlace(() => node.remove());
   }
 
+  /**
+   * Forget every line above `first` (a history on join that does not reach them):
+   * the conversation starts again there, and paging back brings the rest, in order.
+   */
+  function restartFrom(c, first) {
+    const at = c.items.indexOf(first);
+    if (at <= 0) return;
+    const gone = c.items.splice(0, at);
+    c.ids = new Set(c.items.filter((n) => n.dataset.id).map((n) => Number(n.dataset.id)));
+    c.dropped = false;
+    if (c.key === state.view) keepPlace(() => { for (const n of gone) n.remove(); });
+  }
+
   /** Ask for the page before the oldest message shown, if there is one and none is on its way. */
   function loadOlder() {
     const c = state.convs.get(state.view);
-    if (!c || !c.more || c.loading || c.before === null || state.phase !== 'online') return;
+    if (!c || c.loading || c.replay || state.phase !== 'online') return;
+    if (c.items.length >= MAX_ITEMS) {
+      // The oldest lines would be dropped again: say where the timeline stops, in view
+      // (the reader is at the top, looking for more).
+      if ((c.more || c.dropped) && !c.items.includes(c.capped)) {
+        c.capped = el('li', 'sep sep--start sep--capped');
+        c.capped.dataset.testid = 'history-capped';
+        c.capped.append(el('span', 'sep__label', `Older messages are not shown: this page keeps ` +
+          `the newest ${MAX_ITEMS} lines (chatd connect pages back further with /history)`));
+        const at = topIndex(c);
+        c.items.splice(at, 0, c.capped);
+        ui.messages.insertBefore(c.capped, ui.messages.children[at] || null);
+        c.capped.scrollIntoView({ block: 'nearest' });
+      }
+      return;
+    }
+    if (!c.more || c.before === null) return;
     if (c.kind === 'room' && !state.joined.has(lower(c.name))) return; // history is for members
-    if (c.items.length >= MAX_ITEMS) return; // the oldest lines would be dropped again
     const target = c.kind === 'room' ? `#${c.name}` : `@${c.name}`;
     if (!send(`/history ${target} ${PAGE} before=${c.before}`)) return;
     const marker = el('li', 'loading', 'Loading earlier messages…');
@@ -341,6 +376,7 @@
   /** Forget pages on their way: the connection that would have brought them is gone. */
   function dropPages() {
     for (const c of state.convs.values()) {
+      c.replay = null; // nor will a history on join come on it
       if (!c.loading) continue;
       for (const e of c.loading.events) c.ids.delete(e.id);
       removeItem(c, c.loading.marker);
@@ -614,6 +650,11 @@
         const fresh = !state.convs.has(dmKey(peer));
         const c = conv('dm', peer);
         if (fresh) renderSidebar();
+        if (fresh && !ev.history && state.account) {
+          // Started by this message: what came before it is in the account's history.
+          c.more = true;
+          c.before = ev.id;
+        }
         if (renderMessage(c, ev) && !ev.history && !isMe(ev.from)) bump(c);
         break;
       }
@@ -621,8 +662,17 @@
         const c = ev.peer ? state.convs.get(dmKey(ev.peer)) : state.convs.get(roomKey(ev.room));
         if (!c) break;
         c.historyOpen = false;
+        const replay = c.replay;
+        c.replay = null;
         if (c.loading) {
           finishPage(c, ev);
+        } else if (replay && ev.more && replay.sep && replay.newest && replay.oldest > replay.newest) {
+          // The history on join does not reach what was shown (messages were said while
+          // we were away): start again from it, so that paging back reaches the gap.
+          restartFrom(c, replay.sep);
+          c.more = ev.more;
+          c.before = ev.before;
+          if (c.key === state.view) fillView();
         } else if (c.more === undefined) {
           // The first history of this conversation (on join): page back from there.
           // Later ones (after a reconnect) are newer than what paging reached.
@@ -728,6 +778,11 @@
     const c = conv('room', ev.room);
     if (isMe(ev.nick)) {
       state.joined.set(lower(ev.room), ev.room);
+      // Its history on join comes next (or nothing, then current): compare it with
+      // the newest message shown, and do not page back until it is in.
+      let newest = 0;
+      for (const id of c.ids) if (id > newest) newest = id;
+      c.replay = { newest, oldest: null, sep: null };
       if (!state.restoring) systemLine(c, `You joined #${ev.room}`);
       renderSidebar();
     } else {
@@ -750,7 +805,7 @@
 
   function onCurrent(ev) {
     state.current = ev.room;
-    if (ev.room) conv('room', ev.room);
+    if (ev.room) conv('room', ev.room).replay = null; // its history, if any, is in
     state.members = [];
     renderMembers();
     // While restoring after a reconnect the view is put back at the end.
