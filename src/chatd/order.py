@@ -22,6 +22,7 @@ those before it. Pure: no I/O, no clock; the session does the writing.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 
 __all__ = ["ReplyOrder"]
 
@@ -36,15 +37,18 @@ class ReplyOrder:
         #: with every operation before it.
         self.begun = 0
         self.done = 0
-        self._held: deque[tuple[int, bytes]] = deque()
         #: Bytes of the replies held: output the connection has to take yet,
         #: like its outbox (the session paces the client on both).
         self.held_bytes = 0
+        # The containers below are made when first needed: most connections
+        # only ever have one message in flight at a time and hold nothing.
+        #: Replies held, with the number of the last operation begun before them.
+        self._held: deque[tuple[int, bytes]] | None = None
         #: Operations ended before an earlier one did: number -> their output.
-        self._ended: dict[int, bytes | None] = {}
+        self._ended: dict[int, bytes | None] | None = None
         #: Messages whose echo ends them (cluster mode): (number, room key),
         #: oldest first, as their echoes come back from Redis.
-        self._echoes: deque[tuple[int, str]] = deque()
+        self._echoes: deque[tuple[int, str]] | None = None
 
     @property
     def busy(self) -> bool:
@@ -56,27 +60,38 @@ class ReplyOrder:
         its echo (:meth:`echo`). Returns its number."""
         self.begun += 1
         if echo_room is not None:
+            if self._echoes is None:
+                self._echoes = deque()
             self._echoes.append((self.begun, echo_room))
         return self.begun
 
     def hold(self, data: bytes) -> None:
         """Hold a reply until the operations begun before it ended."""
+        if self._held is None:
+            self._held = deque()
         self._held.append((self.begun, data))
         self.held_bytes += len(data)
 
-    def end(self, seq: int, data: bytes | None = None) -> list[bytes]:
+    def end(self, seq: int, data: bytes | None = None) -> Sequence[bytes]:
         """Operation ``seq`` ended, saying ``data`` in its place; return what
         goes out now, in order. Ending an operation twice does nothing."""
-        if seq <= self.done or seq in self._ended:
-            return []
+        ended = self._ended
+        if seq <= self.done or (ended is not None and seq in ended):
+            return ()
         if self._echoes:
             for i, (number, _) in enumerate(self._echoes):
                 if number == seq:
                     del self._echoes[i]
                     break
-        self._ended[seq] = data
+        if seq == self.done + 1 and not ended and not self._held:
+            # The usual case: the next operation ends, and nothing waits on it.
+            self.done = seq
+            return () if data is None else (data,)
+        if ended is None:
+            ended = self._ended = {}
+        ended[seq] = data
         out: list[bytes] = []
-        ended, held = self._ended, self._held
+        held = self._held
         while (self.done + 1) in ended:
             self.done += 1
             said = ended.pop(self.done)
@@ -107,16 +122,15 @@ class ReplyOrder:
     def release(self) -> list[bytes]:
         """Closing: every held reply, in order; nothing is awaited any more."""
         out: list[bytes] = []
-        held = self._held
-        for seq in sorted(self._ended):
+        held = self._held or deque()
+        ended = self._ended or {}
+        for seq in sorted(ended):
             while held and held[0][0] < seq:
                 out.append(held.popleft()[1])
-            if (said := self._ended[seq]) is not None:
+            if (said := ended[seq]) is not None:
                 out.append(said)
         out.extend(data for _, data in held)
-        held.clear()
+        self._held = self._ended = self._echoes = None
         self.held_bytes = 0
-        self._ended.clear()
-        self._echoes.clear()
         self.done = self.begun
         return out

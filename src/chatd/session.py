@@ -37,7 +37,7 @@ import socket
 import struct
 import weakref
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -559,7 +559,7 @@ class Session(Member):
         if not awaited:
             self.deliver(data)
 
-    def _queue_replies(self, out: list[bytes]) -> None:
+    def _queue_replies(self, out: Sequence[bytes]) -> None:
         """What ended operations release, in order; then wake /quit's wait."""
         if out and not self._closing:
             self._pending.extend(out)
