@@ -1059,30 +1059,17 @@ class Cluster:
             raise NoSuchNick(f"nobody is called {to}")
         return Direct(message_id, ts, member.nick or "", target, text)
 
-    async def _after_writes(self) -> None:
-        """Wait until Redis has applied every write this node queued before
-        (a no-op through the ordered queue), so that a query sees them: a
-        /who right after a /join finds the member there."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def applied(_: Any) -> None:
-            if not future.done():
-                future.set_result(None)
-
-        self.link.submit("PING", (), applied)
-        await future
-
     async def room_list(self) -> RoomList:
-        await self._after_writes()
-        flat = await self._call("rooms")
+        flat = await self._call("rooms")  # through the write queue: after this node's writes
         pairs = [(_text(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
         pairs.sort(key=lambda pair: name_key(pair[0]))
         return RoomList(tuple(pairs))
 
     async def who(self, room_name: str) -> WhoList:
-        await self._after_writes()
         key = name_key(room_name)
-        values = await self._command("HVALS", P + "members:" + key)
+        # Through the write queue, so that it sees this node's earlier writes:
+        # a /who right after a /join finds the member there.
+        values = await self._call("HVALS", P + "members:" + key)
         if (
             not values
             and key != DEFAULT_ROOM

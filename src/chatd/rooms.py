@@ -715,8 +715,9 @@ class RoomManager:
         its echo, or the error, comes before the replies to its later commands.
         """
         arrived = time.perf_counter()
-        cluster = self.cluster is not None and record.room is not None
-        seq = member.begin_op(name_key(record.room) if cluster and record.room else None)
+        # In cluster mode a room message's echo comes back through Redis.
+        echo_room = record.room if self.cluster is not None else None
+        seq = member.begin_op(name_key(echo_room) if echo_room is not None else None)
         size = len(record.text) + MESSAGE_OVERHEAD
         self._unstored += 1
         self._unstored_bytes += size
@@ -833,21 +834,26 @@ class RoomManager:
 
     def _after_echo(self, member: Member, seq: int) -> None:
         """Cluster mode: a stored message comes back through Redis later; its
-        operation ends after a barrier, which passes once it came back. One
-        barrier at a time serves every message stored meanwhile."""
+        operation ends with its echo (Member.echo), or else after a barrier
+        that passes once it came back (the sender left the room meanwhile).
+        One barrier at a time serves every message stored before it was
+        sent; those stored while it is on its way wait for the next one."""
         self._echoes.append((member, seq))
         if not self._echo_barrier:
-            self._echo_barrier = True
-            self.barrier(self._echoes_back)
+            self._send_echo_barrier()
 
-    def _echoes_back(self) -> None:
-        done, self._echoes = self._echoes, []
-        self._echo_barrier = False
-        for member, seq in done:
-            member.end_op(seq)
-        if self._echoes:  # stored while the barrier was on its way
-            self._echo_barrier = True
-            self.barrier(self._echoes_back)
+    def _send_echo_barrier(self) -> None:
+        batch, self._echoes = self._echoes, []
+        self._echo_barrier = True
+
+        def back() -> None:
+            self._echo_barrier = False
+            for member, seq in batch:
+                member.end_op(seq)
+            if self._echoes:
+                self._send_echo_barrier()
+
+        self.barrier(back)
 
     @property
     def room_count(self) -> int:

@@ -512,8 +512,12 @@ class Session(Member):
         if order is not None and order.busy:
             order.hold(data)  # an earlier command's outcome is still to come
             return
-        self._pending.append(data)
-        self._pending_bytes += len(data)
+        self._queue((data,))
+
+    def _queue(self, out: Sequence[bytes]) -> None:
+        """Put replies in the outbox and see that it is flushed."""
+        self._pending.extend(out)
+        self._pending_bytes += sum(map(len, out))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._flusher.add(self)
@@ -562,25 +566,21 @@ class Session(Member):
     def _queue_replies(self, out: Sequence[bytes]) -> None:
         """What ended operations release, in order; then wake /quit's wait."""
         if out and not self._closing:
-            self._pending.extend(out)
-            self._pending_bytes += sum(map(len, out))
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                self._flusher.add(self)
-        if self._ops_idle is not None and not self.ops_pending():
-            if not self._ops_idle.done():
-                self._ops_idle.set_result(None)
-            self._ops_idle = None
+            self._queue(out)
+        if not self.ops_pending():
+            self._ops_ended()
 
     def _release_held(self) -> None:
         """Closing: whatever waited goes out now, in order."""
         if self._order is not None:
-            out = self._order.release()
-            self._pending.extend(out)
-            self._pending_bytes += sum(map(len, out))
-        if self._ops_idle is not None and not self._ops_idle.done():
-            self._ops_idle.set_result(None)
-        self._ops_idle = None
+            self._queue(self._order.release())
+        self._ops_ended()
+
+    def _ops_ended(self) -> None:
+        """No operation is unfinished: wake whoever waits for that (_ops_settled)."""
+        idle, self._ops_idle = self._ops_idle, None
+        if idle is not None and not idle.done():
+            idle.set_result(None)
 
     async def _ops_settled(self, seconds: float) -> None:
         """Wait (at most ``seconds``) until this session's operations ended."""
