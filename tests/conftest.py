@@ -25,7 +25,7 @@ import uvloop
 
 import chatd
 from chatd.config import Settings
-from chatd.server import Server
+from chatd.daemon.server import Server
 from tests.helpers import LineClient, PipeClient
 
 #: A callback that holds the event loop longer than this fails its test.

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from chatd.server import Server
+from chatd.daemon.server import Server
 from chatd.store import StoredMessage, StoreError
 from tests.conftest import Spawn, StartServer
 from tests.helpers import LineClient, PipeClient, open_json

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chatd.accounts import LoginGuard
+from chatd.core.accounts import LoginGuard
 from tests.conftest import Connect, StartServer
 from tests.helpers import LineClient, accounts_cli, open_json
 

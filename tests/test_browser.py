@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from chatd.daemon.server import Server
 from chatd.protocol import COMMAND_HELP
-from chatd.server import Server
 from tests.conftest import StartServer
 from tests.helpers import DEADLINE, Event, LineClient, open_json
 

@@ -33,9 +33,9 @@ from chatd.client import (
     render_event,
     restore_commands,
 )
+from chatd.core.rooms import Member
+from chatd.daemon.server import Server
 from chatd.protocol import COMMAND_HELP, Format
-from chatd.rooms import Member
-from chatd.server import Server
 from tests.conftest import TEST_SETTINGS, Connect, Spawn, StartServer
 from tests.helpers import (
     DEADLINE,

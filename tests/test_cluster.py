@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from chatd.server import Server
+from chatd.daemon.server import Server
 from tests.conftest import StartServer
 from tests.helpers import Daemon, LineClient, RedisServer, child_env, open_json, signal_child, until
 

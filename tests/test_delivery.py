@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from chatd.tls import generate_certificate
+from chatd.transports.tls import generate_certificate
 from tests.helpers import DEADLINE, Daemon, LineClient, free_port, open_json
 
 pytestmark = pytest.mark.both_stores

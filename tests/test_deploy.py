@@ -35,7 +35,7 @@ import pytest
 
 from chatd.cli import build_parser, settings_from_args
 from chatd.config import Settings
-from chatd.tls import generate_certificate
+from chatd.transports.tls import generate_certificate
 from tests.helpers import DEADLINE, Daemon, child_env, free_port, signal_child
 
 REPO = Path(__file__).resolve().parent.parent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chatd.session import TokenBucket
+from chatd.daemon.session import TokenBucket
 
 
 def test_burst_is_free_then_the_rate_applies() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-import chatd.session as session_module
+import chatd.daemon.session as session_module
 from tests.conftest import StartServer
 from tests.helpers import (
     DEADLINE,

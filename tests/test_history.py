@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from chatd.server import Server
+from chatd.daemon.server import Server
 from chatd.store import SCHEMA_VERSION, SqliteStore, StoreError
 from tests.conftest import Connect, StartServer
 from tests.helpers import (

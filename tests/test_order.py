@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatd.order import ReplyOrder
+from chatd.core.order import ReplyOrder
 
 
 class Output:

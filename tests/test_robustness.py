@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from chatd.server import Server
+from chatd.daemon.server import Server
 from tests.conftest import Connect, StartServer
 from tests.helpers import Daemon, Event, LineClient, open_json, rss_kib, until_async
 
@@ -90,7 +90,7 @@ async def test_slow_consumer_is_cut_and_the_room_carries_on(
     start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """One client stops reading: it is dropped; the others lose nothing."""
-    caplog.set_level(logging.WARNING, "chatd.session")
+    caplog.set_level(logging.WARNING, "chatd.daemon.session")
     server = await start_server(sndbuf=4096, max_queue_bytes=32 * 1024)
     stuck = await open_json(server.port, "stuck")
     stuck.stop_reading()
@@ -163,7 +163,7 @@ async def test_a_client_that_never_reads_is_cut_by_the_write_timeout(
     start_server: StartServer, register: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Commands without reading: paced, then cut, whatever the other deadlines."""
-    caplog.set_level(logging.WARNING, "chatd.session")
+    caplog.set_level(logging.WARNING, "chatd.daemon.session")
     server = await start_server(
         sndbuf=4096,
         max_queue_bytes=16 * 1024,
@@ -388,7 +388,7 @@ async def test_a_storm_of_connections_all_get_in(start_server: StartServer) -> N
 async def test_shutdown_tells_everyone_and_leaves_no_task(
     start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, "chatd.session")
+    caplog.set_level(logging.WARNING, "chatd.daemon.session")
     server = await start_server(sndbuf=4096, shutdown_grace=1.0)
     readers = [await open_json(server.port, f"r{i}") for i in range(3)]
     stuck = await open_json(server.port, "stuck")
@@ -437,11 +437,11 @@ async def test_a_room_limit_for_the_whole_server(start_server: StartServer) -> N
 def test_refusals_are_logged_once_per_address_and_window(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from chatd.server import _WindowedLog
+    from chatd.daemon.server import _WindowedLog
 
     now = [0.0]
     log = _WindowedLog("refused a connection from %s: %s", clock=lambda: now[0])
-    caplog.set_level(logging.WARNING, "chatd.server")
+    caplog.set_level(logging.WARNING, "chatd.daemon.server")
     for _ in range(1000):
         log.note("10.0.0.1", "too_many_connections")
     log.note("10.0.0.2", "server_full")
@@ -500,8 +500,8 @@ async def test_one_sessions_failing_flush_does_not_stop_the_others(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     from chatd.config import Settings
-    from chatd.rooms import RoomManager
-    from chatd.session import Session
+    from chatd.core.rooms import RoomManager
+    from chatd.daemon.session import Session
 
     manager = RoomManager()
     bad_conn = FaultyConnection("bad", fail=True)
@@ -524,7 +524,7 @@ async def test_one_sessions_failing_flush_does_not_stop_the_others(
 def test_a_finished_event_loop_is_not_kept_alive() -> None:
     import weakref
 
-    from chatd.session import _flusher
+    from chatd.daemon.session import _flusher
 
     loop = asyncio.new_event_loop()
     loop.run_until_complete(asyncio.sleep(0))

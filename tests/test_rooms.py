@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from chatd.core.rooms import Member, RoomManager
 from chatd.errors import NickTaken, NoSuchNick, NoSuchRoom, NotInRoom, RoomExists, TooManyRooms
 from chatd.protocol import Format
-from chatd.rooms import Member, RoomManager
 
 
 class Inbox(Member):

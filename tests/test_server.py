@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from chatd.server import Server
+from chatd.daemon.server import Server
 from tests.conftest import Connect
 from tests.helpers import LineClient
 

@@ -50,6 +50,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from chatd.core.rooms import Member, RoomManager
 from chatd.errors import (
     ChatError,
     NickRegistered,
@@ -81,7 +82,6 @@ from chatd.protocol import (
     name_key,
     render,
 )
-from chatd.rooms import Member, RoomManager
 from chatd.store import Done, MemoryStore, StoredMessage, StoreError
 
 T = TypeVar("T")

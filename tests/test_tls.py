@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from chatd.server import Server
-from chatd.tls import generate_certificate
+from chatd.daemon.server import Server
+from chatd.transports.tls import generate_certificate
 from tests.conftest import Spawn, StartServer
 from tests.helpers import DEADLINE, Daemon, LineClient, open_json, signal_child, start_fails, until
 
@@ -150,7 +150,7 @@ async def test_tls_only_has_no_plain_port(
 
 
 def test_the_server_context_refuses_old_protocols(cert_pair: tuple[str, str]) -> None:
-    from chatd.tls import ServerTLS
+    from chatd.transports.tls import ServerTLS
 
     context = ServerTLS(*cert_pair).context
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2

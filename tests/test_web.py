@@ -14,10 +14,10 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 
-from chatd.server import Server
+from chatd.daemon.server import Server
 from chatd.store import SqliteStore
-from chatd.tls import generate_certificate
-from chatd.web import origin_allowed
+from chatd.transports.tls import generate_certificate
+from chatd.transports.web import origin_allowed
 from tests.conftest import StartServer
 from tests.helpers import DEADLINE, LineClient, fill_store, free_store, open_json, until
 
@@ -142,7 +142,7 @@ async def test_websocket_and_tcp_clients_share_rooms_and_dms(web: Server) -> Non
 def test_frames_are_made_once_per_event_and_the_cache_is_bounded() -> None:
     from websockets.frames import Frame, Opcode
 
-    from chatd.web import _FrameCache
+    from chatd.transports.web import _FrameCache
 
     cache = _FrameCache()
     cache.LIMIT = 1000

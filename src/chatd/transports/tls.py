@@ -24,7 +24,7 @@ import os
 import ssl
 from pathlib import Path
 
-from chatd.session import StreamConnection
+from chatd.transports.tcp import StreamConnection
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def client_context(cafile: str | None = None, *, insecure: bool = False) -> ssl.
 
 
 class TLSConnection(StreamConnection):
-    """A :class:`~chatd.session.Connection` carrying TLS over a TCP stream."""
+    """A :class:`~chatd.daemon.session.Connection` carrying TLS over a TCP stream."""
 
     __slots__ = ("_incoming", "_outgoing", "_ssl")
 

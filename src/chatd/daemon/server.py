@@ -1,10 +1,10 @@
 """Listeners, the session registry and the two-phase shutdown.
 
 :class:`Server` runs up to three listeners: the plain chat port, the TLS
-chat port (:mod:`chatd.tls`) and the web port (:mod:`chatd.web`). Every
+chat port (:mod:`chatd.transports.tls`) and the web port (:mod:`chatd.transports.web`). Every
 connection, whatever its transport, is admitted by the same connection
 limits (``max_clients``, ``max_per_ip``) and runs one
-:class:`~chatd.session.Session`. Shutdown is explicit and bounded: stop
+:class:`~chatd.daemon.session.Session`. Shutdown is explicit and bounded: stop
 accepting, tell everyone, let outboxes flush for ``shutdown_grace`` seconds,
 abort the stragglers and wait for every session to finish.
 """
@@ -17,22 +17,30 @@ import logging
 import os
 import socket
 import ssl
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from chatd.accounts import Auth
 from chatd.config import Settings
+from chatd.core.accounts import Auth
+from chatd.core.rooms import RoomManager
+from chatd.core.stats import Stats
+from chatd.daemon.session import LINGER_SECONDS, Session, TokenBucket
 from chatd.errors import ChatError, ServerFull, TooManyConnections
 from chatd.protocol import Error, Format, render
-from chatd.rooms import RoomManager
-from chatd.session import LINGER_SECONDS, Connection, Session, StreamConnection, TokenBucket
-from chatd.stats import Stats
 from chatd.store import Store, open_store
-from chatd.tls import ServerTLS, TLSConnection
-from chatd.web import WebGateway, WebSocketConnection
+from chatd.transports.base import Connection
+from chatd.transports.tcp import (
+    ACCEPT_BATCH,
+    INHERITS_SOCKET_OPTIONS,
+    StreamConnection,
+    bound,
+    listen_deep,
+    socket_options,
+)
+from chatd.transports.tls import ServerTLS, TLSConnection
+from chatd.transports.web import WebGateway, WebSocketConnection
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -70,7 +78,7 @@ class Server:
         )
         self._sessions: dict[Session, asyncio.Task[None]] = {}
         #: Connection slots, in all and per address: every session, and every
-        #: web-port connection from accept (see chatd.web).
+        #: web-port connection from accept (see chatd.transports.web).
         self._slots = 0
         self._per_ip: Counter[str] = Counter()
         #: New connections per address (conn_rate): a token bucket each.
@@ -86,7 +94,7 @@ class Server:
         self._closing = False
         self._refusals = _WindowedLog("refused a connection from %s: %s")
         self._tls_failures = _WindowedLog("TLS handshake with %s failed: %s", logging.INFO)
-        self._socket_options = _socket_options(settings)
+        self._socket_options = socket_options(settings)
 
     def _manager(self, store: Store) -> RoomManager:
         s = self.settings
@@ -120,7 +128,7 @@ class Server:
     @property
     def addresses(self) -> list[tuple[str, int]]:
         """The (host, port) pairs the plain chat port is bound to (useful with port 0)."""
-        return _bound(self._listener)
+        return bound(self._listener)
 
     @property
     def port(self) -> int:
@@ -128,7 +136,7 @@ class Server:
 
     @property
     def tls_port(self) -> int:
-        return _bound(self._tls_listener)[0][1]
+        return bound(self._tls_listener)[0][1]
 
     @property
     def http_port(self) -> int:
@@ -168,7 +176,7 @@ class Server:
             raise
         self._sweeper = asyncio.create_task(self._sweep_loop())
         for kind, listener in (("plain", self._listener), ("TLS", self._tls_listener)):
-            for host, port in _bound(listener):
+            for host, port in bound(listener):
                 logger.info("listening on %s:%d (%s)", host, port, kind)
 
     async def _listen(self, callback: Any, port: int) -> asyncio.Server:
@@ -224,7 +232,7 @@ class Server:
 
     def metrics(self) -> tuple[bytes, str]:
         """The Prometheus exposition and its content type."""
-        from chatd import metrics
+        from chatd.daemon import metrics
 
         if self._registry is None:
             self._registry = metrics.registry(
@@ -300,7 +308,7 @@ class Server:
             writer.write(render(Error.of(refusal), Format.TEXT))
             writer.close()
             return
-        if not _INHERITS_SOCKET_OPTIONS:
+        if not INHERITS_SOCKET_OPTIONS:
             self._configure_socket(writer.get_extra_info("socket"))
         await self._serve(conn)
 
@@ -314,7 +322,7 @@ class Server:
             conn.abort()
             await conn.wait_closed()
             return
-        if not _INHERITS_SOCKET_OPTIONS:
+        if not INHERITS_SOCKET_OPTIONS:
             self._configure_socket(writer.get_extra_info("socket"))
         # The handshake holds a connection slot, so stalled handshakes count
         # against max_per_ip like any other connection.
@@ -442,49 +450,8 @@ class Server:
         logger.info("shutdown complete")
 
 
-_INHERITS_SOCKET_OPTIONS = sys.platform.startswith("linux")
-
-#: Connections accepted in one pass of the event loop. asyncio accepts up to
-#: the listen backlog at once, and a storm of thousands would then hold the
-#: loop for tens of milliseconds; the kernel queue stays as deep as the
-#: backlog setting (see listen_deep).
-ACCEPT_BATCH = 64
-
-
-def listen_deep(sock: Any, backlog: int) -> None:
-    """Give a listening socket the kernel queue ``backlog``, whatever the
-    event loop was told (it takes that number as its accept batch too)."""
-    with socket.socket(fileno=os.dup(sock.fileno())) as dup:
-        dup.listen(backlog)
-
-
 def _ip(conn: Connection) -> str:
     return conn.peer.rpartition(":")[0]
-
-
-def _bound(listener: asyncio.Server | None) -> list[tuple[str, int]]:
-    if listener is None:
-        return []
-    return [s.getsockname()[:2] for s in listener.sockets]
-
-
-def _socket_options(s: Settings) -> list[tuple[int, int, int]]:
-    """(level, option, value) for every client socket, from the settings."""
-    options = [
-        (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
-        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
-    ]
-    # Linux names; other systems keep their keepalive defaults.
-    for name, value in (
-        ("TCP_KEEPIDLE", s.keepalive_idle),
-        ("TCP_KEEPINTVL", s.keepalive_interval),
-        ("TCP_KEEPCNT", s.keepalive_count),
-    ):
-        if hasattr(socket, name):
-            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
-    if s.sndbuf:
-        options.append((socket.SOL_SOCKET, socket.SO_SNDBUF, s.sndbuf))
-    return options
 
 
 class _WindowedLog:

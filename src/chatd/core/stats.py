@@ -1,7 +1,7 @@
 """What the daemon counts: plain numbers, cheap to bump on hot paths.
 
 A delivery or a flush adds to an integer on the one :class:`Stats` object of
-its server: no locks, no label lookups. :mod:`chatd.metrics` turns them into
+its server: no locks, no label lookups. :mod:`chatd.daemon.metrics` turns them into
 Prometheus text when ``/metrics`` is read.
 """
 

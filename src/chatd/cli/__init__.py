@@ -641,7 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
 
-    from chatd import bench
+    from chatd.tools import bench
 
     bench_parser = sub.add_parser(
         "bench",
@@ -753,7 +753,7 @@ async def serve(settings: Settings) -> int:
     """Run the daemon until SIGINT or SIGTERM; return the exit status."""
     import ssl
 
-    from chatd.server import Server
+    from chatd.daemon.server import Server
 
     fits = raise_fd_limit(settings.max_clients)
     if fits < settings.max_clients:
@@ -806,7 +806,7 @@ def manage_accounts(args: argparse.Namespace) -> int:
 
 
 async def _manage_accounts(args: argparse.Namespace) -> int:
-    from chatd.accounts import Passwords
+    from chatd.core.accounts import Passwords
     from chatd.protocol import check_password
 
     # A daemon reads accounts and passwords from the file at each login, so
@@ -875,7 +875,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return run(serve(settings_from_args(args)), args.loop)
     if args.command == "bench":
-        from chatd import bench
+        from chatd.tools import bench
 
         return bench.main(args)
     if args.command == "accounts":
@@ -885,7 +885,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "health":
         return check_health(args)
     from chatd.client import ClientOptions, run_client
-    from chatd.tls import client_context
+    from chatd.transports.tls import client_context
 
     use_tls = args.tls or args.cafile is not None or args.insecure
     port = args.port or (_DEFAULTS.tls_port if use_tls else _DEFAULTS.port)
@@ -907,7 +907,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def generate_certificate(args: argparse.Namespace) -> int:
     """``chatd gencert``: a self-signed certificate and key for development."""
-    from chatd.tls import generate_certificate as generate
+    from chatd.transports.tls import generate_certificate as generate
 
     hosts = args.host or ["localhost", "127.0.0.1", "::1"]
     if not args.force:

@@ -1,7 +1,7 @@
 """Cluster mode: several daemons, one chat, through one Redis server.
 
 Each daemon (a *node*) keeps its own members in its own
-:class:`~chatd.rooms.RoomManager`; Redis holds what the nodes share:
+:class:`~chatd.core.rooms.RoomManager`; Redis holds what the nodes share:
 
 ===========================  ===================================================
 ``chatd:nicks``              hash: nickname key -> ``node TAB nick TAB account``
@@ -89,7 +89,7 @@ from chatd.store import (
 )
 
 if TYPE_CHECKING:
-    from chatd.rooms import Member, RoomManager
+    from chatd.core.rooms import Member, RoomManager
 
 #: Messages from Redis handled before the reader lets other tasks run.
 _READ_BATCH = 16
@@ -819,7 +819,7 @@ def _stream_message(conversation: str, entry_id: str, fields: dict[bytes, bytes]
 class Cluster:
     """This node's part in the cluster: presence, subscriptions, fan-in.
 
-    The :class:`~chatd.rooms.RoomManager` calls the non-async methods as its
+    The :class:`~chatd.core.rooms.RoomManager` calls the non-async methods as its
     members change (they queue writes and never wait); sessions await the
     async ones (claiming a nickname, opening a room, queries).
     """

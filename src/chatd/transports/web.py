@@ -8,13 +8,13 @@ One ``websockets`` server on the daemon's event loop answers:
   frame (JSON mode is fixed);
 * ``GET /healthz``: 200 when the daemon accepts connections and its store
   commits, 503 with the reason otherwise;
-* ``GET /metrics``: Prometheus text format (:mod:`chatd.metrics`).
+* ``GET /metrics``: Prometheus text format (:mod:`chatd.daemon.metrics`).
 
 websockets parses HTTP and frames; nothing here does. Every connection to
 the web port holds a connection slot from accept to close, counted with the
 chat ports' (``max_clients``, ``max_per_ip``), so idle HTTP connections
 cannot exhaust the daemon's file descriptors; a WebSocket keeps its slot
-for its session, which is the same :class:`~chatd.session.Session` as on
+for its session, which is the same :class:`~chatd.daemon.session.Session` as on
 TCP, with the same limits, flood control and slow consumer handling.
 """
 
@@ -37,6 +37,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
+
+from chatd.transports.tcp import ACCEPT_BATCH, listen_deep
 
 if TYPE_CHECKING:
     from chatd.config import Settings
@@ -121,7 +123,7 @@ _FRAMES = _FrameCache()
 
 
 class WebSocketConnection:
-    """A :class:`~chatd.session.Connection` over one WebSocket.
+    """A :class:`~chatd.daemon.session.Connection` over one WebSocket.
 
     Input: one frame is one line. Output: each rendered event (one JSON line)
     becomes one text frame, serialized by websockets (once per event, see
@@ -249,7 +251,6 @@ class WebGateway:
         assert s.http_port is not None
         package = importlib.resources.files("chatd") / "webpage"
         self._files = {name: (package / name).read_bytes() for name, _ in PAGE_FILES.values()}
-        from chatd.server import ACCEPT_BATCH, listen_deep  # server imports this module
 
         self._server = await serve(
             self._on_websocket,

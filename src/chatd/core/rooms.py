@@ -42,6 +42,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
+from chatd.core.stats import Stats
 from chatd.errors import (
     ChatError,
     NickRegistered,
@@ -75,7 +76,6 @@ from chatd.protocol import (
     name_key,
     render,
 )
-from chatd.stats import Stats
 from chatd.store import AccountRooms, MemoryStore, RoomRecord, Store, StoredMessage
 
 if TYPE_CHECKING:

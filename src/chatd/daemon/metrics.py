@@ -1,6 +1,6 @@
 """The daemon's Prometheus exposition (``/metrics``).
 
-prometheus-client turns the plain numbers of :class:`~chatd.stats.Stats` into
+prometheus-client turns the plain numbers of :class:`~chatd.core.stats.Stats` into
 the text format when ``/metrics`` is read, through a collector
 (:class:`ChatdCollector`) registered in a registry of the server's own, so
 several servers in one process (the tests) never share counters.
@@ -26,7 +26,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from chatd.stats import Stats
+from chatd.core.stats import Stats
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

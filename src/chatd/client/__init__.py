@@ -125,7 +125,7 @@ class ClientOptions:
     reconnect: bool = True
     #: Print the server's JSON objects instead of rendered lines.
     json_output: bool = False
-    #: Connect over TLS with this context (see chatd.tls.client_context).
+    #: Connect over TLS with this context (see chatd.transports.tls.client_context).
     tls: ssl.SSLContext | None = None
     #: First delay before a reconnection attempt, in seconds; it doubles each attempt.
     backoff_initial: float = 0.5

@@ -1,7 +1,7 @@
 """One session per connection: a reader loop, a writer task, one way out.
 
 The reader loop frames input (:class:`~chatd.protocol.LineFramer`), parses
-each line and hands the command to the :class:`~chatd.rooms.RoomManager`.
+each line and hands the command to the :class:`~chatd.core.rooms.RoomManager`.
 Output goes into a bounded outbox. Once per loop pass a flush callback
 writes everything queued in one call; when the client reads slower than it
 is written to, the writer task awaits ``drain()`` before the next flush, and
@@ -23,8 +23,8 @@ through the ``finally`` in :meth:`Session.run`: membership removed, peers
 told, socket closed.
 
 The session does not know what carries its bytes: it talks to a
-:class:`Connection` (TCP streams here, TLS in :mod:`chatd.tls`, WebSocket in
-:mod:`chatd.web`).
+:class:`Connection` (TCP streams here, TLS in :mod:`chatd.transports.tls`, WebSocket in
+:mod:`chatd.transports.web`).
 """
 
 from __future__ import annotations
@@ -33,16 +33,16 @@ import asyncio
 import contextlib
 import logging
 import math
-import socket
-import struct
 import weakref
 from collections import deque
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from chatd import __version__
-from chatd.accounts import Auth
+from chatd.core.accounts import Auth
+from chatd.core.order import ReplyOrder
+from chatd.core.rooms import Member, stored_event
 from chatd.errors import (
     BadArgs,
     BadLogin,
@@ -59,7 +59,6 @@ from chatd.errors import (
     RegistrationTimeout,
     StorageUnavailable,
 )
-from chatd.order import ReplyOrder
 from chatd.protocol import (
     Answer,
     Bye,
@@ -105,142 +104,21 @@ from chatd.protocol import (
     parse_line,
     render,
 )
-from chatd.rooms import Member, stored_event
 from chatd.store import Account, AccountRooms, StoreError, dm_key
+from chatd.transports.base import Connection
 
 if TYPE_CHECKING:
     from chatd.config import Settings
-    from chatd.rooms import RoomManager
+    from chatd.core.rooms import RoomManager
 
 logger = logging.getLogger(__name__)
 
-_LINGER_ZERO = struct.pack("ii", 1, 0)
 #: Seconds a closing connection waits for the client to close its side.
 LINGER_SECONDS = 2.0
 #: A client behind on its output whose output has not moved for this long
 #: (its blocked write did not shrink) no longer holds back those who talk
 #: to it (see Session.stall).
 STALL_SECONDS = 1.0
-
-
-class Connection(Protocol):
-    """What a session needs from a transport."""
-
-    #: "tcp", "tls" or "ws": for metrics and transport-specific rules.
-    transport: str
-    peer: str
-
-    async def read(self) -> bytes:
-        """Some bytes, or ``b""`` at end of input."""
-        ...
-
-    def write(self, chunks: list[bytes]) -> None:
-        """Queue all chunks for sending, in order."""
-        ...
-
-    async def drain(self) -> None:
-        """Wait until the transport's buffer is below its high-water mark."""
-        ...
-
-    def congested(self) -> bool:
-        """True when the transport's buffer is over its high-water mark."""
-        ...
-
-    def buffered(self) -> int:
-        """Bytes the transport holds that the kernel has not taken yet."""
-        ...
-
-    def write_eof(self) -> None:
-        """Signal the end of output after what was written, if the transport can."""
-        ...
-
-    async def close(self) -> None:
-        """Discard input until the peer closes, then close. Callers bound the time."""
-        ...
-
-    def abort(self) -> None:
-        """Close at once, discarding anything unsent."""
-        ...
-
-    def get_extra_info(self, name: str) -> object:
-        """Transport details, as ``asyncio.BaseTransport.get_extra_info``."""
-        ...
-
-    async def wait_closed(self) -> None:
-        """Wait until the transport is closed (after close() or abort())."""
-        ...
-
-
-class StreamConnection:
-    """A :class:`Connection` over asyncio streams: plain TCP."""
-
-    __slots__ = ("_high_water", "_reader", "_writer", "peer", "read_size")
-
-    transport = "tcp"
-
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, read_size: int = 65536
-    ) -> None:
-        self._reader = reader
-        self._writer = writer
-        self.read_size = read_size
-        self._high_water = writer.transport.get_write_buffer_limits()[1]
-        peername = writer.get_extra_info("peername")
-        self.peer = f"{peername[0]}:{peername[1]}" if peername else "?"
-
-    async def read(self) -> bytes:
-        return await self._reader.read(self.read_size)
-
-    def write(self, chunks: list[bytes]) -> None:
-        # uvloop raises RuntimeError on a closed transport where asyncio only
-        # logs: both mean the peer is gone, which the writer handles as such.
-        if self._writer.is_closing():
-            raise ConnectionResetError("connection closed")
-        self._writer.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-
-    async def drain(self) -> None:
-        await self._writer.drain()
-
-    def congested(self) -> bool:
-        return self._writer.transport.get_write_buffer_size() > self._high_water
-
-    def buffered(self) -> int:
-        return self._writer.transport.get_write_buffer_size()
-
-    def get_extra_info(self, name: str) -> object:
-        return self._writer.get_extra_info(name)
-
-    def write_eof(self) -> None:
-        if self._writer.can_write_eof() and not self._writer.is_closing():
-            self._writer.write_eof()
-
-    async def close(self) -> None:
-        # A lingering close: closing a socket that still has unread input
-        # makes the kernel send RST, which can destroy the last lines (an
-        # error, a goodbye) before the client reads them. So read and discard
-        # until the client closes its side, then close.
-        with contextlib.suppress(ConnectionError, OSError):
-            while await self._reader.read(self.read_size):
-                pass
-        self._writer.close()
-        await self.wait_closed()
-
-    async def wait_closed(self) -> None:
-        # Always awaited: a reset leaves its error in the stream's close
-        # future, which asyncio reports as never retrieved otherwise.
-        with contextlib.suppress(ConnectionError, OSError):
-            await self._writer.wait_closed()
-
-    def abort(self) -> None:
-        # With SO_LINGER 0 the kernel sends RST and forgets the unsent data,
-        # instead of trickling it to a client that will never read it.
-        sock = self._writer.get_extra_info("socket")
-        if sock is not None:
-            # uvloop raises ValueError (negative file descriptor) once the
-            # transport has closed the socket: nothing is left to reset then.
-            with contextlib.suppress(OSError, ValueError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
-        self._writer.transport.abort()
 
 
 class _Flusher:
