@@ -1,0 +1,384 @@
+"""Lines to commands: what a client asks for, named as imperatives.
+
+:func:`parse_line` turns one framed line into a :data:`Command` or raises a
+:class:`~chatd.errors.ProtocolError` carrying the wire code. The name rules
+(:func:`check_nick`, :func:`check_room`, :func:`name_key`) and the password
+rule live here too, since the parser applies them to every argument.
+
+Text a client sends to others is cleaned here once: control characters (C0,
+DEL, C1, which includes ``\\r``, ``\\0`` and the ESC of terminal escapes) are
+removed and tabs become spaces, so no relayed line can spoof another line or
+drive someone's terminal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Final
+
+from chatd.config import NAME_CEILING
+from chatd.errors import BadArgs, BadEncoding, BadNick, BadRoom, UnknownCommand
+from chatd.protocol.framing import Format
+
+DEFAULT_ROOM: Final = "general"
+_NAME_RE: Final = re.compile(rf"[A-Za-z0-9_.\-]{{1,{NAME_CEILING}}}\Z")
+_CONTROL_RE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Say:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Nick:
+    name: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Create:
+    room: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Join:
+    room: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Leave:
+    room: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ListRooms:
+    #: True: also send ``room`` events from now on; False: stop; None: list only.
+    watch: bool | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Who:
+    room: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Msg:
+    nick: str
+    text: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Me:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Topic:
+    text: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SetFormat:
+    format: Format
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ping:
+    token: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeepAlive:
+    """Ask the server to ping after ``interval`` seconds of silence (0: never)."""
+
+    interval: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Answer:
+    """The answer to a server's ping: it runs nothing and gets no reply."""
+
+    token: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Help:
+    pass
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Quit:
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Register:
+    password: str = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Login:
+    nick: str
+    password: str = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Logout:
+    pass
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Passwd:
+    old: str = dataclasses.field(repr=False)
+    new: str = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ShowHistory:
+    #: A room name, or ``@nick`` for the private conversation with nick;
+    #: None for the current room.
+    target: str | None = None
+    count: int = 20
+    before: int | None = None
+
+
+Command = (
+    Say
+    | Nick
+    | Create
+    | Join
+    | Leave
+    | ListRooms
+    | Who
+    | Msg
+    | Me
+    | Topic
+    | SetFormat
+    | Ping
+    | KeepAlive
+    | Answer
+    | Help
+    | Quit
+    | Register
+    | Login
+    | Logout
+    | Passwd
+    | ShowHistory
+)
+
+#: (usage, what it does), in the order ``/help`` lists them.
+COMMAND_HELP: Final[tuple[tuple[str, str], ...]] = (
+    ("/nick NAME", "choose or change your nickname"),
+    ("/create ROOM", "create a new room, join it and make it current"),
+    ("/join ROOM", "join a room (created if needed) and make it current"),
+    ("/leave [ROOM]", "leave a room (default: the current one)"),
+    ("/rooms [watch|unwatch]", "list rooms with their member counts; watch: follow changes"),
+    ("/who [ROOM]", "list who is in a room (default: the current one)"),
+    ("/msg NICK TEXT", "send a private message"),
+    ("/me ACTION", "send an action to the current room"),
+    ("/topic [TEXT]", "show or set the current room's topic"),
+    ("/register PASSWORD", "protect your nickname with a password"),
+    ("/login NICK PASSWORD", "log in to your registered nickname"),
+    ("/logout", "log out (choose a nickname again)"),
+    ("/passwd OLD NEW", "change your password"),
+    ("/history [ROOM|@NICK] [N] [before=ID]", "show earlier messages"),
+    ("/format text|json", "switch how the server talks to you"),
+    ("/ping [TOKEN]", "ask for a pong (echoes TOKEN)"),
+    ("/ping every SECONDS", "JSON mode: be pinged after SECONDS of silence (0: never)"),
+    ("/pong TOKEN", "answer the server's ping"),
+    ("/help", "show this list"),
+    ("/quit [REASON]", "leave the chat"),
+    ("//TEXT", "say a line that starts with /"),
+)
+
+
+def clean_text(text: str) -> str:
+    """Remove control characters and turn tabs into spaces."""
+    if _CONTROL_RE.search(text) is None:
+        return text.replace("\t", " ") if "\t" in text else text
+    return _CONTROL_RE.sub("", text.replace("\t", " "))
+
+
+def check_nick(name: str, limit: int = NAME_CEILING) -> str:
+    """Return ``name`` if it is a valid nickname of at most ``limit``
+    characters, else raise BadNick."""
+    if _NAME_RE.match(name) is None or len(name) > limit:
+        raise BadNick(f"invalid nickname {name[:40]!r}: 1-{limit} letters, digits, '_', '-' or '.'")
+    return name
+
+
+def check_room(name: str, limit: int = NAME_CEILING) -> str:
+    """Return the room name without a leading ``#``, or raise BadRoom."""
+    bare = name[1:] if name.startswith("#") else name
+    if _NAME_RE.match(bare) is None or len(bare) > limit:
+        raise BadRoom(
+            f"invalid room name {name[:40]!r}: 1-{limit} letters, digits, '_', '-' or '.'"
+        )
+    return bare
+
+
+def name_key(name: str) -> str:
+    """The case-insensitive identity of a nickname or room name."""
+    return name.lower()
+
+
+def _one_arg(args: str, usage: str) -> str:
+    if not args or " " in args:
+        raise BadArgs(f"usage: {usage}")
+    return args
+
+
+def _parse_format(args: str) -> Format:
+    try:
+        return Format[args.upper()]
+    except KeyError:
+        raise BadArgs("usage: /format text|json") from None
+
+
+def _parse_msg(args: str) -> Msg:
+    nick, _, text = args.partition(" ")
+    text = text.strip()
+    if not nick or not text:
+        raise BadArgs("usage: /msg NICK TEXT")
+    return Msg(check_nick(nick), text)
+
+
+def _parse_me(args: str) -> Me:
+    if not args:
+        raise BadArgs("usage: /me ACTION")
+    return Me(args)
+
+
+#: Passwords: 8 to 128 characters, no spaces (they separate arguments).
+MIN_PASSWORD_LEN: Final = 8
+MAX_PASSWORD_LEN: Final = 128
+#: Most messages one /history answers.
+MAX_HISTORY: Final = 1000
+
+
+def check_password(password: str) -> str:
+    if not MIN_PASSWORD_LEN <= len(password) <= MAX_PASSWORD_LEN or " " in password:
+        raise BadArgs(
+            f"a password has {MIN_PASSWORD_LEN}-{MAX_PASSWORD_LEN} characters and no spaces"
+        )
+    return password
+
+
+def _parse_register(args: str) -> Register:
+    if not args:
+        raise BadArgs("usage: /register PASSWORD")
+    return Register(check_password(args))
+
+
+def _parse_login(args: str) -> Login:
+    nick, _, password = args.partition(" ")
+    if not nick or not password:
+        raise BadArgs("usage: /login NICK PASSWORD")
+    # A wrong password is a bad login, not a usage error: no hint about rules.
+    return Login(check_nick(nick), password.strip())
+
+
+def _parse_passwd(args: str) -> Passwd:
+    parts = args.split()
+    if len(parts) != 2:
+        raise BadArgs("usage: /passwd OLD NEW")
+    return Passwd(parts[0], check_password(parts[1]))
+
+
+def _parse_history(args: str) -> ShowHistory:
+    usage = f"usage: /history [ROOM|@NICK] [N] [before=ID] (N at most {MAX_HISTORY})"
+    target: str | None = None
+    count = 20
+    before: int | None = None
+    for i, word in enumerate(args.split()):
+        if word.startswith("before="):
+            value = word[7:]
+            if not value.isdigit() or before is not None:
+                raise BadArgs(usage)
+            before = int(value)
+        elif word.isdigit():
+            count = int(word)
+            if not 1 <= count <= MAX_HISTORY:
+                raise BadArgs(usage)
+        elif i == 0 and word.startswith("@"):
+            target = "@" + check_nick(word[1:])
+        elif i == 0:
+            target = check_room(word)
+        else:
+            raise BadArgs(usage)
+    return ShowHistory(target, count, before)
+
+
+def _parse_rooms(args: str) -> ListRooms:
+    word = args.lower()
+    if word in ("watch", "unwatch"):
+        return ListRooms(watch=word == "watch")
+    if word:
+        raise BadArgs("usage: /rooms [watch|unwatch]")
+    return ListRooms()
+
+
+_MAX_KEEPALIVE: Final = 3600
+
+
+def _parse_ping(args: str) -> Ping | KeepAlive:
+    word, _, rest = args.partition(" ")
+    if word.lower() != "every":
+        return Ping(args)
+    usage = f"usage: /ping every SECONDS (0 to stop, at most {_MAX_KEEPALIVE})"
+    try:
+        interval = float(rest.strip())
+    except ValueError:
+        raise BadArgs(usage) from None
+    if not 0 <= interval <= _MAX_KEEPALIVE:  # also refuses nan
+        raise BadArgs(usage)
+    return KeepAlive(int(interval) if interval.is_integer() else interval)
+
+
+_PARSERS: Final[dict[str, Any]] = {
+    "nick": lambda a: Nick(check_nick(_one_arg(a, "/nick NAME"))),
+    "create": lambda a: Create(check_room(_one_arg(a, "/create ROOM"))),
+    "join": lambda a: Join(check_room(_one_arg(a, "/join ROOM"))),
+    "leave": lambda a: Leave(check_room(_one_arg(a, "/leave [ROOM]")) if a else None),
+    "rooms": _parse_rooms,
+    "who": lambda a: Who(check_room(_one_arg(a, "/who [ROOM]")) if a else None),
+    "msg": _parse_msg,
+    "me": _parse_me,
+    "topic": lambda a: Topic(a or None),
+    "format": lambda a: SetFormat(_parse_format(a)),
+    "ping": _parse_ping,
+    "pong": lambda a: Answer(a),
+    "help": lambda a: Help(),
+    "quit": lambda a: Quit(a),
+    "register": _parse_register,
+    "login": _parse_login,
+    "logout": lambda a: Logout(),
+    "passwd": _parse_passwd,
+    "history": _parse_history,
+}
+
+
+def parse_line(line: bytes) -> Command | None:
+    """Parse one line (without its terminator) into a command.
+
+    Returns ``None`` for a blank line. Raises a ProtocolError subclass for
+    anything else that is not a valid command.
+    """
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadEncoding(f"line is not valid UTF-8 (byte {exc.start}); ignored") from None
+    text = clean_text(text)
+    if not text or text.isspace():
+        return None
+    if text[0] != "/":
+        return Say(text)
+    if text.startswith("//"):
+        return Say(text[1:])
+    name, _, args = text[1:].partition(" ")
+    parser = _PARSERS.get(name.lower())
+    if parser is None:
+        raise UnknownCommand(f"unknown command /{name[:40]}; /help lists the commands")
+    result: Command = parser(args.strip())
+    return result
