@@ -1,0 +1,168 @@
+"""The store interface and the records it keeps, shared by every store.
+
+:class:`Store` is the small interface the rest of the daemon uses; the
+records (:class:`StoredMessage`, :class:`Account`, :class:`RoomRecord`,
+:class:`AccountRooms`) are what goes in and comes out of it.
+
+Writes that must be durable before anyone sees them (messages) take a
+``done`` callback: it runs on the event loop after the commit, in the order
+the writes were made, so the caller can fan out in store order.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import time
+from collections.abc import Callable
+
+from chatd.protocol import name_key
+
+Done = Callable[[BaseException | None], None]
+
+
+class StoreError(Exception):
+    """The store cannot be used (opened, migrated, written); the text says why."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoredMessage:
+    id: int
+    ts: float
+    #: The room's name, or None for a private message.
+    room: str | None
+    sender: str
+    #: The recipient of a private message.
+    to: str | None
+    text: str
+    action: bool = False
+    #: The accounts sender and recipient were logged in to, if any: only they
+    #: may read a private conversation back.
+    sender_account: int | None = None
+    to_account: int | None = None
+
+    @property
+    def conversation(self) -> str:
+        if self.room is not None:
+            return name_key(self.room)
+        assert self.to is not None
+        return dm_key(self.sender, self.to)
+
+
+def dm_key(a: str, b: str) -> str:
+    """The conversation key of the private messages between two nicknames."""
+    first, second = sorted((name_key(a), name_key(b)))
+    return f"@{first}:{second}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Account:
+    id: int
+    nick: str
+    password_hash: str = dataclasses.field(repr=False)
+    created: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoomRecord:
+    name: str
+    topic: str
+    topic_by: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AccountRooms:
+    """The rooms an account was in, kept so that its next login rejoins them."""
+
+    #: Room names in join order (the order decides the fallback current room).
+    rooms: tuple[str, ...] = ()
+    #: The room that was current, or None.
+    current: str | None = None
+
+
+class Store(abc.ABC):
+    """Accounts, persistent rooms and message history."""
+
+    #: The highest message id ever stored; new ids continue after it.
+    last_id: int = 0
+    #: time.monotonic() of the last failed write; None once a message is stored.
+    last_failure: float | None = None
+    #: Seconds a failed write keeps the store unhealthy if no message is stored.
+    FAILURE_MEMORY = 30.0
+
+    @property
+    def healthy(self) -> bool:
+        """False for a while after a failed write, until a message is stored."""
+        failed = self.last_failure
+        return failed is None or time.monotonic() - failed > self.FAILURE_MEMORY
+
+    async def open(self) -> None:  # noqa: B027 (optional hook)
+        """Make the store ready; raise StoreError with a clear text if it cannot be."""
+
+    async def close(self) -> None:  # noqa: B027 (optional hook)
+        """Finish every queued write and release the store."""
+
+    @property
+    def backlog(self) -> int:
+        """Writes queued and not yet committed."""
+        return 0
+
+    @abc.abstractmethod
+    def append(self, message: StoredMessage, done: Done) -> None:
+        """Store a message; ``done`` runs on the loop once it is durable."""
+
+    def barrier(self, done: Callable[[], None]) -> None:
+        """Call ``done`` on the loop once every write made before is complete."""
+        done()
+
+    @abc.abstractmethod
+    def save_room(self, room: RoomRecord) -> None:
+        """Remember a room and its topic across restarts (an empty topic forgets it)."""
+
+    @abc.abstractmethod
+    async def rooms(self) -> list[RoomRecord]:
+        """The rooms to restore at start."""
+
+    @abc.abstractmethod
+    async def recent(
+        self,
+        conversation: str,
+        limit: int,
+        before: int | None = None,
+        account: int | None = None,
+    ) -> tuple[list[StoredMessage], bool]:
+        """The last ``limit`` messages before id ``before``, oldest first, and
+        whether older ones exist. For a private conversation only messages
+        sent or received by ``account`` count."""
+
+    @abc.abstractmethod
+    def is_registered(self, nick: str) -> bool:
+        """Whether a nickname belongs to an account (answered from memory)."""
+
+    @abc.abstractmethod
+    async def account(self, nick: str) -> Account | None: ...
+
+    @abc.abstractmethod
+    async def create_account(self, nick: str, password_hash: str) -> Account | None:
+        """Create an account; None if the nickname already has one."""
+
+    @abc.abstractmethod
+    async def set_password(self, nick: str, password_hash: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def delete_account(self, nick: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def accounts(self) -> list[Account]: ...
+
+    @abc.abstractmethod
+    def save_account_rooms(self, account: int, rooms: AccountRooms) -> None:
+        """Remember the rooms of an account (in order, after earlier writes)."""
+
+    @abc.abstractmethod
+    async def account_rooms(self, account: int) -> AccountRooms:
+        """The rooms an account was last in (none if never saved)."""
+
+    async def writable(self) -> bool:
+        """Whether a write can be committed now."""
+        return True
