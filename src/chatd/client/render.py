@@ -1,0 +1,180 @@
+"""Server events as the lines a person reads: pure functions, no I/O.
+
+Everything the server sends is untrusted: every field is passed through
+:func:`~chatd.protocol.clean_text` before it is printed, and malformed
+events are shown as well as possible, never trusted to have the right types.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from collections.abc import Mapping
+from datetime import datetime, tzinfo
+from typing import Any, Final
+
+from chatd.client.commands import REFUSED_COMMANDS, command_name
+from chatd.protocol import clean_text, event_from_json, event_to_text, name_key
+
+_RESET: Final = "\x1b[0m"
+DIM: Final = "\x1b[2m"
+RED: Final = "\x1b[31m"
+#: Nick colours: no red (errors) and no dim (system lines), so a nick never looks like either.
+_NICK_COLOURS: Final = tuple(f"\x1b[{n}m" for n in (32, 33, 34, 35, 36, 92, 93, 94, 95, 96))
+
+
+def nick_colour(nick: str) -> str:
+    """The ANSI colour of a nick: a stable hash, the same in every client and run."""
+    return _NICK_COLOURS[zlib.crc32(name_key(nick).encode()) % len(_NICK_COLOURS)]
+
+
+def paint(text: str, code: str, colour: bool) -> str:
+    """``text`` in the ANSI ``code`` when ``colour`` is on (an empty text stays empty)."""
+    return f"{code}{text}{_RESET}" if colour and text else text
+
+
+def field(event: Mapping[str, Any], key: str) -> str:
+    """A field of an untrusted event as printable text ("" when missing)."""
+    value = event.get(key)
+    if value is None:
+        return ""
+    return clean_text(value if isinstance(value, str) else str(value))
+
+
+def _entries(value: object) -> list[Mapping[str, Any]]:
+    """The objects of a JSON array, skipping anything that is not an object."""
+    if not isinstance(value, list):
+        return []
+    return [item for item in value if isinstance(item, Mapping)]
+
+
+def _help_rows(event: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The ``help`` event's (usage, help) pairs, less the commands refused here.
+
+    The server's list is the one description of the commands; each client
+    shows the part of it that works in that client.
+    """
+    rows = [(field(c, "usage"), field(c, "help")) for c in _entries(event.get("commands"))]
+    return [(usage, text) for usage, text in rows if command_name(usage) not in REFUSED_COMMANDS]
+
+
+def _stamp(ts: object, tz: tzinfo | None, fmt: str = "%H:%M", blank: str = "--:--") -> str:
+    """A message's time in ``fmt``; ``blank`` when the server sent no usable time."""
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        return blank
+    try:
+        return datetime.fromtimestamp(ts, tz).strftime(fmt)
+    except (OverflowError, OSError, ValueError):
+        return blank
+
+
+def _system_text(event: Mapping[str, Any]) -> str:
+    """The wording of every event that is not a message, a DM or an error.
+
+    The server's own text rendering, so both speak alike; the welcome (with
+    the client's own hint beside it) and the help (one line, for pipes) are
+    worded here. Anything malformed is shown as it came, cleaned.
+    """
+    kind = field(event, "type")
+    match kind:
+        case "welcome":
+            name = " ".join(p for p in (field(event, "server"), field(event, "version")) if p)
+            return f"* welcome to {name or 'the server'}; /help lists the commands"
+        case "help":
+            rows = [f"{usage} - {text}" for usage, text in _help_rows(event)]
+            return "* commands: " + "; ".join(rows)
+        case "text":
+            return field(event, "text")
+    try:
+        return clean_text(event_to_text(event_from_json(event)))
+    except ValueError:
+        rest = {k: v for k, v in event.items() if k != "type"}
+        return clean_text(
+            f"* {kind or 'event'}: {json.dumps(rest, ensure_ascii=False, default=str)}"
+        )
+
+
+def render_event(
+    event: Mapping[str, Any], *, colour: bool = False, tz: tzinfo | None = None
+) -> str:
+    """Render one server event (a decoded JSON object) as one display line.
+
+    ``colour`` adds ANSI colours; ``tz`` is the zone of the HH:MM stamps of
+    messages and DMs (None: local time). Every field is cleaned of control
+    characters, and a malformed event still renders: the server is untrusted.
+    """
+    kind = event.get("type")
+    if kind in ("message", "dm") and event.get("history") is True:
+        # The past: its date too, and the whole line dim, so it reads apart.
+        line = render_event({**event, "history": False}, colour=False, tz=tz)
+        return paint(f"{_stamp(event.get('ts'), tz, '%Y-%m-%d', '----------')} {line}", DIM, colour)
+    if kind in ("message", "dm"):
+        when = paint(_stamp(event.get("ts"), tz), DIM, colour)
+        sender = field(event, "from")
+        who = paint(sender, nick_colour(sender), colour)
+        text = field(event, "text")
+        if kind == "dm":
+            to = field(event, "to")
+            return f"{when} [{who} -> {paint(to, nick_colour(to), colour)}] {text}"
+        room = field(event, "room")
+        if event.get("action") is True:
+            return f"{when} [{room}] * {who} {text}"
+        return f"{when} [{room}] {who}: {text}"
+    if kind == "history":
+        return paint(f"-- {_system_text(event)[2:]} --", DIM, colour)
+    if kind == "error":
+        return paint(f"! {field(event, 'code')}: {field(event, 'text')}", RED, colour)
+    if kind == "shutdown":
+        return paint(f"! shutdown: {field(event, 'reason')}", RED, colour)
+    return paint(_system_text(event), DIM, colour)
+
+
+def help_lines(event: Mapping[str, Any], *, colour: bool = False) -> list[str]:
+    """The ``help`` event as an aligned table, for the interactive mode."""
+    rows = _help_rows(event)
+    width = max((len(usage) for usage, _ in rows), default=0)
+    lines = [
+        "* commands:",
+        *(f"  {usage:<{width}}  {text}" for usage, text in rows),
+        "* anything else is said in your current room",
+    ]
+    return [paint(line, DIM, colour) for line in lines]
+
+
+def json_line(event: Mapping[str, Any], raw: str | None = None) -> str:
+    """The ``--json`` output line: the server's own text when it sent JSON.
+
+    Control characters are removed: JSON never has raw C0 characters in
+    strings, but may carry DEL and C1 characters, which terminals obey.
+    """
+    if raw is None:
+        raw = json.dumps(event, ensure_ascii=False, separators=(",", ":"), default=str)
+    return clean_text(raw)
+
+
+_TEXT_ERROR_RE: Final = re.compile(r"! ([a-z_]+): (.*)\Z", re.DOTALL)
+_TEXT_WELCOME_RE: Final = re.compile(r"\* welcome to (\S+) (\S+)")
+
+
+def parse_server_line(text: str) -> tuple[dict[str, Any], bool]:
+    """Turn one line from the server into an event dict.
+
+    Returns ``(event, True)`` for a JSON object with a string ``type``.
+    Lines that are not JSON come before the server switched to JSON (the
+    welcome, and a refusal such as ``server_full``, which is written in text
+    and followed by the close): they are turned into the matching event, or
+    into a ``{"type": "text"}`` event, and returned with False.
+    """
+    if text.startswith("{"):
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("type"), str):
+            return obj, True
+    if m := _TEXT_ERROR_RE.match(text):
+        return {"type": "error", "code": m.group(1), "text": m.group(2)}, False
+    if m := _TEXT_WELCOME_RE.match(text):
+        return {"type": "welcome", "server": m.group(1), "version": m.group(2).rstrip(".")}, False
+    return {"type": "text", "text": text}, False
