@@ -41,7 +41,11 @@ from tests.helpers import DEADLINE, Daemon, child_env, free_port, signal_child
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 COMPOSE_FILE = REPO / "docker-compose.yml"
-CLI_SOURCE = REPO / "src" / "chatd" / "cli.py"
+#: The CLI's source: the cli package, and the settings its serve options are made from.
+CLI_SOURCES = (
+    REPO / "src" / "chatd" / "config.py",
+    *sorted((REPO / "src" / "chatd" / "cli").glob("*.py")),
+)
 
 
 # ---------------------------------------------------------------------------
@@ -204,10 +208,10 @@ def image() -> Image:
 
 def env_names_read_by_cli() -> set[str]:
     """Every CHATD_* name that appears as a whole string in the CLI's source."""
-    tree = ast.parse(CLI_SOURCE.read_text())
     return {
         node.value
-        for node in ast.walk(tree)
+        for source in CLI_SOURCES
+        for node in ast.walk(ast.parse(source.read_text()))
         if isinstance(node, ast.Constant)
         and isinstance(node.value, str)
         and re.fullmatch(r"CHATD_[A-Z0-9_]+", node.value)

@@ -296,7 +296,7 @@ async def stoppable(run: Coroutine[Any, Any, Report]) -> tuple[Report | None, si
 
 
 def main(argv: list[str] | None = None) -> int:
-    from chatd.cli import ArgumentParser
+    from chatd.config import ArgumentParser
 
     parser = ArgumentParser(
         prog="python -m chatd.tools.soak",
