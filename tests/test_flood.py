@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chatd.daemon.session import TokenBucket
+from chatd.daemon.flood import TokenBucket
 
 
 def test_burst_is_free_then_the_rate_applies() -> None:

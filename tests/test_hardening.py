@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-import chatd.daemon.session as session_module
+import chatd.protocol.codec as codec_module
 from tests.conftest import StartServer
 from tests.helpers import (
     DEADLINE,
@@ -373,7 +373,7 @@ async def test_the_loop_check_catches_a_daemon_callback_that_blocks(
     slow callbacks are listed, see conftest)."""
     from tests import conftest
 
-    real = session_module.parse_line
+    real = codec_module.parse_line
 
     def burning(line: bytes) -> object:
         if line == b"/ping burn":
@@ -382,7 +382,7 @@ async def test_the_loop_check_catches_a_daemon_callback_that_blocks(
                 pass
         return real(line)
 
-    monkeypatch.setattr(session_module, "parse_line", burning)
+    monkeypatch.setattr(codec_module, "parse_line", burning)
     figures_before = len(conftest.FIGURES)
     server = await start_server()
     client = await open_json(server.port, "burner")

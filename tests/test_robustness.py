@@ -524,7 +524,7 @@ async def test_one_sessions_failing_flush_does_not_stop_the_others(
 def test_a_finished_event_loop_is_not_kept_alive() -> None:
     import weakref
 
-    from chatd.daemon.session import _flusher
+    from chatd.daemon.outbox import _flusher
 
     loop = asyncio.new_event_loop()
     loop.run_until_complete(asyncio.sleep(0))

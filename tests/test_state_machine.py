@@ -254,7 +254,7 @@ class RoomMachine(RuleBasedStateMachine):
     def new_manager(self) -> RoomManager:
         return RoomManager(
             max_rooms_per_session=self.per_session,
-            max_rooms=self.max_rooms,
+            max_rooms_on_server=self.max_rooms,
             announce_limit=self.announce_limit,
             history_on_join=self.history,
             store=self.store,
@@ -735,7 +735,7 @@ class RoomMachine(RuleBasedStateMachine):
                 assert member.current is None
         assert len(set(map(id, nicks.values()))) == len(nicks)
         assert DEFAULT_ROOM in live
-        assert manager.room_count == len(live) <= manager.max_rooms
+        assert manager.room_count == len(live) <= manager.max_rooms_on_server
         assert manager.live_rooms() == list(live.values())
         for key, room in live.items():
             assert key == room.key == name_key(room.name)

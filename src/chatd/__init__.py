@@ -1,9 +1,11 @@
 """chatd: a line-protocol chat daemon.
 
-The package splits along the path a line takes: :mod:`chatd.protocol` turns
-bytes into commands and events into bytes, :mod:`chatd.core.rooms` changes the
-shared state and fans events out, :mod:`chatd.daemon.session` owns one connection,
-and :mod:`chatd.daemon.server` owns the listeners.
+The folders are the layers, and imports only point down (tests/test_layers.py):
+:mod:`chatd.protocol` (bytes <-> commands and events, no I/O),
+:mod:`chatd.store`, :mod:`chatd.core` (rooms, dispatch, the bus),
+:mod:`chatd.cluster` and :mod:`chatd.transports`, :mod:`chatd.daemon`
+(server, sessions), then the client, the tools and the command line.
+See docs/ARCHITECTURE.md.
 """
 
 __version__ = "0.1.0"

@@ -1,50 +1,42 @@
 """The room model: nicknames, memberships and fan-out.
 
-:class:`RoomManager` is the only shared mutable state in the daemon. Its
-methods are synchronous and never wait: a membership change or a message and
-its fan-out to every recipient happen in one step of the event loop, so every
-member of a room sees the same order, with no locks.
+:class:`RoomManager` is the only shared mutable state in the daemon, and the
+only code that changes rooms and members. Its methods are synchronous and
+never wait: a membership change or a message and its fan-out to every
+recipient happen in one step of the event loop, so every member of a room
+sees the same order, with no locks.
 
-Members are anything that implements :class:`Member` (a TCP session, later a
-WebSocket session, or a list in a test). The manager talks to them through
-two calls that never block:
-
-* ``deliver(data)`` for what others caused (room messages, joins, DMs): the
-  member may drop itself if it cannot keep up, but must not change the
-  manager's state from inside the call (the manager may be iterating a room);
-* ``reply(data)`` for the answer to the member's own command: never dropped;
-  the member paces its own reading instead.
-
-Every event bound for a room goes through :meth:`RoomManager._fanout`, which
-renders it once per format and hands the same ``bytes`` object to every
-recipient.
-
-In cluster mode (:mod:`chatd.cluster`) the manager holds this node's members
-only. It tells the :class:`~chatd.cluster.Cluster` of every membership
-change and publishes room events through it; room messages are stored and
-published by the store in one step and delivered when they come back from
-Redis (:meth:`RoomManager.remote_message`), so every node sees one order.
+Members are anything that implements :class:`~chatd.core.model.Member` (a
+session on any transport, or a list in a test). Every event bound for a
+room goes through :meth:`RoomManager._send_all`, which encodes it once per
+codec and hands the same ``bytes`` object to every recipient.
 
 Messages (room lines and DMs) go to the :class:`~chatd.store.Store` first
 and are fanned out when the store says they are durable, in store order: a
-message anyone saw is a message the store has. Each room keeps its last
-``history_on_join`` messages in memory, so a join shows them without
-waiting for the store.
+message anyone saw is a message the store has. A room message reaches its
+readers by one path, :meth:`RoomManager.arrived`, whether the
+:class:`~chatd.core.bus.Bus` hands it over as soon as the store has it (one
+daemon) or when it comes back from the other nodes (a cluster). Each room
+keeps its last ``history_on_join`` messages in memory, so a join shows
+them without waiting for the store.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Sequence
 
+from chatd.core.bus import Bus
+from chatd.core.fanout import Watchers, send_all
+from chatd.core.local import LocalBus
+from chatd.core.messages import Messages
+from chatd.core.model import Member, Room
+from chatd.core.pushback import Pushback
+from chatd.core.saved import SavedRooms
 from chatd.core.stats import Stats
+from chatd.core.window import StoreWindow
 from chatd.errors import (
-    ChatError,
     NickRegistered,
     NickTaken,
     NoSuchNick,
@@ -52,16 +44,13 @@ from chatd.errors import (
     NotInRoom,
     RoomExists,
     RoomFull,
-    StorageUnavailable,
     TooManyRooms,
 )
 from chatd.protocol import (
     DEFAULT_ROOM,
     Current,
     Direct,
-    Error,
     Event,
-    Format,
     History,
     Joined,
     Left,
@@ -74,119 +63,8 @@ from chatd.protocol import (
     TopicIs,
     WhoList,
     name_key,
-    render,
 )
-from chatd.store import AccountRooms, MemoryStore, RoomRecord, Store, StoredMessage
-
-if TYPE_CHECKING:
-    from chatd.cluster import Cluster
-
-#: Writes the store may have queued before new messages are refused.
-MAX_STORE_BACKLOG = 50_000
-#: Bytes a message is counted for in the store window beyond its text
-#: (its rendered event's framing: id, time, room, sender).
-MESSAGE_OVERHEAD = 96
-#: Backpressure's budget: seconds that senders may be held back for readers
-#: that are behind, at most HOLD_BURST in one stretch and HOLD_SHARE of the
-#: time after that. A reader a moment behind the talkers uses a little of
-#: it; readers that stop reading, one after another, cannot slow the server
-#: by more than that share.
-HOLD_BURST = 3.0
-HOLD_SHARE = 0.1
-
-
-class Member:
-    """One participant as the room manager sees it.
-
-    The manager owns ``nick``, ``key``, ``rooms`` and ``current``; the member
-    owns ``fmt`` and the two delivery calls.
-    """
-
-    __slots__ = ("account", "current", "fmt", "key", "nick", "rooms")
-
-    def __init__(self, fmt: Format = Format.TEXT) -> None:
-        self.fmt = fmt
-        self.nick: str | None = None
-        self.key: str | None = None
-        self.rooms: dict[str, Room] = {}
-        self.current: Room | None = None
-        #: The id of the account this member is logged in to (None: a guest).
-        self.account: int | None = None
-
-    def deliver(self, data: bytes) -> None:
-        """Queue what others caused. Never blocks; may drop the member."""
-        raise NotImplementedError
-
-    def reply(self, data: bytes) -> None:
-        """Queue an answer to this member's own command. Never blocks or drops."""
-        raise NotImplementedError
-
-    def kick(self, reason: str) -> None:
-        """End this member's connection (after the manager has let it go)."""
-        raise NotImplementedError
-
-    def stall(self, now: float) -> float:
-        """Seconds more that this member, behind on its output (see
-        RoomManager.falling_behind), holds back those who talk to it: while
-        it still reads, senders wait for it; one that stopped reading holds
-        nobody back (it is cut by its own limits instead)."""
-        return 0.0
-
-    def ops_pending(self) -> bool:
-        """Some operation of this member's (begin_op) has not ended yet."""
-        return False
-
-    def begin_op(self, echo_room: str | None = None) -> int:
-        """A command of this member's whose outcome comes later (a message on
-        its way to the store, a barrier) has started; returns its number.
-
-        A member that keeps its replies in command order holds back the
-        replies to its later commands until :meth:`end_op` of this one (or,
-        with ``echo_room``, until its echo from that room, see :meth:`echo`).
-        """
-        return 0
-
-    def echo(self, data: bytes, room_key: str) -> None:
-        """This member's own room message, come back through the cluster."""
-        self.deliver(data)
-
-    def end_op(self, seq: int, data: bytes | None = None) -> None:
-        """Operation ``seq`` is over: its own events were delivered; ``data``
-        is its reply, if it has one (an error, a pong), to go in its place."""
-        if data is not None:
-            self.reply(data)
-
-
-class Room:
-    __slots__ = ("key", "members", "name", "older", "recent", "seen", "topic", "topic_by")
-
-    def __init__(self, name: str, history: int) -> None:
-        self.name = name
-        self.key = name_key(name)
-        #: Members in join order (a dict used as an ordered set).
-        self.members: dict[Member, None] = {}
-        self.topic = ""
-        self.topic_by: str | None = None
-        #: The last messages, shown on join; ``older``: the store has more.
-        self.recent: deque[Message] = deque(maxlen=history)
-        self.older = False
-        #: The id of the last message delivered or seeded from the store (ids
-        #: only grow): a message at or below it is not delivered again.
-        self.seen = 0
-
-    def remember(self, event: Message) -> None:
-        recent = self.recent
-        if recent.maxlen:
-            if len(recent) == recent.maxlen:
-                self.older = True
-            recent.append(event)
-
-
-def stored_event(m: StoredMessage, *, history: bool = False) -> Message | Direct:
-    """The event of a stored message."""
-    if m.room is not None:
-        return Message(m.id, m.ts, m.room, m.sender, m.text, m.action, history)
-    return Direct(m.id, m.ts, m.sender, m.to or "", m.text, history)
+from chatd.store import MemoryStore, RoomRecord, Store, StoredMessage
 
 
 class RoomManager:
@@ -196,7 +74,7 @@ class RoomManager:
         self,
         *,
         max_rooms_per_session: int = 100,
-        max_rooms: int = 10_000,
+        max_rooms_on_server: int = 10_000,
         max_members: int = 1000,
         announce_limit: int = 100,
         history_on_join: int = 20,
@@ -207,7 +85,8 @@ class RoomManager:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.max_rooms_per_session = max_rooms_per_session
-        self.max_rooms = max_rooms
+        #: Rooms live on this daemon at once (general included).
+        self.max_rooms_on_server = max_rooms_on_server
         #: Members of one room (on this daemon); general is exempt.
         self.max_members = max_members
         #: Rooms with more members than this do not announce joins and leaves
@@ -215,63 +94,48 @@ class RoomManager:
         #: N*N/2 deliveries. The member who joins or leaves is still told.
         self.announce_limit = announce_limit
         self.history_on_join = history_on_join
-        #: The store window: messages (and their bytes) accepted but not yet
-        #: confirmed by the store. A store that confirms in groups (SQLite's
-        #: group commit, Redis's pipelines) delivers a whole group in one
-        #: loop pass; the window bounds what one pass can put into any
-        #: member's outbox, so a reader that keeps up is never cut by a
-        #: burst. Senders past the window wait (see store_full): the
-        #: pushback is on them, never on the readers.
-        self.store_window_bytes = store_window_bytes
-        self.store_window_messages = store_window_messages
-        self._unstored_bytes = 0
-        self._unstored = 0
-        self._store_space: asyncio.Future[None] | None = None
-        #: Members whose messages were stored in cluster mode and whose
-        #: echoes are on their way back from Redis: (member, op number).
-        self._echoes: list[tuple[Member, int]] = []
-        self._echo_barrier = False
-        #: Members whose outbox is over the soft limit; senders to them wait
-        #: while they are still reading (backpressure), and ``_relief`` is
-        #: done when one of them catches up or goes.
-        self._behind: dict[Member, None] = {}
-        self._relief: asyncio.Future[None] | None = None
-        #: The holding budget (see HOLD_BURST): seconds left, when it was
-        #: last brought up to date (loop time), and how many senders wait.
-        self._hold_left = HOLD_BURST
-        self._hold_stamp = 0.0
-        self._holders = 0
+        #: Messages on their way to the store (see chatd.core.window).
+        self.window = StoreWindow(store_window_bytes, store_window_messages)
         self.store: Store = store if store is not None else MemoryStore()
         self.stats = stats if stats is not None else Stats()
         self._clock = clock
-        #: Set by :class:`~chatd.cluster.Cluster` in cluster mode.
-        self.cluster: Cluster | None = None
         self._nicks: dict[str, Member] = {}
         self._rooms: dict[str, Room] = {}
-        #: Members whose account's rooms are being rejoined: saved once, at the end.
-        self._rejoining: set[Member] = set()
+        #: Senders wait for readers a moment behind (see chatd.core.pushback).
+        self.pushback = Pushback(self._nicks.get)
+        #: One daemon until a cluster attaches its bus (see attach).
+        self.bus: Bus = LocalBus(self)
+        self.messages = Messages(
+            self.store, self.stats, self.window, self.bus, self._nicks, self.now
+        )
+        #: Each account's rooms, which its next login rejoins.
+        self.saved = SavedRooms(self.store)
         #: Members that asked for ``room`` events (``/rooms watch``).
-        self._watchers: dict[Member, None] = {}
-        self._next_id = 1
+        self.watchers = Watchers()
         self._add_room(DEFAULT_ROOM)
+
+    def attach(self, bus: Bus) -> None:
+        """Reach the rest of the chat through ``bus`` (before restore)."""
+        self.bus = self.messages.bus = bus
 
     async def restore(self) -> None:
         """Take up where the store left off: message ids, rooms with topics."""
-        self._next_id = self.store.last_id + 1
-        records = await self.store.rooms()
-        if self.cluster is not None:
-            # Other rooms become live here when someone here joins them.
-            records = [r for r in records if name_key(r.name) == DEFAULT_ROOM]
-        for record in records:
-            room = self._rooms.get(name_key(record.name)) or self._add_room(record.name)
-            room.topic, room.topic_by = record.topic, record.topic_by
+        self.bus.restored(self.store.last_id)
+        for record in await self.store.rooms():
+            if self.bus.keeps(record):
+                room = self._rooms.get(name_key(record.name)) or self._add_room(record.name)
+                room.topic, room.topic_by = record.topic, record.topic_by
         if self.history_on_join:
             for room in self._rooms.values():
-                self.seed(room, *await self.store.recent(room.key, self.history_on_join))
+                room.seed(*await self.store.recent(room.key, self.history_on_join))
 
     def is_live(self, room_name: str) -> bool:
         """Whether a room is in memory (else a join should fetch its history first)."""
         return name_key(room_name) in self._rooms
+
+    def live(self, name: str) -> Room | None:
+        """The room in memory of that name, if it is."""
+        return self._rooms.get(name_key(name))
 
     def members(self) -> list[Member]:
         """Every member with a nickname."""
@@ -280,6 +144,10 @@ class RoomManager:
     def live_rooms(self) -> list[Room]:
         """The rooms in memory."""
         return list(self._rooms.values())
+
+    @property
+    def room_count(self) -> int:
+        return len(self._rooms)
 
     # -- queries ---------------------------------------------------------
 
@@ -353,7 +221,7 @@ class RoomManager:
         audience: dict[Member, None] = {member: None}
         for room in member.rooms.values():
             audience.update(room.members)
-        self._send_all(audience, NickChanged(old, nick), member)
+        send_all(audience, NickChanged(old, nick), member)
 
     def login(self, member: Member, nick: str, account: int) -> None:
         """Log a member in to an account whose password it proved.
@@ -407,20 +275,17 @@ class RoomManager:
                 raise RoomFull(f"#{room.name} has {len(room.members)} members, the most allowed")
             created = room is None
             if room is None:
-                if len(self._rooms) >= self.max_rooms:
+                if len(self._rooms) >= self.max_rooms_on_server:
                     raise TooManyRooms(
                         f"the server has {len(self._rooms)} rooms, the most allowed; "
                         "/join an existing one"
                     )
                 room = self._add_room(room_name)
                 if history is not None:
-                    self.seed(room, *history)
+                    room.seed(*history)
             room.members[member] = None
             member.rooms[key] = room
-            if self.cluster is not None:
-                self.cluster.joined(member, room.key, room.name)
-            elif created:  # in cluster mode Redis tells (remote_room)
-                self._room_changed(RoomChanged(room.name, "created", len(room.members)))
+            self.bus.joined(member, room, created)
             self._announce(room, member, Joined(room.name, member.nick or ""))
             if room.topic:
                 self._tell(member, TopicIs(room.name, room.topic, room.topic_by))
@@ -428,7 +293,7 @@ class RoomManager:
                 self._show_history(member, room)
         member.current = room
         self._tell(member, Current(room.name))
-        self.save_rooms(member)
+        self.saved.save(member)
 
     def leave(self, member: Member, room_name: str | None = None) -> None:
         if room_name is None:
@@ -448,85 +313,22 @@ class RoomManager:
             # Fall back to the most recently joined room, if any.
             member.current = next(reversed(member.rooms.values()), None)
             self._tell(member, Current(member.current.name if member.current else None))
-        self.save_rooms(member)
-
-    def save_rooms(self, member: Member) -> None:
-        """Remember a logged-in member's rooms, which its next login rejoins.
-
-        Called on /join and /leave, not when a connection ends: quitting keeps
-        an account's rooms, an explicit /leave forgets the room.
-        """
-        if member.account is None or member.key is None or member in self._rejoining:
-            return
-        current = member.current.name if member.current is not None else None
-        rooms = tuple(room.name for room in member.rooms.values())
-        self.store.save_account_rooms(member.account, AccountRooms(rooms, current))
-
-    @contextlib.contextmanager
-    def rejoining(self, member: Member) -> Iterator[None]:
-        """Save ``member``'s rooms once when the block ends, not at each join.
-
-        A login lands in general and then rejoins the account's rooms one by
-        one, possibly waiting for the store between them: saving halfway
-        would make the account forget rooms if the connection ended there.
-        """
-        self._rejoining.add(member)
-        try:
-            yield
-        finally:
-            self._rejoining.discard(member)
-        self.save_rooms(member)
+        self.saved.save(member)
 
     def say(self, member: Member, text: str, *, action: bool = False) -> None:
         """Store a room message; everyone in the room sees it once it is stored."""
-        room = self._current(member)
-        self._check_store()
-        nick = member.nick or ""
-        if self.cluster is not None:
-            # The store publishes it; every node delivers it as it comes back.
-            record = StoredMessage(
-                0, self._now(), room.name, nick, None, text, action, member.account
-            )
-            self._store_then(member, record, lambda: 0)
-            return
-        event = Message(self._take_id(), self._now(), room.name, nick, text, action)
-        record = StoredMessage(
-            event.id, event.ts, room.name, nick, None, text, action, member.account
-        )
-        key = room.key
-
-        def deliver() -> int | None:
-            live = self._rooms.get(key)
-            # A room forgotten and joined again meanwhile was seeded from the
-            # store, which may already hold this message: it was shown then.
-            if live is None or event.id <= live.seen:
-                return None
-            live.seen = event.id
-            live.remember(event)
-            self._fanout(live, event)
-            return len(live.members)
-
-        self._store_then(member, record, deliver)
+        self.messages.say(member, self._current(member), text, action)
 
     def direct(self, member: Member, to: str, text: str) -> None:
+        """Store a private message; its reader (and its sender) see it once it is."""
         target = self._nicks.get(name_key(to))
         if target is None:
             raise NoSuchNick(f"nobody is called {to}")
-        self._check_store()
-        nick, target_nick = member.nick or "", target.nick or ""
-        event = Direct(self._take_id(), self._now(), nick, target_nick, text)
-        record = StoredMessage(
-            event.id, event.ts, None, nick, target_nick, text, False, member.account, target.account
-        )
+        self.messages.direct(member, target, text)
 
-        def deliver() -> int:
-            audience: dict[Member, None] = {member: None}
-            if target.key is not None and self._nicks.get(target.key) is target:
-                audience[target] = None
-            self._send_all(audience, event)
-            return len(audience)
-
-        self._store_then(member, record, deliver)
+    def check_store(self) -> None:
+        """Refuse a message while the store is far behind."""
+        self.messages.check_store()
 
     def set_topic(self, member: Member, text: str) -> None:
         room = self._current(member)
@@ -540,8 +342,8 @@ class RoomManager:
         ``release=False`` keeps the nickname taken in the cluster (it passes
         to another member of this node).
         """
-        self._watchers.pop(member, None)
-        self.caught_up(member)
+        self.watchers.watch(member, False)
+        self.pushback.caught_up(member)
         if member.key is None:
             return
         for room in list(member.rooms.values()):
@@ -551,74 +353,35 @@ class RoomManager:
                 self._fanout(room, Left(room.name, member.nick or "", reason))
         member.current = None
         del self._nicks[member.key]
-        if self.cluster is not None and release:
-            self.cluster.released(member.key)
+        if release:
+            self.bus.released(member.key)
         member.key = None
 
     def watch_rooms(self, member: Member, on: bool) -> None:
-        """Start or stop sending ``member`` the ``room`` events (``/rooms watch``).
+        """Start or stop sending ``member`` the ``room`` events (``/rooms watch``)."""
+        self.watchers.watch(member, on)
 
-        Opt-in: a room created among thousands of connections costs one
-        delivery per watcher, not one per connection. Logging out or
-        disconnecting stops it.
-        """
-        if on:
-            self._watchers[member] = None
-        else:
-            self._watchers.pop(member, None)
-
-    def _room_changed(self, event: RoomChanged) -> None:
-        """Tell the watchers that a room came into use or went out of use.
-
-        The one place that decides who learns of a room: every room is
-        visible to everyone today; a room some may not see is filtered here.
-        """
-        if self._watchers:
-            self._send_all(self._watchers, event)
-
-    # -- cluster mode ------------------------------------------------------
-
-    def remote_room(self, event: RoomChanged) -> None:
-        """A room created or removed anywhere in the cluster (this node included)."""
-        self._room_changed(event)
+    def account_created(self, member: Member, account: int) -> None:
+        """``member`` registered its nickname: it is logged in to the new account,
+        and the rooms it is in are the account's now."""
+        member.account = account
+        self._tell(member, Registered(member.nick or "", True))
+        self.saved.save(member)
 
     def barrier(self, done: Callable[[], None]) -> None:
         """``done`` once everything said before is stored and delivered."""
-        if self.cluster is not None:
-            self.cluster.barrier(done)
-        else:
-            self.store.barrier(done)
+        self.bus.barrier(done)
 
-    def open_room(self, name: str) -> Room:
-        """The room in memory, made live (cluster mode) before anyone joins it."""
-        room = self._rooms.get(name_key(name))
-        if room is None:
-            if len(self._rooms) >= self.max_rooms:
-                raise TooManyRooms(
-                    f"this server has {len(self._rooms)} rooms live, the most allowed"
-                )
-            room = self._add_room(name)
-        return room
+    # -- what arrives through the bus ------------------------------------------
 
-    def close_room(self, room: Room) -> None:
-        """Forget a live room nobody here is in (cluster mode)."""
-        if room.members or room.key == DEFAULT_ROOM or self._rooms.get(room.key) is not room:
-            return
-        del self._rooms[room.key]
-        if self.cluster is not None:
-            self.cluster.closed(room.key)
-
-    def discard_room(self, name: str) -> None:
-        """Forget a live room if nobody here is in it (cluster mode)."""
-        room = self._rooms.get(name_key(name))
-        if room is not None:
-            self.close_room(room)
-
-    def remote_message(self, event: Message) -> None:
-        """A room message from the cluster (this node's own included)."""
+    def arrived(self, event: Message) -> bool:
+        """A room message the store has, to every member of its room here:
+        the one way a room message reaches its readers. False if it did not
+        (no such room here, or it was shown already: a room forgotten and
+        joined again was seeded from the store, which may hold it)."""
         room = self._rooms.get(name_key(event.room))
         if room is None or event.id <= room.seen:
-            return
+            return False
         room.seen = event.id
         room.remember(event)
         members = room.members
@@ -626,50 +389,85 @@ class RoomManager:
         sender = self._nicks.get(name_key(event.sender))
         if sender is not None and sender.ops_pending() and sender in members:
             # In its place among the replies to the sender's commands.
-            sender.echo(render(event, sender.fmt), room.key)
-            self._send_all([m for m in members if m is not sender], event)
+            data = sender.codec.encode(event)
+            sender.echo(data, room.key)
+            send_all(members, event, skip=sender, encoded={sender.codec: data})
         else:
-            self._send_all(members, event)
+            send_all(members, event)
+        return True
 
-    def remote_direct(self, event: Direct) -> None:
+    def direct_arrived(self, event: Direct) -> None:
+        """A private message for a member here, from anywhere."""
         target = self._nicks.get(name_key(event.to))
         if target is not None:
-            target.deliver(render(event, target.fmt))
+            target.deliver(target.codec.encode(event))
             self.stats.messages_out += 1
 
-    def remote_event(self, room_key: str, event: Event) -> None:
-        """A join, leave or topic from another node."""
+    def direct_sent(self, member: Member, event: Direct) -> None:
+        """``member``'s private message is stored and on its way to its reader."""
+        self.stats.messages_in += 1
+        if name_key(event.to) != member.key:  # to oneself it arrives as any other
+            self._tell(member, event)
+            self.stats.messages_out += 1
+
+    def event_arrived(self, room_key: str, event: Event) -> None:
+        """A join, leave or topic from elsewhere, for the room's members here."""
         room = self._rooms.get(room_key)
         if room is None:
             return
         if isinstance(event, TopicIs):
             room.topic, room.topic_by = event.topic, event.by
-        self._send_all(room.members, event)
+        send_all(room.members, event)
 
-    def remote_rename(self, event: NickChanged, room_keys: Iterable[str]) -> None:
+    def rename_arrived(self, event: NickChanged, room_keys: Iterable[str]) -> None:
+        """Someone elsewhere changed nickname: tell its rooms' members here."""
         audience: dict[Member, None] = {}
         for key in room_keys:
             room = self._rooms.get(key)
             if room is not None:
                 audience.update(room.members)
-        self._send_all(audience, event)
+        send_all(audience, event)
 
-    def remote_kick(self, key: str, reason: str) -> None:
-        """Someone logged in to this member's account on another node."""
+    def kick(self, key: str, reason: str) -> None:
+        """End the connection of the member holding nickname key ``key``
+        (its account was logged in to elsewhere); its nickname stays taken."""
         member = self._nicks.get(key)
         if member is not None:
             self.disconnect(member, reason, release=False)
             member.kick(reason)
 
-    async def send_direct(self, member: Member, to: str, text: str) -> None:
-        """A private message through the cluster, to whichever node holds ``to``."""
-        assert self.cluster is not None
-        self._check_store()
-        event = await self.cluster.direct(member, to, text, self._now())
-        self.stats.messages_in += 1
-        if name_key(to) != member.key:  # to oneself it comes back through Redis
-            self._tell(member, event)
-            self.stats.messages_out += 1
+    def room_changed(self, event: RoomChanged) -> None:
+        """A room came into use or went out of use: tell the watchers."""
+        self.watchers.tell(event)
+
+    # -- rooms the bus makes live and forgets ------------------------------------
+
+    def open_room(self, name: str) -> Room:
+        """The room in memory, made live before anyone here joins it."""
+        room = self._rooms.get(name_key(name))
+        if room is None:
+            if len(self._rooms) >= self.max_rooms_on_server:
+                raise TooManyRooms(
+                    f"this server has {len(self._rooms)} rooms live, the most allowed"
+                )
+            room = self._add_room(name)
+        return room
+
+    def describe(self, room: Room, name: str, topic: str, by: str | None) -> None:
+        """What the store knows of a room being made live: its name and topic."""
+        room.name, room.topic, room.topic_by = name, topic, by
+
+    @staticmethod
+    def seed(room: Room, messages: Sequence[StoredMessage], more: bool) -> None:
+        """Merge stored messages with what the room already shows, in id order."""
+        room.seed(messages, more)
+
+    def close_room(self, room: Room) -> bool:
+        """Forget a live room nobody here is in; False if it stays."""
+        if room.members or room.key == DEFAULT_ROOM or self._rooms.get(room.key) is not room:
+            return False
+        del self._rooms[room.key]
+        return True
 
     # -- internals -------------------------------------------------------
 
@@ -683,215 +481,26 @@ class RoomManager:
         self._rooms[room.key] = room
         return room
 
-    @staticmethod
-    def seed(room: Room, messages: Sequence[StoredMessage], more: bool) -> None:
-        """Merge stored messages with what the room already shows, in id order."""
-        merged = {event.id: event for event in room.recent}
-        for m in messages:
-            if m.id not in merged and isinstance(event := stored_event(m), Message):
-                merged[m.id] = event
-        room.recent.clear()
-        room.older = False
-        for message_id in sorted(merged):
-            room.remember(merged[message_id])
-        room.older = room.older or more
-        if room.recent:
-            room.seen = max(room.seen, room.recent[-1].id)
-
     def _show_history(self, member: Member, room: Room) -> None:
-        fmt = member.fmt
+        codec = member.codec
         for event in room.recent:
-            member.reply(render(dataclasses.replace(event, history=True), fmt))
+            member.reply(codec.encode(dataclasses.replace(event, history=True)))
         before = room.recent[0].id if room.older else None
         self._tell(member, History(room.name, None, len(room.recent), room.older, before))
-
-    def _store_then(
-        self, member: Member, record: StoredMessage, deliver: Callable[[], int | None]
-    ) -> None:
-        """Store a message, then deliver it and count it (unless deliver returns None).
-
-        If the store fails, the sender is told and nobody sees the message.
-        The message is one of the sender's operations (:meth:`Member.begin_op`):
-        its echo, or the error, comes before the replies to its later commands.
-        """
-        arrived = time.perf_counter()
-        # In cluster mode a room message's echo comes back through Redis.
-        echo_room = record.room if self.cluster is not None else None
-        seq = member.begin_op(name_key(echo_room) if echo_room is not None else None)
-        size = len(record.text) + MESSAGE_OVERHEAD
-        self._unstored += 1
-        self._unstored_bytes += size
-
-        def stored(exc: BaseException | None) -> None:
-            self._unstored -= 1
-            self._unstored_bytes -= size
-            if self._store_space is not None and self._unstored_bytes <= (
-                self.store_window_bytes // 2
-            ):
-                self._store_space.set_result(None)
-                self._store_space = None
-            if exc is not None:
-                member.end_op(seq, render(Error.of(self._store_error(exc)), member.fmt))
-                return
-            committed = time.perf_counter()
-            recipients = deliver()
-            if self.cluster is not None:
-                self._after_echo(member, seq)
-            else:
-                member.end_op(seq)
-            if recipients is None:
-                return
-            stats = self.stats
-            stats.messages_in += 1
-            stats.messages_out += recipients
-            stats.store_latency.observe(committed - arrived)
-            stats.fanout_latency.observe(time.perf_counter() - arrived)
-
-        self.store.append(record, stored)
-
-    @property
-    def store_full(self) -> bool:
-        """The store window is full: a new message should wait (store_space)."""
-        return (
-            self._unstored_bytes >= self.store_window_bytes
-            or self._unstored >= self.store_window_messages
-        )
-
-    def store_space(self) -> asyncio.Future[None]:
-        """A future done once the store window is half empty again."""
-        if self._store_space is None:
-            self._store_space = asyncio.get_running_loop().create_future()
-        return self._store_space
-
-    # -- pushback ------------------------------------------------------------
-
-    def falling_behind(self, member: Member) -> None:
-        """``member``'s outbox went over its soft limit."""
-        self._behind[member] = None
-
-    def caught_up(self, member: Member) -> None:
-        """``member``'s outbox is under its soft limit again, or it is gone."""
-        if member in self._behind:
-            del self._behind[member]
-            if self._relief is not None:
-                self._relief.set_result(None)
-                self._relief = None
-
-    def backpressure(self, member: Member, to: str | None, now: float) -> float:
-        """Seconds ``member`` should wait before its next message to the
-        current room (or to nick ``to``), at most; 0.0: send now.
-
-        A reader that is behind but still reading holds the message back
-        until it catches up: the sender waits (and TCP pushes back on it),
-        not the reader, which is not cut for lagging a moment behind the
-        talkers. One that has stopped reading holds nobody back for longer
-        than its stall allows (see Member.stall), and all of them together
-        no longer than the holding budget (HOLD_BURST, HOLD_SHARE): past it,
-        a reader much slower than its room meets the outbox limits as before.
-        """
-        if not self._behind or self._hold_budget(now) <= 0.0:
-            return 0.0
-        wait = 0.0
-        if to is None:
-            room = member.current
-            if room is None:
-                return 0.0
-            for other in self._behind:
-                if other is not member and other in room.members:
-                    wait = max(wait, other.stall(now))
-        else:
-            target = self._nicks.get(name_key(to))
-            if target is not None and target is not member and target in self._behind:
-                wait = target.stall(now)
-        return min(wait, self._hold_left)
-
-    def hold(self, now: float, holding: bool) -> None:
-        """A sender starts (``holding``) or stops waiting for backpressure."""
-        self._hold_budget(now)
-        self._holders += 1 if holding else -1
-
-    def _hold_budget(self, now: float) -> float:
-        """The seconds of holding left: spent while any sender waits, earned
-        back at HOLD_SHARE a second while none does."""
-        elapsed = max(0.0, now - self._hold_stamp)
-        self._hold_stamp = now
-        if self._holders:
-            self._hold_left = max(0.0, self._hold_left - elapsed)
-        else:
-            self._hold_left = min(HOLD_BURST, self._hold_left + elapsed * HOLD_SHARE)
-        return self._hold_left
-
-    @property
-    def anyone_behind(self) -> bool:
-        """Some member is behind on its output (backpressure may apply)."""
-        return bool(self._behind)
-
-    def relief(self) -> asyncio.Future[None]:
-        """A future done when a member that was behind catches up or goes."""
-        if self._relief is None:
-            self._relief = asyncio.get_running_loop().create_future()
-        return self._relief
-
-    def _after_echo(self, member: Member, seq: int) -> None:
-        """Cluster mode: a stored message comes back through Redis later; its
-        operation ends with its echo (Member.echo), or else after a barrier
-        that passes once it came back (the sender left the room meanwhile).
-        One barrier at a time serves every message stored before it was
-        sent; those stored while it is on its way wait for the next one."""
-        self._echoes.append((member, seq))
-        if not self._echo_barrier:
-            self._send_echo_barrier()
-
-    def _send_echo_barrier(self) -> None:
-        batch, self._echoes = self._echoes, []
-        self._echo_barrier = True
-
-        def back() -> None:
-            self._echo_barrier = False
-            for member, seq in batch:
-                member.end_op(seq)
-            if self._echoes:
-                self._send_echo_barrier()
-
-        self.barrier(back)
-
-    @property
-    def room_count(self) -> int:
-        return len(self._rooms)
-
-    def _check_store(self) -> None:
-        if self.store.backlog > MAX_STORE_BACKLOG:
-            raise StorageUnavailable("the message store is falling behind; try again shortly")
-
-    @staticmethod
-    def _store_error(exc: BaseException) -> ChatError:
-        if isinstance(exc, ChatError):
-            return exc
-        return StorageUnavailable(f"your message was not sent: {exc}")
 
     def _remove(self, member: Member, room: Room) -> None:
         del room.members[member]
         del member.rooms[room.key]
         if member.current is room:
             member.current = None
-        cluster = self.cluster
-        if cluster is not None:
-            cluster.left(member, room.key)
-            if not room.members and not cluster.opening(room.key):
-                self.close_room(room)
-        elif not room.members and room.key != DEFAULT_ROOM and not room.topic:
-            del self._rooms[room.key]
-            self._room_changed(RoomChanged(room.name, "removed", 0))
+        self.bus.left(member, room)
 
-    def _take_id(self) -> int:
-        self._next_id += 1
-        return self._next_id - 1
-
-    def _now(self) -> float:
+    def now(self) -> float:
+        """The time stamp of a new message (seconds, to the millisecond)."""
         return round(self._clock(), 3)
 
     def _tell(self, member: Member, event: Event) -> None:
-        member.reply(render(event, member.fmt))
+        member.reply(member.codec.encode(event))
 
     def _announce(self, room: Room, member: Member, event: Joined | Left) -> None:
         """A join or leave: to the room, or only to the member in a crowded room."""
@@ -901,31 +510,12 @@ class RoomManager:
             self._fanout(room, event, member)
 
     def _fanout(self, room: Room, event: Event, actor: Member | None = None) -> None:
-        """Deliver an event to every member of a room, rendering once per format
-        (and, in cluster mode, to its members on the other nodes).
+        """Deliver an event to every member of a room here and publish it to
+        its members elsewhere.
 
         ``actor``, the member whose command caused it, gets it as a reply
         while earlier commands of its are still pending, so that it comes in
         its place among the replies to its commands.
         """
-        self._send_all(room.members, event, actor)
-        if self.cluster is not None:
-            self.cluster.publish(room.key, event)
-
-    @staticmethod
-    def _send_all(members: Iterable[Member], event: Event, actor: Member | None = None) -> None:
-        as_json: bytes | None = None
-        as_text: bytes | None = None
-        if actor is not None and actor.ops_pending() and actor in members:
-            # Behind the actor's replies still held for its earlier commands.
-            actor.reply(render(event, actor.fmt))
-            members = [m for m in members if m is not actor]
-        for member in members:
-            if member.fmt:
-                if as_json is None:
-                    as_json = render(event, Format.JSON)
-                member.deliver(as_json)
-            else:
-                if as_text is None:
-                    as_text = render(event, Format.TEXT)
-                member.deliver(as_text)
+        send_all(room.members, event, actor)
+        self.bus.publish(room, event)

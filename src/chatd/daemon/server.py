@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import ssl
 import time
 from collections import Counter
@@ -24,12 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 from chatd.config import Settings
 from chatd.core.accounts import Auth
+from chatd.core.dispatch import Dispatcher
 from chatd.core.rooms import RoomManager
 from chatd.core.stats import Stats
-from chatd.daemon.session import LINGER_SECONDS, Session, TokenBucket
+from chatd.daemon.build import build_manager
+from chatd.daemon.flood import TokenBucket
+from chatd.daemon.outbox import LINGER_SECONDS
+from chatd.daemon.session import Session
 from chatd.errors import ChatError, ServerFull, TooManyConnections
 from chatd.protocol import Error, Format, render
-from chatd.store import Store, open_store
 from chatd.transports.base import Connection
 from chatd.transports.tcp import (
     ACCEPT_BATCH,
@@ -45,7 +46,6 @@ from chatd.transports.web import WebGateway, WebSocketConnection
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from chatd.cluster import Cluster
 
 logger = logging.getLogger(__name__)
 
@@ -55,21 +55,10 @@ class Server:
 
     def __init__(self, settings: Settings, manager: RoomManager | None = None) -> None:
         self.settings = settings
-        self.cluster: Cluster | None = None
-        if manager is None:
-            if settings.redis is None:
-                manager = self._manager(open_store(settings.db, sync=settings.db_sync))
-            else:
-                from chatd.cluster import Cluster, RedisLink, RedisStore
-
-                node = settings.node_id or f"{socket.gethostname()}-{os.getpid()}"
-                link = RedisLink(settings.redis)
-                store = RedisStore(link, node=node, history=settings.redis_history)
-                manager = self._manager(store)
-                self.cluster = Cluster(store, manager, ttl=settings.node_ttl)
-        self.manager = manager
+        self.manager = manager if manager is not None else build_manager(settings)
         self.stats: Stats = self.manager.stats
         self.auth = Auth(settings.password_cost, settings.login_fail_delay)
+        self.dispatcher = Dispatcher(self.manager, settings, self.auth)
         #: Raises OSError or ssl.SSLError when the files do not load.
         self.tls = (
             ServerTLS(settings.tls_cert, settings.tls_key)
@@ -95,21 +84,6 @@ class Server:
         self._refusals = _WindowedLog("refused a connection from %s: %s")
         self._tls_failures = _WindowedLog("TLS handshake with %s failed: %s", logging.INFO)
         self._socket_options = socket_options(settings)
-
-    def _manager(self, store: Store) -> RoomManager:
-        s = self.settings
-        return RoomManager(
-            max_rooms_per_session=s.max_rooms_per_session,
-            max_rooms=s.max_total_rooms,
-            max_members=s.max_room_members,
-            announce_limit=s.announce_limit,
-            history_on_join=s.history_on_join,
-            # Half the soft limit: what one group of confirmations can add
-            # to an outbox leaves a reader that keeps up well inside it.
-            store_window_bytes=max(s.soft_queue_bytes // 2, s.max_line),
-            store_window_messages=max(s.max_queue_events // 8, 1),
-            store=store,
-        )
 
     @property
     def session_count(self) -> int:
@@ -150,8 +124,7 @@ class Server:
         await store.open()
         s = self.settings
         try:
-            if self.cluster is not None:
-                await self.cluster.start()
+            await self.manager.bus.start()
             await self.manager.restore()
             if not s.tls_only:
                 self._listener = await self._listen(self._on_connect, s.port)
@@ -169,8 +142,7 @@ class Server:
                 await self._web.start()
         except BaseException:
             await self._close_listeners()
-            if self.cluster is not None:
-                await self.cluster.stop()
+            await self.manager.bus.stop()
             await store.close()
             self.auth.close()
             raise
@@ -214,8 +186,8 @@ class Server:
         if self._closing:
             return False, "shutting down"
         store = self.manager.store
-        if self.cluster is not None and not self.cluster.link.up:
-            return False, self.cluster.link.why
+        if trouble := self.manager.bus.trouble:
+            return False, trouble
         if not store.healthy:
             return False, "a store write failed in the last 30 s"
         # The probe is a real commit: one a second at most, however often asked.
@@ -365,7 +337,7 @@ class Server:
             self.settings,
             conn,
             fmt=Format.JSON if conn.transport == "ws" else Format.TEXT,
-            auth=self.auth,
+            dispatcher=self.dispatcher,
         )
         self._sessions[session] = task
         if not slot_held:
@@ -443,8 +415,7 @@ class Server:
                 await asyncio.wait(late)
         await self._close_listeners()
         # Every session is over: nothing more can be written.
-        if self.cluster is not None:
-            await self.cluster.stop()
+        await self.manager.bus.stop()
         await self.manager.store.close()
         self.auth.close()
         logger.info("shutdown complete")

@@ -1,0 +1,1 @@
+"""Tools run against a daemon from outside: the benchmark and the soak run."""

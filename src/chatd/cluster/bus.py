@@ -1,0 +1,493 @@
+"""The cluster's :class:`~chatd.core.bus.Bus`: presence, subscriptions and
+fan-in through Redis (see :mod:`chatd.cluster`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final
+
+from redis.exceptions import RedisError
+
+from chatd.cluster.link import COMMAND_TIMEOUT, Unavailable, _text
+from chatd.cluster.listener import Listener
+from chatd.cluster.scripts import (
+    BUMP_ID,
+    CLAIM,
+    DIRECT,
+    HEARTBEAT,
+    JOIN,
+    LEAVE,
+    REAP,
+    RELEASE,
+    ROOMS,
+    P,
+)
+from chatd.cluster.store import RedisStore, _stream_message
+from chatd.core.bus import Bus, Hub, Opening
+from chatd.core.model import Member, Room
+from chatd.errors import (
+    ClusterUnavailable,
+    NickRegistered,
+    NickTaken,
+    NoSuchNick,
+    NoSuchRoom,
+    NotInRoom,
+    RoomExists,
+)
+from chatd.protocol import (
+    DEFAULT_ROOM,
+    Direct,
+    Event,
+    Joined,
+    Left,
+    Message,
+    RoomList,
+    TopicIs,
+    WhoList,
+    name_key,
+)
+from chatd.store import (
+    RoomRecord,
+    StoreError,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Most messages fetched per room from its stream after an outage.
+CATCH_UP_MAX: Final = 1000
+
+
+class ClusterBus(Bus):
+    """This node's part in the cluster: presence, subscriptions, fan-in.
+
+    The :class:`~chatd.core.rooms.RoomManager` calls the non-async methods
+    as its members change (they queue writes and never wait); the dispatcher
+    awaits the async ones (claiming a nickname, opening a room, queries).
+    What arrives from Redis goes to the manager through its
+    :class:`~chatd.core.bus.Hub` calls.
+    """
+
+    def __init__(self, store: RedisStore, hub: Hub, *, ttl: float) -> None:
+        self.store = store
+        self.link = link = store.link
+        self.hub = hub
+        self.node = store.node
+        self.history = store.history
+        self.ttl = ttl
+        for name, source in (
+            ("claim", CLAIM),
+            ("release", RELEASE),
+            ("join", JOIN),
+            ("leave", LEAVE),
+            ("direct", DIRECT),
+            ("heartbeat", HEARTBEAT),
+            ("reap", REAP),
+            ("rooms", ROOMS),
+            ("bump_id", BUMP_ID),
+        ):
+            link.script(name, source)
+        link.on_up = self._rejoin
+        link.on_down = self._lost
+        self._opening: dict[str, asyncio.Future[bool]] = {}
+        self._barriers: dict[int, Callable[[], None]] = {}
+        self._barrier_seq = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self.listener = Listener(
+            link,
+            self.node,
+            hub,
+            opening=self._opening.__contains__,
+            barrier_back=self._barrier_back,
+        )
+        #: Nicknames being claimed by members of this node right now.
+        self._claiming: set[str] = set()
+        #: Messages stored whose echoes are on their way back from Redis:
+        #: (member, op number); one echo barrier at a time is out for them.
+        self._echoes: list[tuple[Member, int]] = []
+        self._echo_barrier = False
+
+    # -- life cycle ------------------------------------------------------
+
+    async def start(self) -> None:
+        """Take this node's place: drop a stale self, subscribe, heartbeat."""
+        await self.link.call("reap", self.node, "node restarted")
+        await self.link.call("heartbeat", self.node, int(self.ttl * 1000))
+        await self.link.command("HSETNX", P + "roomnames", DEFAULT_ROOM, DEFAULT_ROOM)
+        await self.listener.subscribe_all()
+        self._tasks = [
+            asyncio.create_task(self.listener.read_loop(), name="chatd-redis-reader"),
+            asyncio.create_task(self._heartbeat_loop(), name="chatd-heartbeat"),
+        ]
+        logger.info("node %s joined the cluster at %s", self.node, self.link.url)
+
+    async def stop(self) -> None:
+        """Leave: let the queued writes finish, then remove this node's state."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                await self.link.drained()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                logger.exception("cluster task %s failed", task.get_name())
+        self._tasks = []
+        with contextlib.suppress(Unavailable, RedisError):
+            await self.link.call("reap", self.node, "node stopped")
+        await self.listener.close()
+
+    @property
+    def trouble(self) -> str:
+        return "" if self.link.up else self.link.why
+
+    # -- called by the room manager (never wait) -----------------------------
+
+    def restored(self, last_id: int) -> None:
+        pass  # Redis numbers the messages
+
+    def keeps(self, record: RoomRecord) -> bool:
+        # Other rooms become live here when someone here joins them.
+        return name_key(record.name) == DEFAULT_ROOM
+
+    def number(self) -> int:
+        return 0  # the store's script takes the id from chatd:msgid
+
+    def echo_room(self, room_key: str) -> str | None:
+        return room_key  # every node delivers a message as it comes back
+
+    def stored(self, member: Member, seq: int, event: Message) -> bool:
+        """A message is stored and published: it reaches every node's
+        members, this one's included, as it comes back from Redis. Its
+        operation ends with its echo (Member.echo), or else after a barrier
+        that passes once it came back (the sender left the room meanwhile).
+        One barrier at a time serves every message stored before it was
+        sent; those stored while it is on its way wait for the next one."""
+        self._echoes.append((member, seq))
+        if not self._echo_barrier:
+            self._send_echo_barrier()
+        return True
+
+    def _send_echo_barrier(self) -> None:
+        batch, self._echoes = self._echoes, []
+        self._echo_barrier = True
+
+        def back() -> None:
+            self._echo_barrier = False
+            for member, seq in batch:
+                member.end_op(seq)
+            if self._echoes:
+                self._send_echo_barrier()
+
+        self.barrier(back)
+
+    def joined(self, member: Member, room: Room, created: bool) -> None:
+        # Redis tells every node (this one too) of a room that came into use.
+        assert member.key is not None
+        args = (self.node, member.key, member.nick, room.key, room.name)
+        self.link.submit("join", args, _log_failure, essential=True)
+
+    def left(self, member: Member, room: Room) -> None:
+        assert member.key is not None
+        self.link.submit("leave", (self.node, member.key, room.key), _log_failure, essential=True)
+        if not room.members and room.key not in self._opening and self.hub.close_room(room):
+            self.listener.closed(room.key)
+
+    def released(self, key: str) -> None:
+        self.link.submit("release", (self.node, key), _log_failure, essential=True)
+
+    def publish(self, room: Room, event: Event) -> None:
+        """Tell the other nodes' members of a room what happened here."""
+        payload = _encode(self.node, event)
+        if payload is not None:
+            self.link.submit(
+                "PUBLISH", (P + "r:" + room.key, payload), _log_failure, essential=True
+            )
+
+    def barrier(self, done: Callable[[], None]) -> None:
+        """``done`` once every write made before is applied and every message
+        it published has come back to this node."""
+        self._barrier_seq += 1
+        seq = self._barrier_seq
+        self._barriers[seq] = done
+
+        def sent(result: Any) -> None:
+            if isinstance(result, BaseException):
+                self._barriers.pop(seq, None)
+                done()
+
+        payload = json.dumps([self.node, "b", seq])
+        self.link.submit("PUBLISH", (P + "n:" + self.node, payload), sent)
+
+    def _barrier_back(self, seq: int) -> None:
+        done = self._barriers.pop(seq, None)
+        if done is not None:
+            done()
+
+    # -- awaited by sessions ---------------------------------------------
+
+    async def claim(
+        self,
+        member: Member,
+        nick: str,
+        *,
+        account: int | None = None,
+        takeover: bool = False,
+        guest: bool = True,
+    ) -> None:
+        """Take ``nick`` cluster-wide for ``member`` (its old one is let go)."""
+        key = name_key(nick)
+        if key in self._claiming:
+            raise NickTaken(f"nickname {nick} is taken; pick another")
+        self._claiming.add(key)
+        try:
+            await self._claim(member, nick, key, account, takeover, guest)
+        finally:
+            self._claiming.discard(key)
+
+    async def _claim(
+        self, member: Member, nick: str, key: str, account: int | None, takeover: bool, guest: bool
+    ) -> None:
+        kick = json.dumps([self.node, "k", key, "logged in from elsewhere"])
+        result = await self._call(
+            "claim",
+            self.node,
+            key,
+            nick,
+            "" if account is None else str(account),
+            member.key or "",
+            "1" if guest else "0",
+            "1" if takeover else "0",
+            kick,
+            member.nick or "",
+        )
+        answer = _text(result)
+        if answer == "taken":
+            raise NickTaken(f"nickname {nick} is taken; pick another")
+        if answer == "registered":
+            self.store.note_registered(key)
+            raise NickRegistered(
+                f"{nick} is a registered nickname; /login {nick} PASSWORD, or pick another"
+            )
+
+    @contextlib.asynccontextmanager
+    async def open(self, name: str, *, create: bool) -> AsyncIterator[Opening]:
+        await self._make_live(name, create=create)
+        try:
+            # Redis checked that a room to create does not exist: it is live now.
+            yield Opening(None, False)
+        finally:
+            # Nobody here joined it after all (too many rooms, or gone).
+            room = self.hub.live(name)
+            if room is not None and self.hub.close_room(room):
+                self.listener.closed(room.key)
+
+    async def _make_live(self, room_name: str, *, create: bool) -> None:
+        """Make a room live here: subscribed, with its topic and history."""
+        key = name_key(room_name)
+        if key in self._opening:
+            await asyncio.shield(self._opening[key])
+            return
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._opening[key] = future
+        try:
+            await self._open(room_name, key, create=create)
+            future.set_result(True)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters see it through shield
+            raise
+        finally:
+            del self._opening[key]
+
+    async def _open(self, room_name: str, key: str, *, create: bool) -> None:
+        if create:
+            members = await self._command("HLEN", P + "members:" + key)
+            topic = await self._command("HEXISTS", P + "topics", key)
+            if members or topic:
+                name = await self._command("HGET", P + "roomnames", key)
+                shown = _text(name) if name else room_name
+                raise RoomExists(f"room #{shown} already exists; /join it")
+        hub = self.hub
+        room = hub.open_room(room_name)
+        try:
+            await self.listener.subscribe(key)
+            record = await self.store.topic(key)
+            if record is not None:
+                hub.describe(room, record.name, record.topic, record.topic_by)
+            else:
+                name = await self._command("HGET", P + "roomnames", key)
+                if name and not room.members:
+                    hub.describe(room, _text(name), room.topic, room.topic_by)
+            if hub.history_on_join:
+                history = await self.store.recent(key, hub.history_on_join)
+                hub.seed(room, *history)
+        except (Unavailable, StoreError) as exc:
+            if hub.close_room(room):
+                self.listener.closed(room.key)
+            raise ClusterUnavailable(str(exc)) from None
+        except BaseException:
+            if hub.close_room(room):
+                self.listener.closed(room.key)
+            raise
+
+    async def direct(self, member: Member, to: str, text: str) -> None:
+        """Send a private message to ``to`` on whichever node holds it."""
+        self.hub.check_store()
+        event = await self._direct(member, to, text, self.hub.now())
+        self.hub.direct_sent(member, event)
+
+    async def _direct(self, member: Member, to: str, text: str, ts: float) -> Direct:
+        assert member.key is not None
+        result = await self._call(
+            "direct",
+            self.node,
+            name_key(to),
+            self.history,
+            repr(ts),
+            member.nick or "",
+            text,
+            "" if member.account is None else str(member.account),
+            member.key,
+        )
+        message_id, target = int(result[0]), _text(result[1])
+        if not message_id:
+            raise NoSuchNick(f"nobody is called {to}")
+        return Direct(message_id, ts, member.nick or "", target, text)
+
+    async def room_list(self) -> RoomList:
+        flat = await self._call("rooms")  # through the write queue: after this node's writes
+        pairs = [(_text(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
+        pairs.sort(key=lambda pair: name_key(pair[0]))
+        return RoomList(tuple(pairs))
+
+    async def who(self, member: Member, room_name: str | None) -> WhoList:
+        if room_name is None:
+            if member.current is None:
+                raise NotInRoom("you are in no room; /join one")
+            room_name = member.current.name
+        key = name_key(room_name)
+        # Through the write queue, so that it sees this node's earlier writes:
+        # a /who right after a /join finds the member there.
+        values = await self._call("HVALS", P + "members:" + key)
+        if (
+            not values
+            and key != DEFAULT_ROOM
+            and not await self._command("HEXISTS", P + "topics", key)
+        ):
+            raise NoSuchRoom(f"no room #{room_name}")
+        name = await self._command("HGET", P + "roomnames", key)
+        nicks = sorted((_text(v).partition("\t")[2] for v in values), key=str.lower)
+        return WhoList(_text(name) if name else room_name, tuple(nicks))
+
+    async def _call(self, name: str, *args: Any) -> Any:
+        try:
+            return await self.link.call(name, *args)
+        except Unavailable as exc:
+            raise ClusterUnavailable(str(exc)) from None
+
+    async def _command(self, *args: Any) -> Any:
+        try:
+            return await self.link.command(*args)
+        except Unavailable as exc:
+            raise ClusterUnavailable(str(exc)) from None
+
+    # -- faults ------------------------------------------------------------
+
+    def _lost(self) -> None:
+        self.listener.lost()
+        for done in list(self._barriers.values()):
+            done()
+        self._barriers.clear()
+
+    async def _rejoin(self) -> None:
+        """Redis is back: write this node's state again, resubscribe, catch up.
+
+        What Redis holds for this node is dropped first (without leave
+        events) and written again from the members this node has now, so
+        users who left during the outage leave no trace. Two pipelines,
+        however many members.
+        """
+        node, hub, link = self.node, self.hub, self.link
+        members = hub.members()
+        seen = max((room.seen for room in hub.live_rooms()), default=0)
+        async with link.redis.pipeline(transaction=False) as pipe:
+            await link.run_script("reap", node, "", "1", client=pipe)
+            await link.run_script("heartbeat", node, int(self.ttl * 1000), client=pipe)
+            await link.run_script("bump_id", seen, client=pipe)
+            pipe.hsetnx(P + "roomnames", DEFAULT_ROOM, DEFAULT_ROOM)
+            for member in members:
+                account = "" if member.account is None else str(member.account)
+                args = (node, member.key, member.nick, account, "", "0", "0", "", "")
+                await link.run_script("claim", *args, client=pipe)
+            answers = (await pipe.execute())[4:]
+        conflicts = [m for m, a in zip(members, answers, strict=True) if _text(a) == "taken"]
+        async with link.redis.pipeline(transaction=False) as pipe:
+            for member in members:
+                if member in conflicts:
+                    continue
+                for room in member.rooms.values():
+                    joined = (node, member.key, member.nick, room.key, room.name)
+                    await link.run_script("join", *joined, client=pipe)
+            await pipe.execute()
+        await self.listener.subscribe_all()
+        for member in conflicts:
+            hub.disconnect(member, "nickname taken elsewhere while Redis was away")
+            member.kick("nickname taken elsewhere while Redis was away")
+        await self._catch_up()
+
+    async def _catch_up(self) -> None:
+        """Deliver what each live room missed while this node was cut off."""
+        for room in self.hub.live_rooms():
+            if room.seen == 0:
+                continue
+            entries = await self.link.raw(
+                "XRANGE", P + "conv:" + room.key, f"({room.seen}-0", "+", "COUNT", CATCH_UP_MAX
+            )
+            for entry_id, fields in entries:
+                m = _stream_message(room.key, _text(entry_id), fields)
+                if m.room is not None:
+                    self.hub.arrived(Message(m.id, m.ts, m.room, m.sender, m.text, m.action))
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.ttl / 3
+        while True:
+            await asyncio.sleep(interval)
+            if not self.link.up:
+                continue
+            try:
+                missing = await self.link.call("heartbeat", self.node, int(self.ttl * 1000))
+                if missing:
+                    # The others dropped this node (it was cut off too long):
+                    # write its state back.
+                    logger.warning("node %s was dropped from the cluster; rejoining", self.node)
+                    self.link.down("this node was dropped from the cluster")
+                    continue
+                dead = await self.link.call("reap", "", "node lost")
+                for node in dead:
+                    logger.warning("node %s stopped answering; its users were dropped", _text(node))
+            except (Unavailable, RedisError) as exc:
+                logger.debug("heartbeat: %s", exc)
+
+
+def _encode(node: str, event: Event) -> str | None:
+    """The cluster form of an event a node publishes to a room."""
+    match event:
+        case Joined(room, nick):
+            return json.dumps([node, "j", room, nick])
+        case Left(room, nick, reason):
+            return json.dumps([node, "l", room, nick, reason])
+        case TopicIs(room, topic, by):
+            return json.dumps([node, "t", room, topic, by])
+    return None
+
+
+def _log_failure(result: Any) -> None:
+    if isinstance(result, BaseException) and not isinstance(result, Unavailable):
+        logger.error("Redis refused a presence update: %s", result)

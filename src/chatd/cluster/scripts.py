@@ -1,0 +1,241 @@
+"""The Lua scripts: every change to what the nodes share is one of them,
+so Redis applies it atomically (see :mod:`chatd.cluster`)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: The prefix of every key and channel.
+P: Final = "chatd:"
+
+# -- scripts ------------------------------------------------------------------
+# Shared helpers: a value "node TAB nick [TAB account]" and its parts.
+_LUA_HEAD = """
+local P = 'chatd:'
+local function owner(v) return string.match(v, '^([^\\t]*)') end
+-- A room whose last member went, unless it stays (general, a topic): removed.
+local function vacated(node, room)
+  if room ~= 'general' and redis.call('EXISTS', P..'members:'..room) == 0
+      and redis.call('HEXISTS', P..'topics', room) == 0 then
+    local name = redis.call('HGET', P..'roomnames', room) or room
+    redis.call('PUBLISH', P..'rooms', cjson.encode({node, 'rr', name, 0}))
+  end
+end
+"""
+
+#: Take a nickname for a member of this node (or change one).
+#: ARGV: node, key, nick, account, old key ('' if none), guest ('1'/'0'),
+#: takeover ('1'/'0'), kick payload, old nick (for the rename event).
+CLAIM = (
+    _LUA_HEAD
+    + """
+local node, key, nick, account, old = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if ARGV[6] == '1' and key ~= old and redis.call('HEXISTS', P..'accounts', key) == 1 then
+  return 'registered'
+end
+local held = redis.call('HGET', P..'nicks', key)
+if held and owner(held) ~= node then
+  if ARGV[7] ~= '1' then return 'taken' end
+  redis.call('PUBLISH', P..'n:'..owner(held), ARGV[8])
+end
+redis.call('HSET', P..'nicks', key, node..'\\t'..nick..'\\t'..account)
+redis.call('SADD', P..'node:'..node, key)
+if old ~= '' then
+  local rooms = redis.call('SMEMBERS', P..'in:'..node..':'..old)
+  if old ~= key then
+    local v = redis.call('HGET', P..'nicks', old)
+    if v and owner(v) == node then redis.call('HDEL', P..'nicks', old) end
+    redis.call('SREM', P..'node:'..node, old)
+    if #rooms > 0 then
+      redis.call('RENAME', P..'in:'..node..':'..old, P..'in:'..node..':'..key)
+    end
+  end
+  for _, room in ipairs(rooms) do
+    local m = redis.call('HGET', P..'members:'..room, old)
+    if m and owner(m) == node then redis.call('HDEL', P..'members:'..room, old) end
+    redis.call('HSET', P..'members:'..room, key, node..'\\t'..nick)
+  end
+  if #rooms > 0 then
+    local event = cjson.encode({node, 'n', ARGV[9], nick, rooms,
+      redis.call('INCR', P..'eventid')})
+    for _, room in ipairs(rooms) do redis.call('PUBLISH', P..'r:'..room, event) end
+  end
+end
+return 'ok'
+"""
+)
+
+#: Let go of a nickname (if this node still holds it). ARGV: node, key.
+RELEASE = (
+    _LUA_HEAD
+    + """
+local node, key = ARGV[1], ARGV[2]
+local v = redis.call('HGET', P..'nicks', key)
+if v and owner(v) == node then redis.call('HDEL', P..'nicks', key) end
+redis.call('SREM', P..'node:'..node, key)
+redis.call('DEL', P..'in:'..node..':'..key)
+return 1
+"""
+)
+
+#: A member of this node is in a room. ARGV: node, key, nick, room key, room name.
+#: The first member of a room not in use (no members, no topic) creates it:
+#: that is published on ``chatd:rooms``.
+JOIN = """
+local P = 'chatd:'
+local node, key, nick, room = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local fresh = room ~= 'general' and redis.call('EXISTS', P..'members:'..room) == 0
+  and redis.call('HEXISTS', P..'topics', room) == 0
+redis.call('HSET', P..'members:'..room, key, node..'\\t'..nick)
+redis.call('SADD', P..'in:'..node..':'..key, room)
+redis.call('HSETNX', P..'roomnames', room, ARGV[5])
+if fresh then
+  redis.call('PUBLISH', P..'rooms',
+    cjson.encode({node, 'rc', redis.call('HGET', P..'roomnames', room), 1}))
+end
+return 1
+"""
+
+#: A member of this node left a room. ARGV: node, key, room key.
+LEAVE = (
+    _LUA_HEAD
+    + """
+local node, key, room = ARGV[1], ARGV[2], ARGV[3]
+local m = redis.call('HGET', P..'members:'..room, key)
+if m and owner(m) == node then
+  redis.call('HDEL', P..'members:'..room, key)
+  vacated(node, room)
+end
+redis.call('SREM', P..'in:'..node..':'..key, room)
+return 1
+"""
+)
+
+#: A room message: id, stream, publication, in one step.
+#: ARGV: node, room key, cap, ts, room name, sender, text, action, account.
+SAY = """
+local P = 'chatd:'
+local id = redis.call('INCR', P..'msgid')
+redis.call('XADD', P..'conv:'..ARGV[2], 'MAXLEN', '~', ARGV[3], id..'-0',
+  'ts', ARGV[4], 'room', ARGV[5], 'from', ARGV[6], 'text', ARGV[7], 'action', ARGV[8],
+  'sa', ARGV[9])
+redis.call('PUBLISH', P..'r:'..ARGV[2], cjson.encode({ARGV[1], 'm', id, tonumber(ARGV[4]),
+  ARGV[5], ARGV[6], ARGV[7], ARGV[8] == '1'}))
+return id
+"""
+
+#: A private message to whoever holds a nickname, on any node.
+#: ARGV: node, target key, cap, ts, sender, text, sender account, sender key.
+#: Returns {id, target nick} or {0} if nobody holds it.
+DIRECT = (
+    _LUA_HEAD
+    + """
+local held = redis.call('HGET', P..'nicks', ARGV[2])
+if not held then return {0, ''} end
+local target_node, to, account = string.match(held, '^([^\\t]*)\\t([^\\t]*)\\t?(.*)$')
+local a, b = ARGV[8], ARGV[2]
+if b < a then a, b = b, a end
+local id = redis.call('INCR', P..'msgid')
+redis.call('XADD', P..'conv:@'..a..':'..b, 'MAXLEN', '~', ARGV[3], id..'-0',
+  'ts', ARGV[4], 'from', ARGV[5], 'to', to, 'text', ARGV[6], 'sa', ARGV[7], 'ta', account)
+redis.call('PUBLISH', P..'n:'..target_node, cjson.encode({ARGV[1], 'd', id, tonumber(ARGV[4]),
+  ARGV[5], to, ARGV[6]}))
+return {id, to}
+"""
+)
+
+#: Refresh this node's heartbeat. ARGV: node, ttl (ms). Returns 1 if the node
+#: was missing (new, or dropped by the others meanwhile).
+HEARTBEAT = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+return redis.call('ZADD', 'chatd:nodes', now + ARGV[2], ARGV[1])
+"""
+
+#: Drop the nodes whose heartbeat deadline passed (or the node ARGV[1], if
+#: given): their nicknames, memberships, and a leave event for each (reason
+#: ARGV[2]; none if ARGV[3] is '1').
+REAP = (
+    _LUA_HEAD
+    + """
+local dead
+if ARGV[1] and ARGV[1] ~= '' then
+  dead = {ARGV[1]}
+else
+  local t = redis.call('TIME')
+  dead = redis.call('ZRANGEBYSCORE', P..'nodes', '-inf', t[1] * 1000 + math.floor(t[2] / 1000))
+end
+for _, node in ipairs(dead) do
+  for _, key in ipairs(redis.call('SMEMBERS', P..'node:'..node)) do
+    local v = redis.call('HGET', P..'nicks', key)
+    if v and owner(v) == node then redis.call('HDEL', P..'nicks', key) end
+    local inkey = P..'in:'..node..':'..key
+    for _, room in ipairs(redis.call('SMEMBERS', inkey)) do
+      local m = redis.call('HGET', P..'members:'..room, key)
+      if m and owner(m) == node then
+        redis.call('HDEL', P..'members:'..room, key)
+        local name = redis.call('HGET', P..'roomnames', room) or room
+        if ARGV[3] ~= '1' then
+          redis.call('PUBLISH', P..'r:'..room, cjson.encode({'', 'l', name,
+            string.match(m, '\\t(.*)$'), ARGV[2]}))
+          vacated('', room)
+        end
+      end
+    end
+    redis.call('DEL', inkey)
+  end
+  redis.call('DEL', P..'node:'..node)
+  redis.call('ZREM', P..'nodes', node)
+end
+return dead
+"""
+)
+
+#: The rooms in use (members anywhere, a topic, or general) and their member
+#: counts; forgets the names of rooms no longer in use.
+ROOMS = """
+local P = 'chatd:'
+local names = redis.call('HGETALL', P..'roomnames')
+local out = {}
+for i = 1, #names, 2 do
+  local room = names[i]
+  local n = redis.call('HLEN', P..'members:'..room)
+  if n == 0 and room ~= 'general' and redis.call('HEXISTS', P..'topics', room) == 0 then
+    redis.call('HDEL', P..'roomnames', room)
+  else
+    table.insert(out, names[i + 1])
+    table.insert(out, n)
+  end
+end
+return out
+"""
+
+#: Keep message ids growing after Redis lost its data: the counter goes up
+#: to at least the last id this node saw. ARGV: that id.
+BUMP_ID = """
+local current = tonumber(redis.call('GET', 'chatd:msgid') or '0')
+if current < tonumber(ARGV[1]) then redis.call('SET', 'chatd:msgid', ARGV[1]) end
+return 1
+"""
+
+#: Create an account unless the nickname has one. ARGV: key, JSON without id.
+CREATE_ACCOUNT = """
+local P = 'chatd:'
+if redis.call('HEXISTS', P..'accounts', ARGV[1]) == 1 then return 0 end
+local id = redis.call('INCR', P..'accountid')
+local a = cjson.decode(ARGV[2])
+a['id'] = id
+redis.call('HSET', P..'accounts', ARGV[1], cjson.encode(a))
+return id
+"""
+
+#: Change an account's password hash. ARGV: key, hash.
+SET_PASSWORD = """
+local P = 'chatd:'
+local v = redis.call('HGET', P..'accounts', ARGV[1])
+if not v then return 0 end
+local a = cjson.decode(v)
+a['hash'] = ARGV[2]
+redis.call('HSET', P..'accounts', ARGV[1], cjson.encode(a))
+return 1
+"""

@@ -1,0 +1,493 @@
+"""The dispatcher: what each command does.
+
+A session frames a line, its codec parses it into a
+:class:`~chatd.protocol.Command`, and :meth:`Dispatcher.dispatch` carries it
+out against the :class:`~chatd.core.rooms.RoomManager` (which changes the
+state and fans events out), the store and the
+:class:`~chatd.core.bus.Bus`. Answers go back as events through the
+:class:`Caller`, the small interface a connection implements: ``tell`` an
+event, ``reply``/``deliver`` bytes its codec made, and the return value
+that ends the connection. Nothing here knows about sockets, framing, text
+or JSON, or WebSocket frames.
+
+Most commands finish at once. One that must wait (for the store, the bus,
+or a password hash) comes back as a coroutine, which the session awaits
+before it takes its next line: a connection's commands run in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Coroutine
+from typing import Any
+
+from chatd.config import Settings
+from chatd.core.accounts import Auth
+from chatd.core.model import Member, stored_event
+from chatd.core.rooms import RoomManager
+from chatd.errors import (
+    BadLogin,
+    ChatError,
+    LoginThrottled,
+    NickRegistered,
+    NickTaken,
+    NotInRoom,
+    NotLoggedIn,
+    NotRegistered,
+    StorageUnavailable,
+)
+from chatd.protocol import (
+    Answer,
+    Bye,
+    Command,
+    Create,
+    Error,
+    Event,
+    Format,
+    Help,
+    HelpText,
+    History,
+    Join,
+    KeepAlive,
+    Leave,
+    ListRooms,
+    Login,
+    Logout,
+    Me,
+    Msg,
+    Nick,
+    Passwd,
+    PasswordChanged,
+    Ping,
+    Pong,
+    Quit,
+    Register,
+    Say,
+    SetFormat,
+    ShowHistory,
+    Topic,
+    Who,
+    check_nick,
+    check_room,
+    name_key,
+)
+from chatd.store import Account, AccountRooms, StoreError, dm_key
+
+logger = logging.getLogger(__name__)
+
+#: A command that waits; it may end the connection (a reason) like any command.
+Pending = Coroutine[Any, Any, str | None]
+
+
+class Caller(Member):
+    """A member whose commands the dispatcher runs: a connection."""
+
+    __slots__ = ()
+
+    @property
+    def closing(self) -> bool:
+        """The connection is ending: a command that waited does nothing more."""
+        raise NotImplementedError
+
+    @property
+    def peer(self) -> str:
+        """The client's address, ``host:port``."""
+        raise NotImplementedError
+
+    @property
+    def page_bytes(self) -> int:
+        """The most bytes one page of history may take in the outbox."""
+        raise NotImplementedError
+
+    def tell(self, event: Event) -> None:
+        """Reply with an event, in this connection's codec."""
+        self.reply(self.codec.encode(event))
+
+    def set_format(self, fmt: Format) -> None:
+        """``/format``: raises BadArgs where the transport cannot."""
+        raise NotImplementedError
+
+    def set_keepalive(self, interval: float) -> None:
+        """``/ping every``: raises BadArgs for a bad interval."""
+        raise NotImplementedError
+
+    def charge(self, tokens: int) -> None:
+        """The last command costs ``tokens`` more of flood control (a big answer)."""
+
+    def logged_out(self) -> None:
+        """The connection chooses a nickname again, with its usual limits."""
+
+    async def pause(self, seconds: float) -> None:
+        """Sleep, but wake at once when the connection starts closing."""
+        raise NotImplementedError
+
+    async def ops_settled(self, seconds: float) -> None:
+        """Wait (at most ``seconds``) until this connection's operations ended."""
+        raise NotImplementedError
+
+    async def wait_for(self, wake: asyncio.Future[None], seconds: float | None) -> None:
+        """Wait for ``wake``, at most ``seconds``; return early when
+        the connection's output moves or it starts closing."""
+        raise NotImplementedError
+
+
+class Dispatcher:
+    """Carries out commands: one per daemon, shared by every connection."""
+
+    def __init__(self, manager: RoomManager, settings: Settings, auth: Auth | None) -> None:
+        self.manager = manager
+        self.settings = settings
+        self.auth = auth
+
+    def dispatch(self, caller: Caller, command: Command) -> str | Pending | None:
+        """Carry out one command; return a reason when the connection should
+        end, or a coroutine to await when the command must wait."""
+        match command:
+            case SetFormat(fmt):
+                caller.set_format(fmt)
+            case Ping(token):
+                # After everything this connection said is stored and
+                # delivered, in its place among the replies.
+                seq = caller.begin_op()
+                pong = caller.codec.encode(Pong(token))
+                self.manager.barrier(lambda: caller.end_op(seq, pong))
+            case KeepAlive(interval):
+                caller.set_keepalive(interval)
+            case Answer():
+                pass  # any input answers a ping; this one runs nothing
+            case Help():
+                caller.tell(HelpText())
+            case Quit(reason) if caller.ops_pending():
+                return self._quit_after(caller, reason)  # the messages before it go out first
+            case Quit(reason):
+                caller.tell(Bye(reason))
+                return f"quit: {reason}" if reason else "quit"
+            case Say(text) if caller.key is None:
+                # The classic greeting: a bare first line is the nickname.
+                return self.dispatch(caller, Nick(check_nick(text.strip())))
+            case Nick(name) if len(name) > self.settings.max_nick_len:
+                check_nick(name, self.settings.max_nick_len)
+            case Create(room) | Join(room) if len(room) > self.settings.max_room_len and not (
+                isinstance(command, Join) and self.manager.is_live(room)
+            ):
+                check_room(room, self.settings.max_room_len)  # a new room's name
+            case Nick(name):
+                return self._nick(caller, name)
+            case Login(nick, password):
+                return self._login(caller, nick, password)
+            case _ if caller.key is None:
+                raise NotRegistered(
+                    "choose a nickname first: type it, /nick NAME, or /login NICK PASSWORD"
+                )
+            case _:
+                return self._registered(caller, command)
+        return None
+
+    def _registered(self, caller: Caller, command: Command) -> str | Pending | None:
+        """The commands of a connection that has a nickname."""
+        manager = self.manager
+        match command:
+            case Say() | Me() | Msg() if manager.window.full or manager.pushback.anyone_behind:
+                return self._when_clear(caller, command)
+            case Say() | Me() | Msg():
+                return self._send(caller, command)
+            case Create(room) if manager.is_live(room):
+                manager.join(caller, room, create=True)
+            case Join(room) if manager.is_live(room):
+                manager.join(caller, room)
+            case Create(room) | Join(room):
+                return self._join_stored(caller, room, create=isinstance(command, Create))
+            case Leave(room):
+                manager.leave(caller, room)
+            case ListRooms(watch):
+                if watch is not None:
+                    manager.watch_rooms(caller, watch)  # before the list: nothing falls between
+                return self._rooms(caller)
+            case Who(room):
+                return self._who(caller, room)
+            case Topic(text):
+                if text is None:
+                    caller.tell(manager.topic_of(caller))
+                else:
+                    manager.set_topic(caller, text)
+            case Register(password):
+                return self._register_account(caller, password)
+            case Logout() if caller.account is None:
+                raise NotLoggedIn("you are not logged in")
+            case Logout() if caller.ops_pending():
+                return self._logout_after(caller)  # the messages before it are delivered first
+            case Logout():
+                self._logout(caller)
+            case Passwd(old, new):
+                return self._passwd(caller, old, new)
+            case ShowHistory():
+                return self._history(caller, command)
+        return None
+
+    # -- messages ------------------------------------------------------------
+
+    def _send(self, caller: Caller, command: Say | Me | Msg) -> Pending | None:
+        """A room message or a DM: stored, then delivered (RoomManager)."""
+        match command:
+            case Say(text):
+                self.manager.say(caller, text)
+            case Me(text):
+                self.manager.say(caller, text, action=True)
+            case Msg(nick, text):
+                return self._direct(caller, nick, text)
+        return None
+
+    async def _direct(self, caller: Caller, nick: str, text: str) -> None:
+        await self.manager.bus.direct(caller, nick, text)
+
+    async def _when_clear(self, caller: Caller, command: Say | Me | Msg) -> str | None:
+        """Run a message once the store window has room and no reader of it
+        that is behind but still reading holds it back.
+
+        The sender waits, and so TCP pushes back on it: a burst from one
+        group commit never grows the readers' outboxes past the window, and
+        a reader a little slower than the talkers is waited for, not cut.
+        """
+        manager = self.manager
+        pushback, loop = manager.pushback, asyncio.get_running_loop()
+        to = command.nick if isinstance(command, Msg) else None
+        held = False
+        try:
+            while not caller.closing:
+                if manager.window.full:
+                    wake, timeout = manager.window.space(), None
+                elif (wait := pushback.backpressure(caller, to, loop.time())) > 0:
+                    wake, timeout = pushback.relief(), wait
+                    if not held:
+                        held = True
+                        pushback.hold(loop.time(), True)
+                else:
+                    break
+                await caller.wait_for(wake, timeout)
+        finally:
+            if held:
+                pushback.hold(loop.time(), False)
+        if caller.closing:
+            return None
+        pending = self._send(caller, command)
+        if pending is not None:
+            await pending
+        return None
+
+    async def _quit_after(self, caller: Caller, reason: str) -> str:
+        """/quit after messages still on their way to the store: they and their
+        echoes go out first (within the shutdown grace), then the goodbye."""
+        await caller.ops_settled(self.settings.shutdown_grace)
+        caller.tell(Bye(reason))
+        return f"quit: {reason}" if reason else "quit"
+
+    # -- nicknames, rooms and queries -------------------------------------------
+
+    async def _nick(self, caller: Caller, nick: str) -> None:
+        """Choose or change a nickname, taken on the bus first."""
+        manager, bus = self.manager, self.manager.bus
+        key = name_key(nick)
+        if key != caller.key:
+            manager.check_guest_nick(nick)
+        holder = manager.find(nick)
+        if holder is not None and holder is not caller:
+            raise NickTaken(f"nickname {nick} is taken; pick another")
+        old = caller.key
+        keep_account = caller.account is not None and key == caller.key
+        await bus.claim(caller, nick, account=caller.account if keep_account else None)
+        if caller.closing or caller.key != old:
+            if manager.find(nick) is None and key != caller.key:
+                bus.released(key)
+            return
+        if old is None:
+            manager.register(caller, nick)
+        else:
+            manager.rename(caller, nick)
+
+    async def _join_stored(self, caller: Caller, room: str, *, create: bool) -> None:
+        """Join a room that is not live here, made ready by the bus (its
+        history from the store)."""
+        async with self.manager.bus.open(room, create=create) as opening:
+            if caller.key is not None and not caller.closing:
+                self.manager.join(caller, room, create=opening.create, history=opening.history)
+
+    async def _rooms(self, caller: Caller) -> None:
+        rooms = await self.manager.bus.room_list()
+        caller.tell(rooms)
+        caller.charge(len(rooms.rooms) // 100)  # big answers cost more
+
+    async def _who(self, caller: Caller, room: str | None) -> None:
+        who = await self.manager.bus.who(caller, room)
+        caller.tell(who)
+        caller.charge(len(who.nicks) // 100)
+
+    # -- accounts --------------------------------------------------------------
+
+    def _need_auth(self) -> Auth:
+        if self.auth is None:
+            raise StorageUnavailable("accounts are not available on this server")
+        return self.auth
+
+    async def _register_account(self, caller: Caller, password: str) -> None:
+        auth, store = self._need_auth(), self.manager.store
+        nick = caller.nick or ""
+        if caller.account is not None:
+            raise NickRegistered(f"you are already logged in to {nick}")
+        if store.is_registered(nick):
+            raise NickRegistered(f"{nick} is already registered; /login {nick} PASSWORD")
+        password_hash = await auth.passwords.hash(password)
+        try:
+            account = await store.create_account(nick, password_hash)
+        except StoreError as exc:
+            raise StorageUnavailable(f"the account was not created: {exc}") from None
+        if account is None:
+            raise NickRegistered(f"{nick} is already registered; /login {nick} PASSWORD")
+        logger.info("account registered: %s from %s", nick, caller.peer)
+        if caller.nick == nick and not caller.closing:
+            self.manager.account_created(caller, account.id)
+
+    async def _check_password(self, caller: Caller, nick: str, password: str) -> Account:
+        """The account if ``password`` is right; else a delay and BadLogin."""
+        auth, store = self._need_auth(), self.manager.store
+        ip, key = caller.peer.rpartition(":")[0], name_key(nick)
+        wait = auth.guard.attempt(ip, key)
+        if wait > 0:
+            raise LoginThrottled(f"too many failed logins; try again in {math.ceil(wait)} s")
+        try:
+            account = await store.account(nick)
+        except StoreError as exc:
+            raise StorageUnavailable(f"cannot check the password now: {exc}") from None
+        if await auth.passwords.verify(account.password_hash if account else None, password):
+            assert account is not None
+            auth.guard.succeeded(ip, key)
+            return account
+        logger.info("failed login for %s from %s", nick, caller.peer)
+        await caller.pause(auth.fail_delay)
+        raise BadLogin("wrong nickname or password")
+
+    async def _login(self, caller: Caller, nick: str, password: str) -> None:
+        if caller.account is not None and caller.key == name_key(nick):
+            raise NickRegistered(f"you are already logged in to {caller.nick}")
+        account = await self._check_password(caller, nick, password)
+        if caller.closing:
+            return
+        manager = self.manager
+        try:
+            saved = await manager.store.account_rooms(account.id)
+        except StoreError as exc:
+            raise StorageUnavailable(f"cannot log in now: {exc}") from None
+        if caller.closing:
+            return
+        await manager.bus.claim(
+            caller, account.nick, account=account.id, takeover=True, guest=False
+        )
+        if caller.closing:
+            return
+        with manager.saved.rejoining(caller):
+            manager.login(caller, account.nick, account.id)
+            logger.info("login %s from %s", caller.nick, caller.peer)
+            await self._rejoin(caller, saved)
+
+    async def _rejoin(self, caller: Caller, saved: AccountRooms) -> None:
+        """Put a connection that just logged in back into its account's rooms.
+
+        Each room is joined as by /join (created if gone, with its history);
+        one that cannot be (a limit) is reported with its error and skipped.
+        Then the account's current room is current again.
+        """
+        manager = self.manager
+        for name in saved.rooms:
+            if caller.key is None or caller.closing:
+                return
+            if name_key(name) in caller.rooms:
+                continue
+            try:
+                if manager.is_live(name):
+                    manager.join(caller, name)
+                else:
+                    check_room(name, self.settings.max_room_len)
+                    await self._join_stored(caller, name, create=False)
+            except ChatError as exc:
+                caller.tell(Error.of(exc))
+        current = saved.current
+        if (
+            current is not None
+            and name_key(current) in caller.rooms
+            and (caller.current is None or caller.current.key != name_key(current))
+            and caller.key is not None
+            and not caller.closing
+        ):
+            manager.join(caller, current)  # already in it: only makes it current
+
+    def _logout(self, caller: Caller) -> None:
+        self.manager.logout(caller)
+        caller.logged_out()
+
+    async def _logout_after(self, caller: Caller) -> None:
+        """/logout after messages still on their way: they reach the rooms
+        (and their echoes this connection) while it is still in them."""
+        await caller.ops_settled(self.settings.shutdown_grace)
+        if caller.account is not None and not caller.closing:
+            self._logout(caller)
+
+    async def _passwd(self, caller: Caller, old: str, new: str) -> None:
+        auth, store = self._need_auth(), self.manager.store
+        nick = caller.nick or ""
+        if caller.account is None:
+            raise NotLoggedIn("log in first: /passwd changes your account's password")
+        await self._check_password(caller, nick, old)
+        try:
+            changed = await store.set_password(nick, await auth.passwords.hash(new))
+        except StoreError as exc:
+            raise StorageUnavailable(f"the password was not changed: {exc}") from None
+        if not changed:
+            raise NotLoggedIn(f"the account {nick} no longer exists")
+        caller.tell(PasswordChanged(nick))
+
+    # -- history ---------------------------------------------------------------
+
+    async def _history(self, caller: Caller, command: ShowHistory) -> None:
+        """Earlier messages of a room or of a private conversation, oldest first."""
+        target = command.target
+        room_name: str | None = None
+        peer: str | None = None
+        account: int | None = None
+        if target is None:
+            if caller.current is None:
+                raise NotInRoom("you are in no room; /history ROOM or /join one")
+            room_name = caller.current.name
+            conversation = caller.current.key
+        elif target.startswith("@"):
+            if caller.account is None:
+                raise NotLoggedIn("log in to read private messages back: /login NICK PASSWORD")
+            peer, account = target[1:], caller.account
+            conversation = dm_key(caller.nick or "", peer)
+        else:
+            room = caller.rooms.get(name_key(target))
+            if room is None:
+                raise NotInRoom(f"join #{target} to read its history")
+            room_name, conversation = room.name, room.key
+        try:
+            messages, more = await self.manager.store.recent(
+                conversation, command.count, command.before, account
+            )
+        except StoreError as exc:
+            raise StorageUnavailable(str(exc)) from None
+        # The newest that fit the outbox: a page never overflows it, and a
+        # reader must be very slow to be cut for asking for one.
+        budget, lines = caller.page_bytes, []
+        for m in reversed(messages):
+            data = caller.codec.encode(stored_event(m, history=True))
+            budget -= len(data)
+            if budget < 0:
+                more = True
+                break
+            lines.append((m.id, data))
+        lines.reverse()
+        for _, data in lines:
+            caller.reply(data)
+        before = lines[0][0] if more and lines else None
+        caller.tell(History(room_name, peer, len(lines), more, before))
+        caller.charge(len(lines) // 100)

@@ -1,0 +1,99 @@
+"""The bus of one daemon on its own store: everything is here.
+
+Messages are numbered here and delivered as soon as the store has them;
+nicknames, rooms and queries are the room manager's alone. A room lives
+while someone is in it or it has a topic (general always does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from chatd.core.bus import Bus, Hub, Opening
+from chatd.core.model import Member, Room
+from chatd.protocol import Event, Message, RoomChanged, RoomList, WhoList, name_key
+from chatd.store import RoomRecord, StoreError
+
+logger = logging.getLogger(__name__)
+
+
+class LocalBus(Bus):
+    """No other node: presence is the manager's, the store is the only way out."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        #: The id the next message takes (see restored).
+        self.next_id = 1
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def restored(self, last_id: int) -> None:
+        self.next_id = last_id + 1
+
+    def keeps(self, record: RoomRecord) -> bool:
+        return True
+
+    def number(self) -> int:
+        self.next_id += 1
+        return self.next_id - 1
+
+    def echo_room(self, room_key: str) -> str | None:
+        return None
+
+    def stored(self, member: Member, seq: int, event: Message) -> bool:
+        delivered = self.hub.arrived(event)
+        member.end_op(seq)
+        return delivered
+
+    def joined(self, member: Member, room: Room, created: bool) -> None:
+        if created:
+            self.hub.room_changed(RoomChanged(room.name, "created", len(room.members)))
+
+    def left(self, member: Member, room: Room) -> None:
+        if not room.members and not room.topic and self.hub.close_room(room):
+            self.hub.room_changed(RoomChanged(room.name, "removed", 0))
+
+    def released(self, key: str) -> None:
+        pass
+
+    def publish(self, room: Room, event: Event) -> None:
+        pass
+
+    def barrier(self, done: Callable[[], None]) -> None:
+        self.hub.store.barrier(done)
+
+    async def claim(
+        self,
+        member: Member,
+        nick: str,
+        *,
+        account: int | None = None,
+        takeover: bool = False,
+        guest: bool = True,
+    ) -> None:
+        pass  # the room manager holds every nickname there is
+
+    @contextlib.asynccontextmanager
+    async def open(self, name: str, *, create: bool) -> AsyncIterator[Opening]:
+        hub, history = self.hub, None
+        if hub.history_on_join:
+            try:
+                history = await hub.store.recent(name_key(name), hub.history_on_join)
+            except StoreError as exc:
+                logger.error("no history for #%s: %s", name, exc)
+        yield Opening(history, create)
+
+    async def direct(self, member: Member, to: str, text: str) -> None:
+        self.hub.direct(member, to, text)
+
+    async def room_list(self) -> RoomList:
+        return self.hub.room_list()
+
+    async def who(self, member: Member, room_name: str | None) -> WhoList:
+        return self.hub.who(member, room_name)

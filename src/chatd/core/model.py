@@ -1,0 +1,142 @@
+"""What the room model is made of: members, rooms, stored messages as events.
+
+A :class:`Member` is one participant as the room model sees it (a session on
+any transport, a connection of another front-end, or a list in a test); a
+:class:`Room` is its members, topic and last messages. Only the
+:class:`~chatd.core.rooms.RoomManager` changes them; the members own their
+codec and the calls that deliver to them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+
+from chatd.protocol import Direct, Format, Message, name_key
+from chatd.protocol.codec import Codec, codec_for
+from chatd.store import StoredMessage
+
+
+class Member:
+    """One participant as the room manager sees it.
+
+    The manager owns ``nick``, ``key``, ``rooms``, ``current`` and
+    ``account``; the member owns ``codec`` and the delivery calls. The
+    manager talks to it through calls that never block:
+
+    * ``deliver(data)`` for what others caused (room messages, joins, DMs):
+      the member may drop itself if it cannot keep up, but must not change
+      the manager's state from inside the call (the manager may be
+      iterating a room);
+    * ``reply(data)`` for the answer to the member's own command: never
+      dropped; the member paces its own reading instead.
+    """
+
+    __slots__ = ("account", "codec", "current", "key", "nick", "rooms")
+
+    def __init__(self, fmt: Format = Format.TEXT) -> None:
+        self.codec: Codec = codec_for(fmt)
+        self.nick: str | None = None
+        self.key: str | None = None
+        self.rooms: dict[str, Room] = {}
+        self.current: Room | None = None
+        #: The id of the account this member is logged in to (None: a guest).
+        self.account: int | None = None
+
+    @property
+    def fmt(self) -> Format:
+        """The form of this member's output (``/format``)."""
+        return self.codec.fmt
+
+    @fmt.setter
+    def fmt(self, fmt: Format) -> None:
+        self.codec = codec_for(fmt)
+
+    def deliver(self, data: bytes) -> None:
+        """Queue what others caused. Never blocks; may drop the member."""
+        raise NotImplementedError
+
+    def reply(self, data: bytes) -> None:
+        """Queue an answer to this member's own command. Never blocks or drops."""
+        raise NotImplementedError
+
+    def kick(self, reason: str) -> None:
+        """End this member's connection (after the manager has let it go)."""
+        raise NotImplementedError
+
+    def stall(self, now: float) -> float:
+        """Seconds more that this member, behind on its output (see
+        RoomManager.falling_behind), holds back those who talk to it: while
+        it still reads, senders wait for it; one that stopped reading holds
+        nobody back (it is cut by its own limits instead)."""
+        return 0.0
+
+    def ops_pending(self) -> bool:
+        """Some operation of this member's (begin_op) has not ended yet."""
+        return False
+
+    def begin_op(self, echo_room: str | None = None) -> int:
+        """A command of this member's whose outcome comes later (a message on
+        its way to the store, a barrier) has started; returns its number.
+
+        A member that keeps its replies in command order holds back the
+        replies to its later commands until :meth:`end_op` of this one (or,
+        with ``echo_room``, until its echo from that room, see :meth:`echo`).
+        """
+        return 0
+
+    def echo(self, data: bytes, room_key: str) -> None:
+        """This member's own room message, delivered to it."""
+        self.deliver(data)
+
+    def end_op(self, seq: int, data: bytes | None = None) -> None:
+        """Operation ``seq`` is over: its own events were delivered; ``data``
+        is its reply, if it has one (an error, a pong), to go in its place."""
+        if data is not None:
+            self.reply(data)
+
+
+class Room:
+    __slots__ = ("key", "members", "name", "older", "recent", "seen", "topic", "topic_by")
+
+    def __init__(self, name: str, history: int) -> None:
+        self.name = name
+        self.key = name_key(name)
+        #: Members in join order (a dict used as an ordered set).
+        self.members: dict[Member, None] = {}
+        self.topic = ""
+        self.topic_by: str | None = None
+        #: The last messages, shown on join; ``older``: the store has more.
+        self.recent: deque[Message] = deque(maxlen=history)
+        self.older = False
+        #: The id of the last message delivered or seeded from the store (ids
+        #: only grow): a message at or below it is not delivered again.
+        self.seen = 0
+
+    def remember(self, event: Message) -> None:
+        recent = self.recent
+        if recent.maxlen:
+            if len(recent) == recent.maxlen:
+                self.older = True
+            recent.append(event)
+
+    def seed(self, messages: Sequence[StoredMessage], more: bool) -> None:
+        """Merge stored messages with what the room already shows, in id order."""
+        merged = {event.id: event for event in self.recent}
+        for m in messages:
+            if m.id not in merged and isinstance(event := stored_event(m), Message):
+                merged[m.id] = event
+        self.recent.clear()
+        self.older = False
+        for message_id in sorted(merged):
+            self.remember(merged[message_id])
+        self.older = self.older or more
+        if self.recent:
+            self.seen = max(self.seen, self.recent[-1].id)
+
+
+def stored_event(m: StoredMessage, *, history: bool = False) -> Message | Direct:
+    """The event of a stored message."""
+    if m.room is not None:
+        return Message(m.id, m.ts, m.room, m.sender, m.text, m.action, history)
+    return Direct(m.id, m.ts, m.sender, m.to or "", m.text, history)
