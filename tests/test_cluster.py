@@ -206,6 +206,26 @@ async def _history(client: LineClient) -> list[dict[str, Any]]:
     return lines
 
 
+async def test_a_registered_nickname_in_use_on_this_node_is_taken(nodes: Nodes) -> None:
+    """In use beats registered: a guest asking for the nickname of someone
+    logged in on the same node is told it is taken, as on any node, and a
+    rename to a registered nickname nobody uses says it is registered."""
+    one, _ = await nodes(2)
+    owner = await client(one.port, "erin")
+    await owner.send("/register hunter22")
+    await owner.expect(lambda e: e.get("type") == "registered" and e.get("account"))
+    newcomer = await client(one.port)
+    await newcomer.send("/nick erin")
+    assert (await newcomer.expect("error"))["code"] == "nick_taken"
+    guest = await client(one.port, "gus")
+    await guest.send("/nick Erin")
+    assert (await guest.expect("error"))["code"] == "nick_taken"
+    await owner.send("/quit")
+    await owner.wait_closed()
+    await guest.send("/nick erin")
+    assert (await guest.expect("error"))["code"] == "nick_registered"
+
+
 async def test_login_on_another_node_takes_the_nickname_over(nodes: Nodes) -> None:
     one, two = await nodes(2)
     first = await client(one.port, "dana")

@@ -64,6 +64,9 @@ class Client(Caller):
         for out in self.order.end(seq, data):
             self.deliver(out)
 
+    def awaits_echo(self) -> bool:
+        return self.order.awaits_echo
+
     def echo(self, data: bytes, room_key: str) -> None:
         out, awaited = self.order.echo(room_key, data)
         for line in out:

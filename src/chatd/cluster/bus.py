@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from redis.exceptions import RedisError
 
-from chatd.cluster.link import COMMAND_TIMEOUT, Unavailable, _text
+from chatd.cluster.link import COMMAND_TIMEOUT, Unavailable, as_text
 from chatd.cluster.listener import Listener
 from chatd.cluster.scripts import (
     BUMP_ID,
@@ -26,7 +26,7 @@ from chatd.cluster.scripts import (
     ROOMS,
     P,
 )
-from chatd.cluster.store import RedisStore, _stream_message
+from chatd.cluster.store import RedisStore, stream_message
 from chatd.core.bus import Bus, Hub, Opening
 from chatd.core.model import Member, Room
 from chatd.errors import (
@@ -241,8 +241,18 @@ class ClusterBus(Bus):
         takeover: bool = False,
         guest: bool = True,
     ) -> None:
-        """Take ``nick`` cluster-wide for ``member`` (its old one is let go)."""
+        """Take ``nick`` cluster-wide for ``member`` (its old one is let go).
+
+        A guest's nickname is first checked here, where no Redis round trip
+        is needed: held by someone on this node, or (a rename) registered.
+        """
         key = name_key(nick)
+        if not takeover:
+            holder = self.hub.find(nick)
+            if holder is not None and holder is not member:
+                raise NickTaken(f"nickname {nick} is taken; pick another")
+            if member.key is not None and key != member.key:
+                self.hub.check_guest_nick(nick)
         if key in self._claiming:
             raise NickTaken(f"nickname {nick} is taken; pick another")
         self._claiming.add(key)
@@ -267,7 +277,7 @@ class ClusterBus(Bus):
             kick,
             member.nick or "",
         )
-        answer = _text(result)
+        answer = as_text(result)
         if answer == "taken":
             raise NickTaken(f"nickname {nick} is taken; pick another")
         if answer == "registered":
@@ -312,7 +322,7 @@ class ClusterBus(Bus):
             topic = await self._command("HEXISTS", P + "topics", key)
             if members or topic:
                 name = await self._command("HGET", P + "roomnames", key)
-                shown = _text(name) if name else room_name
+                shown = as_text(name) if name else room_name
                 raise RoomExists(f"room #{shown} already exists; /join it")
         hub = self.hub
         room = hub.open_room(room_name)
@@ -324,7 +334,7 @@ class ClusterBus(Bus):
             else:
                 name = await self._command("HGET", P + "roomnames", key)
                 if name and not room.members:
-                    hub.describe(room, _text(name), room.topic, room.topic_by)
+                    hub.describe(room, as_text(name), room.topic, room.topic_by)
             if hub.history_on_join:
                 history = await self.store.recent(key, hub.history_on_join)
                 hub.seed(room, *history)
@@ -356,14 +366,14 @@ class ClusterBus(Bus):
             "" if member.account is None else str(member.account),
             member.key,
         )
-        message_id, target = int(result[0]), _text(result[1])
+        message_id, target = int(result[0]), as_text(result[1])
         if not message_id:
             raise NoSuchNick(f"nobody is called {to}")
         return Direct(message_id, ts, member.nick or "", target, text)
 
     async def room_list(self) -> RoomList:
         flat = await self._call("rooms")  # through the write queue: after this node's writes
-        pairs = [(_text(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
+        pairs = [(as_text(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
         pairs.sort(key=lambda pair: name_key(pair[0]))
         return RoomList(tuple(pairs))
 
@@ -383,8 +393,8 @@ class ClusterBus(Bus):
         ):
             raise NoSuchRoom(f"no room #{room_name}")
         name = await self._command("HGET", P + "roomnames", key)
-        nicks = sorted((_text(v).partition("\t")[2] for v in values), key=str.lower)
-        return WhoList(_text(name) if name else room_name, tuple(nicks))
+        nicks = sorted((as_text(v).partition("\t")[2] for v in values), key=str.lower)
+        return WhoList(as_text(name) if name else room_name, tuple(nicks))
 
     async def _call(self, name: str, *args: Any) -> Any:
         try:
@@ -427,7 +437,7 @@ class ClusterBus(Bus):
                 args = (node, member.key, member.nick, account, "", "0", "0", "", "")
                 await link.run_script("claim", *args, client=pipe)
             answers = (await pipe.execute())[4:]
-        conflicts = [m for m, a in zip(members, answers, strict=True) if _text(a) == "taken"]
+        conflicts = [m for m, a in zip(members, answers, strict=True) if as_text(a) == "taken"]
         async with link.redis.pipeline(transaction=False) as pipe:
             for member in members:
                 if member in conflicts:
@@ -451,7 +461,7 @@ class ClusterBus(Bus):
                 "XRANGE", P + "conv:" + room.key, f"({room.seen}-0", "+", "COUNT", CATCH_UP_MAX
             )
             for entry_id, fields in entries:
-                m = _stream_message(room.key, _text(entry_id), fields)
+                m = stream_message(room.key, as_text(entry_id), fields)
                 if m.room is not None:
                     self.hub.arrived(Message(m.id, m.ts, m.room, m.sender, m.text, m.action))
 
@@ -471,7 +481,9 @@ class ClusterBus(Bus):
                     continue
                 dead = await self.link.call("reap", "", "node lost")
                 for node in dead:
-                    logger.warning("node %s stopped answering; its users were dropped", _text(node))
+                    logger.warning(
+                        "node %s stopped answering; its users were dropped", as_text(node)
+                    )
             except (Unavailable, RedisError) as exc:
                 logger.debug("heartbeat: %s", exc)
 

@@ -43,7 +43,7 @@ class Unavailable(Exception):
     """Redis cannot be used right now."""
 
 
-def _text(value: bytes | str) -> str:
+def as_text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -105,7 +105,7 @@ class RedisLink:
             async with asyncio.timeout(COMMAND_TIMEOUT):
                 await self.redis.ping()
         except (RedisError, OSError, TimeoutError) as exc:
-            raise StoreError(f"cannot reach Redis at {self.url}: {_reason(exc)}") from None
+            raise StoreError(f"cannot reach Redis at {self.url}: {reason_of(exc)}") from None
         self.up = True
         self._up_event.set()
         self._task = asyncio.create_task(self._run(), name="chatd-redis-writer")
@@ -193,10 +193,10 @@ class RedisLink:
         if not self.up:
             return
         self.up = False
-        self.why = f"the cluster is unavailable (Redis: {_reason(exc)})"
+        self.why = f"the cluster is unavailable (Redis: {reason_of(exc)})"
         self.went_down = time.monotonic()
         self._up_event.clear()
-        logger.error("lost Redis at %s: %s", self.url, _reason(exc))
+        logger.error("lost Redis at %s: %s", self.url, reason_of(exc))
         self._fail_queued(self.why)
         self._wake.set()
         if self.on_down is not None:
@@ -224,7 +224,7 @@ class RedisLink:
                     results = await self._send(batch)
             except (RedisError, OSError, TimeoutError) as exc:
                 for _, _, done in batch:
-                    _complete(done, Unavailable(f"the cluster is unavailable: {_reason(exc)}"))
+                    _complete(done, Unavailable(f"the cluster is unavailable: {reason_of(exc)}"))
                 self.down(exc)
                 continue
             for (_, _, done), result in zip(batch, results, strict=True):
@@ -255,7 +255,7 @@ class RedisLink:
                     if self.on_up is not None:
                         await self.on_up()
             except (RedisError, OSError, TimeoutError) as exc:
-                logger.debug("Redis still unreachable: %s", _reason(exc))
+                logger.debug("Redis still unreachable: %s", reason_of(exc))
                 continue
             except Exception:
                 logger.exception("rejoining the cluster failed")
@@ -276,7 +276,7 @@ def _complete(done: Callable[[Any], None], result: Any) -> None:
         logger.exception("Redis write completion failed")
 
 
-def _reason(exc: BaseException | str) -> str:
+def reason_of(exc: BaseException | str) -> str:
     if isinstance(exc, str):
         return exc
     if isinstance(exc, TimeoutError):
@@ -285,7 +285,7 @@ def _reason(exc: BaseException | str) -> str:
     return text or exc.__class__.__name__
 
 
-def _failure(result: Any) -> BaseException | None:
+def failure_of(result: Any) -> BaseException | None:
     """The exception a queued write ended with, if any, as the client sees it."""
     if isinstance(result, Unavailable):
         return ClusterUnavailable(f"your message was not sent: {result}")

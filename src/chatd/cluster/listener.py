@@ -18,7 +18,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from chatd.cluster.link import COMMAND_TIMEOUT, RedisLink, Unavailable, _reason, _text
+from chatd.cluster.link import COMMAND_TIMEOUT, RedisLink, Unavailable, as_text, reason_of
 from chatd.cluster.scripts import P
 from chatd.core.bus import Hub
 from chatd.protocol import (
@@ -135,7 +135,7 @@ class Listener:
                     return  # live again meanwhile
                 await self._pubsub.unsubscribe(P + "r:" + key)
         except (RedisError, OSError, TimeoutError) as exc:
-            logger.debug("unsubscribe #%s: %s", key, _reason(exc))
+            logger.debug("unsubscribe #%s: %s", key, reason_of(exc))
 
     def _forget_task(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -174,7 +174,7 @@ class Listener:
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "subscribe":
-            future = self._confirm.pop(_text(message["channel"]), None)
+            future = self._confirm.pop(as_text(message["channel"]), None)
             if future is not None and not future.done():
                 future.set_result(None)
             return

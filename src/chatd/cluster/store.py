@@ -10,7 +10,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from chatd.cluster.link import RedisLink, Unavailable, _failure, _text
+from chatd.cluster.link import RedisLink, Unavailable, as_text, failure_of
 from chatd.cluster.scripts import CREATE_ACCOUNT, SAY, SET_PASSWORD, P
 from chatd.protocol import (
     name_key,
@@ -52,7 +52,7 @@ class RedisStore(Store):
     async def open(self) -> None:
         await self.link.open()
         keys = await self.link.redis.hkeys(P + "accounts")
-        self._registered = {_text(k) for k in keys}
+        self._registered = {as_text(k) for k in keys}
 
     async def close(self) -> None:
         await self.link.close()
@@ -76,7 +76,7 @@ class RedisStore(Store):
         assert message.room is not None, "private messages go through Cluster.direct"
 
         def stored(result: Any) -> None:
-            exc = _failure(result)
+            exc = failure_of(result)
             if exc is not None:
                 self.last_failure = time.monotonic()
             else:
@@ -142,7 +142,7 @@ class RedisStore(Store):
         for _ in range(20):
             entries = await self._read("XREVRANGE", stream, end, "-", "COUNT", limit + 1)
             for entry_id, fields in entries:
-                m = _stream_message(conversation, _text(entry_id), fields)
+                m = stream_message(conversation, as_text(entry_id), fields)
                 if wanted is not None and wanted.encode() not in (
                     fields.get(b"sa"),
                     fields.get(b"ta"),
@@ -153,7 +153,7 @@ class RedisStore(Store):
                 found.append(m)
             if len(entries) < limit + 1:
                 break
-            end = f"({_text(entries[-1][0])}"
+            end = f"({as_text(entries[-1][0])}"
         return found[::-1], False
 
     def is_registered(self, nick: str) -> bool:
@@ -222,7 +222,7 @@ def _account(value: bytes) -> Account:
     return Account(int(a["id"]), a["nick"], a["hash"], float(a["created"]))
 
 
-def _stream_message(conversation: str, entry_id: str, fields: dict[bytes, bytes]) -> StoredMessage:
+def stream_message(conversation: str, entry_id: str, fields: dict[bytes, bytes]) -> StoredMessage:
     def get(name: bytes) -> str | None:
         value = fields.get(name)
         return None if value is None else value.decode()

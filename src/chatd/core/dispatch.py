@@ -32,7 +32,6 @@ from chatd.errors import (
     ChatError,
     LoginThrottled,
     NickRegistered,
-    NickTaken,
     NotInRoom,
     NotLoggedIn,
     NotRegistered,
@@ -286,14 +285,11 @@ class Dispatcher:
     # -- nicknames, rooms and queries -------------------------------------------
 
     async def _nick(self, caller: Caller, nick: str) -> None:
-        """Choose or change a nickname, taken on the bus first."""
+        """Choose or change a nickname, taken on the bus first (which may
+        refuse it), then here (RoomManager.register or rename, which check
+        it again: the bus may have waited)."""
         manager, bus = self.manager, self.manager.bus
         key = name_key(nick)
-        if key != caller.key:
-            manager.check_guest_nick(nick)
-        holder = manager.find(nick)
-        if holder is not None and holder is not caller:
-            raise NickTaken(f"nickname {nick} is taken; pick another")
         old = caller.key
         keep_account = caller.account is not None and key == caller.key
         await bus.claim(caller, nick, account=caller.account if keep_account else None)

@@ -14,11 +14,10 @@ def send_all(
     event: Event,
     actor: Member | None = None,
     *,
-    skip: Member | None = None,
     encoded: dict[Codec, bytes] | None = None,
 ) -> None:
-    """Deliver ``event`` to ``members`` (but ``skip``): the same bytes go into
-    every outbox of a codec, and per recipient the work is one call.
+    """Deliver ``event`` to ``members``: the same bytes go into every outbox
+    of a codec, and per recipient the work is one call.
 
     ``actor``, the member whose command caused the event, gets it as a reply
     while earlier commands of its are still pending, so that it comes in its
@@ -27,20 +26,20 @@ def send_all(
     """
     if actor is not None and actor.ops_pending() and actor in members:
         actor.reply(actor.codec.encode(event))
-        skip = actor
+        members = [m for m in members if m is not actor]
     if encoded is None:
         encoded = {}
     last: Codec | None = None
     data = b""
+    # The hot path of the daemon: per recipient one attribute read, one
+    # identity check and the call (binding the codec to a local, or any
+    # further test per recipient, measurably costs more per delivery).
     for member in members:
-        if member is skip:
-            continue
-        codec = member.codec
-        if codec is not last:
-            last = codec
-            cached = encoded.get(codec)
+        if member.codec is not last:
+            last = member.codec
+            cached = encoded.get(last)
             if cached is None:
-                cached = encoded[codec] = codec.encode(event)
+                cached = encoded[last] = last.encode(event)
             data = cached
         member.deliver(data)
 

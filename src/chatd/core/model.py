@@ -85,8 +85,14 @@ class Member:
         """
         return 0
 
+    def awaits_echo(self) -> bool:
+        """Some message of this member's ends with its echo (begin_op with
+        ``echo_room``): its own room messages go to :meth:`echo`, not to
+        :meth:`deliver`."""
+        return False
+
     def echo(self, data: bytes, room_key: str) -> None:
-        """This member's own room message, delivered to it."""
+        """This member's own room message, come back through the bus."""
         self.deliver(data)
 
     def end_op(self, seq: int, data: bytes | None = None) -> None:

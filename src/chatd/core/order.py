@@ -55,6 +55,11 @@ class ReplyOrder:
         """An operation is unfinished: replies are held."""
         return self.done != self.begun
 
+    @property
+    def awaits_echo(self) -> bool:
+        """A message operation ends with its echo (see echo)."""
+        return bool(self._echoes)
+
     def begin(self, echo_room: str | None = None) -> int:
         """Begin an operation; ``echo_room``: a message to that room, ended by
         its echo (:meth:`echo`). Returns its number."""

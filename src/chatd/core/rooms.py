@@ -387,11 +387,12 @@ class RoomManager:
         members = room.members
         self.stats.messages_out += len(members)
         sender = self._nicks.get(name_key(event.sender))
-        if sender is not None and sender.ops_pending() and sender in members:
+        if sender is not None and sender.awaits_echo() and sender in members:
             # In its place among the replies to the sender's commands.
             data = sender.codec.encode(event)
             sender.echo(data, room.key)
-            send_all(members, event, skip=sender, encoded={sender.codec: data})
+            others = [m for m in members if m is not sender]
+            send_all(others, event, encoded={sender.codec: data})
         else:
             send_all(members, event)
         return True

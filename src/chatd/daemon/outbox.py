@@ -255,6 +255,9 @@ class Outbox(Member):
         if self._order is not None:
             self._queue_replies(self._order.end(seq, data))
 
+    def awaits_echo(self) -> bool:
+        return self._order is not None and self._order.awaits_echo
+
     def echo(self, data: bytes, room_key: str) -> None:
         order = self._order
         if order is None:

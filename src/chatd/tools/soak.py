@@ -1,7 +1,7 @@
 """A soak run: connections churn against one daemon for a while, then its
 resources are compared with where they started.
 
-``python -m chatd.tools.soak --seconds 600`` (``scripts/soak.sh``) spawns
+``python -m chatd.soak --seconds 600`` (``scripts/soak.sh``) spawns
 ``chatd serve`` on free loopback ports with a throwaway database, warms it
 up, reads ``/metrics``, and runs ``--workers`` clients that each loop:
 connect, choose a nickname, join a room, talk, send a DM, create and leave a
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     from chatd.config import ArgumentParser
 
     parser = ArgumentParser(
-        prog="python -m chatd.tools.soak",
+        prog="python -m chatd.soak",
         description="Churn connections against a fresh daemon; compare its resources after.",
     )
     parser.add_argument("--seconds", type=float, default=600.0, help="how long to churn")

@@ -78,7 +78,7 @@ def client_context(cafile: str | None = None, *, insecure: bool = False) -> ssl.
 
 
 class TLSConnection(StreamConnection):
-    """A :class:`~chatd.daemon.session.Connection` carrying TLS over a TCP stream."""
+    """A :class:`~chatd.transports.base.Connection` carrying TLS over a TCP stream."""
 
     __slots__ = ("_incoming", "_outgoing", "_ssl")
 

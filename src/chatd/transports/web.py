@@ -123,7 +123,7 @@ _FRAMES = _FrameCache()
 
 
 class WebSocketConnection:
-    """A :class:`~chatd.daemon.session.Connection` over one WebSocket.
+    """A :class:`~chatd.transports.base.Connection` over one WebSocket.
 
     Input: one frame is one line. Output: each rendered event (one JSON line)
     becomes one text frame, serialized by websockets (once per event, see
