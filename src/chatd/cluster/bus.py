@@ -139,6 +139,7 @@ class ClusterBus(Bus):
             except Exception:
                 logger.exception("cluster task %s failed", task.get_name())
         self._tasks = []
+        await self.listener.cancel()
         with contextlib.suppress(Unavailable, RedisError):
             await self.link.call("reap", self.node, "node stopped")
         await self.listener.close()

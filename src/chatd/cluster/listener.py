@@ -77,12 +77,15 @@ class Listener:
                 future.exception()
         self._confirm.clear()
 
-    async def close(self) -> None:
-        """Stop: pending unsubscriptions are cancelled, the connection closed."""
+    async def cancel(self) -> None:
+        """Stop changing subscriptions: pending unsubscriptions are cancelled."""
         for task in list(self._tasks):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    async def close(self) -> None:
+        """Close the subscriber connection (after cancel)."""
         if self._pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.aclose()
