@@ -362,8 +362,7 @@ class RoomManager:
         self.watchers.watch(member, on)
 
     def account_created(self, member: Member, account: int) -> None:
-        """``member`` registered its nickname: it is logged in to the new account,
-        and the rooms it is in are the account's now."""
+        """``member`` registered: it is in the new account, and so are its rooms."""
         member.account = account
         self._tell(member, Registered(member.nick or "", True))
         self.saved.save(member)
@@ -375,10 +374,9 @@ class RoomManager:
     # -- what arrives through the bus ------------------------------------------
 
     def arrived(self, event: Message) -> bool:
-        """A room message the store has, to every member of its room here:
-        the one way a room message reaches its readers. False if it did not
-        (no such room here, or it was shown already: a room forgotten and
-        joined again was seeded from the store, which may hold it)."""
+        """A stored room message, to every member of its room here: the one
+        way a room message reaches its readers. False if it did not (no such
+        room here, or it was shown: a room joined again was seeded with it)."""
         room = self._rooms.get(name_key(event.room))
         if room is None or event.id <= room.seen:
             return False
@@ -430,8 +428,7 @@ class RoomManager:
         send_all(audience, event)
 
     def kick(self, key: str, reason: str) -> None:
-        """End the connection of the member holding nickname key ``key``
-        (its account was logged in to elsewhere); its nickname stays taken."""
+        """Its account logged in elsewhere: end ``key``'s connection, nick kept."""
         member = self._nicks.get(key)
         if member is not None:
             self.disconnect(member, reason, release=False)

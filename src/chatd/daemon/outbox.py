@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 LINGER_SECONDS = 2.0
 #: A client behind on its output whose output has not moved for this long
 #: (its blocked write did not shrink) no longer holds back those who talk
-#: to it (see Session.stall).
+#: to it (see Outbox.stall).
 STALL_SECONDS = 1.0
 
 
