@@ -176,7 +176,7 @@ async def test_a_reader_too_slow_for_its_room_is_cut_by_the_soft_limit(
     start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Over queue_soft_bytes for queue_soft_seconds: cut, well before the hard limit."""
-    caplog.set_level(logging.WARNING, "chatd.daemon.session")
+    caplog.set_level(logging.WARNING, "chatd.daemon")
     server = await start_server(
         sndbuf=4096,
         max_queue_bytes=8 << 20,

@@ -90,7 +90,7 @@ async def test_slow_consumer_is_cut_and_the_room_carries_on(
     start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """One client stops reading: it is dropped; the others lose nothing."""
-    caplog.set_level(logging.WARNING, "chatd.daemon.session")
+    caplog.set_level(logging.WARNING, "chatd.daemon")
     server = await start_server(sndbuf=4096, max_queue_bytes=32 * 1024)
     stuck = await open_json(server.port, "stuck")
     stuck.stop_reading()
@@ -163,7 +163,7 @@ async def test_a_client_that_never_reads_is_cut_by_the_write_timeout(
     start_server: StartServer, register: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Commands without reading: paced, then cut, whatever the other deadlines."""
-    caplog.set_level(logging.WARNING, "chatd.daemon.session")
+    caplog.set_level(logging.WARNING, "chatd.daemon")
     server = await start_server(
         sndbuf=4096,
         max_queue_bytes=16 * 1024,
@@ -388,7 +388,7 @@ async def test_a_storm_of_connections_all_get_in(start_server: StartServer) -> N
 async def test_shutdown_tells_everyone_and_leaves_no_task(
     start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, "chatd.daemon.session")
+    caplog.set_level(logging.WARNING, "chatd.daemon")
     server = await start_server(sndbuf=4096, shutdown_grace=1.0)
     readers = [await open_json(server.port, f"r{i}") for i in range(3)]
     stuck = await open_json(server.port, "stuck")
