@@ -82,7 +82,7 @@ TLS = "TLS (see 'chatd gencert' for a development certificate)"
 WEB = "web page, WebSocket, /healthz and /metrics"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     host: str = setting(
         "127.0.0.1",

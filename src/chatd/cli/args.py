@@ -60,6 +60,10 @@ def _log_level(value: str) -> str:
 
 
 #: How a Settings field's type (as written in chatd.config) becomes an option.
+#: The argparse arguments for each type a setting may have, keyed by the
+#: field's annotation as written: config.py keeps ``from __future__ import
+#: annotations``, so ``field.type`` is that string (a new type needs a line
+#: here, or building the parser fails with a KeyError, in every CLI test).
 _KINDS: dict[str, dict[str, Any]] = {
     "str": {},
     "str | None": {},
