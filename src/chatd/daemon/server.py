@@ -1,12 +1,13 @@
 """Listeners, the session registry and the two-phase shutdown.
 
 :class:`Server` runs up to three listeners: the plain chat port, the TLS
-chat port (:mod:`chatd.transports.tls`) and the web port (:mod:`chatd.transports.web`). Every
-connection, whatever its transport, is admitted by the same connection
-limits (``max_clients``, ``max_per_ip``) and runs one
-:class:`~chatd.daemon.session.Session`. Shutdown is explicit and bounded: stop
-accepting, tell everyone, let outboxes flush for ``shutdown_grace`` seconds,
-abort the stragglers and wait for every session to finish.
+chat port (:mod:`chatd.transports.tls`) and the web port
+(:mod:`chatd.transports.web`). Every connection, whatever its transport, is
+admitted by the same connection limits (``max_clients``, ``max_per_ip``)
+and runs one :class:`~chatd.daemon.session.Session`. Shutdown is explicit
+and bounded: stop accepting, tell everyone, let outboxes flush for
+``shutdown_grace`` seconds, abort the stragglers and wait for every session
+to finish.
 """
 
 from __future__ import annotations
