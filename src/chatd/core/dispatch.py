@@ -43,7 +43,6 @@ from chatd.protocol import (
     Command,
     Create,
     Error,
-    Event,
     Format,
     Help,
     HelpText,
@@ -99,10 +98,6 @@ class Caller(Member):
     def page_bytes(self) -> int:
         """The most bytes one page of history may take in the outbox."""
         raise NotImplementedError
-
-    def tell(self, event: Event) -> None:
-        """Reply with an event, in this connection's codec."""
-        self.reply(self.codec.encode(event))
 
     def set_format(self, fmt: Format) -> None:
         """``/format``: raises BadArgs where the transport cannot."""

@@ -25,7 +25,7 @@ def send_all(
     codecs it was already encoded in.
     """
     if actor is not None and actor.ops_pending() and actor in members:
-        actor.reply(actor.codec.encode(event))
+        actor.tell(event)
         members = [m for m in members if m is not actor]
     if encoded is None:
         encoded = {}

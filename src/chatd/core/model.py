@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 
-from chatd.protocol import Direct, Format, Message, name_key
+from chatd.protocol import Direct, Event, Format, Message, name_key
 from chatd.protocol.codec import Codec, codec_for
 from chatd.store import StoredMessage
 
@@ -59,6 +59,10 @@ class Member:
     def reply(self, data: bytes) -> None:
         """Queue an answer to this member's own command. Never blocks or drops."""
         raise NotImplementedError
+
+    def tell(self, event: Event) -> None:
+        """Reply with an event, in this member's codec."""
+        self.reply(self.codec.encode(event))
 
     def kick(self, reason: str) -> None:
         """End this member's connection (after the manager has let it go)."""

@@ -186,7 +186,7 @@ class RoomManager:
             raise NickTaken(f"nickname {nick} is taken; pick another")
         member.nick, member.key = nick, key
         self._nicks[key] = member
-        self._tell(member, Registered(nick, member.account is not None))
+        member.tell(Registered(nick, member.account is not None))
         self.join(member, DEFAULT_ROOM)
 
     def check_guest_nick(self, nick: str) -> None:
@@ -205,7 +205,7 @@ class RoomManager:
         self._rename(member, nick)
         if leaves_account:
             member.account = None
-            self._tell(member, Registered(nick, False))
+            member.tell(Registered(nick, False))
 
     def _rename(self, member: Member, nick: str) -> None:
         assert member.nick is not None
@@ -239,14 +239,14 @@ class RoomManager:
         else:
             if member.nick != nick:
                 self._rename(member, nick)
-            self._tell(member, Registered(nick, True))
+            member.tell(Registered(nick, True))
 
     def logout(self, member: Member) -> None:
         """Leave the account and every room; the member chooses a nickname again."""
         nick = member.nick or ""
         self.disconnect(member, "logged out")
         member.account = None
-        self._tell(member, LoggedOut(nick))
+        member.tell(LoggedOut(nick))
 
     def join(
         self,
@@ -288,11 +288,11 @@ class RoomManager:
             self.bus.joined(member, room, created)
             self._announce(room, member, Joined(room.name, member.nick or ""))
             if room.topic:
-                self._tell(member, TopicIs(room.name, room.topic, room.topic_by))
+                member.tell(TopicIs(room.name, room.topic, room.topic_by))
             if room.recent:
                 self._show_history(member, room)
         member.current = room
-        self._tell(member, Current(room.name))
+        member.tell(Current(room.name))
         self.saved.save(member)
 
     def leave(self, member: Member, room_name: str | None = None) -> None:
@@ -312,7 +312,7 @@ class RoomManager:
         if was_current:
             # Fall back to the most recently joined room, if any.
             member.current = next(reversed(member.rooms.values()), None)
-            self._tell(member, Current(member.current.name if member.current else None))
+            member.tell(Current(member.current.name if member.current else None))
         self.saved.save(member)
 
     def say(self, member: Member, text: str, *, action: bool = False) -> None:
@@ -364,7 +364,7 @@ class RoomManager:
     def account_created(self, member: Member, account: int) -> None:
         """``member`` registered: it is in the new account, and so are its rooms."""
         member.account = account
-        self._tell(member, Registered(member.nick or "", True))
+        member.tell(Registered(member.nick or "", True))
         self.saved.save(member)
 
     def barrier(self, done: Callable[[], None]) -> None:
@@ -406,7 +406,7 @@ class RoomManager:
         """``member``'s private message is stored and on its way to its reader."""
         self.stats.messages_in += 1
         if name_key(event.to) != member.key:  # to oneself it arrives as any other
-            self._tell(member, event)
+            member.tell(event)
             self.stats.messages_out += 1
 
     def event_arrived(self, room_key: str, event: Event) -> None:
@@ -484,7 +484,7 @@ class RoomManager:
         for event in room.recent:
             member.reply(codec.encode(dataclasses.replace(event, history=True)))
         before = room.recent[0].id if room.older else None
-        self._tell(member, History(room.name, None, len(room.recent), room.older, before))
+        member.tell(History(room.name, None, len(room.recent), room.older, before))
 
     def _remove(self, member: Member, room: Room) -> None:
         del room.members[member]
@@ -497,13 +497,10 @@ class RoomManager:
         """The time stamp of a new message (seconds, to the millisecond)."""
         return round(self._clock(), 3)
 
-    def _tell(self, member: Member, event: Event) -> None:
-        member.reply(member.codec.encode(event))
-
     def _announce(self, room: Room, member: Member, event: Joined | Left) -> None:
         """A join or leave: to the room, or only to the member in a crowded room."""
         if len(room.members) > self.announce_limit:
-            self._tell(member, event)
+            member.tell(event)
         else:
             self._fanout(room, event, member)
 

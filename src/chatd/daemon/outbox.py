@@ -224,9 +224,6 @@ class Outbox(Member):
             self._flush_scheduled = True
             self._flusher.add(self)
 
-    def tell(self, event: Event) -> None:
-        self.reply(self.codec.encode(event))
-
     def stall(self, now: float) -> float:
         if self._closing:
             return 0.0
