@@ -28,7 +28,7 @@ from chatd.protocol import (
     WhoList,
     name_key,
 )
-from chatd.store import RoomRecord
+from chatd.store import RoomRecord, StoredMessage
 
 
 class Broker:
@@ -91,7 +91,10 @@ class FakeBus(Bus):
     def echo_room(self, room_key: str) -> str | None:
         return room_key
 
-    def stored(self, member: Member, seq: int, event: Message) -> bool:
+    def stored(self, member: Member, seq: int, record: StoredMessage) -> bool:
+        event = Message(
+            record.id, record.ts, record.room or "", record.sender, record.text, record.action
+        )
         for bus in self.broker.buses:  # every node, this one too, a pass later
             self.broker.call_soon(bus.hub.arrived, event)
         self.barrier(lambda: member.end_op(seq))

@@ -52,6 +52,7 @@ from chatd.protocol import (
 )
 from chatd.store import (
     RoomRecord,
+    StoredMessage,
     StoreError,
 )
 
@@ -163,7 +164,7 @@ class ClusterBus(Bus):
     def echo_room(self, room_key: str) -> str | None:
         return room_key  # every node delivers a message as it comes back
 
-    def stored(self, member: Member, seq: int, event: Message) -> bool:
+    def stored(self, member: Member, seq: int, record: StoredMessage) -> bool:
         """A message is stored and published: it reaches every node's
         members, this one's included, as it comes back from Redis. Its
         operation ends with its echo (Member.echo), or else after a barrier

@@ -105,7 +105,7 @@ class Bus(abc.ABC):
         (see Member.begin_op): the sender's own copy comes back through the bus."""
 
     @abc.abstractmethod
-    def stored(self, member: Member, seq: int, event: Message) -> bool:
+    def stored(self, member: Member, seq: int, record: StoredMessage) -> bool:
         """The store has a room message: see that it reaches its readers and
         that the sender's operation ``seq`` ends. False: it was not
         delivered (it was shown already), and is not counted."""

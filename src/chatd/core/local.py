@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from chatd.core.bus import Bus, Hub, Opening
 from chatd.core.model import Member, Room
 from chatd.protocol import Event, Message, RoomChanged, RoomList, WhoList, name_key
-from chatd.store import RoomRecord, StoreError
+from chatd.store import RoomRecord, StoredMessage, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,10 @@ class LocalBus(Bus):
     def echo_room(self, room_key: str) -> str | None:
         return None
 
-    def stored(self, member: Member, seq: int, event: Message) -> bool:
+    def stored(self, member: Member, seq: int, record: StoredMessage) -> bool:
+        event = Message(
+            record.id, record.ts, record.room or "", record.sender, record.text, record.action
+        )
         delivered = self.hub.arrived(event)
         member.end_op(seq)
         return delivered

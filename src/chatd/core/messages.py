@@ -19,7 +19,7 @@ from chatd.core.model import Member, Room
 from chatd.core.stats import Stats
 from chatd.core.window import MESSAGE_OVERHEAD, StoreWindow
 from chatd.errors import ChatError, StorageUnavailable
-from chatd.protocol import Direct, Error, Message
+from chatd.protocol import Direct, Error
 from chatd.store import Store, StoredMessage
 
 #: Writes the store may have queued before new messages are refused.
@@ -55,8 +55,7 @@ class Messages:
             bus.number(), self._now(), room.name, nick, None, text, action, member.account
         )
         seq = member.begin_op(bus.echo_room(room.key))
-        event = Message(record.id, record.ts, room.name, nick, text, action)
-        self._store_then(member, seq, record, lambda: bus.stored(member, seq, event))
+        self._store_then(member, seq, record, lambda: bus.stored(member, seq, record))
 
     def direct(self, member: Member, target: Member, text: str) -> None:
         """A private message to a member here; both see it once it is stored."""
