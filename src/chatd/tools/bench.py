@@ -17,6 +17,16 @@ still joining:
 4. *final*: after the phase every client pings once more; its answer comes
    after every message sent in the phase, so counts are complete (loss).
 
+Talkers write like real clients: every message is its own ``send()`` on the
+talker's socket (never several messages in one write, never an event loop's
+write buffer that would merge them); only when the kernel refuses part of a
+message does the rest wait for the socket to take it (counted as
+``talker_sends_deferred``). Redis talkers publish on a connection of their
+own, as a real client must (a subscribed RESP2 connection cannot publish).
+The workers collect no garbage cyclically during a measured phase
+(``gc.disable()``), so a pause of the generator is not counted as the
+server's latency.
+
 Workers read large chunks and count byte markers, never parsing JSON on the
 hot path. Every payload carries its talker's tag (``~t3~``) and, where
 latency is measured, the time it was *scheduled* to be sent (open loop: a
@@ -53,6 +63,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -64,6 +75,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -113,6 +125,12 @@ class Target:
     #: Cluster mode: the other daemons (clients are spread over all of them)
     #: and the Redis joining them.
     others: list[Target] = field(default_factory=list)
+    #: chatd's store as spawned: "sqlite" (a fresh file) or "memory", and
+    #: the database file ("" when in memory or not spawned).
+    store: str = ""
+    db: str = ""
+    #: A directory made for the spawned daemon's database, removed at stop.
+    scratch: str | None = None
 
     @property
     def label(self) -> str:
@@ -151,6 +169,8 @@ class Target:
         for other in self.others:
             if other.kind != "chatd":
                 other.stop()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def spawn_cluster(loop: str, nodes: int) -> Target:
@@ -175,16 +195,22 @@ def spawn_cluster(loop: str, nodes: int) -> Target:
 
 
 def spawn_chatd(
-    loop: str, db: str = ":memory:", transport: str = "tcp", extra: Sequence[str] = ()
+    loop: str, db: str | None = ":memory:", transport: str = "tcp", extra: Sequence[str] = ()
 ) -> Target:
     """Start ``chatd serve`` on a free loopback port, configured for load.
 
-    A database file is emptied first: each spawn measures a fresh store.
+    ``db=None`` is the default store, SQLite, on a new file in a directory
+    of its own that is removed when the daemon stops. A named database file
+    is emptied first: each spawn measures a fresh store.
     One that a running daemon holds is left alone, and the bench stops.
     With ``transport="ws"`` the web port is opened too, with WebSocket pings
     off: the load generator frames what it sends but never parses frames.
     """
-    if db != ":memory:":
+    scratch = None
+    if db is None:
+        scratch = tempfile.mkdtemp(prefix="chatd-bench-")
+        db = os.path.join(scratch, "chatd.db")
+    elif db != ":memory:":
         from pathlib import Path
 
         from chatd.store import DatabaseLock, StoreError
@@ -245,9 +271,22 @@ def spawn_chatd(
         if m := re.search(r"listening on (\S+):(\d+)", seen[-1]):
             _pump_stderr(proc, "chatd")
             port = web_port if transport == "ws" else int(m.group(2))
-            return Target("chatd", m.group(1), port, proc.pid, proc, transport)
+            store, path = ("memory", "") if db == ":memory:" else ("sqlite", db)
+            return Target(
+                "chatd",
+                m.group(1),
+                port,
+                proc.pid,
+                proc,
+                transport,
+                store=store,
+                db=path,
+                scratch=scratch,
+            )
     proc.kill()
     proc.wait()
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
     raise SystemExit("chatd bench: the daemon did not start:\n" + "\n".join(seen))
 
 
@@ -349,10 +388,17 @@ class BenchClient:
         self._found = asyncio.Event()
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        #: How a talker sends its messages (see Sender).
+        self.sender: Sender | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def connect(self, host: str, port: int) -> None:
         self.reader, self.writer = await asyncio.open_connection(host, port)
+        if self.spec.talks:
+            if self.kind == "redis":
+                self.sender = await Sender.connect(host, port)
+            else:
+                self.sender = Sender.beside(self.writer)
         if self.transport == "ws":
             await self._handshake(host, port)
         self._task = asyncio.create_task(self._read_loop())
@@ -440,33 +486,66 @@ class BenchClient:
         return f"PUBLISH {self.spec.room} {body}\r\n".encode()
 
     def close(self) -> None:
+        if self.sender is not None:
+            self.sender.close()
         if self.writer is not None:
             self.writer.transport.abort()
         if self._task is not None:
             self._task.cancel()
 
 
-class Publisher:
-    """Redis talkers publish through one connection per worker; replies drained."""
+class Sender:
+    """A talker's way out: one ``send()`` per message, as a real client writes.
 
-    def __init__(self) -> None:
-        self.writer: asyncio.StreamWriter | None = None
-        self._task: asyncio.Task[None] | None = None
+    It sends on its own socket object (a duplicate of the connection's file
+    descriptor, or a publish connection of its own), never through the event
+    loop's transport, which would merge the writes of one loop pass into one
+    system call. Only what the kernel does not take at once waits for the
+    socket to be writable, and that is counted (``deferred``).
+    """
 
-    async def connect(self, host: str, port: int) -> None:
-        reader, self.writer = await asyncio.open_connection(host, port)
+    def __init__(self, sock: socket.socket, drain_replies: bool = False) -> None:
+        self._sock = sock
+        sock.setblocking(False)
+        self._loop = asyncio.get_running_loop()
+        self.sends = 0
+        self.deferred = 0
+        self._task = self._loop.create_task(self._drain()) if drain_replies else None
 
-        async def drain_replies() -> None:
-            while await reader.read(1 << 16):
+    @classmethod
+    def beside(cls, writer: asyncio.StreamWriter) -> Sender:
+        """Send on the connection that ``writer`` reads from and pings on."""
+        fd = writer.get_extra_info("socket").fileno()
+        return cls(socket.socket(fileno=os.dup(fd)))
+
+    @classmethod
+    async def connect(cls, host: str, port: int) -> Sender:
+        """A connection of its own, whose replies are read and dropped."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        return cls(sock, drain_replies=True)
+
+    async def _drain(self) -> None:
+        with contextlib.suppress(OSError):
+            while await self._loop.sock_recv(self._sock, 1 << 16):
                 pass
 
-        self._task = asyncio.create_task(drain_replies())
+    async def send(self, data: bytes) -> None:
+        self.sends += 1
+        try:
+            sent = self._sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            self.deferred += 1
+            await self._loop.sock_sendall(self._sock, data[sent:])
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.transport.abort()
         if self._task is not None:
             self._task.cancel()
+        self._sock.close()
 
 
 class Worker:
@@ -478,17 +557,11 @@ class Worker:
         self.clients = [
             BenchClient(ClientSpec(*spec), self.kind, job["transport"]) for spec in job["clients"]
         ]
-        self.publisher = Publisher() if self.kind == "redis" else None
-
-    def writer_for(self, client: BenchClient) -> asyncio.StreamWriter:
-        writer = self.publisher.writer if self.publisher else client.writer
-        assert writer is not None
-        return writer
 
     async def connect_all(self, parallel: int | None) -> tuple[int, int]:
         """Connect every client; return (ready, failed)."""
         limiter = asyncio.Semaphore(parallel or len(self.clients) or 1)
-        host, port, ports = self.job["host"], self.job["port"], self.job["ports"]
+        host, ports = self.job["host"], self.job["ports"]
 
         async def one(client: BenchClient) -> bool:
             async with limiter:
@@ -499,8 +572,6 @@ class Worker:
                     return False
                 return True
 
-        if self.publisher is not None and any(c.spec.talks for c in self.clients):
-            await self.publisher.connect(host, port)
         results = await asyncio.gather(*(one(c) for c in self.clients))
         return sum(results), len(results) - sum(results)
 
@@ -514,14 +585,13 @@ class Worker:
         talkers = [c for c in self.clients if c.spec.talks]
 
         async def talk(client: BenchClient) -> None:
-            writer = self.writer_for(client)
+            assert client.sender is not None
+            send = client.sender.send
             line = client.message(0.0, size)
             while time.monotonic() < deadline:
-                room = window - (client.sent - client.mine)
-                if room > 0:
-                    writer.write(line * room)
-                    client.sent += room
-                    await writer.drain()
+                if client.sent - client.mine < window:
+                    await send(line)
+                    client.sent += 1
                 else:
                     client.progress.clear()
                     with contextlib.suppress(TimeoutError):
@@ -536,7 +606,8 @@ class Worker:
         deadline = start + duration
 
         async def talk(client: BenchClient, offset: float) -> None:
-            writer = self.writer_for(client)
+            assert client.sender is not None
+            send = client.sender.send
             interval = 1.0 / rate
             k = 0
             while (due := start + offset + k * interval) < deadline:
@@ -544,13 +615,12 @@ class Worker:
                 if due > now:
                     await asyncio.sleep(due - now)
                     now = time.monotonic()
-                batch = []
+                # Late (the generator was busy): each overdue message still
+                # goes in a send() of its own, stamped with when it was due.
                 while (due := start + offset + k * interval) <= now and due < deadline:
-                    batch.append(client.message(due, size))
+                    await send(client.message(due, size))
+                    client.sent += 1
                     k += 1
-                writer.write(b"".join(batch))
-                client.sent += len(batch)
-                await writer.drain()
 
         talkers = [c for c in self.clients if c.spec.talks]
         # Spread the talkers over one interval so they do not all fire at once.
@@ -564,6 +634,10 @@ class Worker:
         # Sampling starts before the start: the first messages may beat our wake-up.
         for client in self.clients:
             client.sampling = client.spec.samples
+        # No cyclic collection in the generator while it measures: its pause
+        # would read as the server's latency (bounded: one phase).
+        gc.collect()
+        gc.disable()
         await asyncio.sleep(max(0.0, start - time.monotonic()))
         cpu0 = time.process_time()
         base = sum(c.messages for c in self.clients)
@@ -571,7 +645,10 @@ class Worker:
         await asyncio.sleep(max(0.0, start + duration - time.monotonic()))
         in_window = sum(c.messages for c in self.clients) - base
         cpu = time.process_time() - cpu0
-        await asyncio.gather(*tasks)
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            gc.enable()
         if wait_echoes:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(30):
@@ -582,7 +659,14 @@ class Worker:
         sent: dict[str, int] = defaultdict(int)
         for client in self.clients:
             sent[client.spec.room] += client.sent
-        return {"received_in_window": in_window, "sent": dict(sent), "cpu": cpu}
+        senders = [c.sender for c in self.clients if c.sender is not None]
+        return {
+            "received_in_window": in_window,
+            "sent": dict(sent),
+            "cpu": cpu,
+            "sends": sum(s.sends for s in senders),
+            "deferred": sum(s.deferred for s in senders),
+        }
 
     def counts(self) -> dict[str, Any]:
         latencies = [x for c in self.clients for x in c.latencies]
@@ -594,8 +678,6 @@ class Worker:
     def close(self) -> None:
         for client in self.clients:
             client.close()
-        if self.publisher is not None:
-            self.publisher.close()
 
 
 async def _worker(pipe: multiprocessing.connection.Connection, job: dict[str, Any]) -> None:
@@ -772,9 +854,19 @@ def _loss(
 
 
 def _cpu_figures(
-    result: Result, cpu: float | None, duration: float, deliveries: int, gen_cpu: float, procs: int
+    result: Result,
+    cpu: float | None,
+    duration: float,
+    deliveries: int,
+    reports: list[dict[str, Any]],
+    procs: int,
 ) -> None:
     f = result.figures
+    # Every message went out in a send() of its own; these many waited for
+    # the kernel to take their rest (a full socket buffer).
+    f["talker_sends"] = sum(r["sends"] for r in reports)
+    f["talker_sends_deferred"] = sum(r["deferred"] for r in reports)
+    gen_cpu = sum(r["cpu"] for r in reports)
     f["generator_cpu_util"] = round(gen_cpu / duration, 2)
     if cpu is None:
         return
@@ -807,7 +899,7 @@ def run_fanout(target: Target, opts: argparse.Namespace) -> Result:
         messages_sent=sent,
         loss=loss,
     )
-    _cpu_figures(result, cpu, opts.duration, in_window, sum(r["cpu"] for r in reports), opts.procs)
+    _cpu_figures(result, cpu, opts.duration, in_window, reports, opts.procs)
     return result
 
 
@@ -843,7 +935,7 @@ def _open_loop_scenario(
         p999_ms=round(_percentile(latencies, 0.999) * 1e3, 3),
         max_ms=round(latencies[-1] * 1e3, 3) if latencies else None,
     )
-    _cpu_figures(result, cpu, opts.duration, in_window, sum(r["cpu"] for r in reports), opts.procs)
+    _cpu_figures(result, cpu, opts.duration, in_window, reports, opts.procs)
     return result
 
 
@@ -936,9 +1028,12 @@ def run_all(
     for job, args in jobs:
         target = start()
         try:
-            results.append(job(target, opts, *args))
+            result = job(target, opts, *args)
         finally:
             target.stop()
+        if target.store:
+            result.figures["store"] = target.store
+        results.append(result)
     return results
 
 
@@ -967,12 +1062,12 @@ def run_history(target: Target, opts: argparse.Namespace) -> Result:
     import sqlite3
 
     result = Result("history", target.kind)
-    if opts.db == ":memory:" or opts.host:
-        result.notes.append("needs a spawned daemon on a database file: --db PATH")
+    if not target.db:
+        result.notes.append("needs a spawned daemon on a database file (not --db :memory:)")
         return result
     room, count = "histbench", opts.history_messages
     t0 = time.monotonic()
-    with contextlib.closing(sqlite3.connect(opts.db, timeout=30)) as conn:
+    with contextlib.closing(sqlite3.connect(target.db, timeout=30)) as conn:
         first = 10**12  # far above the daemon's own ids
         now = time.time()
         for start in range(0, count, 100_000):
@@ -1083,8 +1178,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pid", type=int, help="its process id, for CPU and memory from /proc")
     parser.add_argument(
         "--db",
-        default=":memory:",
-        help="database of the spawned daemon (default: :memory:); a file is emptied first",
+        default=None,
+        help="database of the spawned daemon: a file (emptied first) or :memory: "
+        "(default: SQLite, as chatd serve's default, on a new file removed afterwards)",
     )
     parser.add_argument(
         "--loop",
@@ -1130,7 +1226,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--history-messages",
         type=int,
         default=1_000_000,
-        help="messages stored in the room before /history 1000 is timed (needs --db PATH)",
+        help="messages stored in the room before /history 1000 is timed (needs a database file)",
     )
     g.add_argument("--history-rounds", type=int, default=20, help="/history requests timed")
     g.add_argument(
