@@ -551,6 +551,7 @@ def test_cluster_run_sh_pair_and_nc_to_each_node(sandbox: Sandbox, redis_server_
     first node's port and to the second's reach one node each, and their users
     hear each other. (The compose file publishes those ports for its nodes:
     see the ``docker compose`` tests.)"""
+    needs("nc", "netcat-openbsd")
 
     async def scenario() -> None:
         nodes_cmds = commands("cluster: run.sh")
