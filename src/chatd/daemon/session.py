@@ -361,9 +361,12 @@ class Session(Outbox, Caller):
         return flood
 
     def _handle(self, item: bytes | ChatError) -> str | Pending | None:
+        if isinstance(item, ChatError):
+            # Told, not raised: a raised error kept by the framer would hold
+            # this frame, and the frame the error (a reference cycle).
+            self.tell(Error.of(item))
+            return None
         try:
-            if isinstance(item, ChatError):
-                raise item
             command = self.codec.decode(item)
             return None if command is None else self._dispatcher.dispatch(self, command)
         except ChatError as exc:

@@ -114,9 +114,13 @@ class StreamConnection:
 
     async def wait_closed(self) -> None:
         # Always awaited: a reset leaves its error in the stream's close
-        # future, which asyncio reports as never retrieved otherwise.
-        with contextlib.suppress(ConnectionError, OSError):
+        # future, which asyncio reports as never retrieved otherwise. The
+        # stream keeps that error, and every await that raised it added
+        # frames to it that lead back to the stream: cut them (no cycle).
+        try:
             await self._writer.wait_closed()
+        except (ConnectionError, OSError) as exc:
+            exc.__traceback__ = exc.__context__ = None
 
     def abort(self) -> None:
         # With SO_LINGER 0 the kernel sends RST and forgets the unsent data,
