@@ -30,9 +30,16 @@ class Member:
       iterating a room);
     * ``reply(data)`` for the answer to the member's own command: never
       dropped; the member paces its own reading instead.
+
+    ``batch`` is the member's side of the fast path of fan-out: a list the
+    member has open for the current loop pass (see
+    :class:`~chatd.core.fanout.Batches`), or None. While it is set, fan-out
+    appends the bytes to it instead of calling ``deliver``; the member
+    counts them when it takes the batch, or when :meth:`close_batch` is
+    called.
     """
 
-    __slots__ = ("account", "codec", "current", "key", "nick", "rooms")
+    __slots__ = ("account", "batch", "codec", "current", "key", "nick", "rooms")
 
     def __init__(self, fmt: Format = Format.TEXT) -> None:
         self.codec: Codec = codec_for(fmt)
@@ -42,6 +49,7 @@ class Member:
         self.current: Room | None = None
         #: The id of the account this member is logged in to (None: a guest).
         self.account: int | None = None
+        self.batch: list[bytes] | None = None
 
     @property
     def fmt(self) -> Format:
@@ -55,6 +63,11 @@ class Member:
     def deliver(self, data: bytes) -> None:
         """Queue what others caused. Never blocks; may drop the member."""
         raise NotImplementedError
+
+    def close_batch(self) -> None:
+        """Fan-out ran out of credit: count what went into the batch, and
+        take the rest of the pass through ``deliver``."""
+        self.batch = None
 
     def reply(self, data: bytes) -> None:
         """Queue an answer to this member's own command. Never blocks or drops."""

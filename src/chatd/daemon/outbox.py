@@ -17,8 +17,12 @@ Two kinds of output, two policies:
   a quarter of its bound, so a client that does not read is read more slowly.
 
 The outbox is the :class:`~chatd.core.model.Member` the room manager
-delivers to: fan-out calls :meth:`Outbox.deliver` directly, one call per
-recipient, with nothing in between.
+delivers to. The first delivery of a loop pass calls :meth:`Outbox.deliver`,
+which schedules the flush and opens the pass's batch (``Member.batch``, the
+outbox's own pending list); the rest of the pass, fan-out appends to it
+with no call at all, and the flush checks the bounds for them. An outbox
+that is behind (over its soft limit, or its transport congested) or
+closing keeps no batch open: each delivery is checked as it comes.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from chatd.core.fanout import batches
 from chatd.core.model import Member
 from chatd.core.order import ReplyOrder
 from chatd.protocol import Bye, Event, Format, Shutdown
@@ -72,6 +77,7 @@ class _Flusher:
 
     def _run(self) -> None:
         self._scheduled = False
+        batches().new_pass()  # every batch open so far is flushed below
         dirty, self._dirty = self._dirty, []
         for session in dirty:
             try:
@@ -98,6 +104,7 @@ class Outbox(Member):
     """A connection's output: what the room manager and its commands send it."""
 
     __slots__ = (
+        "_batches",
         "_behind",
         "_closing",
         "_conn",
@@ -160,6 +167,7 @@ class Outbox(Member):
         self._progress_at = 0.0
         self._loop = asyncio.get_running_loop()
         self._flusher = _flusher(self._loop)
+        self._batches = batches()
         #: A flush is due (a loop callback, or the writer after its drain).
         self._flush_scheduled = False
         #: The reader waits on this future (outbox full, or a pause) until a
@@ -202,10 +210,12 @@ class Outbox(Member):
                 self._behind = True
                 self._pushback.falling_behind(self)
         if not self._flush_scheduled:
-            # The hot path of fan-out: one flush per loop pass, however many
-            # events arrive in it; after the first, a delivery costs one check.
+            # One flush per loop pass, however many events arrive in it; until
+            # then fan-out appends to the open batch (see _flush).
             self._flush_scheduled = True
             self._flusher.add(self)
+            if not self._behind and self._batches.open(self, self._soft_bytes - queued):
+                self.batch = pending
 
     def reply(self, data: bytes) -> None:
         if self._closing:
@@ -223,6 +233,14 @@ class Outbox(Member):
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._flusher.add(self)
+            room = self._soft_bytes - self._pending_bytes - self._in_flight
+            if not self._behind and self._batches.open(self, room):
+                self.batch = self._pending
+
+    def close_batch(self) -> None:
+        if self.batch is not None:
+            self.batch = None
+            self._pending_bytes = sum(map(len, self._pending))
 
     def stall(self, now: float) -> float:
         if self._closing:
@@ -301,6 +319,7 @@ class Outbox(Member):
         logger.warning("dropping %s %s: %s", self.nick or "-", self.peer, reason)
         self.close_reason = self.close_reason or reason
         self._dropped = True
+        self.batch = None
         self._stop_output()
         self._pending.clear()
         self._pending_bytes = 0
@@ -353,6 +372,7 @@ class Outbox(Member):
         if self.ops_pending():
             self._release_held()
         self._closing = True
+        self.batch = None
         self._wake_reader()
         self._start_writer()  # it does the last flush and the end of output (FIN)
 
@@ -365,11 +385,14 @@ class Outbox(Member):
         returns; meanwhile nothing else flushes.
         """
         self._flush_scheduled = False
+        self.batch = None
         if not self._pending or self._dropped:
             self._check_caught_up()
             return
         batch = self._pending
-        size = self._pending_bytes
+        size = sum(map(len, batch))
+        if size > self._pending_bytes and self._over_bounds(batch, size):
+            return  # what fan-out appended to the open batch broke a bound
         self._pending = []
         self._pending_bytes = 0
         self._stats.bytes_out += size
@@ -386,6 +409,22 @@ class Outbox(Member):
             self._last_buffered = self._conn.buffered()
             self._start_writer()
         self._check_caught_up()
+
+    def _over_bounds(self, batch: list[bytes], size: int) -> bool:
+        """The checks :meth:`deliver` makes, for the deliveries of a pass
+        that went straight into the open batch; True if the client was dropped."""
+        queued = size + self._in_flight
+        if queued > self._max_bytes or len(batch) > self._max_events:
+            self._stats.slow_consumers += 1
+            self.drop(f"send queue overflow ({queued} bytes, {len(batch)} events queued)")
+            return True
+        if queued > self._soft_bytes:
+            if not self._soft_since:
+                self._soft_since = self._loop.time()
+            if not self._behind:
+                self._behind = True
+                self._pushback.falling_behind(self)
+        return False
 
     def _check_caught_up(self) -> None:
         if self._behind and (
@@ -439,6 +478,9 @@ class Outbox(Member):
             self.drop("output not flushed in time")
             writer.cancel()
             await asyncio.wait([writer])
+        # A cancelled task holds its error, the error this session's frames:
+        # let go of the task (no reference cycle).
+        self._writer_task = None
         if self._dropped:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(LINGER_SECONDS):
