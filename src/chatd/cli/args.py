@@ -172,6 +172,14 @@ def _add_serve(sub: Subcommands) -> None:
     # Settings keeps nothing by default; the command keeps a file of the user's.
     add_settings_arguments(serve, defaults={"db": default_db_path()})
     _add_common(serve)
+    serve.add_argument(
+        "--gc",
+        choices=("freeze", "default"),
+        default="freeze",
+        help="garbage collection: freeze what survives start-up and each second, so a "
+        "collection never scans the whole heap (no pause that grows with the number of "
+        "clients), or Python's default collector (default: %(default)s)",
+    )
 
 
 def _add_accounts(sub: Subcommands) -> None:

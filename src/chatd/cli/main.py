@@ -111,10 +111,14 @@ def raise_fd_limit(max_clients: int) -> int:
 FD_RESERVE = 64
 
 
-async def serve(settings: Settings) -> int:
-    """Run the daemon until SIGINT or SIGTERM; return the exit status."""
+async def serve(settings: Settings, gc_mode: str = "freeze") -> int:
+    """Run the daemon until SIGINT or SIGTERM; return the exit status.
+
+    ``gc_mode``: how the process collects garbage (see chatd.daemon.garbage).
+    """
     import ssl
 
+    from chatd.daemon.garbage import POLICY
     from chatd.daemon.server import Server
 
     fits = raise_fd_limit(settings.max_clients)
@@ -151,7 +155,12 @@ async def serve(settings: Settings) -> int:
         except (OSError, OverflowError) as exc:
             logger.error("cannot listen on %s: %s", settings.host, exc)
             return 1
-        await stop.wait()
+        POLICY.start(gc_mode)  # after start-up: what it made is frozen
+        collecting = asyncio.create_task(POLICY.run())
+        try:
+            await stop.wait()
+        finally:
+            collecting.cancel()
     finally:
         await server.shutdown()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -163,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "log_level", "warning"), getattr(args, "log_format", "text"))
     if args.command == "serve":
-        return run(serve(settings_from_args(args)), args.loop)
+        return run(serve(settings_from_args(args), args.gc), args.loop)
     if args.command == "bench":
         from chatd.tools import bench
 

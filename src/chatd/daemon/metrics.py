@@ -27,6 +27,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from chatd.core.stats import Stats
+from chatd.daemon.garbage import POLICY
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -114,6 +115,19 @@ class ChatdCollector(Collector):
             ),
         ):
             yield HistogramMetricFamily(name, doc, buckets=hist.cumulative(), sum_value=hist.total)
+        pauses = HistogramMetricFamily(
+            "chatd_gc_pause_seconds",
+            "Pauses of Python's cyclic garbage collector, by generation (see --gc)",
+            labels=["generation"],
+        )
+        for generation, hist in enumerate(POLICY.pauses):
+            pauses.add_metric([str(generation)], hist.cumulative(), hist.total)
+        yield pauses
+        yield GaugeMetricFamily(
+            "chatd_gc_frozen_objects",
+            "Objects the collector no longer scans (gc.freeze; 0 with --gc default)",
+            value=POLICY.frozen,
+        )
 
 
 def registry(stats: Stats, gauges: Gauges) -> CollectorRegistry:
