@@ -138,6 +138,13 @@ class Dispatcher:
     def dispatch(self, caller: Caller, command: Command) -> str | Pending | None:
         """Carry out one command; return a reason when the connection should
         end, or a coroutine to await when the command must wait."""
+        if type(command) is Say and caller.key is not None:
+            manager = self.manager
+            if not (manager.window.full or manager.pushback.anyone_behind):
+                # Most commands are lines of chat: they go first, past the
+                # matching below (the same as _registered, then _send).
+                manager.say(caller, command.text)
+                return None
         match command:
             case SetFormat(fmt):
                 caller.set_format(fmt)

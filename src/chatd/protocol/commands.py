@@ -195,6 +195,8 @@ COMMAND_HELP: Final[tuple[tuple[str, str], ...]] = (
 
 def clean_text(text: str) -> str:
     """Remove control characters and turn tabs into spaces."""
+    if text.isprintable():
+        return text  # the common case, decided in C: nothing to remove
     if _CONTROL_RE.search(text) is None:
         return text.replace("\t", " ") if "\t" in text else text
     return _CONTROL_RE.sub("", text.replace("\t", " "))

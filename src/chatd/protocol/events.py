@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Final
 from chatd.errors import ChatError
 from chatd.protocol.commands import COMMAND_HELP
 from chatd.protocol.framing import Format
+from chatd.protocol.record import record
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -36,7 +37,7 @@ class Registered:
     account: bool = False
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@record  # frozen to mypy; cheap to build: one per message (see protocol.record)
 class Message:
     type: ClassVar[str] = "message"
     id: int
@@ -515,7 +516,7 @@ def render(event: Event, fmt: Format) -> bytes:
     In JSON mode this is always exactly one line; in text mode ``/help`` is
     the one event that spans several.
     """
-    if fmt == Format.JSON:
+    if fmt is Format.JSON:
         if type(event) is Message:
             return _message_json(event)
         return _json_encode(event_to_json(event)).encode() + b"\n"

@@ -61,7 +61,7 @@ def socket_options(s: Settings) -> list[tuple[int, int, int]]:
 class StreamConnection:
     """A :class:`Connection` over asyncio streams: plain TCP."""
 
-    __slots__ = ("_high_water", "_reader", "_writer", "peer", "read_size")
+    __slots__ = ("_high_water", "_reader", "_transport", "_writer", "peer", "read_size")
 
     transport = "tcp"
 
@@ -70,6 +70,9 @@ class StreamConnection:
     ) -> None:
         self._reader = reader
         self._writer = writer
+        #: Written to directly: the flush of every connection in every loop
+        #: pass goes through write(), and StreamWriter adds nothing to it.
+        self._transport = writer.transport
         self.read_size = read_size
         self._high_water = writer.transport.get_write_buffer_limits()[1]
         peername = writer.get_extra_info("peername")
@@ -81,18 +84,19 @@ class StreamConnection:
     def write(self, chunks: list[bytes]) -> None:
         # uvloop raises RuntimeError on a closed transport where asyncio only
         # logs: both mean the peer is gone, which the writer handles as such.
-        if self._writer.is_closing():
+        transport = self._transport
+        if transport.is_closing():
             raise ConnectionResetError("connection closed")
-        self._writer.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     async def drain(self) -> None:
         await self._writer.drain()
 
     def congested(self) -> bool:
-        return self._writer.transport.get_write_buffer_size() > self._high_water
+        return self._transport.get_write_buffer_size() > self._high_water
 
     def buffered(self) -> int:
-        return self._writer.transport.get_write_buffer_size()
+        return self._transport.get_write_buffer_size()
 
     def get_extra_info(self, name: str) -> object:
         return self._writer.get_extra_info(name)
