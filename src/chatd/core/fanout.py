@@ -15,11 +15,12 @@ class Batches:
     and how many bytes fan-out may still append to them unchecked.
 
     Each member that opens a batch lowers the credit to what it can take
-    before its soft limit; every event fanned out spends its size once,
-    however many batches it goes into, so no member takes more than its
-    share unchecked. When the credit runs out, every batch closes and the
-    rest of the pass goes through ``deliver()``, which checks each delivery.
-    The flush of the pass starts a new one (:meth:`new_pass`).
+    before its soft limit; each encoding of an event fanned out spends its
+    size once, however many batches it goes into, so no member takes more
+    than its share unchecked. When the credit runs out, every batch closes
+    (the member counts and checks what is in it: ``Member.close_batch``)
+    and the rest of the pass goes through ``deliver()``, which checks each
+    delivery. The flush of the pass starts a new one (:meth:`new_pass`).
     """
 
     __slots__ = ("credit", "members")
@@ -36,10 +37,14 @@ class Batches:
         self.members.append(member)
         return True
 
-    def close_all(self) -> None:
-        members, self.members = self.members, []
-        for member in members:
-            member.close_batch()
+    def spend(self, size: int) -> None:
+        """An event of ``size`` bytes goes to the open batches; when the
+        credit runs out, every batch closes."""
+        self.credit -= size
+        if self.credit < 0:
+            members, self.members = self.members, []
+            for member in members:
+                member.close_batch()
 
     def new_pass(self) -> None:
         """The pass's batches were flushed: the next pass starts with none."""
@@ -78,11 +83,14 @@ def send_all(
     if actor is not None and actor.ops_pending() and actor in members:
         actor.tell(event)
         members = [m for m in members if m is not actor]
+    open_batches = _THREAD.batches
     if encoded is None:
         encoded = {}
+    elif open_batches.members:
+        # Each encoding spends its size once: a member takes one of them.
+        open_batches.spend(sum(map(len, encoded.values())))
     last: Codec | None = None
     data = b""
-    open_batches = _THREAD.batches
     # The hot path of the daemon: per recipient two attribute reads, an
     # identity check and one append to the batch the member has open for
     # this loop pass (Member.batch); a call to deliver() only for the first
@@ -93,11 +101,9 @@ def send_all(
             cached = encoded.get(last)
             if cached is None:
                 cached = encoded[last] = last.encode(event)
+                if open_batches.members:
+                    open_batches.spend(len(cached))
             data = cached
-            if open_batches.members:
-                open_batches.credit -= len(data)
-                if open_batches.credit < 0:
-                    open_batches.close_all()
         batch = member.batch
         if batch is None:
             member.deliver(data)

@@ -194,6 +194,10 @@ class Outbox(Member):
     def deliver(self, data: bytes) -> None:
         if self._closing:
             return
+        if self.batch is not None:
+            self.close_batch()  # count and check what fan-out put in it first
+            if self._closing:
+                return
         pending = self._pending
         pending.append(data)
         self._pending_bytes += len(data)
@@ -228,6 +232,12 @@ class Outbox(Member):
 
     def _queue(self, out: Sequence[bytes]) -> None:
         """Put replies in the outbox and see that it is flushed."""
+        if self.batch is not None:
+            # Fan-out's part is checked as deliver() would have, before the
+            # replies count: a reply is never what gets a client cut.
+            self.close_batch()
+            if self._closing:
+                return
         self._pending.extend(out)
         self._pending_bytes += sum(map(len, out))
         if not self._flush_scheduled:
@@ -240,7 +250,9 @@ class Outbox(Member):
     def close_batch(self) -> None:
         if self.batch is not None:
             self.batch = None
-            self._pending_bytes = sum(map(len, self._pending))
+            size = sum(map(len, self._pending))
+            if size > self._pending_bytes and not self._over_bounds(self._pending, size):
+                self._pending_bytes = size
 
     def stall(self, now: float) -> float:
         if self._closing:
@@ -396,19 +408,24 @@ class Outbox(Member):
         self._pending = []
         self._pending_bytes = 0
         self._stats.bytes_out += size
-        self._wake_reader()
+        # Once per connection per loop pass: the calls below are made only
+        # when they have something to do.
+        if self._reader_waiter is not None:
+            self._wake_reader()
+        conn = self._conn
         try:
-            self._conn.write(batch)
+            conn.write(batch)
         except (ConnectionError, OSError) as exc:
             self._write_failed(exc)
             return
-        if self._conn.congested():
+        if conn.congested():
             self._flush_scheduled = True  # the writer flushes after its drain
             self._in_flight = size  # counted against the bound while it waits
             self.write_blocked_since = self._progress_at = self._loop.time()
-            self._last_buffered = self._conn.buffered()
+            self._last_buffered = conn.buffered()
             self._start_writer()
-        self._check_caught_up()
+        if self._behind:
+            self._check_caught_up()
 
     def _over_bounds(self, batch: list[bytes], size: int) -> bool:
         """The checks :meth:`deliver` makes, for the deliveries of a pass
