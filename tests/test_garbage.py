@@ -1,15 +1,15 @@
 """``chatd serve --gc``: what the daemon's garbage collection does, as /metrics
-shows it, and the fan-out's batches that keep each outbox within its limits."""
+shows it."""
 
 from __future__ import annotations
 
+import gc
 import re
+import weakref
 
 import pytest
 
-from chatd.core.fanout import Batches, send_all
-from chatd.core.model import Member
-from chatd.protocol import Pong
+from chatd.daemon.garbage import GarbagePolicy
 from tests.helpers import Daemon, open_json, until_async
 from tests.test_web import http, metric
 
@@ -71,40 +71,29 @@ async def test_gc_default_leaves_pythons_collector_alone() -> None:
         await daemon.stop()
 
 
-class Inbox(Member):
-    """A member that keeps what it is given and opens batches like an outbox."""
+def test_a_full_collection_returns_what_died_in_a_cycle_while_frozen() -> None:
+    """What code outside chatd leaves in a reference cycle after it was
+    frozen is never seen by the collections of what is new; the full
+    collection (GarbagePolicy.thaw, due when the frozen heap grew by a
+    quarter) returns it."""
 
-    def __init__(self, batches: Batches, room: int) -> None:
-        super().__init__()
-        self.got: list[bytes] = []
-        self.checked = 0
-        self.closed = 0
-        if batches.open(self, room):
-            self.batch = self.got
+    class Node:
+        me: object
 
-    def deliver(self, data: bytes) -> None:
-        self.checked += 1
-        self.got.append(data)
-
-    def close_batch(self) -> None:
-        self.closed += 1
-        self.batch = None
-
-
-async def test_fanout_appends_to_open_batches_until_the_smallest_credit_is_spent() -> None:
-    from chatd.core import fanout
-
-    batches = fanout.batches()
-    batches.new_pass()
-    size = len(Member().codec.encode(Pong("x" * 20)))
-    roomy, tight = Inbox(batches, 100 * size), Inbox(batches, 3 * size)
-    assert batches.credit == 3 * size  # the tightest member sets it
-    for _ in range(5):
-        send_all([roomy, tight], Pong("x" * 20))
-    assert len(roomy.got) == len(tight.got) == 5
-    # Three events fit the credit and went into the batches unchecked; the
-    # fourth spent it: every batch closed, and the rest were checked.
-    assert (roomy.checked, tight.checked) == (2, 2)
-    assert roomy.closed == tight.closed == 1
-    assert not batches.members
-    batches.new_pass()
+    policy = GarbagePolicy()
+    try:
+        policy.start("freeze")
+        node = Node()
+        node.me = node
+        alive = weakref.ref(node)
+        policy.tick()  # node survives a tick: frozen
+        del node
+        policy.tick()
+        assert alive() is not None, "a frozen cycle is not looked at by the ticks"
+        assert not policy.thaw_due()  # nothing grew by a quarter
+        assert policy.thaw() >= 1
+        assert alive() is None
+        assert policy.thaws == 1
+    finally:
+        gc.unfreeze()
+        gc.callbacks.remove(policy._observe)

@@ -176,9 +176,10 @@ def _add_serve(sub: Subcommands) -> None:
         "--gc",
         choices=("freeze", "default"),
         default="freeze",
-        help="garbage collection: freeze what survives start-up and each second, so a "
-        "collection never scans the whole heap (no pause that grows with the number of "
-        "clients), or Python's default collector (default: %(default)s)",
+        help="garbage collection: freeze what survives start-up and each tenth of a "
+        "second, so a collection looks only at what is new (no pause that grows with "
+        "the number of clients; a full one at most every ten minutes, once the heap "
+        "grew by a quarter), or Python's default collector (default: %(default)s)",
     )
 
 

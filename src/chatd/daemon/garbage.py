@@ -18,19 +18,26 @@ default) runs the collector this way:
   was made since the last tick and is still alive: its cost is bounded by
   that, a storm of new connections included, not by the size of the heap;
 * CPython's own young collections (generations 0 and 1) run as usual: they
-  look at new objects only.
+  look at new objects only;
+* at most every ten minutes, and only when the frozen objects are a
+  quarter more than after the last one, one full collection of everything
+  (:meth:`thaw`).
 
 A frozen object is still freed by reference counting when its connection
-goes; only a reference cycle among frozen objects would stay, which is what
-the test guards. Every collection's pause is recorded for ``/metrics``
-(``chatd_gc_pause_seconds``, by generation). ``--gc default`` leaves
-CPython's collector as it is.
+goes; only a reference cycle among frozen objects would stay. chatd makes
+none (the test guards it); what code outside chatd leaves is returned by
+the full collection, one pause whose length grows with the heap (about
+90 ms at 10,000 connections, see docs/PERFORMANCE.md), which a daemon
+whose heap does not grow never takes. Every collection's
+pause is recorded for ``/metrics`` (``chatd_gc_pause_seconds``, by
+generation). ``--gc default`` leaves CPython's collector as it is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import time
 from typing import Any
 
@@ -40,8 +47,14 @@ from chatd.core.stats import Histogram
 #: one has little to look at (a pause well under a millisecond at thousands
 #: of messages a second).
 FREEZE_INTERVAL = 0.1
+#: Seconds at least between two full collections (see GarbagePolicy.thaw),
+#: and how much the frozen objects must have grown since the last one.
+THAW_INTERVAL = 600.0
+THAW_GROWTH = 1.25
 #: Buckets of the pause histogram (seconds).
 PAUSE_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+logger = logging.getLogger(__name__)
 
 
 class GarbagePolicy:
@@ -52,6 +65,10 @@ class GarbagePolicy:
         #: Pauses of the collector, one histogram per generation.
         self.pauses = [Histogram(PAUSE_BUCKETS) for _ in range(3)]
         self.mode = "default"
+        #: Full collections made by :meth:`thaw`, and the frozen objects
+        #: after the last (or after start-up).
+        self.thaws = 0
+        self._frozen_after = 0
         self._started = 0.0
         self._watching = False
 
@@ -75,6 +92,7 @@ class GarbagePolicy:
         if mode == "freeze":
             gc.collect()
             gc.freeze()
+            self._frozen_after = gc.get_freeze_count()
 
     def tick(self) -> None:
         """Collect what was made since the last tick and freeze the rest."""
@@ -82,11 +100,44 @@ class GarbagePolicy:
             gc.collect()
             gc.freeze()
 
+    def thaw(self) -> int:
+        """A full collection of everything, frozen objects included; return
+        how many unreachable objects it found.
+
+        The safety net under the freezing: code outside chatd (asyncio's
+        selector transport on Python 3.11 keeps a reference cycle per
+        connection; a Redis client replaced after an outage leaves some)
+        can leave cycles among objects that were frozen while alive. This
+        returns them, at the cost of one pause that grows with the heap
+        (measured in docs/PERFORMANCE.md), every :data:`THAW_INTERVAL`.
+        """
+        if self.mode != "freeze":
+            return 0
+        gc.unfreeze()
+        found = gc.collect()
+        gc.freeze()
+        self._frozen_after = gc.get_freeze_count()
+        self.thaws += 1
+        logger.debug("full collection: %d unreachable objects", found)
+        return found
+
+    def thaw_due(self) -> bool:
+        """The frozen objects grew by :data:`THAW_GROWTH` since the last
+        full collection (as CPython's own rule for full collections)."""
+        return gc.get_freeze_count() > self._frozen_after * THAW_GROWTH
+
     async def run(self) -> None:
-        """:meth:`tick` every :data:`FREEZE_INTERVAL` seconds, until cancelled."""
+        """:meth:`tick` every :data:`FREEZE_INTERVAL` seconds; :meth:`thaw`
+        instead when it is due, at most every :data:`THAW_INTERVAL`."""
+        loop = asyncio.get_running_loop()
+        thaw_at = loop.time() + THAW_INTERVAL
         while True:
             await asyncio.sleep(FREEZE_INTERVAL)
-            self.tick()
+            if loop.time() >= thaw_at and self.thaw_due():
+                thaw_at = loop.time() + THAW_INTERVAL
+                self.thaw()
+            else:
+                self.tick()
 
     @property
     def frozen(self) -> int:

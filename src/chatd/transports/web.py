@@ -208,6 +208,10 @@ def _slot_holding(take: TakeSlot, release: ReleaseSlot) -> type[ServerConnection
 
         def connection_lost(self, exc: Exception | None) -> None:
             super().connection_lost(exc)
+            # websockets keeps the error that ended the parser, whose frames
+            # hold the protocol (a reference cycle): let go of the frames.
+            if (parser_exc := self.protocol.parser_exc) is not None:
+                parser_exc.__traceback__ = None
             if self.slot is not None:
                 release(self.slot)
                 self.slot = None
