@@ -466,10 +466,11 @@ class FaultyConnection:
         await asyncio.get_running_loop().create_future()  # never: no input
         return b""
 
-    def write(self, chunks: list[bytes]) -> None:
+    def write(self, chunks: list[bytes]) -> int:
         if self.fail:
             raise RuntimeError("a transport bug")
         self.written += chunks
+        return sum(map(len, chunks))
 
     async def drain(self) -> None:
         return

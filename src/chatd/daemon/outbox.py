@@ -401,23 +401,22 @@ class Outbox(Member):
         if not self._pending or self._dropped:
             self._check_caught_up()
             return
-        batch = self._pending
-        size = sum(map(len, batch))
-        if size > self._pending_bytes and self._over_bounds(batch, size):
-            return  # what fan-out appended to the open batch broke a bound
+        batch, counted = self._pending, self._pending_bytes
         self._pending = []
         self._pending_bytes = 0
-        self._stats.bytes_out += size
         # Once per connection per loop pass: the calls below are made only
         # when they have something to do.
         if self._reader_waiter is not None:
             self._wake_reader()
         conn = self._conn
         try:
-            conn.write(batch)
+            size = conn.write(batch)  # the size comes back with the write, at no cost
         except (ConnectionError, OSError) as exc:
             self._write_failed(exc)
             return
+        self._stats.bytes_out += size
+        if size > counted and self._over_bounds(batch, size):
+            return  # what fan-out appended to the open batch broke a bound: dropped
         if conn.congested():
             self._flush_scheduled = True  # the writer flushes after its drain
             self._in_flight = size  # counted against the bound while it waits

@@ -22,8 +22,9 @@ class Connection(Protocol):
         """Some bytes, or ``b""`` at end of input."""
         ...
 
-    def write(self, chunks: list[bytes]) -> None:
-        """Queue all chunks for sending, in order."""
+    def write(self, chunks: list[bytes]) -> int:
+        """Queue all chunks for sending, in order; return their total size
+        (before any framing)."""
         ...
 
     async def drain(self) -> None:

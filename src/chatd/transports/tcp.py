@@ -81,13 +81,15 @@ class StreamConnection:
     async def read(self) -> bytes:
         return await self._reader.read(self.read_size)
 
-    def write(self, chunks: list[bytes]) -> None:
+    def write(self, chunks: list[bytes]) -> int:
         # uvloop raises RuntimeError on a closed transport where asyncio only
         # logs: both mean the peer is gone, which the writer handles as such.
         transport = self._transport
         if transport.is_closing():
             raise ConnectionResetError("connection closed")
-        transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        transport.write(data)
+        return len(data)
 
     async def drain(self) -> None:
         await self._writer.drain()

@@ -151,14 +151,16 @@ class TLSConnection(StreamConnection):
             self._send_outgoing()
             return data
 
-    def write(self, chunks: list[bytes]) -> None:
+    def write(self, chunks: list[bytes]) -> int:
         if self._writer.is_closing():
             raise ConnectionResetError("connection closed")
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
-            self._ssl.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            self._ssl.write(data)
         except ssl.SSLError as exc:
             raise ConnectionResetError(f"TLS error: {exc.reason or exc}") from None
         self._send_outgoing()
+        return len(data)
 
     def write_eof(self) -> None:
         # close_notify: the TLS way of saying "no more output".

@@ -148,11 +148,12 @@ class WebSocketConnection:
             return b""
         return frame if frame.endswith(b"\n") else frame + b"\n"
 
-    def write(self, chunks: list[bytes]) -> None:
+    def write(self, chunks: list[bytes]) -> int:
         ws = self._ws
         if ws.protocol.state is not State.OPEN or ws.transport.is_closing():
             raise ConnectionResetError("connection closed")
         ws.transport.write(b"".join(map(_FRAMES.frame, chunks)))
+        return sum(map(len, chunks))
 
     async def drain(self) -> None:
         await self._ws.drain()
