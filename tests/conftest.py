@@ -26,6 +26,7 @@ import uvloop
 import chatd
 from chatd.config import Settings
 from chatd.daemon.server import Server
+from chatd.transports.tls import generate_certificate
 from tests.helpers import LineClient, PipeClient
 
 #: A callback that holds the event loop longer than this fails its test.
@@ -318,3 +319,12 @@ async def spawn(start_server: StartServer) -> AsyncIterator[Spawn]:
     yield start
     for client in clients:
         await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def cert_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate and its key for localhost (PEM files)."""
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    generate_certificate(cert, key, ["localhost", "127.0.0.1"])
+    return str(cert), str(key)

@@ -37,7 +37,6 @@ from websockets.exceptions import ConnectionClosed
 
 import chatd
 from chatd.daemon.server import Server
-from chatd.transports.tls import generate_certificate
 from tests.conftest import StartServer
 from tests.helpers import DEADLINE, LineClient, open_json
 
@@ -99,14 +98,6 @@ def cyclic_garbage() -> Iterator[CyclicGarbage]:
     finally:
         gc.set_debug(flags)
         gc.garbage.clear()
-
-
-@pytest.fixture(scope="module")
-def cert_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    generate_certificate(cert, key, ["localhost", "127.0.0.1"])
-    return str(cert), str(key)
 
 
 def reset(client: LineClient) -> None:

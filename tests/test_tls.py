@@ -22,14 +22,6 @@ from tests.helpers import DEADLINE, Daemon, LineClient, open_json, signal_child,
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(scope="session")
-def cert_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    generate_certificate(cert, key, ["localhost", "127.0.0.1"])
-    return str(cert), str(key)
-
-
 @pytest.fixture
 async def tls_server(start_server: StartServer, cert_pair: tuple[str, str]) -> Server:
     cert, key = cert_pair
