@@ -194,18 +194,9 @@ def spawn_cluster(loop: str, nodes: int) -> Target:
     return first
 
 
-def spawn_chatd(
-    loop: str, db: str | None = ":memory:", transport: str = "tcp", extra: Sequence[str] = ()
-) -> Target:
-    """Start ``chatd serve`` on a free loopback port, configured for load.
-
-    ``db=None`` is the default store, SQLite, on a new file in a directory
-    of its own that is removed when the daemon stops. A named database file
-    is emptied first: each spawn measures a fresh store.
-    One that a running daemon holds is left alone, and the bench stops.
-    With ``transport="ws"`` the web port is opened too, with WebSocket pings
-    off: the load generator frames what it sends but never parses frames.
-    """
+def _fresh_database(db: str | None) -> tuple[str, str | None]:
+    """The ``--db`` of a spawned daemon, and the directory made for it (or
+    None): a new file for None, a named file emptied, or ``:memory:``."""
     scratch = None
     if db is None:
         scratch = tempfile.mkdtemp(prefix="chatd-bench-")
@@ -229,6 +220,22 @@ def spawn_chatd(
                         os.unlink(db + suffix)
             finally:
                 lock.release()
+    return db, scratch
+
+
+def spawn_chatd(
+    loop: str, db: str | None = ":memory:", transport: str = "tcp", extra: Sequence[str] = ()
+) -> Target:
+    """Start ``chatd serve`` on a free loopback port, configured for load.
+
+    ``db=None`` is the default store, SQLite, on a new file in a directory
+    of its own that is removed when the daemon stops. A named database file
+    is emptied first: each spawn measures a fresh store.
+    One that a running daemon holds is left alone, and the bench stops.
+    With ``transport="ws"`` the web port is opened too, with WebSocket pings
+    off: the load generator frames what it sends but never parses frames.
+    """
+    db, scratch = _fresh_database(db)
     cmd = [
         sys.executable,
         "-m",
