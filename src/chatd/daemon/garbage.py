@@ -44,8 +44,8 @@ from typing import Any
 from chatd.core.stats import Histogram
 
 #: Seconds between two collect-and-freeze steps: often enough that each
-#: one has little to look at (a pause well under a millisecond at thousands
-#: of messages a second).
+#: one has little to look at (about a millisecond on average at 2,000
+#: messages a second in 1000 rooms, see docs/PERFORMANCE.md).
 FREEZE_INTERVAL = 0.1
 #: Seconds at least between two full collections (see GarbagePolicy.thaw),
 #: and how much the frozen objects must have grown since the last one.
@@ -109,7 +109,8 @@ class GarbagePolicy:
         connection; a Redis client replaced after an outage leaves some)
         can leave cycles among objects that were frozen while alive. This
         returns them, at the cost of one pause that grows with the heap
-        (measured in docs/PERFORMANCE.md), every :data:`THAW_INTERVAL`.
+        (measured in docs/PERFORMANCE.md); :meth:`run` calls it only when
+        :meth:`thaw_due`, at most every :data:`THAW_INTERVAL`.
         """
         if self.mode != "freeze":
             return 0
