@@ -6,7 +6,9 @@ than a plain slotted one (0.69 against 0.15 µs for seven fields, CPython
 3.11). The daemon builds two records per message (the stored message and
 its event), so those two use this decorator: mypy holds them frozen (no
 assignment to a field passes ``mypy --strict``), and at run time they are
-slotted dataclasses, hashable and compared by value like frozen ones.
+slotted dataclasses, hashable and compared by value like frozen ones. The
+price: at run time an assignment (or ``setattr``) would not raise, so code
+must not change a record any more than it could before; nothing does.
 """
 
 from __future__ import annotations
