@@ -194,32 +194,13 @@ class Outbox(Member):
     def deliver(self, data: bytes) -> None:
         if self._closing:
             return
-        if self.batch is not None:
-            self.close_batch()  # count and check what fan-out put in it first
-            if self._closing:
-                return
+        if self.batch is not None and not self._close_batch_first():
+            return
         pending = self._pending
         pending.append(data)
         self._pending_bytes += len(data)
-        # The batch still waiting in the transport counts too: that is the bound.
-        queued = self._pending_bytes + self._in_flight
-        if queued > self._max_bytes or len(pending) > self._max_events:
-            self._stats.slow_consumers += 1
-            self.drop(f"send queue overflow ({queued} bytes, {len(pending)} events queued)")
-            return
-        if queued > self._soft_bytes:
-            if not self._soft_since:
-                self._soft_since = self._loop.time()  # sweep() cuts it if this lasts
-            if not self._behind:
-                self._behind = True
-                self._pushback.falling_behind(self)
-        if not self._flush_scheduled:
-            # One flush per loop pass, however many events arrive in it; until
-            # then fan-out appends to the open batch (see _flush).
-            self._flush_scheduled = True
-            self._flusher.add(self)
-            if not self._behind and self._batches.open(self, self._soft_bytes - queued):
-                self.batch = pending
+        if not self._over_bounds(pending, self._pending_bytes):
+            self._schedule_flush()
 
     def reply(self, data: bytes) -> None:
         if self._closing:
@@ -232,20 +213,30 @@ class Outbox(Member):
 
     def _queue(self, out: Sequence[bytes]) -> None:
         """Put replies in the outbox and see that it is flushed."""
-        if self.batch is not None:
-            # Fan-out's part is checked as deliver() would have, before the
-            # replies count: a reply is never what gets a client cut.
-            self.close_batch()
-            if self._closing:
-                return
+        # Fan-out's part is checked as deliver() would have, before the
+        # replies count: a reply is never what gets a client cut.
+        if self.batch is not None and not self._close_batch_first():
+            return
         self._pending.extend(out)
         self._pending_bytes += sum(map(len, out))
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        """One flush per loop pass, however many events arrive in it; until
+        then fan-out appends to the batch opened here (see _flush)."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._flusher.add(self)
             room = self._soft_bytes - self._pending_bytes - self._in_flight
             if not self._behind and self._batches.open(self, room):
                 self.batch = self._pending
+
+    def _close_batch_first(self) -> bool:
+        """Close the open batch before queueing what does not come through
+        fan-out, so that its contents are counted and checked first; False
+        if that cut the client."""
+        self.close_batch()
+        return not self._closing
 
     def close_batch(self) -> None:
         if self.batch is not None:
@@ -427,8 +418,10 @@ class Outbox(Member):
             self._check_caught_up()
 
     def _over_bounds(self, batch: list[bytes], size: int) -> bool:
-        """The checks :meth:`deliver` makes, for the deliveries of a pass
-        that went straight into the open batch; True if the client was dropped."""
+        """The bounds of fan-out, for an outbox of ``batch`` (``size``
+        bytes); True if the client was dropped. Checked by :meth:`deliver`
+        and, for what went straight into an open batch, when it closes."""
+        # The batch still waiting in the transport counts too: that is the bound.
         queued = size + self._in_flight
         if queued > self._max_bytes or len(batch) > self._max_events:
             self._stats.slow_consumers += 1
@@ -436,7 +429,7 @@ class Outbox(Member):
             return True
         if queued > self._soft_bytes:
             if not self._soft_since:
-                self._soft_since = self._loop.time()
+                self._soft_since = self._loop.time()  # sweep() cuts it if this lasts
             if not self._behind:
                 self._behind = True
                 self._pushback.falling_behind(self)
