@@ -138,13 +138,11 @@ class Dispatcher:
     def dispatch(self, caller: Caller, command: Command) -> str | Pending | None:
         """Carry out one command; return a reason when the connection should
         end, or a coroutine to await when the command must wait."""
-        if type(command) is Say and caller.key is not None:
-            manager = self.manager
-            if not (manager.window.full or manager.pushback.anyone_behind):
-                # Most commands are lines of chat: they go first, past the
-                # matching below (the same as _registered, then _send).
-                manager.say(caller, command.text)
-                return None
+        if type(command) is Say and caller.key is not None and not self._messages_may_wait():
+            # Most commands are lines of chat: they go first, past the
+            # matching below (the same as _registered, then _send).
+            self.manager.say(caller, command.text)
+            return None
         match command:
             case SetFormat(fmt):
                 caller.set_format(fmt)
@@ -190,7 +188,7 @@ class Dispatcher:
         """The commands of a connection that has a nickname."""
         manager = self.manager
         match command:
-            case Say() | Me() | Msg() if manager.window.full or manager.pushback.anyone_behind:
+            case Say() | Me() | Msg() if self._messages_may_wait():
                 return self._when_clear(caller, command)
             case Say() | Me() | Msg():
                 return self._send(caller, command)
@@ -239,6 +237,12 @@ class Dispatcher:
             case Msg(nick, text):
                 return self._direct(caller, nick, text)
         return None
+
+    def _messages_may_wait(self) -> bool:
+        """The store window is full or some reader is behind: a message goes
+        through _when_clear, which finds out whether it must wait."""
+        manager = self.manager
+        return manager.window.full or manager.pushback.anyone_behind
 
     async def _direct(self, caller: Caller, nick: str, text: str) -> None:
         await self.manager.bus.direct(caller, nick, text)
