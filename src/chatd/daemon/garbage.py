@@ -129,7 +129,10 @@ class GarbagePolicy:
 
     async def run(self) -> None:
         """:meth:`tick` every :data:`FREEZE_INTERVAL` seconds; :meth:`thaw`
-        instead when it is due, at most every :data:`THAW_INTERVAL`."""
+        instead when it is due, at most every :data:`THAW_INTERVAL`. With
+        ``--gc default`` there is nothing to do: it returns at once."""
+        if self.mode != "freeze":
+            return
         loop = asyncio.get_running_loop()
         thaw_at = loop.time() + THAW_INTERVAL
         while True:
