@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
-from chatd.core.bus import Bus, Hub, Opening
+from chatd.core.bus import Bus, Hub, Opening, Person
 from chatd.core.model import Member, Room
 from chatd.errors import NickTaken, NoSuchNick, NoSuchRoom, NotInRoom, RoomExists
 from chatd.protocol import (
@@ -128,8 +129,21 @@ class FakeBus(Bus):
             if bus is not self:
                 self.broker.call_soon(bus.hub.event_arrived, room.key, event)
 
+    def broadcast(self, room_key: str | None, data: list[Any]) -> None:
+        for bus in self.broker.buses:
+            if bus is not self:
+                self.broker.call_soon(bus.hub.moderated, data)
+
     def barrier(self, done: Callable[[], None]) -> None:
         self.broker.call_soon(done)  # after everything published before it
+
+    async def person(self, nick: str) -> Person | None:
+        for bus in self.broker.buses:
+            member = bus.hub.find(nick)
+            if member is not None and member.key is not None:
+                rooms = frozenset(member.rooms)
+                return Person(member.nick or "", member.key, member.account, member.oper, rooms)
+        return None
 
     async def claim(
         self,

@@ -486,11 +486,18 @@ async def start_fails(*args: str, env: dict[str, str] | None = None) -> str:
 
 async def accounts_cli(db: str | Path, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
     """``chatd accounts --db DB ARGS...``: its status, stdout and stderr."""
+    return await admin_cli("accounts", db, *args, stdin=stdin)
+
+
+async def admin_cli(
+    command: str, db: str | Path, *args: str, stdin: bytes = b""
+) -> tuple[int, str, str]:
+    """``chatd COMMAND --db DB ARGS...`` (accounts, rooms): status, stdout, stderr."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "chatd",
-        "accounts",
+        command,
         "--db",
         str(db),
         *args,

@@ -265,7 +265,7 @@ async def test_a_terminal_client_replaced_by_a_login_elsewhere_says_so_and_stays
         other.close()
     else:
         await laptop.send("/who a")
-        await laptop.expect(r"^\* in #a: dave, watcher$")
+        await laptop.expect(r"^\* in #a: ~dave, watcher$")
         assert await laptop.finish() == 0
         assert laptop.err == []
     watcher.close()

@@ -262,6 +262,13 @@ def test_restore_commands(rooms: list[str], current: str | None, commands: list[
     assert restore_commands(rooms, current) == commands
 
 
+def test_restore_commands_give_the_keys_of_rooms_with_one() -> None:
+    assert restore_commands(["vault", "general"], "vault", {"vault": "door"}) == [
+        "/join vault door",
+        "/join vault",
+    ]
+
+
 def test_backoff_doubles_to_the_cap_with_jitter() -> None:
     flat = Backoff(0.5, 30.0, jitter=0.2, rng=lambda: 0.5)
     assert [flat.next() for _ in range(9)] == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
@@ -330,7 +337,7 @@ async def test_pipe_end_of_input_waits_for_every_answer(server: Server, spawn: S
         "* cara joined #dev",
         "* now talking in #dev",
         "* cara set the topic of #dev: testing",
-        "* in #dev: cara",
+        "* in #dev: @cara",  # the guest who brought #dev into use is its op
         "* rooms: #dev (1), #general (1)",
         "* pong mine",
         out[9],

@@ -140,7 +140,12 @@ async def test_one_daemon_runs_commands_without_a_socket() -> None:
     assert alice.of("registered")[0]["nick"] == "alice"
     assert [e["text"] for e in bob.of("message")] == ["hello"]
     assert [e["text"] for e in bob.of("dm")] == ["psst"]
-    assert alice.events[-1] == {"type": "who", "room": "general", "nicks": ["alice", "bob"]}
+    assert alice.events[-1] == {
+        "type": "who",
+        "room": "general",
+        "nicks": ["alice", "bob"],
+        "members": [{"nick": "alice", "role": "member"}, {"nick": "bob", "role": "member"}],
+    }
 
 
 async def test_a_nickname_is_taken_once_across_nodes(broker: Broker) -> None:

@@ -342,7 +342,15 @@ EVENTS_JSON = [
         RoomChanged("dev", "removed", 0),
         {"type": "room", "room": "dev", "event": "removed", "members": 0},
     ),
-    (WhoList("dev", ("alice", "bob")), {"type": "who", "room": "dev", "nicks": ["alice", "bob"]}),
+    (
+        WhoList("dev", ("alice", "bob"), ("op", "member")),
+        {
+            "type": "who",
+            "room": "dev",
+            "nicks": ["alice", "bob"],
+            "members": [{"nick": "alice", "role": "op"}, {"nick": "bob", "role": "member"}],
+        },
+    ),
     (Pong("x"), {"type": "pong", "token": "x"}),
     (KeepAliveIs(30), {"type": "keepalive", "interval": 30}),
     (KeepAliveIs(0.5), {"type": "keepalive", "interval": 0.5}),

@@ -119,7 +119,12 @@ async def test_rooms_create_join_leave_who(connect: Connect) -> None:
     rooms = await bob.expect("rooms")
     assert rooms["rooms"] == [{"name": "dev", "members": 2}, {"name": "general", "members": 2}]
     await bob.send("/who")
-    assert await bob.expect("who") == {"type": "who", "room": "dev", "nicks": ["alice", "bob"]}
+    assert await bob.expect("who") == {
+        "type": "who",
+        "room": "dev",
+        "nicks": ["alice", "bob"],
+        "members": [{"nick": "alice", "role": "op"}, {"nick": "bob", "role": "member"}],
+    }
 
     # Talking goes to the current room only.
     await alice.send("dev talk")

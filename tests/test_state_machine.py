@@ -58,6 +58,7 @@ from chatd.errors import (
     NoSuchNick,
     NoSuchRoom,
     NotInRoom,
+    NotOp,
     RoomExists,
     StorageUnavailable,
     TooManyRooms,
@@ -205,6 +206,9 @@ class ModelRoom:
     members: list[Inbox] = dataclasses.field(default_factory=list)
     topic: str = ""
     topic_by: str | None = None
+    #: The account that brought it into use, which owns it (+t: only it sets
+    #: the topic, and the room stays when it empties).
+    owner: int | None = None
     #: The last messages delivered (shown on join); ``older``: the store has more.
     recent: list[Message] = dataclasses.field(default_factory=list)
     older: bool = False
@@ -318,7 +322,7 @@ class RoomMachine(RuleBasedStateMachine):
         if room is None or key not in state.rooms:
             if room is None:
                 # A session fetches the history of a room that is not in memory.
-                room = self.rooms[key] = ModelRoom(name)
+                room = self.rooms[key] = ModelRoom(name, owner=state.account)
                 if self.history:
                     said = self.said.get(key, [])
                     room.recent, room.older = said[-self.history :], len(said) > self.history
@@ -382,7 +386,7 @@ class RoomMachine(RuleBasedStateMachine):
         state.rooms.remove(key)
         if state.current == key:
             state.current = None
-        if not room.members and key != DEFAULT_ROOM and not room.topic:
+        if not room.members and key != DEFAULT_ROOM and not room.topic and room.owner is None:
             del self.rooms[key]
 
     def registered(self, member: Inbox, nick: str) -> None:
@@ -580,7 +584,11 @@ class RoomMachine(RuleBasedStateMachine):
         if member is None:
             return
         state = self.model[member]
-        error = NotInRoom if state.current is None else None
+        error: type[ChatError] | None = None
+        if state.current is None:
+            error = NotInRoom
+        elif self.rooms[state.current].owner not in (None, state.account):
+            error = NotOp  # +t in a registered room: only its owner here
         if not self.call(error, lambda: self.manager.set_topic(member, text)):
             return
         assert state.current is not None
@@ -607,7 +615,7 @@ class RoomMachine(RuleBasedStateMachine):
         if self.call(error, lambda: answer.append(self.manager.who(member, room))):
             assert found is not None
             names = sorted((self.model[m].nick or "" for m in found.members), key=str.lower)
-            assert answer == [WhoList(found.name, tuple(names))]
+            assert [(w.room, w.nicks) for w in answer] == [(found.name, tuple(names))]
         current = None if state.current is None else self.rooms[state.current]
         topic: list[TopicIs] = []
         if self.call(
@@ -739,7 +747,7 @@ class RoomMachine(RuleBasedStateMachine):
         assert manager.live_rooms() == list(live.values())
         for key, room in live.items():
             assert key == room.key == name_key(room.name)
-            assert room.members or room.topic or key == DEFAULT_ROOM
+            assert room.members or room.topic or room.rules.registered or key == DEFAULT_ROOM
             for member in room.members:
                 assert member.key is not None
                 assert nicks.get(member.key) is member

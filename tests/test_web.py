@@ -390,3 +390,43 @@ async def test_metrics_count_slow_consumers(start_server: StartServer) -> None:
     assert metric(text, "chatd_slow_consumer_disconnects_total") == 1
     slow.close()
     talker.close()
+
+
+async def test_a_wall_reaches_websocket_and_nc_clients_and_metrics_count_moderation(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(http_port=0, opers=("root",))
+    text = await metrics(server)
+    for action in ("kick", "ban", "kline"):
+        assert metric(text, f'chatd_moderation_actions_total{{action="{action}"}}') == 0
+    root = await open_json(server.port, "root")
+    page = await WsClient.open(server.http_port, "pagey")
+    nc = await LineClient.open("127.0.0.1", server.port)
+    try:
+        assert (await nc.line()).startswith("* welcome")
+        await nc.send("ncuser")
+        await nc.expect_line(r"^\* now talking in #general$")
+        await root.send("/register correct-horse")
+        await root.expect(lambda e: e["type"] == "registered" and e["account"])
+        await root.send("/wall the server restarts at noon")
+        assert await page.expect("wall") == {
+            "type": "wall",
+            "from": "root",
+            "text": "the server restarts at noon",
+        }
+        await nc.expect_line(r"^! notice from root: the server restarts at noon$")
+        await root.send("/join ops")
+        await root.expect(lambda e: e["type"] == "current" and e["room"] == "ops")
+        await page.send("/join ops")
+        await page.expect("current", room="ops")
+        await root.send("/kick pagey", "/ban ip:10.1.2.3", "/kline ip:10.9.9.9")
+        await root.expect("kline")
+        await page.expect("kick", nick="pagey", by="root")
+        text = await metrics(server)
+        assert metric(text, 'chatd_moderation_actions_total{action="kick"}') == 1
+        assert metric(text, 'chatd_moderation_actions_total{action="ban"}') == 1
+        assert metric(text, 'chatd_moderation_actions_total{action="kline"}') == 1
+    finally:
+        await page.ws.close()
+        nc.close()
+        root.close()

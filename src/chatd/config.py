@@ -288,6 +288,16 @@ class Settings:
         help="argon2id cost: standard (19 MiB, 2 passes) or test (the cheapest; "
         "only for test suites)",
     )
+    #: Accounts that are server operators (besides ``chatd accounts oper``).
+    opers: tuple[str, ...] = setting(
+        (),
+        flag="--oper",
+        env="CHATD_OPERS",
+        metavar="NICK",
+        group=STORAGE,
+        help="this account is a server operator: owner rights in every room, /kill, "
+        "/kline, /wall; repeatable (the variable: names separated by commas)",
+    )
 
     #: Cluster mode: the Redis server that joins several daemons into one chat
     #: (see chatd.cluster); None runs one daemon on its own store.

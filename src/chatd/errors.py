@@ -15,6 +15,8 @@ are for humans and may.
     │   ├── BadArgs                 bad_args
     │   ├── BadNick                 bad_nick
     │   ├── BadRoom                 bad_room
+    │   ├── BadMask                 bad_mask
+    │   ├── BadMode                 bad_mode
     │   └── WrongProtocol           wrong_protocol
     ├── StateError                  the line is fine, the state forbids it
     │   ├── NotRegistered           not_registered
@@ -25,10 +27,18 @@ are for humans and may.
     │   ├── NotInRoom               not_in_room
     │   ├── NickRegistered          nick_registered
     │   ├── BadLogin                bad_login
-    │   └── NotLoggedIn             not_logged_in
+    │   ├── NotLoggedIn             not_logged_in
+    │   ├── NotOp                   not_op
+    │   ├── NotOper                 not_oper
+    │   ├── InviteOnly              invite_only
+    │   ├── BadKey                  bad_key
+    │   ├── Banned                  banned
+    │   └── Muted                   muted
     └── LimitError                  a limit was reached (some end the connection)
         ├── RateLimited             rate_limited
         ├── TooManyRooms            too_many_rooms
+        ├── RoomFull                room_full
+        ├── ListFull                list_full
         ├── ServerFull              server_full
         ├── TooManyConnections      too_many_connections
         ├── RegistrationTimeout     registration_timeout
@@ -82,6 +92,18 @@ class BadRoom(ProtocolError):
     code = "bad_room"
 
 
+class BadMask(ProtocolError):
+    """Not a nickname, ``account:NAME`` or ``ip:ADDRESS[/PREFIX]``."""
+
+    code = "bad_mask"
+
+
+class BadMode(ProtocolError):
+    """Not a mode change chatd knows (``+i``, ``-k``, ``+l 20`` ...)."""
+
+    code = "bad_mode"
+
+
 class WrongProtocol(ProtocolError):
     """TLS or HTTP spoken to the plain chat port."""
 
@@ -128,6 +150,42 @@ class NotLoggedIn(StateError):
     code = "not_logged_in"
 
 
+class NotOp(StateError):
+    """The command needs op or owner rights in the room (or more than the target's)."""
+
+    code = "not_op"
+
+
+class NotOper(StateError):
+    """The command is for server operators only."""
+
+    code = "not_oper"
+
+
+class InviteOnly(StateError):
+    """The room is invite-only (+i) and there is no invitation for you."""
+
+    code = "invite_only"
+
+
+class BadKey(StateError):
+    """The room has a key (+k) and the join gave none, or a wrong one."""
+
+    code = "bad_key"
+
+
+class Banned(StateError):
+    """Banned from the room (a join is refused), or from the server (a kline)."""
+
+    code = "banned"
+
+
+class Muted(StateError):
+    """The room is moderated (+m) and you have no voice, or you are muted."""
+
+    code = "muted"
+
+
 class LimitError(ChatError):
     """A configured limit was reached."""
 
@@ -160,6 +218,12 @@ class RoomFull(LimitError):
     code = "room_full"
 
 
+class ListFull(LimitError):
+    """A room's bans, mutes or invitations, or the server's klines, are at their bound."""
+
+    code = "list_full"
+
+
 class PingTimeout(LimitError):
     code = "ping_timeout"
 
@@ -188,6 +252,8 @@ ALL_CODES: tuple[str, ...] = tuple(
         BadArgs,
         BadNick,
         BadRoom,
+        BadMask,
+        BadMode,
         WrongProtocol,
         NotRegistered,
         NickTaken,
@@ -198,8 +264,16 @@ ALL_CODES: tuple[str, ...] = tuple(
         NickRegistered,
         BadLogin,
         NotLoggedIn,
+        NotOp,
+        NotOper,
+        InviteOnly,
+        BadKey,
+        Banned,
+        Muted,
         RateLimited,
         TooManyRooms,
+        RoomFull,
+        ListFull,
         ServerFull,
         TooManyConnections,
         RegistrationTimeout,

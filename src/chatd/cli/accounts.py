@@ -1,4 +1,4 @@
-"""``chatd accounts``: list, delete or reset accounts in a database file."""
+"""``chatd accounts``: list, delete, reset or make operators of accounts in a database file."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ async def _manage_accounts(args: argparse.Namespace) -> int:
     from chatd.core.accounts import Passwords
     from chatd.protocol import check_password
 
-    # A daemon reads accounts and passwords from the file at each login, so
-    # list and reset-password share it with one. It keeps the registered
+    # A daemon reads accounts, passwords and operator flags from the file at
+    # each login, so list, reset-password and oper share it with one. It keeps the registered
     # nicknames in memory, though: a delete behind its back would leave the
     # nickname reserved there, so delete takes the daemon's lock (see
     # DatabaseLock), which also keeps a daemon from starting meanwhile.
@@ -47,7 +47,7 @@ async def _manage_accounts(args: argparse.Namespace) -> int:
         if args.action == "list":
             for account in await store.accounts():
                 created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(account.created))
-                print(f"{account.nick}\t{created}")
+                print(f"{account.nick}\t{created}" + ("\toper" if account.oper else ""))
             return 0
         if await store.account(args.nick) is None:
             print(f"chatd accounts: no account {args.nick}", file=sys.stderr)
@@ -55,6 +55,11 @@ async def _manage_accounts(args: argparse.Namespace) -> int:
         if args.action == "delete":
             await store.delete_account(args.nick)
             print(f"deleted {args.nick}")
+            return 0
+        if args.action == "oper":
+            on = args.state == "on"
+            await store.set_oper(args.nick, on)
+            print(f"{args.nick} is {'now' if on else 'no longer'} a server operator")
             return 0
         password = _read_password()
         try:

@@ -99,10 +99,12 @@ def add_settings_arguments(
         option = spec.option(field.name)
         kwargs: dict[str, Any] = dict(_KINDS[str(field.type)])
         default: Any = (defaults or {}).get(field.name, field.default)
-        if spec.env is not None:
-            default = os.environ.get(spec.env) if default is None else _env(spec.env, default)
         if kwargs.get("action") == "append":
-            default = list(default)
+            # From the environment: values separated by commas; the options add to them.
+            env = os.environ.get(spec.env) if spec.env is not None else None
+            default = [v.strip() for v in env.split(",") if v.strip()] if env else list(default)
+        elif spec.env is not None:
+            default = os.environ.get(spec.env) if default is None else _env(spec.env, default)
         if spec.choices is not None:
             kwargs["choices"] = spec.choices
         if spec.metavar is not None:
@@ -155,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(sub)
     _add_accounts(sub)
+    _add_rooms(sub)
     _add_connect(sub)
     _add_gencert(sub)
     _add_health(sub)
@@ -206,6 +209,41 @@ def _add_accounts(sub: Subcommands) -> None:
         help="set a new password, read from the terminal (or one line of stdin)",
     )
     reset.add_argument("nick")
+    oper = actions.add_parser(
+        "oper",
+        help="make an account a server operator (on) or not (off), from its next login",
+    )
+    oper.add_argument("nick")
+    oper.add_argument("state", choices=("on", "off"))
+
+
+def _add_rooms(sub: Subcommands) -> None:
+    rooms = sub.add_parser(
+        "rooms",
+        help="list, show, transfer or delete the registered rooms in a database",
+        description="Manage the registered rooms (rooms created by a logged-in account, and "
+        "general) in a chatd database. list and show work while a daemon serves the "
+        "database; transfer and delete are refused until it stops, since a running daemon "
+        "keeps each room's rules in memory and writes them back.",
+    )
+    rooms.add_argument(
+        "--db",
+        default=_env("CHATD_DB", default_db_path()),
+        help="the database (env CHATD_DB)",
+    )
+    actions = rooms.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", help="one line per registered room: name, owner, modes, bans")
+    show = actions.add_parser("show", help="a room's owner, modes, roles, bans and mutes")
+    show.add_argument("room")
+    transfer = actions.add_parser(
+        "transfer", help="give a room to another account (the old owner stays an op)"
+    )
+    transfer.add_argument("room")
+    transfer.add_argument("account")
+    delete = actions.add_parser(
+        "delete", help="delete a room: its rules, topic, moderation log and messages"
+    )
+    delete.add_argument("room")
 
 
 def _add_connect(sub: Subcommands) -> None:

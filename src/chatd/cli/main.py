@@ -179,6 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench.main(args)
     if args.command == "accounts":
         return manage_accounts(args)
+    if args.command == "rooms":
+        from chatd.cli.rooms import manage_rooms
+
+        return manage_rooms(args)
     if args.command == "gencert":
         return generate_certificate(args)
     if args.command == "health":

@@ -100,6 +100,9 @@ class ChatClient:
         self._nick: str | None = None
         #: Rooms we are in (name_key -> name), in join order.
         self._rooms: dict[str, str] = {}
+        #: The keys of rooms with +k (name_key -> key): typed in /join ROOM
+        #: KEY or seen in a ``mode`` event, for rejoining after a reconnect.
+        self._keys: dict[str, str] = {}
         self._current: str | None = None
         self._link: Link | None = None
         self._snapshot: Snapshot | None = None
@@ -156,6 +159,8 @@ class ChatClient:
             self._ui.status("not connected yet: the line will be sent once reconnected")
             return
         self._relogin.typed(command, line)
+        if command == "/join" and len(words := line.split()) == 3:
+            self._keys[name_key(words[1].lstrip("#"))] = words[2]
         # Pipe mode waits for a connection instead: stdin is read no faster than it is sent.
         while (link := self._link) is None or not link.ready:
             await self._ready.wait()
@@ -427,6 +432,15 @@ class ChatClient:
                 self._current = None
                 self.on_change()
                 return False
+            case "mode":
+                room, modes = event.get("room"), event.get("modes")
+                if isinstance(room, str) and isinstance(modes, Mapping):
+                    key = modes.get("k")
+                    if isinstance(key, str):
+                        self._keys[name_key(room)] = key
+                    elif "k" in modes:
+                        self._keys.pop(name_key(room), None)
+                return False
             case "nick":
                 if self._is_me(event.get("old")) and isinstance(new := event.get("new"), str):
                     self._nick = new
@@ -475,7 +489,7 @@ class ChatClient:
         """Our nickname is back: rejoin the rooms, then let the user's lines through."""
         snapshot = link.restore
         assert snapshot is not None
-        for command in restore_commands(snapshot.rooms, snapshot.current):
+        for command in restore_commands(snapshot.rooms, snapshot.current, self._keys):
             link.send(command)
         link.restore_token = self._new_token()
         link.send(f"/ping {link.restore_token}")

@@ -7,7 +7,7 @@ How the client reconnects, and what it shows of what it missed, is told in
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from chatd.protocol import DEFAULT_ROOM, name_key
@@ -59,17 +59,27 @@ class Snapshot:
     newest: tuple[int, float] | None = None
 
 
-def restore_commands(rooms: Sequence[str], current: str | None) -> list[str]:
+def restore_commands(
+    rooms: Sequence[str], current: str | None, keys: Mapping[str, str] | None = None
+) -> list[str]:
     """The commands that bring a freshly registered session back to a state.
 
     Registering puts a session in ``general`` only; this rejoins ``rooms`` in
-    their order, leaves ``general`` if it is not among them and makes
-    ``current`` current again (a join makes the room current).
+    their order, with the key of each room that has one (``keys``, by room
+    key), leaves ``general`` if it is not among them and makes ``current``
+    current again (a join makes the room current).
     """
-    keys = {name_key(room) for room in rooms}
-    commands = [f"/join {room}" for room in rooms if name_key(room) != DEFAULT_ROOM]
-    if DEFAULT_ROOM not in keys:
+    passwords = keys or {}
+    present = {name_key(room) for room in rooms}
+    commands = [
+        f"/join {room} {passwords[name_key(room)]}".strip()
+        if name_key(room) in passwords
+        else f"/join {room}"
+        for room in rooms
+        if name_key(room) != DEFAULT_ROOM
+    ]
+    if DEFAULT_ROOM not in present:
         commands.append(f"/leave {DEFAULT_ROOM}")
-    if current is not None and name_key(current) in keys:
+    if current is not None and name_key(current) in present:
         commands.append(f"/join {current}")
     return commands

@@ -3,6 +3,10 @@
 Everything the server sends is untrusted: every field is passed through
 :func:`~chatd.protocol.clean_text` before it is printed, and malformed
 events are shown as well as possible, never trusted to have the right types.
+
+An event is one line, but for the lists of moderation (``bans``, ``klines``,
+``modlog``): a heading, then one indented line per entry, each cleaned on its
+own, so no field can start a line of its own.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ from datetime import datetime, tzinfo
 from typing import Any, Final
 
 from chatd.client.commands import REFUSED_COMMANDS, command_name
-from chatd.protocol import clean_text, event_from_json, event_to_text, name_key
+from chatd.protocol import Role, clean_text, event_from_json, event_to_text, name_key
 
 _RESET: Final = "\x1b[0m"
 DIM: Final = "\x1b[2m"
 RED: Final = "\x1b[31m"
+#: A server operator's notice (``/wall``): not an error, not to be missed either.
+BOLD: Final = "\x1b[1m"
 #: Nick colours: no red (errors) and no dim (system lines), so a nick never looks like either.
 _NICK_COLOURS: Final = tuple(f"\x1b[{n}m" for n in (32, 33, 34, 35, 36, 92, 93, 94, 95, 96))
 
@@ -69,6 +75,86 @@ def _stamp(ts: object, tz: tzinfo | None, fmt: str = "%H:%M", blank: str = "--:-
         return blank
 
 
+def _prefixed(nick: object, roles: Mapping[str, str]) -> str:
+    """A member of a ``who`` list with the prefix of its role (``~`` ``@`` ``+``)."""
+    name = clean_text(nick if isinstance(nick, str) else str(nick))
+    try:
+        prefix = Role.of(roles.get(name_key(name), "member")).prefix
+    except ValueError:  # a role this client does not know: shown bare
+        prefix = ""
+    return prefix + name
+
+
+def _who_text(event: Mapping[str, Any]) -> str | None:
+    """``* in #room: ~ann, @bob, +cat, dan``; None when the list is unusable.
+
+    The roles come from ``members`` by nickname, so a server that sends none
+    (or a malformed one) still gets its nicknames shown, bare.
+    """
+    nicks = event.get("nicks")
+    if not isinstance(nicks, list) or not isinstance(event.get("room"), str):
+        return None
+    roles = {
+        name_key(nick): role
+        for member in _entries(event.get("members"))
+        if isinstance(nick := member.get("nick"), str)
+        and isinstance(role := member.get("role"), str)
+    }
+    shown = ", ".join(_prefixed(nick, roles) for nick in nicks)
+    return f"* in #{field(event, 'room')}: {shown or 'nobody'}"
+
+
+def _mask(entry: Mapping[str, Any]) -> str:
+    """A ban mask as the server's text names it: bare for a nick or an account."""
+    mask = field(entry, "mask") or "?"
+    kind, sep, value = mask.partition(":")
+    return value if sep and kind in ("nick", "account") else mask
+
+
+_LIST_TITLES: Final = {"bans": "bans of #{room}", "klines": "server bans (klines)"}
+
+
+def list_lines(event: Mapping[str, Any], tz: tzinfo | None = None) -> list[str] | None:
+    """The lines of a ``bans``, ``klines`` or ``modlog`` event; None if it is not one.
+
+    The server's wording, with times in ``tz`` (None: local time) like the
+    stamps of messages. Entries that are not objects are skipped; missing or
+    odd fields show as blanks (or ``?``), never as an exception.
+    """
+    kind = event.get("type")
+    key = {"bans": "bans", "klines": "klines", "modlog": "entries"}.get(str(kind))
+    if key is None or not isinstance(event.get(key), list):
+        return None
+    entries = _entries(event.get(key))
+    room = field(event, "room")
+    if kind == "modlog":
+        rows = [
+            " ".join(
+                part
+                for part in (
+                    _stamp(e.get("ts"), tz, "%Y-%m-%d %H:%M", "----------"),
+                    field(e, "by") or "server",
+                    field(e, "action") or "?",
+                    field(e, "target"),
+                    field(e, "detail"),
+                )
+                if part
+            )
+            for e in entries
+        ]
+        return [f"* moderation log of #{room}: {len(entries)}", *(f"  {row}" for row in rows)]
+    rows = []
+    for entry in entries:
+        row = f"{_mask(entry)} by {field(entry, 'by') or 'server'}"
+        if entry.get("until") is not None:
+            row += f" until {_stamp(entry.get('until'), tz, '%Y-%m-%d %H:%M', '?')}"
+        if reason := field(entry, "reason"):
+            row += f" ({reason})"
+        rows.append(f"  {row}")
+    title = _LIST_TITLES[str(kind)].format(room=room)
+    return [f"* {title}: {len(entries) or 'none'}", *rows]
+
+
 def _system_text(event: Mapping[str, Any]) -> str:
     """The wording of every event that is not a message, a DM or an error.
 
@@ -86,9 +172,12 @@ def _system_text(event: Mapping[str, Any]) -> str:
             return "* commands: " + "; ".join(rows)
         case "text":
             return field(event, "text")
+        case "who":
+            if (who := _who_text(event)) is not None:
+                return who
     try:
         return clean_text(event_to_text(event_from_json(event)))
-    except ValueError:
+    except (ValueError, ArithmeticError, OSError):  # malformed; or a time out of range
         rest = {k: v for k, v in event.items() if k != "type"}
         return clean_text(
             f"* {kind or 'event'}: {json.dumps(rest, ensure_ascii=False, default=str)}"
@@ -100,9 +189,12 @@ def render_event(
 ) -> str:
     """Render one server event (a decoded JSON object) as one display line.
 
-    ``colour`` adds ANSI colours; ``tz`` is the zone of the HH:MM stamps of
-    messages and DMs (None: local time). Every field is cleaned of control
-    characters, and a malformed event still renders: the server is untrusted.
+    The lists of moderation (``bans``, ``klines``, ``modlog``) are several
+    lines, joined by ``\n``: see :func:`list_lines`. ``colour`` adds ANSI
+    colours; ``tz`` is the zone of the HH:MM stamps of messages and DMs, and
+    of the times in those lists (None: local time). Every field is cleaned of
+    control characters, and a malformed event still renders: the server is
+    untrusted.
     """
     kind = event.get("type")
     if kind in ("message", "dm") and event.get("history") is True:
@@ -127,6 +219,10 @@ def render_event(
         return paint(f"! {field(event, 'code')}: {field(event, 'text')}", RED, colour)
     if kind == "shutdown":
         return paint(f"! shutdown: {field(event, 'reason')}", RED, colour)
+    if kind == "wall":
+        return paint(_system_text(event), BOLD, colour)
+    if (lines := list_lines(event, tz)) is not None:
+        return "\n".join(paint(line, DIM, colour) for line in lines)
     return paint(_system_text(event), DIM, colour)
 
 

@@ -21,13 +21,14 @@ from chatd.cluster.scripts import (
     HEARTBEAT,
     JOIN,
     LEAVE,
+    PERSON,
     REAP,
     RELEASE,
     ROOMS,
     P,
 )
 from chatd.cluster.store import RedisStore, stream_message
-from chatd.core.bus import Bus, Hub, Opening
+from chatd.core.bus import Bus, Hub, Opening, Person
 from chatd.core.model import Member, Room
 from chatd.errors import (
     ClusterUnavailable,
@@ -89,6 +90,7 @@ class ClusterBus(Bus):
             ("reap", REAP),
             ("rooms", ROOMS),
             ("bump_id", BUMP_ID),
+            ("person", PERSON),
         ):
             link.script(name, source)
         link.on_up = self._rejoin
@@ -212,6 +214,13 @@ class ClusterBus(Bus):
                 "PUBLISH", (P + "r:" + room.key, payload), _log_failure, essential=True
             )
 
+    def broadcast(self, room_key: str | None, data: list[Any]) -> None:
+        """A moderation step, to the nodes with the room live (on its channel)
+        or to every node; after the writes queued before it (the rules)."""
+        channel = P + ("r:" + room_key if room_key is not None else "rooms")
+        payload = json.dumps([self.node, "M", data])
+        self.link.submit("PUBLISH", (channel, payload), _log_failure, essential=True)
+
     def barrier(self, done: Callable[[], None]) -> None:
         """``done`` once every write made before is applied and every message
         it published has come back to this node."""
@@ -290,27 +299,29 @@ class ClusterBus(Bus):
 
     @contextlib.asynccontextmanager
     async def open(self, name: str, *, create: bool) -> AsyncIterator[Opening]:
-        await self._make_live(name, create=create)
+        fresh = await self._make_live(name, create=create)
         try:
             # Redis checked that a room to create does not exist: it is live now.
-            yield Opening(None, False)
+            yield Opening(None, False, fresh)
         finally:
             # Nobody here joined it after all (too many rooms, or gone).
             room = self.hub.live(name)
             if room is not None and self.hub.close_room(room):
                 self.listener.closed(room.key)
 
-    async def _make_live(self, room_name: str, *, create: bool) -> None:
-        """Make a room live here: subscribed, with its topic and history."""
+    async def _make_live(self, room_name: str, *, create: bool) -> bool:
+        """Make a room live here: subscribed, with its rules, topic and
+        history; True if this join brings it into use."""
         key = name_key(room_name)
         if key in self._opening:
             await asyncio.shield(self._opening[key])
-            return
+            return False
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._opening[key] = future
         try:
-            await self._open(room_name, key, create=create)
+            fresh = await self._open(room_name, key, create=create)
             future.set_result(True)
+            return fresh
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters see it through shield
@@ -318,14 +329,15 @@ class ClusterBus(Bus):
         finally:
             del self._opening[key]
 
-    async def _open(self, room_name: str, key: str, *, create: bool) -> None:
-        if create:
-            members = await self._command("HLEN", P + "members:" + key)
-            topic = await self._command("HEXISTS", P + "topics", key)
-            if members or topic:
-                name = await self._command("HGET", P + "roomnames", key)
-                shown = as_text(name) if name else room_name
-                raise RoomExists(f"room #{shown} already exists; /join it")
+    async def _open(self, room_name: str, key: str, *, create: bool) -> bool:
+        """Make the room live; True if it is not in use anywhere (a join creates it)."""
+        members = await self._command("HLEN", P + "members:" + key)
+        topic = await self._command("HEXISTS", P + "topics", key)
+        rules = await self.store.rules_of(key) if key != DEFAULT_ROOM else None
+        if create and (members or topic or rules):
+            name = await self._command("HGET", P + "roomnames", key)
+            shown = as_text(name) if name else room_name
+            raise RoomExists(f"room #{shown} already exists; /join it")
         hub = self.hub
         room = hub.open_room(room_name)
         try:
@@ -337,6 +349,8 @@ class ClusterBus(Bus):
                 name = await self._command("HGET", P + "roomnames", key)
                 if name and not room.members:
                     hub.describe(room, as_text(name), room.topic, room.topic_by)
+            if rules is not None:
+                hub.ruled(room, rules)
             if hub.history_on_join:
                 history = await self.store.recent(key, hub.history_on_join)
                 hub.seed(room, *history)
@@ -348,6 +362,7 @@ class ClusterBus(Bus):
             if hub.close_room(room):
                 self.listener.closed(room.key)
             raise
+        return not members and not topic and rules is None and key != DEFAULT_ROOM
 
     async def direct(self, member: Member, to: str, text: str) -> None:
         """Send a private message to ``to`` on whichever node holds it."""
@@ -373,9 +388,23 @@ class ClusterBus(Bus):
             raise NoSuchNick(f"nobody is called {to}")
         return Direct(message_id, ts, member.nick or "", target, text)
 
+    async def person(self, nick: str) -> Person | None:
+        found = await self._call("person", name_key(nick))  # after this node's writes
+        if not found:
+            return None
+        account = as_text(found[1])
+        rooms = frozenset(as_text(r) for r in found[3:])
+        return Person(
+            as_text(found[0]),
+            name_key(nick),
+            int(account) if account else None,
+            bool(int(found[2])),
+            rooms,
+        )
+
     async def room_list(self) -> RoomList:
         flat = await self._call("rooms")  # through the write queue: after this node's writes
-        pairs = [(as_text(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
+        pairs = [(as_text(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 3)]
         pairs.sort(key=lambda pair: name_key(pair[0]))
         return RoomList(tuple(pairs))
 
@@ -392,6 +421,7 @@ class ClusterBus(Bus):
             not values
             and key != DEFAULT_ROOM
             and not await self._command("HEXISTS", P + "topics", key)
+            and not await self._command("HEXISTS", P + "rules", key)
         ):
             raise NoSuchRoom(f"no room #{room_name}")
         name = await self._command("HGET", P + "roomnames", key)

@@ -202,6 +202,8 @@ class Listener:
             hub.room_changed(RoomChanged(data[2], event, int(data[3])))
         elif origin == self.node:
             return  # this node's own event: its members have seen it
+        elif what == "M":
+            hub.moderated(data[2])
         elif what == "j":
             hub.event_arrived(name_key(data[2]), Joined(data[2], data[3]))
         elif what == "l":

@@ -13,12 +13,17 @@ P: Final = "chatd:"
 _LUA_HEAD = """
 local P = 'chatd:'
 local function owner(v) return string.match(v, '^([^\\t]*)') end
--- A room whose last member went, unless it stays (general, a topic): removed.
+-- A room whose last member went, unless it stays (general, a topic, an
+-- owner): removed, with a guest's room's rules.
 local function vacated(node, room)
   if room ~= 'general' and redis.call('EXISTS', P..'members:'..room) == 0
-      and redis.call('HEXISTS', P..'topics', room) == 0 then
+      and redis.call('HEXISTS', P..'topics', room) == 0
+      and redis.call('HEXISTS', P..'rules', room) == 0 then
     local name = redis.call('HGET', P..'roomnames', room) or room
-    redis.call('PUBLISH', P..'rooms', cjson.encode({node, 'rr', name, 0}))
+    redis.call('HDEL', P..'grules', room)
+    if redis.call('SREM', P..'secret', room) == 0 then
+      redis.call('PUBLISH', P..'rooms', cjson.encode({node, 'rr', name, 0}))
+    end
   end
 end
 """
@@ -86,6 +91,7 @@ local P = 'chatd:'
 local node, key, nick, room = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local fresh = room ~= 'general' and redis.call('EXISTS', P..'members:'..room) == 0
   and redis.call('HEXISTS', P..'topics', room) == 0
+  and redis.call('HEXISTS', P..'rules', room) == 0
 redis.call('HSET', P..'members:'..room, key, node..'\\t'..nick)
 redis.call('SADD', P..'in:'..node..':'..key, room)
 redis.call('HSETNX', P..'roomnames', room, ARGV[5])
@@ -191,8 +197,9 @@ return dead
 """
 )
 
-#: The rooms in use (members anywhere, a topic, or general) and their member
-#: counts; forgets the names of rooms no longer in use.
+#: The rooms in use (members anywhere, a topic, an owner, or general), their
+#: member counts and whether they are secret (name, count, 0/1, ...); forgets
+#: the names of rooms no longer in use.
 ROOMS = """
 local P = 'chatd:'
 local names = redis.call('HGETALL', P..'roomnames')
@@ -200,14 +207,78 @@ local out = {}
 for i = 1, #names, 2 do
   local room = names[i]
   local n = redis.call('HLEN', P..'members:'..room)
-  if n == 0 and room ~= 'general' and redis.call('HEXISTS', P..'topics', room) == 0 then
+  if n == 0 and room ~= 'general' and redis.call('HEXISTS', P..'topics', room) == 0
+      and redis.call('HEXISTS', P..'rules', room) == 0 then
     redis.call('HDEL', P..'roomnames', room)
   else
     table.insert(out, names[i + 1])
     table.insert(out, n)
+    table.insert(out, redis.call('SISMEMBER', P..'secret', room))
   end
 end
 return out
+"""
+
+#: A room's rules, whole. ARGV: room key, name, JSON document ('' forgets
+#: them), registered ('1': kept while the room exists; '0': a guest's room,
+#: forgotten when it empties), secret ('1'/'0').
+SAVE_RULES = """
+local P = 'chatd:'
+local key, name, doc = ARGV[1], ARGV[2], ARGV[3]
+if doc == '' then
+  redis.call('HDEL', P..'rules', key)
+  redis.call('HDEL', P..'grules', key)
+  redis.call('SREM', P..'secret', key)
+  return 1
+end
+local value = cjson.encode({name, doc})
+if ARGV[4] == '1' then
+  redis.call('HSET', P..'rules', key, value)
+  redis.call('HDEL', P..'grules', key)
+else
+  redis.call('HSET', P..'grules', key, value)
+  redis.call('HDEL', P..'rules', key)
+end
+if ARGV[5] == '1' then
+  redis.call('SADD', P..'secret', key)
+else
+  redis.call('SREM', P..'secret', key)
+end
+redis.call('HSETNX', P..'roomnames', key, name)
+return 1
+"""
+
+#: Whoever holds a nickname: {nick, account, oper (0/1), room keys...}, or {}.
+#: ARGV: the nickname's key.
+PERSON = """
+local P = 'chatd:'
+local held = redis.call('HGET', P..'nicks', ARGV[1])
+if not held then return {} end
+local node, nick, account = string.match(held, '^([^\\t]*)\\t([^\\t]*)\\t?(.*)$')
+local oper = 0
+if account ~= '' then
+  local a = redis.call('HGET', P..'accounts', ARGV[1])
+  if a then
+    local ok, obj = pcall(cjson.decode, a)
+    if ok and obj['oper'] then oper = 1 end
+  end
+end
+local out = {nick, account, oper}
+for _, room in ipairs(redis.call('SMEMBERS', P..'in:'..node..':'..ARGV[1])) do
+  table.insert(out, room)
+end
+return out
+"""
+
+#: Make an account a server operator or not. ARGV: key, '1'/'0'.
+SET_OPER = """
+local P = 'chatd:'
+local v = redis.call('HGET', P..'accounts', ARGV[1])
+if not v then return 0 end
+local a = cjson.decode(v)
+a['oper'] = ARGV[2] == '1'
+redis.call('HSET', P..'accounts', ARGV[1], cjson.encode(a))
+return 1
 """
 
 #: Keep message ids growing after Redis lost its data: the counter goes up

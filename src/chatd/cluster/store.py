@@ -11,11 +11,12 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from chatd.cluster.link import RedisLink, Unavailable, as_text, failure_of
-from chatd.cluster.scripts import CREATE_ACCOUNT, SAY, SET_PASSWORD, P
+from chatd.cluster.scripts import CREATE_ACCOUNT, SAVE_RULES, SAY, SET_OPER, SET_PASSWORD, P
 from chatd.protocol import (
     name_key,
 )
 from chatd.store import (
+    MODLOG_MAX,
     Account,
     AccountRooms,
     Done,
@@ -37,6 +38,8 @@ class RedisStore(Store):
     :data:`SAY`): in cluster mode storing and fanning out are one step.
     """
 
+    shared = True
+
     def __init__(self, link: RedisLink, *, node: str, history: int) -> None:
         self.link = link
         self.node = node
@@ -46,6 +49,8 @@ class RedisStore(Store):
             ("say", SAY),
             ("create_account", CREATE_ACCOUNT),
             ("set_password", SET_PASSWORD),
+            ("save_rules", SAVE_RULES),
+            ("set_oper", SET_OPER),
         ):
             link.script(name, source)
 
@@ -205,6 +210,64 @@ class RedisStore(Store):
         value = json.dumps([list(rooms.rooms), rooms.current])
         self.link.submit("HSET", (P + "accountrooms", str(account), value), saved, essential=True)
 
+    # -- rooms' rules, the moderation log, server bans --------------------------
+
+    def _logged(self, what: str) -> Callable[[Any], None]:
+        def saved(result: Any) -> None:
+            if isinstance(result, BaseException):
+                logger.error("%s was not saved: %s", what, result)
+
+        return saved
+
+    def save_rules(
+        self, name: str, doc: str | None, *, registered: bool, secret: bool = False
+    ) -> None:
+        args = (name_key(name), name, doc or "", "1" if registered else "0", "1" if secret else "0")
+        self.link.submit("save_rules", args, self._logged(f"the rules of #{name}"), essential=True)
+
+    async def all_rules(self) -> dict[str, str]:
+        values = await self._read("HVALS", P + "rules")
+        return dict(json.loads(v) for v in values)
+
+    async def rules_of(self, room_key: str) -> str | None:
+        for table in ("rules", "grules"):
+            value = await self._read("HGET", P + table, room_key)
+            if value is not None:
+                return str(json.loads(value)[1])
+        return None
+
+    async def secret_rooms(self) -> set[str]:
+        return {as_text(k) for k in await self._read("SMEMBERS", P + "secret")}
+
+    def log_action(self, room_key: str, entry: str) -> None:
+        key, saved = P + "modlog:" + room_key, self._logged(f"the moderation log of #{room_key}")
+        self.link.submit("RPUSH", (key, entry), saved)
+        self.link.submit("LTRIM", (key, -MODLOG_MAX, -1), saved)
+
+    async def modlog(self, room_key: str, limit: int) -> list[str]:
+        try:
+            # Through the write queue: after this node's entries.
+            values = await self.link.call("LRANGE", P + "modlog:" + room_key, -limit, -1)
+        except Unavailable as exc:
+            raise StoreError(str(exc)) from None
+        return [as_text(v) for v in values]
+
+    def save_kline(self, mask: str, doc: str | None) -> None:
+        saved = self._logged(f"the kline on {mask}")
+        if doc is None:
+            self.link.submit("HDEL", (P + "klines", mask), saved, essential=True)
+        else:
+            self.link.submit("HSET", (P + "klines", mask, doc), saved, essential=True)
+
+    async def klines(self) -> list[str]:
+        return [as_text(v) for v in await self._read("HVALS", P + "klines")]
+
+    async def set_oper(self, nick: str, on: bool) -> bool:
+        try:
+            return bool(await self.link.call("set_oper", name_key(nick), "1" if on else "0"))
+        except Unavailable as exc:
+            raise StoreError(str(exc)) from None
+
     async def account_rooms(self, account: int) -> AccountRooms:
         try:
             # Through the write queue: after this node's saves made before it.
@@ -219,7 +282,7 @@ class RedisStore(Store):
 
 def _account(value: bytes) -> Account:
     a = json.loads(value)
-    return Account(int(a["id"]), a["nick"], a["hash"], float(a["created"]))
+    return Account(int(a["id"]), a["nick"], a["hash"], float(a["created"]), a.get("oper") is True)
 
 
 def stream_message(conversation: str, entry_id: str, fields: dict[bytes, bytes]) -> StoredMessage:

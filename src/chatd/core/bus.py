@@ -24,7 +24,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from chatd.core.model import Member, Room
 from chatd.protocol import Direct, Event, Message, NickChanged, RoomChanged, RoomList, WhoList
@@ -33,10 +33,26 @@ from chatd.store import RoomRecord, Store, StoredMessage
 
 class Opening(NamedTuple):
     """A room being made live for a join: its history, if the store gave it,
-    and whether the join must still create it (else it exists already)."""
+    and whether the join must still create it (else it exists already);
+    ``fresh``: it exists here only (made live for this join) and is in use
+    nowhere, so the join brings it into use (its creator owns it)."""
 
     history: tuple[Sequence[StoredMessage], bool] | None
     create: bool
+    fresh: bool = False
+
+
+class Person(NamedTuple):
+    """Someone connected anywhere, as moderation needs to know them."""
+
+    nick: str
+    key: str
+    #: The account it is logged in to (None: a guest).
+    account: int | None
+    #: A server operator.
+    oper: bool
+    #: The keys of the rooms it is in.
+    rooms: frozenset[str]
 
 
 class Hub(Protocol):
@@ -53,12 +69,14 @@ class Hub(Protocol):
     def rename_arrived(self, event: NickChanged, room_keys: Iterable[str]) -> None: ...
     def room_changed(self, event: RoomChanged) -> None: ...
     def kick(self, key: str, reason: str) -> None: ...
+    def moderated(self, data: list[Any]) -> None: ...
     def find(self, nick: str) -> Member | None: ...
     def check_guest_nick(self, nick: str) -> None: ...
     def live(self, name: str) -> Room | None: ...
     def open_room(self, name: str) -> Room: ...
     def describe(self, room: Room, name: str, topic: str, by: str | None) -> None: ...
     def seed(self, room: Room, messages: Sequence[StoredMessage], more: bool) -> None: ...
+    def ruled(self, room: Room, doc: str) -> None: ...
     def close_room(self, room: Room) -> bool: ...
     def disconnect(self, member: Member, reason: str, *, release: bool = True) -> None: ...
     def members(self) -> list[Member]: ...
@@ -127,6 +145,11 @@ class Bus(abc.ABC):
         """A join, leave or topic in ``room``, for its members elsewhere."""
 
     @abc.abstractmethod
+    def broadcast(self, room_key: str | None, data: list[Any]) -> None:
+        """A moderation step (see chatd.core.moderation) for the other nodes:
+        those with ``room_key`` live, or all of them (None)."""
+
+    @abc.abstractmethod
     def barrier(self, done: Callable[[], None]) -> None:
         """``done()`` once everything said before is stored and delivered."""
 
@@ -154,6 +177,10 @@ class Bus(abc.ABC):
     @abc.abstractmethod
     async def direct(self, member: Member, to: str, text: str) -> None:
         """A private message to ``to``, wherever it is connected."""
+
+    @abc.abstractmethod
+    async def person(self, nick: str) -> Person | None:
+        """Whoever holds ``nick``, wherever it is connected (None: nobody)."""
 
     @abc.abstractmethod
     async def room_list(self) -> RoomList:

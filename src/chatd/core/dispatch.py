@@ -29,6 +29,7 @@ from chatd.core.model import Member, stored_event
 from chatd.core.rooms import RoomManager
 from chatd.errors import (
     BadLogin,
+    Banned,
     ChatError,
     LoginThrottled,
     NickRegistered,
@@ -54,6 +55,7 @@ from chatd.protocol import (
     Login,
     Logout,
     Me,
+    Moderation,
     Msg,
     Nick,
     Passwd,
@@ -62,6 +64,7 @@ from chatd.protocol import (
     Pong,
     Quit,
     Register,
+    RoomList,
     Say,
     SetFormat,
     ShowHistory,
@@ -194,10 +197,12 @@ class Dispatcher:
                 return self._send(caller, command)
             case Create(room) if manager.is_live(room):
                 manager.join(caller, room, create=True)
-            case Join(room) if manager.is_live(room):
-                manager.join(caller, room)
-            case Create(room) | Join(room):
-                return self._join_stored(caller, room, create=isinstance(command, Create))
+            case Join(room, key) if manager.is_live(room):
+                manager.join(caller, room, password=key)
+            case Create(room):
+                return self._join_stored(caller, room, create=True)
+            case Join(room, key):
+                return self._join_stored(caller, room, create=False, key=key)
             case Leave(room):
                 manager.leave(caller, room)
             case ListRooms(watch):
@@ -223,6 +228,8 @@ class Dispatcher:
                 return self._passwd(caller, old, new)
             case ShowHistory():
                 return self._history(caller, command)
+            case _ if isinstance(command, Moderation):
+                return manager.moderator.run(caller, command)
         return None
 
     # -- messages ------------------------------------------------------------
@@ -290,11 +297,13 @@ class Dispatcher:
 
     # -- nicknames, rooms and queries -------------------------------------------
 
-    async def _nick(self, caller: Caller, nick: str) -> None:
+    async def _nick(self, caller: Caller, nick: str) -> str | None:
         """Choose or change a nickname, taken on the bus first (which may
         refuse it), then here (RoomManager.register or rename, which check
         it again: the bus may have waited)."""
         manager, bus = self.manager, self.manager.bus
+        if caller.key is None and (refused := self._klined(caller, nick, False)):
+            return refused
         key = name_key(nick)
         old = caller.key
         keep_account = caller.account is not None and key == caller.key
@@ -302,26 +311,51 @@ class Dispatcher:
         if caller.closing or caller.key != old:
             if manager.find(nick) is None and key != caller.key:
                 bus.released(key)
-            return
+            return None
         if old is None:
             manager.register(caller, nick)
         else:
             manager.rename(caller, nick)
+        return None
 
-    async def _join_stored(self, caller: Caller, room: str, *, create: bool) -> None:
+    async def _join_stored(
+        self,
+        caller: Caller,
+        room: str,
+        *,
+        create: bool,
+        key: str | None = None,
+        rejoin: bool = False,
+    ) -> None:
         """Join a room that is not live here, made ready by the bus (its
-        history from the store)."""
+        rules and history from the store)."""
         async with self.manager.bus.open(room, create=create) as opening:
             if caller.key is not None and not caller.closing:
-                self.manager.join(caller, room, create=opening.create, history=opening.history)
+                self.manager.join(
+                    caller,
+                    room,
+                    create=opening.create,
+                    history=opening.history,
+                    password=key,
+                    fresh=opening.fresh,
+                    rejoin=rejoin,
+                )
 
     async def _rooms(self, caller: Caller) -> None:
-        rooms = await self.manager.bus.room_list()
+        manager = self.manager
+        rooms = await manager.bus.room_list()
+        if not caller.oper:
+            # Secret rooms: only their members see them.
+            hidden = manager.hidden_rooms(caller)
+            hidden |= await manager.store.secret_rooms() - set(caller.rooms)
+            if hidden:
+                rooms = RoomList(tuple(r for r in rooms.rooms if name_key(r[0]) not in hidden))
         caller.tell(rooms)
         caller.charge(len(rooms.rooms) // 100)  # big answers cost more
 
     async def _who(self, caller: Caller, room: str | None) -> None:
         who = await self.manager.bus.who(caller, room)
+        who = await self.manager.moderator.with_roles(caller, who)
         caller.tell(who)
         caller.charge(len(who.nicks) // 100)
 
@@ -348,7 +382,9 @@ class Dispatcher:
             raise NickRegistered(f"{nick} is already registered; /login {nick} PASSWORD")
         logger.info("account registered: %s from %s", nick, caller.peer)
         if caller.nick == nick and not caller.closing:
+            guest = caller.key
             self.manager.account_created(caller, account.id)
+            self.manager.moderator.logged_in(caller, account.oper, guest)
 
     async def _check_password(self, caller: Caller, nick: str, password: str) -> Account:
         """The account if ``password`` is right; else a delay and BadLogin."""
@@ -369,28 +405,44 @@ class Dispatcher:
         await caller.pause(auth.fail_delay)
         raise BadLogin("wrong nickname or password")
 
-    async def _login(self, caller: Caller, nick: str, password: str) -> None:
+    async def _login(self, caller: Caller, nick: str, password: str) -> str | None:
         if caller.account is not None and caller.key == name_key(nick):
             raise NickRegistered(f"you are already logged in to {caller.nick}")
         account = await self._check_password(caller, nick, password)
         if caller.closing:
-            return
+            return None
         manager = self.manager
+        if not account.oper and (refused := self._klined(caller, account.nick, True)):
+            return refused
         try:
             saved = await manager.store.account_rooms(account.id)
         except StoreError as exc:
             raise StorageUnavailable(f"cannot log in now: {exc}") from None
         if caller.closing:
-            return
+            return None
         await manager.bus.claim(
             caller, account.nick, account=account.id, takeover=True, guest=False
         )
         if caller.closing:
-            return
+            return None
+        guest = caller.key if caller.account is None else None
         with manager.saved.rejoining(caller):
             manager.login(caller, account.nick, account.id)
+            manager.moderator.logged_in(caller, account.oper, guest)
             logger.info("login %s from %s", caller.nick, caller.peer)
             await self._rejoin(caller, saved)
+        return None
+
+    def _klined(self, caller: Caller, nick: str, account: bool) -> str | None:
+        """A kline covers ``caller`` as ``nick``: it is told, and the
+        connection ends (the reason); None if none does."""
+        try:
+            self.manager.moderator.check_kline(caller, nick, account)
+        except Banned as exc:
+            logger.info("refused %s from %s: %s", nick, caller.peer, exc.text)
+            caller.tell(Error.of(exc))
+            return "banned from the server"
+        return None
 
     async def _rejoin(self, caller: Caller, saved: AccountRooms) -> None:
         """Put a connection that just logged in back into its account's rooms.
@@ -407,10 +459,10 @@ class Dispatcher:
                 continue
             try:
                 if manager.is_live(name):
-                    manager.join(caller, name)
+                    manager.join(caller, name, rejoin=True)
                 else:
                     check_room(name, self.settings.max_room_len)
-                    await self._join_stored(caller, name, create=False)
+                    await self._join_stored(caller, name, create=False, rejoin=True)
             except ChatError as exc:
                 caller.tell(Error.of(exc))
         current = saved.current

@@ -2,7 +2,7 @@
 
 Messages are numbered here and delivered as soon as the store has them;
 nicknames, rooms and queries are the room manager's alone. A room lives
-while someone is in it or it has a topic (general always does).
+while someone is in it, or it has a topic or an owner (general always does).
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
-from chatd.core.bus import Bus, Hub, Opening
+from chatd.core.bus import Bus, Hub, Opening, Person
 from chatd.core.model import Member, Room
 from chatd.protocol import Event, Message, RoomChanged, RoomList, WhoList, name_key
 from chatd.store import RoomRecord, StoredMessage, StoreError
@@ -59,7 +60,13 @@ class LocalBus(Bus):
             self.hub.room_changed(RoomChanged(room.name, "created", len(room.members)))
 
     def left(self, member: Member, room: Room) -> None:
-        if not room.members and not room.topic and self.hub.close_room(room):
+        if (
+            not room.members
+            and not room.topic
+            and not room.rules.registered
+            and self.hub.close_room(room)
+            and not room.rules.modes.secret  # its name is for its members only
+        ):
             self.hub.room_changed(RoomChanged(room.name, "removed", 0))
 
     def released(self, key: str) -> None:
@@ -67,6 +74,9 @@ class LocalBus(Bus):
 
     def publish(self, room: Room, event: Event) -> None:
         pass
+
+    def broadcast(self, room_key: str | None, data: list[Any]) -> None:
+        pass  # no other node
 
     def barrier(self, done: Callable[[], None]) -> None:
         self.hub.store.barrier(done)
@@ -94,6 +104,13 @@ class LocalBus(Bus):
 
     async def direct(self, member: Member, to: str, text: str) -> None:
         self.hub.direct(member, to, text)
+
+    async def person(self, nick: str) -> Person | None:
+        member = self.hub.find(nick)
+        if member is None or member.key is None:
+            return None
+        rooms = frozenset(member.rooms)
+        return Person(member.nick or "", member.key, member.account, member.oper, rooms)
 
     async def room_list(self) -> RoomList:
         return self.hub.room_list()

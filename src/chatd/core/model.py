@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 
+from chatd.core.rules import RoomRules
 from chatd.protocol import Direct, Event, Format, Message, name_key
 from chatd.protocol.codec import Codec, codec_for
 from chatd.store import StoredMessage
@@ -39,7 +40,7 @@ class Member:
     called.
     """
 
-    __slots__ = ("account", "batch", "codec", "current", "key", "nick", "rooms")
+    __slots__ = ("account", "batch", "codec", "current", "key", "nick", "oper", "rooms")
 
     def __init__(self, fmt: Format = Format.TEXT) -> None:
         self.codec: Codec = codec_for(fmt)
@@ -49,7 +50,14 @@ class Member:
         self.current: Room | None = None
         #: The id of the account this member is logged in to (None: a guest).
         self.account: int | None = None
+        #: Logged in to a server operator's account (see chatd.core.moderation).
+        self.oper = False
         self.batch: list[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        """The client's IP address, which bans can match ("" if it has none)."""
+        return ""
 
     @property
     def fmt(self) -> Format:
@@ -120,7 +128,17 @@ class Member:
 
 
 class Room:
-    __slots__ = ("key", "members", "name", "older", "recent", "seen", "topic", "topic_by")
+    __slots__ = (
+        "key",
+        "members",
+        "name",
+        "older",
+        "recent",
+        "rules",
+        "seen",
+        "topic",
+        "topic_by",
+    )
 
     def __init__(self, name: str, history: int) -> None:
         self.name = name
@@ -135,6 +153,8 @@ class Room:
         #: The id of the last message delivered or seeded from the store (ids
         #: only grow): a message at or below it is not delivered again.
         self.seen = 0
+        #: Who may do what here (owner, roles, modes, bans): see chatd.core.rules.
+        self.rules = RoomRules()
 
     def remember(self, event: Message) -> None:
         recent = self.recent

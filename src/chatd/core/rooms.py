@@ -24,15 +24,19 @@ them without waiting for the store.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from chatd.core.bus import Bus
 from chatd.core.fanout import Watchers, send_all
 from chatd.core.local import LocalBus
 from chatd.core.messages import Messages
 from chatd.core.model import Member, Room
+from chatd.core.moderation import Moderator
 from chatd.core.pushback import Pushback
+from chatd.core.rules import RoomRules
 from chatd.core.saved import SavedRooms
 from chatd.core.stats import Stats
 from chatd.core.window import StoreWindow
@@ -66,6 +70,8 @@ from chatd.protocol import (
 )
 from chatd.store import MemoryStore, RoomRecord, Store, StoredMessage
 
+logger = logging.getLogger(__name__)
+
 
 class RoomManager:
     """Nicknames, rooms and memberships; every change and its fan-out."""
@@ -82,6 +88,7 @@ class RoomManager:
         store_window_messages: int = 1000,
         store: Store | None = None,
         stats: Stats | None = None,
+        opers: Iterable[str] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.max_rooms_per_session = max_rooms_per_session
@@ -112,19 +119,38 @@ class RoomManager:
         self.saved = SavedRooms(self.store)
         #: Members that asked for ``room`` events (``/rooms watch``).
         self.watchers = Watchers()
-        self._add_room(DEFAULT_ROOM)
+        #: Owners, modes, bans and server operators (see chatd.core.moderation).
+        self.moderator = Moderator(self, opers=opers, clock=clock)
+        #: Every connection, with a nickname or not (the server's sessions
+        #: once it sets this): /wall and klines reach them all.
+        self.connections: Callable[[], Iterable[Member]] = self.members
+        # general belongs to the server operators.
+        self._add_room(DEFAULT_ROOM).rules = RoomRules(registered=True)
 
     def attach(self, bus: Bus) -> None:
         """Reach the rest of the chat through ``bus`` (before restore)."""
         self.bus = self.messages.bus = bus
 
     async def restore(self) -> None:
-        """Take up where the store left off: message ids, rooms with topics."""
+        """Take up where the store left off: message ids, rooms with topics
+        or owners, server bans."""
         self.bus.restored(self.store.last_id)
         for record in await self.store.rooms():
             if self.bus.keeps(record):
                 room = self._rooms.get(name_key(record.name)) or self._add_room(record.name)
                 room.topic, room.topic_by = record.topic, record.topic_by
+        now = self._clock()
+        for name, doc in (await self.store.all_rules()).items():
+            if not self.bus.keeps(RoomRecord(name, "", None)):
+                continue
+            room = self._rooms.get(name_key(name)) or self._add_room(name)
+            try:
+                room.rules = RoomRules.load(doc).restarted()
+            except ValueError as exc:
+                logger.error("the rules of #%s were unreadable: %s", name, exc)
+                continue
+            room.rules.expire(now)
+        await self.moderator.restore()
         if self.history_on_join:
             for room in self._rooms.values():
                 room.seed(*await self.store.recent(room.key, self.history_on_join))
@@ -158,16 +184,21 @@ class RoomManager:
         rooms = sorted(self._rooms.values(), key=lambda r: r.key)
         return RoomList(tuple((r.name, len(r.members)) for r in rooms))
 
+    def hidden_rooms(self, member: Member) -> set[str]:
+        """The keys of the live secret rooms ``member`` may not see."""
+        hidden = self.moderator.hidden
+        return {r.key for r in self._rooms.values() if r.rules.modes.secret and hidden(r, member)}
+
     def who(self, member: Member, room_name: str | None) -> WhoList:
         if room_name is None:
             room = self._current(member)
         else:
             found = self._rooms.get(name_key(room_name))
-            if found is None:
+            if found is None or self.moderator.hidden(found, member):
                 raise NoSuchRoom(f"no room #{room_name}")
             room = found
         nicks = sorted((m.nick for m in room.members if m.nick), key=str.lower)
-        return WhoList(room.name, tuple(nicks))
+        return WhoList(room.name, tuple(nicks), self.moderator.roles(room, nicks))
 
     def topic_of(self, member: Member) -> TopicIs:
         room = self._current(member)
@@ -205,6 +236,7 @@ class RoomManager:
         self._rename(member, nick)
         if leaves_account:
             member.account = None
+            member.oper = False
             member.tell(Registered(nick, False))
 
     def _rename(self, member: Member, nick: str) -> None:
@@ -214,10 +246,11 @@ class RoomManager:
         holder = self._nicks.get(key)
         if holder is not None and holder is not member:
             raise NickTaken(f"nickname {nick} is taken; pick another")
-        old = member.nick
+        old, old_key = member.nick, member.key
         del self._nicks[member.key]
         self._nicks[key] = member
         member.nick, member.key = nick, key
+        self.moderator.renamed(member, old_key)
         audience: dict[Member, None] = {member: None}
         for room in member.rooms.values():
             audience.update(room.members)
@@ -246,6 +279,7 @@ class RoomManager:
         nick = member.nick or ""
         self.disconnect(member, "logged out")
         member.account = None
+        member.oper = False
         member.tell(LoggedOut(nick))
 
     def join(
@@ -255,12 +289,20 @@ class RoomManager:
         *,
         create: bool = False,
         history: tuple[Sequence[StoredMessage], bool] | None = None,
+        password: str | None = None,
+        fresh: bool = False,
+        rejoin: bool = False,
     ) -> None:
         """Join a room (creating it if needed) and make it current.
 
         With ``create`` the room must not exist yet. Joining a room the member
         is already in only makes it current. A room that is not in memory
         starts with ``history`` (fetched from the store by the caller).
+        ``fresh``: the room is live here only for this join and in use
+        nowhere (a cluster's), so the join brings it into use as a new one.
+        A room in use admits the member only as its rules say
+        (:meth:`Moderator.admit`, with its key ``password`` and ``rejoin``); the member
+        who brings a room into use owns it, or is its op (a guest).
         """
         key = name_key(room_name)
         room = self._rooms.get(key)
@@ -273,6 +315,8 @@ class RoomManager:
                 )
             if room is not None and len(room.members) >= self.max_members and key != DEFAULT_ROOM:
                 raise RoomFull(f"#{room.name} has {len(room.members)} members, the most allowed")
+            if room is not None and not fresh:
+                self.moderator.admit(room, member, password, rejoin=rejoin)
             created = room is None
             if room is None:
                 if len(self._rooms) >= self.max_rooms_on_server:
@@ -285,6 +329,8 @@ class RoomManager:
                     room.seed(*history)
             room.members[member] = None
             member.rooms[key] = room
+            if created or fresh:
+                self.moderator.created(room, member)
             self.bus.joined(member, room, created)
             self._announce(room, member, Joined(room.name, member.nick or ""))
             if room.topic:
@@ -317,7 +363,11 @@ class RoomManager:
 
     def say(self, member: Member, text: str, *, action: bool = False) -> None:
         """Store a room message; everyone in the room sees it once it is stored."""
-        self.messages.say(member, self._current(member), text, action)
+        room = self._current(member)
+        rules = room.rules
+        if rules.mutes or rules.modes.moderated:
+            self.moderator.check_speak(room, member)
+        self.messages.say(member, room, text, action)
 
     def direct(self, member: Member, to: str, text: str) -> None:
         """Store a private message; its reader (and its sender) see it once it is."""
@@ -332,6 +382,7 @@ class RoomManager:
 
     def set_topic(self, member: Member, text: str) -> None:
         room = self._current(member)
+        self.moderator.check_topic(room, member)
         room.topic, room.topic_by = text, member.nick
         self.store.save_room(RoomRecord(room.name, text, member.nick))
         self._fanout(room, TopicIs(room.name, text, member.nick, changed=True), member)
@@ -435,8 +486,33 @@ class RoomManager:
             member.kick(reason)
 
     def room_changed(self, event: RoomChanged) -> None:
-        """A room came into use or went out of use: tell the watchers."""
-        self.watchers.tell(event)
+        """A room came into use or went out of use: tell the watchers (of a
+        secret room, nobody)."""
+        room = self._rooms.get(name_key(event.room))
+        if room is None or not room.rules.modes.secret:
+            self.watchers.tell(event)
+
+    def moderated(self, data: list[Any]) -> None:
+        """A moderation step from another node (see Moderator.arrived)."""
+        self.moderator.arrived(data)
+
+    @staticmethod
+    def ruled(room: Room, doc: str) -> None:
+        """The rules the store keeps for a room being made live."""
+        room.rules = RoomRules.load(doc)
+
+    def expel(self, member: Member, room: Room, reason: str) -> None:
+        """Take ``member`` out of ``room`` (a kick, a ban): the room, the
+        member included, is told why, as for a leave."""
+        if room.key not in member.rooms:
+            return
+        was_current = member.current is room
+        self._announce(room, member, Left(room.name, member.nick or "", reason))
+        self._remove(member, room)
+        if was_current:
+            member.current = next(reversed(member.rooms.values()), None)
+            member.tell(Current(member.current.name if member.current else None))
+        self.saved.save(member)
 
     # -- rooms the bus makes live and forgets ------------------------------------
 
@@ -491,6 +567,8 @@ class RoomManager:
         del member.rooms[room.key]
         if member.current is room:
             member.current = None
+        if room.rules.roles and member.account is None:
+            self.moderator.left(member, room)
         self.bus.left(member, room)
 
     def now(self) -> float:

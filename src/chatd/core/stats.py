@@ -57,6 +57,8 @@ class Stats:
     connections: Counter[str] = field(default_factory=Counter)
     refused: Counter[str] = field(default_factory=Counter)
     tls_handshake_failures: int = 0
+    #: Moderation actions by kind (kick, ban, unban, mute, mode, role, kill, kline ...).
+    moderation: Counter[str] = field(default_factory=Counter)
     #: Seconds from a message's arrival to its store commit, and to the end
     #: of its fan-out (queued for every recipient).
     store_latency: Histogram = field(default_factory=Histogram)

@@ -44,4 +44,5 @@ def room_manager(s: Settings, store: Store) -> RoomManager:
         store_window_bytes=max(s.soft_queue_bytes // 2, s.max_line),
         store_window_messages=max(s.max_queue_events // 8, 1),
         store=store,
+        opers=s.opers,
     )

@@ -191,6 +191,10 @@ class Outbox(Member):
     def connection(self) -> Connection:
         return self._conn
 
+    @property
+    def address(self) -> str:
+        return self._conn.peer.rpartition(":")[0]
+
     def deliver(self, data: bytes) -> None:
         if self._closing:
             return

@@ -30,7 +30,7 @@ from chatd.daemon.build import build_manager
 from chatd.daemon.flood import TokenBucket
 from chatd.daemon.outbox import LINGER_SECONDS
 from chatd.daemon.session import Session
-from chatd.errors import ChatError, ServerFull, TooManyConnections
+from chatd.errors import Banned, ChatError, ServerFull, TooManyConnections
 from chatd.protocol import Error, Format, render
 from chatd.transports.base import Connection
 from chatd.transports.tcp import (
@@ -67,6 +67,8 @@ class Server:
             else None
         )
         self._sessions: dict[Session, asyncio.Task[None]] = {}
+        # /wall and klines reach every connection, with a nickname or not.
+        self.manager.connections = self._sessions.keys
         #: Connection slots, in all and per address: every session, and every
         #: web-port connection from accept (see chatd.transports.web).
         self._slots = 0
@@ -231,6 +233,7 @@ class Server:
             now = loop.time()
             for session in list(self._sessions):
                 session.sweep(now)
+            self.manager.moderator.expire()
 
     def _refusal(self, ip: str) -> ChatError | None:
         """Why a new connection from ``ip`` cannot be served, or None."""
@@ -246,6 +249,10 @@ class Server:
         elif self.settings.conn_rate and not self._arrival(ip):
             refusal = TooManyConnections(
                 f"too many new connections from {ip} (at most {self.settings.conn_rate:g} a second)"
+            )
+        elif (kline := self.manager.moderator.klined(None, None, ip)) is not None:
+            refusal = Banned(
+                "you are banned from this server" + (f" ({kline.reason})" if kline.reason else "")
             )
         if refusal is not None:
             self._refusals.note(ip, refusal.code)

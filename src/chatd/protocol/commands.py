@@ -20,6 +20,15 @@ from typing import Any, Final
 from chatd.config import NAME_CEILING
 from chatd.errors import BadArgs, BadEncoding, BadNick, BadRoom, UnknownCommand
 from chatd.protocol.framing import Format
+from chatd.protocol.moderation import (
+    Mask,
+    ModeChange,
+    Role,
+    is_duration,
+    parse_duration,
+    parse_mask,
+    parse_mode_changes,
+)
 
 DEFAULT_ROOM: Final = "general"
 _NAME_RE: Final = re.compile(rf"[A-Za-z0-9_.\-]{{1,{NAME_CEILING}}}\Z")
@@ -44,6 +53,8 @@ class Create:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Join:
     room: str
+    #: The room's key, for a room with +k.
+    key: str | None = dataclasses.field(default=None, repr=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -143,6 +154,117 @@ class ShowHistory:
     before: int | None = None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class SetRole:
+    """``/op``, ``/deop``, ``/voice``, ``/devoice``: give ``role``, or (``on``
+    False) take it back, leaving the member a member."""
+
+    nick: str
+    role: Role
+    on: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Kick:
+    nick: str
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ban:
+    mask: Mask
+    #: Seconds; None: until removed.
+    duration: int | None = None
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Unban:
+    mask: Mask
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ListBans:
+    pass
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Mute:
+    nick: str
+    duration: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Unmute:
+    nick: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Invite:
+    nick: str
+    room: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Mode:
+    """``/mode [ROOM] [CHANGES]``: no changes shows the room's modes."""
+
+    room: str | None = None
+    changes: tuple[ModeChange, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ShowModLog:
+    count: int = 20
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Kill:
+    nick: str
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Kline:
+    mask: Mask
+    duration: int | None = None
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Unkline:
+    mask: Mask
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ListKlines:
+    pass
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Wall:
+    text: str
+
+
+#: The commands of room moderation and of server operators.
+Moderation = (
+    SetRole
+    | Kick
+    | Ban
+    | Unban
+    | ListBans
+    | Mute
+    | Unmute
+    | Invite
+    | Mode
+    | ShowModLog
+    | Kill
+    | Kline
+    | Unkline
+    | ListKlines
+    | Wall
+)
+
 Command = (
     Say
     | Nick
@@ -165,13 +287,14 @@ Command = (
     | Logout
     | Passwd
     | ShowHistory
+    | Moderation
 )
 
 #: (usage, what it does), in the order ``/help`` lists them.
 COMMAND_HELP: Final[tuple[tuple[str, str], ...]] = (
     ("/nick NAME", "choose or change your nickname"),
     ("/create ROOM", "create a new room, join it and make it current"),
-    ("/join ROOM", "join a room (created if needed) and make it current"),
+    ("/join ROOM [KEY]", "join a room (created if needed) and make it current"),
     ("/leave [ROOM]", "leave a room (default: the current one)"),
     ("/rooms [watch|unwatch]", "list rooms with their member counts; watch: follow changes"),
     ("/who [ROOM]", "list who is in a room (default: the current one)"),
@@ -183,6 +306,19 @@ COMMAND_HELP: Final[tuple[tuple[str, str], ...]] = (
     ("/logout", "log out (choose a nickname again)"),
     ("/passwd OLD NEW", "change your password"),
     ("/history [ROOM|@NICK] [N] [before=ID]", "show earlier messages"),
+    ("/mode [ROOM] [+|-FLAGS [ARGS]]", "show or change a room's modes: i k KEY l N m s t"),
+    ("/op NICK, /deop NICK", "ops: give or take op rights in the current room"),
+    ("/voice NICK, /devoice NICK", "ops: let a member speak in a moderated (+m) room, or not"),
+    ("/kick NICK [REASON]", "ops: remove a member from the current room"),
+    ("/ban MASK [DURATION] [REASON]", "ops: ban NICK, account:NAME or ip:ADDR[/PREFIX]"),
+    ("/unban MASK, /bans", "ops: lift a ban; list the room's bans"),
+    ("/mute NICK [DURATION], /unmute NICK", "ops: silence a member of the room, or not"),
+    ("/invite NICK [ROOM]", "invite someone (admits once to a +i or +k room)"),
+    ("/modlog [N]", "ops: the room's last N moderation actions"),
+    ("/kill NICK [REASON]", "server operators: disconnect someone"),
+    ("/kline MASK [DURATION] [REASON]", "server operators: ban from the whole server"),
+    ("/unkline MASK, /klines", "server operators: lift a server ban; list them"),
+    ("/wall TEXT", "server operators: a notice to every connection"),
     ("/format text|json", "switch how the server talks to you"),
     ("/ping [TOKEN]", "ask for a pong (echoes TOKEN)"),
     ("/ping every SECONDS", "JSON mode: be pinged after SECONDS of silence (0: never)"),
@@ -321,6 +457,93 @@ def _parse_rooms(args: str) -> ListRooms:
     return ListRooms()
 
 
+def _parse_join(args: str) -> Join:
+    parts = args.split()
+    if not 1 <= len(parts) <= 2:
+        raise BadArgs("usage: /join ROOM [KEY]")
+    return Join(check_room(parts[0]), parts[1] if len(parts) == 2 else None)
+
+
+def _nick_and_rest(args: str, usage: str) -> tuple[str, str]:
+    nick, _, rest = args.partition(" ")
+    if not nick:
+        raise BadArgs(f"usage: {usage}")
+    return check_nick(nick), rest.strip()
+
+
+def _role(role: Role, on: bool, name: str) -> Any:
+    def parse(args: str) -> SetRole:
+        return SetRole(check_nick(_one_arg(args, f"/{name} NICK")), role, on)
+
+    return parse
+
+
+def _mask_duration_reason(args: str, usage: str) -> tuple[Mask, int | None, str]:
+    """``MASK [DURATION] [REASON]``: a second word that reads as a duration is one."""
+    words = args.split(" ", 2)
+    if not words[0]:
+        raise BadArgs(f"usage: {usage}")
+    mask = parse_mask(words[0])
+    duration: int | None = None
+    rest = words[1:]
+    if rest and is_duration(rest[0]):
+        duration = parse_duration(rest.pop(0))
+    return mask, duration, " ".join(rest).strip()
+
+
+def _parse_ban(args: str) -> Ban:
+    return Ban(*_mask_duration_reason(args, "/ban MASK [DURATION] [REASON]"))
+
+
+def _parse_kline(args: str) -> Kline:
+    return Kline(*_mask_duration_reason(args, "/kline MASK [DURATION] [REASON]"))
+
+
+def _parse_mute(args: str) -> Mute:
+    parts = args.split()
+    if not 1 <= len(parts) <= 2:
+        raise BadArgs("usage: /mute NICK [DURATION]")
+    return Mute(check_nick(parts[0]), parse_duration(parts[1]) if len(parts) == 2 else None)
+
+
+def _parse_invite(args: str) -> Invite:
+    parts = args.split()
+    if not 1 <= len(parts) <= 2:
+        raise BadArgs("usage: /invite NICK [ROOM]")
+    return Invite(check_nick(parts[0]), check_room(parts[1]) if len(parts) == 2 else None)
+
+
+def _parse_mode(args: str) -> Mode:
+    words = args.split()
+    room: str | None = None
+    if words and words[0][:1] not in ("+", "-"):
+        room = check_room(words.pop(0))
+    return Mode(room, parse_mode_changes(words) if words else ())
+
+
+def _parse_modlog(args: str) -> ShowModLog:
+    if not args:
+        return ShowModLog()
+    if not args.isdigit() or not 1 <= int(args) <= MAX_HISTORY:
+        raise BadArgs(f"usage: /modlog [N] (N at most {MAX_HISTORY})")
+    return ShowModLog(int(args))
+
+
+def _parse_wall(args: str) -> Wall:
+    if not args:
+        raise BadArgs("usage: /wall TEXT")
+    return Wall(args)
+
+
+def _no_args(command: Any, usage: str) -> Any:
+    def parse(args: str) -> Any:
+        if args:
+            raise BadArgs(f"usage: {usage}")
+        return command()
+
+    return parse
+
+
 _MAX_KEEPALIVE: Final = 3600
 
 
@@ -341,7 +564,7 @@ def _parse_ping(args: str) -> Ping | KeepAlive:
 _PARSERS: Final[dict[str, Any]] = {
     "nick": lambda a: Nick(check_nick(_one_arg(a, "/nick NAME"))),
     "create": lambda a: Create(check_room(_one_arg(a, "/create ROOM"))),
-    "join": lambda a: Join(check_room(_one_arg(a, "/join ROOM"))),
+    "join": _parse_join,
     "leave": lambda a: Leave(check_room(_one_arg(a, "/leave [ROOM]")) if a else None),
     "rooms": _parse_rooms,
     "who": lambda a: Who(check_room(_one_arg(a, "/who [ROOM]")) if a else None),
@@ -358,6 +581,24 @@ _PARSERS: Final[dict[str, Any]] = {
     "logout": lambda a: Logout(),
     "passwd": _parse_passwd,
     "history": _parse_history,
+    "op": _role(Role.OP, True, "op"),
+    "deop": _role(Role.OP, False, "deop"),
+    "voice": _role(Role.VOICE, True, "voice"),
+    "devoice": _role(Role.VOICE, False, "devoice"),
+    "kick": lambda a: Kick(*_nick_and_rest(a, "/kick NICK [REASON]")),
+    "ban": _parse_ban,
+    "unban": lambda a: Unban(parse_mask(_one_arg(a, "/unban MASK"))),
+    "bans": _no_args(ListBans, "/bans"),
+    "mute": _parse_mute,
+    "unmute": lambda a: Unmute(check_nick(_one_arg(a, "/unmute NICK"))),
+    "invite": _parse_invite,
+    "mode": _parse_mode,
+    "modlog": _parse_modlog,
+    "kill": lambda a: Kill(*_nick_and_rest(a, "/kill NICK [REASON]")),
+    "kline": _parse_kline,
+    "unkline": lambda a: Unkline(parse_mask(_one_arg(a, "/unkline MASK"))),
+    "klines": _no_args(ListKlines, "/klines"),
+    "wall": _parse_wall,
 }
 
 

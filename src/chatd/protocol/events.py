@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Final
 from chatd.errors import ChatError
 from chatd.protocol.commands import COMMAND_HELP
 from chatd.protocol.framing import Format
+from chatd.protocol.moderation import Modes, format_duration
 from chatd.protocol.record import record
 
 
@@ -126,6 +127,191 @@ class WhoList:
     type: ClassVar[str] = "who"
     room: str
     nicks: tuple[str, ...]
+    #: Each nick's role in the room (``owner``, ``op``, ``voice``, ``member``).
+    roles: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Kicked:
+    """``nick`` was removed from ``room`` by ``by``; to the room, the kicked included."""
+
+    type: ClassVar[str] = "kick"
+    room: str
+    nick: str
+    by: str
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModeIs:
+    """A room's modes: changed by ``by`` (``change`` says how), or shown (``by`` None)."""
+
+    type: ClassVar[str] = "mode"
+    room: str
+    by: str | None
+    change: str
+    modes: Modes
+    #: The account that owns the room (None: a guest's room, or general).
+    owner: str | None = None
+    registered: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoleIs:
+    """``nick``'s role in ``room`` is now ``role`` (given or taken by ``by``)."""
+
+    type: ClassVar[str] = "role"
+    room: str
+    nick: str
+    role: str
+    by: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BanSet:
+    """A ban, to the room's ops and its author."""
+
+    type: ClassVar[str] = "ban"
+    room: str
+    mask: str
+    by: str
+    reason: str = ""
+    #: When it ends (seconds since the epoch), None: until lifted.
+    until: float | None = None
+    #: Its length in seconds, as given (None: until lifted).
+    duration: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BanLifted:
+    """A ban was lifted (``by`` None: it expired), to the room's ops and its author."""
+
+    type: ClassVar[str] = "unban"
+    room: str
+    mask: str
+    by: str | None
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BanEntry:
+    """One ban of a room, or one kline (``/bans``, ``/klines``)."""
+
+    mask: str
+    by: str | None
+    reason: str
+    until: float | None
+    since: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BanList:
+    type: ClassVar[str] = "bans"
+    room: str
+    bans: tuple[BanEntry, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MuteSet:
+    """``nick`` may not speak in ``room`` (until ``until``); to the room."""
+
+    type: ClassVar[str] = "mute"
+    room: str
+    nick: str
+    by: str
+    until: float | None = None
+    duration: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MuteLifted:
+    type: ClassVar[str] = "unmute"
+    room: str
+    nick: str
+    by: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Invited:
+    """An invitation to ``room`` from ``sender`` (JSON ``from``), to the invitee."""
+
+    type: ClassVar[str] = "invite"
+    room: str
+    sender: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InviteSent:
+    """The answer to ``/invite``: ``nick`` may now join ``room`` once."""
+
+    type: ClassVar[str] = "invited"
+    room: str
+    nick: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Notice:
+    """``/wall``: a server operator's notice to every connection (JSON ``from``)."""
+
+    type: ClassVar[str] = "wall"
+    sender: str
+    text: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One moderation action: when, who, what (``kick``, ``ban``, ``mode`` ...),
+    on whom, and its details."""
+
+    ts: float
+    by: str | None
+    action: str
+    target: str
+    detail: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModLog:
+    """The answer to ``/modlog``: a room's last actions, oldest first."""
+
+    type: ClassVar[str] = "modlog"
+    room: str
+    entries: tuple[LogEntry, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KlineSet:
+    """A server ban (``/kline``), to the operator who set it."""
+
+    type: ClassVar[str] = "kline"
+    mask: str
+    by: str
+    reason: str = ""
+    until: float | None = None
+    duration: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KlineLifted:
+    type: ClassVar[str] = "unkline"
+    mask: str
+    by: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KlineList:
+    type: ClassVar[str] = "klines"
+    klines: tuple[BanEntry, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KillDone:
+    """The answer to ``/kill``: ``nick`` was disconnected."""
+
+    type: ClassVar[str] = "kill"
+    nick: str
+    by: str
+    reason: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -237,6 +423,22 @@ Event = (
     | History
     | LoggedOut
     | PasswordChanged
+    | Kicked
+    | ModeIs
+    | RoleIs
+    | BanSet
+    | BanLifted
+    | BanList
+    | MuteSet
+    | MuteLifted
+    | Invited
+    | InviteSent
+    | Notice
+    | ModLog
+    | KlineSet
+    | KlineLifted
+    | KlineList
+    | KillDone
 )
 
 
@@ -275,8 +477,33 @@ def event_to_json(event: Event) -> dict[str, Any]:
             return obj
         case RoomList(rooms):
             return {"type": "rooms", "rooms": [{"name": n, "members": k} for n, k in rooms]}
-        case WhoList(room, nicks):
-            return {"type": "who", "room": room, "nicks": list(nicks)}
+        case WhoList(room, nicks, roles):
+            members = [{"nick": n, "role": r} for n, r in zip(nicks, roles, strict=False)]
+            return {"type": "who", "room": room, "nicks": list(nicks), "members": members}
+        case ModeIs(room, by, change, modes, owner, registered):
+            return {
+                "type": "mode",
+                "room": room,
+                "by": by,
+                "change": change,
+                "modes": modes.to_json(),
+                "owner": owner,
+                "registered": registered,
+            }
+        case Invited(room, sender):
+            return {"type": "invite", "room": room, "from": sender}
+        case Notice(sender, text):
+            return {"type": "wall", "from": sender, "text": text}
+        case BanList(room, bans):
+            return {"type": "bans", "room": room, "bans": [_entry_json(b) for b in bans]}
+        case KlineList(klines):
+            return {"type": "klines", "klines": [_entry_json(b) for b in klines]}
+        case ModLog(room, entries):
+            return {
+                "type": "modlog",
+                "room": room,
+                "entries": [dataclasses.asdict(e) for e in entries],
+            }
         case FormatIs(fmt):
             return {"type": "format", "format": fmt.name.lower()}
         case HelpText(commands):
@@ -286,6 +513,10 @@ def event_to_json(event: Event) -> dict[str, Any]:
             for name in _field_names(type(event)):
                 obj[name] = getattr(event, name)
             return obj
+
+
+def _entry_json(entry: BanEntry) -> dict[str, Any]:
+    return dataclasses.asdict(entry)
 
 
 def _str(value: object) -> str:
@@ -310,6 +541,24 @@ def _num(value: object) -> float:
     return float(value)
 
 
+def _opt_num(value: object) -> float | None:
+    return None if value is None else _num(value)
+
+
+def _opt_int(value: object) -> int | None:
+    return None if value is None else _int(value)
+
+
+def _entry(obj: Mapping[str, Any]) -> BanEntry:
+    return BanEntry(
+        _str(obj["mask"]),
+        _opt_str(obj.get("by")),
+        _str(obj.get("reason", "")),
+        _opt_num(obj.get("until")),
+        _num(obj.get("since", 0)),
+    )
+
+
 def _objects(value: object) -> list[Mapping[str, Any]]:
     if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
         raise TypeError("expected a list of objects")
@@ -331,6 +580,9 @@ _PLAIN_EVENTS: Final[dict[str, Any]] = {
         Shutdown,
         LoggedOut,
         PasswordChanged,
+        Kicked,
+        InviteSent,
+        KillDone,
     )
 }
 
@@ -392,7 +644,81 @@ def event_from_json(obj: Mapping[str, Any]) -> Event:
                 nicks = obj["nicks"]
                 if not isinstance(nicks, list):
                     raise TypeError("nicks must be a list")
-                return WhoList(_str(obj["room"]), tuple(_str(n) for n in nicks))
+                roles = tuple(_str(m["role"]) for m in _objects(obj.get("members", [])))
+                return WhoList(_str(obj["room"]), tuple(_str(n) for n in nicks), roles)
+            case "mode":
+                modes = obj["modes"]
+                if not isinstance(modes, dict):
+                    raise TypeError("modes must be an object")
+                return ModeIs(
+                    _str(obj["room"]),
+                    _opt_str(obj.get("by")),
+                    _str(obj.get("change", "")),
+                    Modes.from_json(modes),
+                    _opt_str(obj.get("owner")),
+                    obj.get("registered") is True,
+                )
+            case "role":
+                return RoleIs(
+                    _str(obj["room"]), _str(obj["nick"]), _str(obj["role"]), _opt_str(obj["by"])
+                )
+            case "ban":
+                return BanSet(
+                    _str(obj["room"]),
+                    _str(obj["mask"]),
+                    _str(obj["by"]),
+                    _str(obj.get("reason", "")),
+                    _opt_num(obj.get("until")),
+                    _opt_int(obj.get("duration")),
+                )
+            case "unban":
+                return BanLifted(
+                    _str(obj["room"]),
+                    _str(obj["mask"]),
+                    _opt_str(obj.get("by")),
+                    _str(obj.get("reason", "")),
+                )
+            case "bans":
+                bans = tuple(_entry(b) for b in _objects(obj["bans"]))
+                return BanList(_str(obj["room"]), bans)
+            case "klines":
+                return KlineList(tuple(_entry(b) for b in _objects(obj["klines"])))
+            case "mute":
+                return MuteSet(
+                    _str(obj["room"]),
+                    _str(obj["nick"]),
+                    _str(obj["by"]),
+                    _opt_num(obj.get("until")),
+                    _opt_int(obj.get("duration")),
+                )
+            case "unmute":
+                return MuteLifted(_str(obj["room"]), _str(obj["nick"]), _opt_str(obj.get("by")))
+            case "invite":
+                return Invited(_str(obj["room"]), _str(obj["from"]))
+            case "wall":
+                return Notice(_str(obj["from"]), _str(obj["text"]))
+            case "modlog":
+                entries = tuple(
+                    LogEntry(
+                        _num(e["ts"]),
+                        _opt_str(e.get("by")),
+                        _str(e["action"]),
+                        _str(e["target"]),
+                        _str(e.get("detail", "")),
+                    )
+                    for e in _objects(obj["entries"])
+                )
+                return ModLog(_str(obj["room"]), entries)
+            case "kline":
+                return KlineSet(
+                    _str(obj["mask"]),
+                    _str(obj["by"]),
+                    _str(obj.get("reason", "")),
+                    _opt_num(obj.get("until")),
+                    _opt_int(obj.get("duration")),
+                )
+            case "unkline":
+                return KlineLifted(_str(obj["mask"]), _opt_str(obj.get("by")))
             case "keepalive":
                 return KeepAliveIs(_num(obj["interval"]))
             case "format":
@@ -461,8 +787,60 @@ def event_to_text(event: Event) -> str:
             return f"* room #{room} created ({members} member{'s' * (members != 1)})"
         case RoomChanged(room, what, _):
             return f"* room #{room} {what}"
-        case WhoList(room, nicks):
-            return f"* in #{room}: {', '.join(nicks) or 'nobody'}"
+        case WhoList(room, nicks, roles):
+            shown = [_prefix(roles[i] if i < len(roles) else "") + n for i, n in enumerate(nicks)]
+            return f"* in #{room}: {', '.join(shown) or 'nobody'}"
+        case Kicked(room, nick, by, reason):
+            return f"* {by} kicked {nick} from #{room}" + (f" ({reason})" if reason else "")
+        case ModeIs(room, None, _, modes, owner, _):
+            line = f"* modes of #{room}: {_modes_text(modes) or 'none'}"
+            return line + (f"; owner {owner}" if owner else "")
+        case ModeIs(room, by, change, _, _, _):
+            return f"* {by} set #{room} {change}"
+        case RoleIs(room, nick, role, by):
+            return f"* {nick} is now {role} in #{room}" + (f" (by {by})" if by else "")
+        case BanSet(room, mask, by, reason, _, duration):
+            line = f"* {by} banned {_mask_text(mask)} from #{room}"
+            line += f" for {format_duration(duration)}" if duration else ""
+            return line + (f" ({reason})" if reason else "")
+        case BanLifted(room, mask, None, _):
+            return f"* the ban on {_mask_text(mask)} in #{room} expired"
+        case BanLifted(room, mask, by, _):
+            return f"* {by} unbanned {_mask_text(mask)} from #{room}"
+        case BanList(room, bans):
+            return _entries_text(f"bans of #{room}", bans)
+        case KlineList(klines):
+            return _entries_text("server bans (klines)", klines)
+        case MuteSet(room, nick, by, _, duration):
+            line = f"* {by} muted {nick} in #{room}"
+            return line + (f" for {format_duration(duration)}" if duration else "")
+        case MuteLifted(room, nick, None):
+            return f"* {nick} may speak in #{room} again"
+        case MuteLifted(room, nick, by):
+            return f"* {by} unmuted {nick} in #{room}"
+        case Invited(room, sender):
+            return f"* {sender} invites you to #{room}: /join {room}"
+        case InviteSent(room, nick):
+            return f"* invited {nick} to #{room}"
+        case Notice(sender, text):
+            return f"! notice from {sender}: {text}"
+        case ModLog(room, entries):
+            rows = [
+                f"  {_when(e.ts)} {e.by or 'server'} {e.action} {e.target}"
+                + (f" {e.detail}" if e.detail else "")
+                for e in entries
+            ]
+            return "\n".join([f"* moderation log of #{room}: {len(entries)}", *rows])
+        case KlineSet(mask, by, reason, _, duration):
+            line = f"* {by} banned {_mask_text(mask)} from the server"
+            line += f" for {format_duration(duration)}" if duration else ""
+            return line + (f" ({reason})" if reason else "")
+        case KlineLifted(mask, None):
+            return f"* the server ban on {_mask_text(mask)} expired"
+        case KlineLifted(mask, by):
+            return f"* {by} lifted the server ban on {_mask_text(mask)}"
+        case KillDone(nick, by, reason):
+            return f"* {by} disconnected {nick}" + (f" ({reason})" if reason else "")
         case Pong(token):
             return f"* pong {token}" if token else "* pong"
         case KeepAliveIs(0):
@@ -495,6 +873,35 @@ def event_to_text(event: Event) -> str:
     raise TypeError(f"not an event: {event!r}")  # pragma: no cover
 
 
+def _prefix(role: str) -> str:
+    return {"owner": "~", "op": "@", "voice": "+"}.get(role, "")
+
+
+def _mask_text(mask: str) -> str:
+    """A mask as text mode shows it: bare names, ``ip:`` kept."""
+    kind, _, value = mask.partition(":")
+    return value if kind in ("nick", "account") else mask
+
+
+def _modes_text(modes: Modes) -> str:
+    args = [a for a in (modes.key, None if modes.limit is None else str(modes.limit)) if a]
+    return " ".join([modes.flags(), *args]).strip()
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))
+
+
+def _entries_text(title: str, entries: tuple[BanEntry, ...]) -> str:
+    rows = [
+        f"  {_mask_text(b.mask)} by {b.by or 'server'}"
+        + (f" until {_when(b.until)} UTC" if b.until is not None else "")
+        + (f" ({b.reason})" if b.reason else "")
+        for b in entries
+    ]
+    return "\n".join([f"* {title}: {len(entries) or 'none'}", *rows])
+
+
 def _message_json(m: Message) -> bytes:
     """The JSON line of a room message, without building a dict.
 
@@ -513,8 +920,8 @@ def _message_json(m: Message) -> bytes:
 def render(event: Event, fmt: Format) -> bytes:
     """Render an event as LF-terminated bytes in the given format.
 
-    In JSON mode this is always exactly one line; in text mode ``/help`` is
-    the one event that spans several.
+    In JSON mode this is always exactly one line; in text mode ``/help``
+    and the lists of moderation (``/bans``, ``/klines``, ``/modlog``) span several.
     """
     if fmt is Format.JSON:
         if type(event) is Message:

@@ -24,6 +24,7 @@ name it uses is re-exported here, and :func:`open_store` picks the store.
 from __future__ import annotations
 
 from chatd.store.base import (
+    MODLOG_MAX,
     Account,
     AccountRooms,
     Done,
@@ -49,6 +50,7 @@ __all__ = [
     "BATCH_MAX",
     "MEMORY_HISTORY",
     "MIGRATIONS",
+    "MODLOG_MAX",
     "SCHEMA_VERSION",
     "Account",
     "AccountRooms",

@@ -21,6 +21,9 @@ from chatd.protocol.record import record
 
 Done = Callable[[BaseException | None], None]
 
+#: Entries a room's moderation log keeps.
+MODLOG_MAX = 1000
+
 
 class StoreError(Exception):
     """The store cannot be used (opened, migrated, written); the text says why."""
@@ -62,6 +65,8 @@ class Account:
     nick: str
     password_hash: str = dataclasses.field(repr=False)
     created: float
+    #: A server operator (``chatd accounts oper NICK on``).
+    oper: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -90,6 +95,9 @@ class Store(abc.ABC):
     last_failure: float | None = None
     #: Seconds a failed write keeps the store unhealthy if no message is stored.
     FAILURE_MEMORY = 30.0
+    #: Shared by several daemons (a cluster's): it keeps every room's rules
+    #: while the room is in use, not only registered rooms'.
+    shared = False
 
     @property
     def healthy(self) -> bool:
@@ -163,6 +171,54 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def account_rooms(self, account: int) -> AccountRooms:
         """The rooms an account was last in (none if never saved)."""
+
+    # -- rooms' rules, the moderation log, server bans ---------------------------
+
+    @abc.abstractmethod
+    def save_rules(
+        self, name: str, doc: str | None, *, registered: bool, secret: bool = False
+    ) -> None:
+        """Remember a room's rules (a JSON document the store does not read),
+        in order after earlier writes; None forgets them. A store that
+        outlives the daemon keeps only ``registered`` rooms' rules; a shared
+        one (Redis) keeps every room's while it is in use, and ``secret``
+        hides the room from other nodes' ``/rooms``."""
+
+    @abc.abstractmethod
+    async def all_rules(self) -> dict[str, str]:
+        """Every registered room's rules, by room name, to restore at start."""
+
+    async def rules_of(self, room_key: str) -> str | None:
+        """One room's rules (a cluster node making the room live)."""
+        for name, doc in (await self.all_rules()).items():
+            if name_key(name) == room_key:
+                return doc
+        return None
+
+    async def secret_rooms(self) -> set[str]:
+        """The keys of secret rooms that may not be live here (a cluster's)."""
+        return set()
+
+    @abc.abstractmethod
+    def log_action(self, room_key: str, entry: str) -> None:
+        """Append to a room's moderation log (a JSON entry), keeping the last
+        ``MODLOG_MAX``."""
+
+    @abc.abstractmethod
+    async def modlog(self, room_key: str, limit: int) -> list[str]:
+        """The last ``limit`` entries of a room's moderation log, oldest first."""
+
+    @abc.abstractmethod
+    def save_kline(self, mask: str, doc: str | None) -> None:
+        """Remember a server ban (None: lift it)."""
+
+    @abc.abstractmethod
+    async def klines(self) -> list[str]:
+        """Every server ban kept."""
+
+    @abc.abstractmethod
+    async def set_oper(self, nick: str, on: bool) -> bool:
+        """Make an account a server operator or not; False if it has no account."""
 
     async def writable(self) -> bool:
         """Whether a write can be committed now."""

@@ -14,7 +14,15 @@ from collections.abc import Callable
 from typing import Final
 
 from chatd.protocol import name_key
-from chatd.store.base import Account, AccountRooms, Done, RoomRecord, Store, StoredMessage
+from chatd.store.base import (
+    MODLOG_MAX,
+    Account,
+    AccountRooms,
+    Done,
+    RoomRecord,
+    Store,
+    StoredMessage,
+)
 
 #: Messages a conversation keeps in the in-memory store.
 MEMORY_HISTORY: Final = 10_000
@@ -30,6 +38,9 @@ class MemoryStore(Store):
         self._accounts: dict[str, Account] = {}
         self._account_rooms: dict[int, AccountRooms] = {}
         self._next_account = 1
+        self._rules: dict[str, tuple[str, str]] = {}
+        self._modlog: dict[str, deque[str]] = {}
+        self._klines: dict[str, str] = {}
 
     def append(self, message: StoredMessage, done: Done) -> None:
         kept = self._messages.get(message.conversation)
@@ -101,3 +112,39 @@ class MemoryStore(Store):
 
     async def account_rooms(self, account: int) -> AccountRooms:
         return self._account_rooms.get(account, AccountRooms())
+
+    def save_rules(
+        self, name: str, doc: str | None, *, registered: bool, secret: bool = False
+    ) -> None:
+        if doc is not None and registered:
+            self._rules[name_key(name)] = (name, doc)
+        else:
+            self._rules.pop(name_key(name), None)
+
+    async def all_rules(self) -> dict[str, str]:
+        return dict(self._rules.values())
+
+    def log_action(self, room_key: str, entry: str) -> None:
+        log = self._modlog.get(room_key)
+        if log is None:
+            log = self._modlog[room_key] = deque(maxlen=MODLOG_MAX)
+        log.append(entry)
+
+    async def modlog(self, room_key: str, limit: int) -> list[str]:
+        return list(self._modlog.get(room_key, ()))[-limit:]
+
+    def save_kline(self, mask: str, doc: str | None) -> None:
+        if doc is None:
+            self._klines.pop(mask, None)
+        else:
+            self._klines[mask] = doc
+
+    async def klines(self) -> list[str]:
+        return list(self._klines.values())
+
+    async def set_oper(self, nick: str, on: bool) -> bool:
+        account = self._accounts.get(name_key(nick))
+        if account is None:
+            return False
+        self._accounts[name_key(nick)] = dataclasses.replace(account, oper=on)
+        return True

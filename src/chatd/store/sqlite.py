@@ -27,6 +27,7 @@ from typing import Any, Final
 
 from chatd.protocol import name_key
 from chatd.store.base import (
+    MODLOG_MAX,
     Account,
     AccountRooms,
     Done,
@@ -101,6 +102,26 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             name TEXT NOT NULL,
             current INTEGER NOT NULL DEFAULT 0,
             PRIMARY KEY (account, position)
+        )""",
+    ),
+    # 4: rooms that belong to someone, their moderation log, server bans, operators.
+    (
+        "ALTER TABLE accounts ADD COLUMN oper INTEGER NOT NULL DEFAULT 0",
+        """CREATE TABLE room_rules (
+            key TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            doc TEXT NOT NULL,
+            updated REAL NOT NULL
+        )""",
+        """CREATE TABLE modlog (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            room TEXT NOT NULL,
+            entry TEXT NOT NULL
+        )""",
+        "CREATE INDEX modlog_by_room ON modlog (room, id)",
+        """CREATE TABLE klines (
+            mask TEXT PRIMARY KEY,
+            doc TEXT NOT NULL
         )""",
     ),
 )
@@ -435,11 +456,103 @@ class SqliteStore(Store):
                 rows,
             )
 
+        self._write_behind(run, f"the rooms of account {account}")
+
+    def _write_behind(self, run: Callable[[sqlite3.Connection], Any], what: str) -> None:
+        """A write nobody waits for, queued after the earlier ones; a failure is logged."""
+
         def done(_: Any, exc: BaseException | None) -> None:
             if exc is not None:
-                logger.error("the rooms of account %d were not saved: %s", account, exc)
+                logger.error("%s was not saved: %s", what, exc)
 
         self._submit(_Write(None, run, done))
+
+    def save_rules(
+        self, name: str, doc: str | None, *, registered: bool, secret: bool = False
+    ) -> None:
+        key, now = name_key(name), self._clock()
+
+        def run(conn: sqlite3.Connection) -> None:
+            if doc is not None and registered:
+                conn.execute(
+                    "INSERT INTO room_rules (key, name, doc, updated) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET name = excluded.name,"
+                    " doc = excluded.doc, updated = excluded.updated",
+                    (key, name, doc, now),
+                )
+            else:
+                conn.execute("DELETE FROM room_rules WHERE key = ?", (key,))
+
+        self._write_behind(run, f"the rules of #{name}")
+
+    async def all_rules(self) -> dict[str, str]:
+        rows = await self._read("SELECT name, doc FROM room_rules ORDER BY key")
+        return {name: doc for name, doc in rows}
+
+    def log_action(self, room_key: str, entry: str) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            cursor = conn.execute(
+                "INSERT INTO modlog (room, entry) VALUES (?, ?)", (room_key, entry)
+            )
+            conn.execute(
+                "DELETE FROM modlog WHERE room = ? AND id <= ?",
+                (room_key, (cursor.lastrowid or 0) - MODLOG_MAX),
+            )
+
+        self._write_behind(run, f"the moderation log of #{room_key}")
+
+    async def modlog(self, room_key: str, limit: int) -> list[str]:
+        await self._written()
+        rows = await self._read(
+            "SELECT entry FROM modlog WHERE room = ? ORDER BY id DESC LIMIT ?", room_key, limit
+        )
+        return [entry for (entry,) in reversed(rows)]
+
+    def save_kline(self, mask: str, doc: str | None) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            if doc is None:
+                conn.execute("DELETE FROM klines WHERE mask = ?", (mask,))
+            else:
+                conn.execute(
+                    "INSERT INTO klines (mask, doc) VALUES (?, ?)"
+                    " ON CONFLICT (mask) DO UPDATE SET doc = excluded.doc",
+                    (mask, doc),
+                )
+
+        self._write_behind(run, f"the kline on {mask}")
+
+    async def klines(self) -> list[str]:
+        return [doc for (doc,) in await self._read("SELECT doc FROM klines ORDER BY mask")]
+
+    async def set_oper(self, nick: str, on: bool) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE accounts SET oper = ? WHERE key = ?", (int(on), name_key(nick))
+            )
+            return cursor.rowcount == 1
+
+        changed: bool = await self._write(run)
+        return changed
+
+    async def delete_room(self, name: str) -> None:
+        """Forget a room: its rules, topic, moderation log and messages
+        (``chatd rooms delete``, with the daemon stopped)."""
+        key = name_key(name)
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM room_rules WHERE key = ?", (key,))
+            conn.execute("DELETE FROM rooms WHERE key = ?", (key,))
+            conn.execute("DELETE FROM modlog WHERE room = ?", (key,))
+            conn.execute("DELETE FROM messages WHERE conv = ?", (key,))
+
+        await self._write(run)
+
+    async def _written(self) -> None:
+        """Wait until the writes queued before are committed."""
+        assert self._loop is not None
+        saved: asyncio.Future[None] = self._loop.create_future()
+        self.barrier(lambda: None if saved.done() else saved.set_result(None))
+        await saved
 
     async def writable(self) -> bool:
         try:
@@ -486,27 +599,30 @@ class SqliteStore(Store):
 
     async def account(self, nick: str) -> Account | None:
         rows = await self._read(
-            "SELECT id, nick, password_hash, created FROM accounts WHERE key = ?", name_key(nick)
+            "SELECT id, nick, password_hash, created, oper FROM accounts WHERE key = ?",
+            name_key(nick),
         )
-        return Account(*rows[0]) if rows else None
+        return _account(rows[0]) if rows else None
 
     async def accounts(self) -> list[Account]:
         rows = await self._read(
-            "SELECT id, nick, password_hash, created FROM accounts ORDER BY key"
+            "SELECT id, nick, password_hash, created, oper FROM accounts ORDER BY key"
         )
-        return [Account(*row) for row in rows]
+        return [_account(row) for row in rows]
 
     async def account_rooms(self, account: int) -> AccountRooms:
         # After the writes queued before: a login right after a /join sees it.
-        assert self._loop is not None
-        saved: asyncio.Future[None] = self._loop.create_future()
-        self.barrier(lambda: None if saved.done() else saved.set_result(None))
-        await saved
+        await self._written()
         rows = await self._read(
             "SELECT name, current FROM account_rooms WHERE account = ? ORDER BY position", account
         )
         current = next((name for name, is_current in rows if is_current), None)
         return AccountRooms(tuple(name for name, _ in rows), current)
+
+
+def _account(row: tuple[Any, ...]) -> Account:
+    id_, nick, password_hash, created, oper = row
+    return Account(id_, nick, password_hash, created, bool(oper))
 
 
 class DatabaseLock:

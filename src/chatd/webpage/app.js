@@ -90,12 +90,20 @@
     joined: new Map(), // lower(room) -> room name, the rooms we are in
     roomList: [], // [{name, members}] from the last /rooms
     convs: new Map(), // key -> conversation
-    members: [],
+    members: [], // [{nick, role}] of the current room, from /who and kept current by events
+    quitting: false, // a /quit was typed: its bye is ours
+    modeQuery: null, // lower(room) whose /mode answer fills the settings dialog
+    keys: new Map(), // lower(room) -> the key (+k) it was joined with; in memory only
   };
 
   const roomKey = (name) => `#${lower(name)}`;
   const dmKey = (nick) => `@${lower(nick)}`;
   const isMe = (nick) => state.me !== null && lower(nick) === lower(state.me);
+  /** The /join of a room, with the key it was joined with (a +k room lets nobody in without). */
+  const joinLine = (room) => {
+    const key = state.keys.get(lower(room));
+    return key ? `/join ${room} ${key}` : `/join ${room}`;
+  };
 
   /** A conversation: a room or a private chat, with its rendered lines. */
   function conv(kind, name) {
@@ -111,6 +119,9 @@
         replay: null,
         dropped: false, // lines were dropped at the top (MAX_ITEMS): older ones are not shown
         capped: null, // the line that says so, once shown
+        // A room's moderation, as far as this page has seen it: its modes (from mode
+        // events), who is muted (lower(nick)), and kicks whose leave is still to come.
+        modes: null, muted: new Set(), kicks: new Set(),
       };
       state.convs.set(key, c);
     } else if (c.name !== name && lower(c.name) === lower(name)) {
@@ -131,6 +142,7 @@
     leave: $('leave-button'), jump: $('jump-button'), toasts: $('toasts'),
     meNick: $('me-nick'), meDot: $('me-dot'), meAccount: $('me-account'),
     createForm: $('create-room-form'), createInput: $('create-room-input'),
+    settings: $('settings-button'), menu: $('member-menu'),
   };
 
   function toast(text, kind = 'error') {
@@ -436,7 +448,7 @@
       if (c && c.unread) b.append(badge(c.unread));
       if (r.members !== null) b.append(memberCount(r.members));
       b.title = state.joined.has(lower(r.name)) ? `#${r.name}` : `Join #${r.name}`;
-      b.addEventListener('click', () => { closeDrawers(); send(`/join ${r.name}`); });
+      b.addEventListener('click', () => { closeDrawers(); send(joinLine(r.name)); });
       const li = el('li');
       li.append(b);
       return li;
@@ -463,13 +475,32 @@
   }
 
   function renderMembers() {
+    const menuWas = menuFor && menuFor.dataset.menu; // a menu open on a member stays open
     ui.membersTitle.textContent = state.current ? `Members · ${state.members.length}` : 'Members';
-    ui.members.replaceChildren(...state.members.map((nick) => {
+    const room = state.current ? state.convs.get(roomKey(state.current)) : null;
+    const mine = rank(myRole());
+    // Owners first, then ops, voiced members and the rest, each in the server's order.
+    const members = state.members.map((m, i) => [m, i])
+      .sort(([a, i], [b, j]) => rank(b.role) - rank(a.role) || i - j)
+      .map(([m]) => m);
+    ui.members.replaceChildren(...members.map(({ nick, role }) => {
       const b = el('button', 'item');
       b.type = 'button';
       b.dataset.testid = 'member';
       b.dataset.nick = nick;
-      b.append(avatar(nick), el('span', 'item__name', nick));
+      b.dataset.role = role;
+      b.append(avatar(nick));
+      if (PREFIX[role]) {
+        const sigil = el('span', `item__role item__role--${role}`, PREFIX[role]);
+        sigil.dataset.testid = 'member-role';
+        sigil.title = role;
+        sigil.setAttribute('aria-hidden', 'true');
+        b.append(sigil);
+      }
+      b.append(el('span', 'item__name', nick));
+      if (PREFIX[role]) b.append(el('span', 'sr-only', `, ${role}`));
+      const muted = room && room.muted.has(lower(nick));
+      if (muted) b.append(el('span', 'item__tag item__tag--muted', 'muted'));
       if (isMe(nick)) {
         b.append(el('span', 'item__tag', 'you'));
         b.disabled = true;
@@ -477,10 +508,36 @@
         b.title = `Message ${nick} privately`;
         b.addEventListener('click', () => { closeDrawers(); openDm(nick); });
       }
-      const li = el('li');
+      const li = el('li', 'member');
       li.append(b);
+      // An op's actions on someone of a lower role (the server decides in the end).
+      if (!isMe(nick) && mine >= RANK.op && mine > rank(role)) {
+        const more = el('button', 'icon-button member__more', '\u22ef');
+        more.type = 'button';
+        more.dataset.testid = 'member-actions';
+        more.dataset.nick = nick;
+        more.dataset.menu = `${lower(nick)} ${role} ${Boolean(muted)}`;
+        more.title = `Moderate ${nick}`;
+        more.setAttribute('aria-label', `Moderate ${nick}`);
+        more.setAttribute('aria-haspopup', 'menu');
+        more.setAttribute('aria-expanded', 'false');
+        more.addEventListener('click', () => openMenu(more, nick, role, Boolean(muted)));
+        li.append(more);
+      }
       return li;
     }));
+    ui.settings.hidden = !state.current || mine < RANK.op;
+    if (menuWas) {
+      // The same member, with the same role: the menu (and the focus in it) stays.
+      const same = [...ui.members.querySelectorAll('[data-testid=member-actions]')]
+        .find((b) => b.dataset.menu === menuWas);
+      if (same) {
+        menuFor = same;
+        same.setAttribute('aria-expanded', 'true');
+      } else {
+        closeMenu(ui.menu.contains(document.activeElement));
+      }
+    }
   }
 
   function renderHeader() {
@@ -522,6 +579,406 @@
     if (fresh && state.account) send(`/history @${nick}`);
     showView(c.key);
     ui.input.focus();
+  }
+
+  // ------------------------------------------------------------ moderation
+
+  // Roles in a room, lowest first; the member list shows them as IRC does.
+  const RANK = { member: 0, voice: 1, op: 2, owner: 3 };
+  const PREFIX = { owner: '~', op: '@', voice: '+' };
+  const rank = (role) => RANK[role] || 0;
+  const roleOf = (nick) => {
+    const m = state.members.find((x) => lower(x.nick) === lower(nick));
+    return m ? m.role : 'member';
+  };
+  const myRole = () => (state.me ? roleOf(state.me) : 'member');
+  const isCurrent = (room) => state.current !== null && lower(room) === lower(state.current);
+  /** A room's conversation for a line about it; the one on screen if we have none for it. */
+  const roomConv = (room) => state.convs.get(roomKey(room)) || state.convs.get(state.view);
+  /** A ban mask as people write it: the bare name for a nick or an account. */
+  const maskText = (mask) => String(mask).replace(/^(nick|account):/, '');
+  const ROLE_WORDS = {
+    owner: 'the owner', op: 'an op', voice: 'a voiced member', member: 'a regular member',
+  };
+
+  /** 3600 -> "1h": the shortest exact form, as the server writes durations. */
+  function durationText(seconds) {
+    for (const [unit, size] of [['d', 86400], ['h', 3600], ['m', 60]]) {
+      if (seconds % size === 0) return `${seconds / size}${unit}`;
+    }
+    return `${seconds}s`;
+  }
+  const forHow = (duration) => (Number.isInteger(duration) && duration > 0 ? ` for ${durationText(duration)}` : '');
+  const because = (reason) => (reason ? ` (${reason})` : '');
+
+  /** Change one member's role in the list on screen (the next /who confirms it). */
+  function setMember(nick, role) {
+    const m = state.members.find((x) => lower(x.nick) === lower(nick));
+    if (m) m.role = role;
+    else state.members.push({ nick, role });
+    renderMembers();
+  }
+
+  function dropMember(nick) {
+    state.members = state.members.filter((x) => lower(x.nick) !== lower(nick));
+    renderMembers();
+  }
+
+  /** What the mode letters of a change mean, for the line in the timeline. */
+  const MODE_WORDS = {
+    i: ['invite only', 'open to all'],
+    k: ['a key to join', 'no key'],
+    l: ['a member limit', 'no member limit'],
+    m: ['moderated', 'not moderated'],
+    s: ['secret', 'listed'],
+    t: ['only ops change the topic', 'anyone changes the topic'],
+  };
+  function modeWords(change) {
+    const words = [];
+    let sign = '+';
+    for (const ch of String(change)) {
+      if (ch === '+' || ch === '-') sign = ch;
+      else if (MODE_WORDS[ch]) words.push(MODE_WORDS[ch][sign === '+' ? 0 : 1]);
+    }
+    return words.join(', ');
+  }
+
+  /** The modes object of a mode event as IRC writes it: "+ikl". */
+  function modeFlags(modes) {
+    const on = [['i', modes.i], ['k', modes.k !== null], ['l', modes.l !== null],
+      ['m', modes.m], ['s', modes.s], ['t', modes.t]].filter(([, v]) => v).map(([f]) => f);
+    return on.length ? `+${on.join('')}` : 'none';
+  }
+
+  /** A heading and one row per entry: the answer to /bans, /klines or /modlog. */
+  function listBox(c, title, rows, empty, testid) {
+    if (!c) return;
+    const li = el('li', 'sys sys--help');
+    li.dataset.testid = testid;
+    const box = el('div', 'help');
+    box.append(el('p', 'help__title', title));
+    if (!rows.length) box.append(el('p', 'help__foot', empty));
+    else {
+      const list = el('ul', 'modlist');
+      for (const row of rows) list.append(el('li', 'modlist__row', row));
+      box.append(list);
+    }
+    li.append(box);
+    addItem(c, li);
+  }
+
+  const stamp = (ts) => {
+    if (typeof ts !== 'number' || !Number.isFinite(ts)) return '';
+    const d = new Date(ts * 1000);
+    if (Number.isNaN(d.getTime())) return '';
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}`;
+  };
+  const entries = (list) => (Array.isArray(list) ? list.filter((e) => e && typeof e === 'object') : []);
+  const banRow = (b) => `${maskText(b.mask)} by ${b.by || 'server'}` +
+    (b.until ? ` until ${stamp(b.until)}` : '') + because(b.reason);
+
+  /** A moderation event: a line in its room (or on screen), and the lists kept current. */
+  function onModeration(ev) {
+    switch (ev.type) {
+      case 'kick': {
+        const c = conv('room', ev.room);
+        c.kicks.add(lower(ev.nick)); // its leave follows: this line says it
+        if (isMe(ev.nick)) {
+          systemLine(c, `${ev.by} kicked you from #${ev.room}${because(ev.reason)}`, null, 'sys--mod');
+          toast(`${ev.by} kicked you from #${ev.room}${because(ev.reason)}`, 'info');
+        } else {
+          systemLine(c, `${ev.by} kicked ${ev.nick}${because(ev.reason)}`, null, 'sys--mod');
+        }
+        break;
+      }
+      case 'mode': {
+        const c = conv('room', ev.room);
+        if (ev.modes && typeof ev.modes === 'object') c.modes = ev.modes;
+        if (ev.by) {
+          const words = modeWords(ev.change);
+          systemLine(c, `${ev.by} set ${ev.change}${words ? ` (${words})` : ''}`, null, 'sys--mod');
+        } else if (state.modeQuery === lower(ev.room)) {
+          state.modeQuery = null; // asked for by the settings dialog: it shows them
+          fillSettings(c.modes);
+        } else if (c.modes) {
+          const owner = ev.owner ? `; owner ${ev.owner}` : '';
+          systemLine(roomConv(ev.room), `Modes of #${ev.room}: ${modeFlags(c.modes)}${owner}`);
+        }
+        break;
+      }
+      case 'role': {
+        const words = ROLE_WORDS[ev.role] || ev.role;
+        const text = isMe(ev.nick)
+          ? (ev.by ? `${ev.by} made you ${words}` : `You are now ${words}`)
+          : (ev.by ? `${ev.by} made ${ev.nick} ${words}` : `${ev.nick} is now ${words}`);
+        systemLine(conv('room', ev.room), text, null, 'sys--mod');
+        if (isCurrent(ev.room)) setMember(ev.nick, RANK[ev.role] !== undefined ? ev.role : 'member');
+        break;
+      }
+      case 'ban':
+        systemLine(roomConv(ev.room), `${ev.by} banned ${maskText(ev.mask)}` +
+          `${forHow(ev.duration)}${because(ev.reason)}`, null, 'sys--mod');
+        break;
+      case 'unban':
+        systemLine(roomConv(ev.room), ev.by ? `${ev.by} lifted the ban on ${maskText(ev.mask)}`
+          : `The ban on ${maskText(ev.mask)} expired`, null, 'sys--mod');
+        break;
+      case 'bans':
+        listBox(roomConv(ev.room), `Bans of #${ev.room}`, entries(ev.bans).map(banRow),
+          'No bans.', 'bans');
+        break;
+      case 'mute': {
+        const c = conv('room', ev.room);
+        c.muted.add(lower(ev.nick));
+        const who = isMe(ev.nick) ? 'you' : ev.nick;
+        systemLine(c, `${ev.by} muted ${who}${forHow(ev.duration)}`, null, 'sys--mod');
+        if (isCurrent(ev.room)) renderMembers();
+        break;
+      }
+      case 'unmute': {
+        const c = conv('room', ev.room);
+        c.muted.delete(lower(ev.nick));
+        const who = isMe(ev.nick) ? 'you' : ev.nick;
+        systemLine(c, ev.by ? `${ev.by} unmuted ${who}`
+          : `${isMe(ev.nick) ? 'You' : ev.nick} may speak again`, null, 'sys--mod');
+        if (isCurrent(ev.room)) renderMembers();
+        break;
+      }
+      case 'invite': inviteLine(ev); break;
+      case 'invited':
+        systemLine(state.convs.get(state.view), `You invited ${ev.nick} to #${ev.room}`, null, 'sys--mod');
+        break;
+      case 'wall':
+        systemLine(state.convs.get(state.view), `Notice from ${ev.from}: ${ev.text}`, null, 'sys--notice');
+        toast(`Notice from ${ev.from}: ${ev.text}`, 'info');
+        break;
+      case 'modlog':
+        listBox(roomConv(ev.room), `Moderation log of #${ev.room}`, entries(ev.entries).map((e) =>
+          [stamp(e.ts), e.by || 'server', e.action, e.target && maskText(e.target), e.detail]
+            .filter((x) => x).join(' ')),
+        'Nothing yet.', 'modlog');
+        break;
+      case 'kline':
+        systemLine(state.convs.get(state.view), `${ev.by} banned ${maskText(ev.mask)} from the ` +
+          `server${forHow(ev.duration)}${because(ev.reason)}`, null, 'sys--mod');
+        break;
+      case 'unkline':
+        systemLine(state.convs.get(state.view), ev.by
+          ? `${ev.by} lifted the server ban on ${maskText(ev.mask)}`
+          : `The server ban on ${maskText(ev.mask)} expired`, null, 'sys--mod');
+        break;
+      case 'klines':
+        listBox(state.convs.get(state.view), 'Server bans', entries(ev.klines).map(banRow),
+          'No server bans.', 'klines');
+        break;
+      case 'kill':
+        systemLine(state.convs.get(state.view), `${ev.by} disconnected ${ev.nick}${because(ev.reason)}`,
+          null, 'sys--mod');
+        break;
+      default: break;
+    }
+  }
+
+  /** An invitation: a line with a button that takes it. */
+  function inviteLine(ev) {
+    const c = state.convs.get(state.view);
+    toast(`${ev.from} invites you to #${ev.room}`, 'info');
+    if (!c) return;
+    const li = el('li', 'sys sys--mod');
+    li.dataset.testid = 'event';
+    const take = el('button', 'button button--small', `Join #${ev.room}`);
+    take.type = 'button';
+    take.dataset.testid = 'accept-invite';
+    take.addEventListener('click', () => send(`/join ${ev.room}`));
+    li.append(el('span', 'sys__text', `${ev.from} invites you to #${ev.room}`), take, timeNode());
+    addItem(c, li);
+  }
+
+  // The menu of a member: real buttons, arrow keys move between them, Escape closes.
+  let menuFor = null; // the button that opened it
+
+  function menuItem(label, action) {
+    const b = el('button', 'menu__item', label);
+    b.type = 'button';
+    b.setAttribute('role', 'menuitem');
+    b.tabIndex = -1;
+    b.dataset.testid = 'member-action';
+    b.dataset.action = action;
+    return b;
+  }
+
+  function openMenu(trigger, nick, role, muted) {
+    if (menuFor === trigger) { closeMenu(true); return; }
+    closeMenu(false);
+    const mine = rank(myRole());
+    const items = [];
+    if (role === 'op') items.push(['Remove op', 'deop', () => send(`/deop ${nick}`)]);
+    else if (mine >= RANK.op) items.push(['Make op', 'op', () => send(`/op ${nick}`)]);
+    if (role === 'voice') items.push(['Take voice', 'devoice', () => send(`/devoice ${nick}`)]);
+    else if (role === 'member') items.push(['Give voice', 'voice', () => send(`/voice ${nick}`)]);
+    if (muted) items.push(['Unmute', 'unmute', () => send(`/unmute ${nick}`)]);
+    else items.push(['Mute…', 'mute', () => askAction('mute', nick)]);
+    items.push(['Kick…', 'kick', () => askAction('kick', nick)]);
+    items.push(['Ban…', 'ban', () => askAction('ban', nick)]);
+    ui.menu.replaceChildren(...items.map(([label, action, run]) => {
+      const b = menuItem(label, action);
+      b.addEventListener('click', () => { closeMenu(true); run(); });
+      return b;
+    }));
+    ui.menu.setAttribute('aria-label', `Moderate ${nick}`);
+    ui.menu.hidden = false;
+    menuFor = trigger;
+    trigger.setAttribute('aria-expanded', 'true');
+    // Below the button, kept on screen.
+    const at = trigger.getBoundingClientRect();
+    const box = ui.menu.getBoundingClientRect();
+    ui.menu.style.top = `${Math.max(8, Math.min(at.bottom + 4, innerHeight - box.height - 8))}px`;
+    ui.menu.style.left = `${Math.max(8, Math.min(at.right - box.width, innerWidth - box.width - 8))}px`;
+    ui.menu.firstElementChild.focus();
+  }
+
+  /** Close the member menu; `refocus` gives the focus back to the button that opened it. */
+  function closeMenu(refocus) {
+    if (!menuFor) return;
+    const trigger = menuFor;
+    menuFor = null;
+    ui.menu.hidden = true;
+    ui.menu.replaceChildren();
+    trigger.setAttribute('aria-expanded', 'false');
+    if (!refocus) return;
+    if (trigger.isConnected) trigger.focus();
+    else ui.members.querySelector('button:not(:disabled)')?.focus(); // the member went
+  }
+
+  ui.menu.addEventListener('keydown', (e) => {
+    const items = [...ui.menu.querySelectorAll('[role=menuitem]')];
+    const at = items.indexOf(document.activeElement);
+    const move = { ArrowDown: at + 1, ArrowUp: at - 1, Home: 0, End: items.length - 1 }[e.key];
+    if (move !== undefined) {
+      e.preventDefault();
+      items[(move + items.length) % items.length].focus();
+    } else if (e.key === 'Escape') {
+      e.preventDefault();
+      e.stopPropagation(); // the menu closes, not the drawer under it
+      closeMenu(true);
+    } else if (e.key === 'Tab') {
+      closeMenu(false);
+    }
+  });
+  document.addEventListener('pointerdown', (e) => {
+    if (menuFor && !ui.menu.contains(e.target) && e.target !== menuFor) closeMenu(false);
+  });
+
+  // Kick, ban, mute: one dialog asks for the reason and the duration.
+  const actionDialog = $('action-dialog');
+  const actionForm = $('action-form');
+  const ACTIONS = {
+    kick: { title: 'Kick', lead: 'removes them from the room; they can come back.', duration: false, reason: true },
+    ban: { title: 'Ban', lead: 'removes them from the room and keeps them out.', duration: true, reason: true },
+    mute: { title: 'Mute', lead: 'keeps them in the room, silent.', duration: true, reason: false },
+  };
+  let pendingAction = null; // {kind, nick, room}
+
+  function askAction(kind, nick) {
+    const a = ACTIONS[kind];
+    pendingAction = { kind, nick, room: state.current };
+    $('action-title').textContent = `${a.title} ${nick}`;
+    $('action-lead').textContent = `${a.title} ${nick} from #${state.current}: ${a.lead}`;
+    $('action-duration-field').hidden = !a.duration;
+    $('action-reason-field').hidden = !a.reason;
+    $('action-duration').value = '';
+    $('action-reason').value = '';
+    $('action-confirm').textContent = a.title;
+    actionDialog.showModal();
+    (a.reason ? $('action-reason') : $('action-duration')).focus();
+  }
+
+  actionForm.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const p = pendingAction;
+    pendingAction = null;
+    actionDialog.close();
+    // The member list (and so the action) was for the current room: act only if it still is.
+    if (!p || !state.current || lower(p.room) !== lower(state.current)) return;
+    const duration = ACTIONS[p.kind].duration ? $('action-duration').value : '';
+    const reason = ACTIONS[p.kind].reason ? $('action-reason').value.replace(/\s+/g, ' ').trim() : '';
+    send([`/${p.kind}`, p.nick, duration, reason].filter((x) => x).join(' '));
+  });
+
+  // The room's settings: its modes, read with /mode and changed with one /mode.
+  const settingsDialog = $('settings-dialog');
+  const settingsForm = $('settings-form');
+  const modeBox = (f) => $(`mode-${f}`);
+  let settingsRoom = null;
+  let settingsFrom = null; // the modes the form was filled from
+
+  function showSettingsError(text) {
+    $('settings-error').textContent = text;
+    $('settings-error').hidden = !text;
+  }
+
+  function fillSettings(modes) {
+    if (!settingsDialog.open || !modes) return;
+    settingsFrom = modes;
+    for (const f of ['i', 'm', 's', 't']) modeBox(f).checked = modes[f] === true;
+    modeBox('k').value = typeof modes.k === 'string' ? modes.k : '';
+    modeBox('l').value = Number.isInteger(modes.l) ? String(modes.l) : '';
+    $('settings-lead').textContent = `Modes of #${settingsRoom} now: ${modeFlags(modes)}`;
+    $('settings-save').disabled = false;
+  }
+
+  ui.settings.addEventListener('click', () => {
+    if (!state.current) return;
+    settingsRoom = state.current;
+    settingsFrom = null;
+    showSettingsError('');
+    $('settings-lead').textContent = `Modes of #${settingsRoom}: loading…`;
+    $('settings-save').disabled = true;
+    settingsDialog.showModal();
+    modeBox('i').focus();
+    state.modeQuery = lower(settingsRoom);
+    send(`/mode ${settingsRoom}`);
+  });
+
+  /** The /mode changes from what the form was filled with to what it says now. */
+  function modeChanges(from) {
+    const words = [];
+    for (const f of ['i', 'm', 's', 't']) {
+      if (modeBox(f).checked !== (from[f] === true)) words.push(`${modeBox(f).checked ? '+' : '-'}${f}`);
+    }
+    const key = modeBox('k').value.trim();
+    const oldKey = typeof from.k === 'string' ? from.k : '';
+    if (key !== oldKey) {
+      if (key && !/^[!-~]{1,32}$/.test(key)) throw new Error('A key is 1 to 32 characters, without spaces.');
+      words.push(key ? `+k ${key}` : '-k');
+    }
+    const limit = modeBox('l').value.trim();
+    const oldLimit = Number.isInteger(from.l) ? String(from.l) : '';
+    if (limit !== oldLimit) {
+      const n = Number(limit);
+      if (limit && !(Number.isInteger(n) && n >= 1 && n <= 1000000)) {
+        throw new Error('A member limit is a whole number from 1 to 1000000.');
+      }
+      words.push(limit ? `+l ${n}` : '-l');
+    }
+    return words;
+  }
+
+  settingsForm.addEventListener('submit', (e) => {
+    e.preventDefault();
+    if (!settingsFrom) return;
+    let words;
+    try { words = modeChanges(settingsFrom); } catch (err) { showSettingsError(err.message); return; }
+    settingsDialog.close();
+    if (!words.length) return;
+    const key = modeBox('k').value.trim();
+    if (key) state.keys.set(lower(settingsRoom), key);
+    send(`/mode ${settingsRoom} ${words.join(' ')}`);
+  });
+  for (const d of [actionDialog, settingsDialog]) {
+    for (const b of d.querySelectorAll('[data-close]')) b.addEventListener('click', () => d.close());
+    // A click on the backdrop (outside the card) closes it too.
+    d.addEventListener('click', (e) => { if (e.target === d) d.close(); });
   }
 
   // ------------------------------------------------------------ the socket
@@ -622,13 +1079,14 @@
   function reconnectNow() {
     if (state.ws) return;
     state.stopped = false;
+    state.quitting = false;
     state.attempt = 0;
     connect();
   }
 
   // ------------------------------------------------------------ the events
 
-  const JOIN_ERRORS = new Set(['bad_nick', 'nick_taken', 'nick_registered', 'bad_login', 'login_throttled', 'bad_args']);
+  const JOIN_ERRORS = new Set(['bad_nick', 'nick_taken', 'nick_registered', 'bad_login', 'login_throttled', 'bad_args', 'banned']);
 
   function handle(ev) {
     switch (ev.type) {
@@ -694,9 +1152,19 @@
       case 'room': onRoomEvent(ev); break;
       case 'who':
         if (state.current && lower(ev.room) === lower(state.current)) {
-          state.members = ev.nicks;
+          // Roles by nickname; a server that sends none leaves everyone a member.
+          const roles = new Map(entries(ev.members).map((m) => [lower(m.nick), m.role]));
+          state.members = (Array.isArray(ev.nicks) ? ev.nicks : []).map((nick) => {
+            const role = roles.get(lower(nick));
+            return { nick, role: RANK[role] !== undefined ? role : 'member' };
+          });
           renderMembers();
         }
+        break;
+      case 'kick': case 'mode': case 'role': case 'ban': case 'unban': case 'bans':
+      case 'mute': case 'unmute': case 'invite': case 'invited': case 'wall': case 'modlog':
+      case 'kline': case 'unkline': case 'klines': case 'kill':
+        onModeration(ev);
         break;
       case 'pong':
         if (ev.token === 'restored') finishRestore();
@@ -705,8 +1173,9 @@
       case 'logout': backToJoinScreen('Logged out. Choose a nickname.'); break;
       case 'bye':
         state.stopped = true;
-        setStatus('offline', ev.reason === 'logged in from elsewhere'
-          ? 'You logged in from somewhere else.' : 'You left the chat.');
+        if (ev.reason === 'logged in from elsewhere') setStatus('offline', 'You logged in from somewhere else.');
+        else if (state.quitting || !ev.reason) setStatus('offline', 'You left the chat.');
+        else setStatus('offline', `Disconnected: ${ev.reason}`); // a /kill, a server ban
         break;
       case 'shutdown':
         toast('The server is shutting down; reconnecting when it is back.', 'info');
@@ -747,9 +1216,9 @@
     state.restore = null;
     if (r) {
       state.restoring = r;
-      for (const room of r.rooms) if (lower(room) !== 'general') send(`/join ${room}`);
+      for (const room of r.rooms) if (lower(room) !== 'general') send(joinLine(room));
       if (!r.rooms.some((room) => lower(room) === 'general')) send('/leave general');
-      if (r.current) send(`/join ${r.current}`);
+      if (r.current) send(joinLine(r.current));
       send('/ping restored'); // answered after everything above
     }
     send('/rooms watch'); // the list, then every room created or removed: no polling
@@ -776,6 +1245,10 @@
 
   function onJoin(ev) {
     const c = conv('room', ev.room);
+    c.kicks.delete(lower(ev.nick));
+    if (isCurrent(ev.room) && !state.members.some((m) => lower(m.nick) === lower(ev.nick))) {
+      setMember(ev.nick, 'member');
+    }
     if (isMe(ev.nick)) {
       state.joined.set(lower(ev.room), ev.room);
       // Its history on join comes next (or nothing, then current): compare it with
@@ -793,11 +1266,13 @@
 
   function onLeave(ev) {
     const c = conv('room', ev.room);
+    const kicked = c.kicks.delete(lower(ev.nick)); // the kick's line said it
+    if (isCurrent(ev.room)) dropMember(ev.nick);
     if (isMe(ev.nick)) {
       state.joined.delete(lower(ev.room));
-      if (!state.restoring) systemLine(c, `You left #${ev.room}`);
+      if (!state.restoring && !kicked) systemLine(c, `You left #${ev.room}${because(ev.reason)}`);
       renderSidebar();
-    } else {
+    } else if (!kicked) {
       systemLine(c, ev.reason ? `${ev.nick} left (${ev.reason})` : `${ev.nick} left`);
     }
     scheduleRefresh();
@@ -815,6 +1290,8 @@
 
   function onNick(ev) {
     const text = `${ev.old} is now known as ${ev.new}`;
+    const member = state.members.find((m) => lower(m.nick) === lower(ev.old));
+    if (member) { member.nick = ev.new; renderMembers(); }
     if (isMe(ev.old)) {
       state.me = ev.new;
       state.wantNick = ev.new;
@@ -897,6 +1374,7 @@
     });
     state.joined.clear();
     state.convs.clear();
+    state.keys.clear();
     ui.messages.replaceChildren();
     setStatus('connecting', 'Choosing a nickname');
     ui.app.hidden = true;
@@ -932,6 +1410,10 @@
         // Remember a typed password, to log in again after a reconnect.
         const m = line.match(/^\/(login|register|passwd)\s+(?:\S+\s+)?(\S+)\s*$/i);
         if (m) state.pendingPassword = m[2];
+        if (/^\/quit(\s|$)/i.test(line)) state.quitting = true;
+        // Remember a room's key, to join it again after a reconnect.
+        const k = line.match(/^\/join\s+#?(\S+)\s+(\S+)\s*$/i);
+        if (k) state.keys.set(lower(k[1]), k[2]);
         return line; // a command: sent as typed
       }
       // "//x" says "/x": the server strips one slash in rooms; /msg text is literal.
@@ -1030,7 +1512,10 @@
   });
   membersButton.addEventListener('click', () => { ui.app.classList.toggle('members-toggled'); syncDrawers(); });
   backdrop.addEventListener('click', closeDrawers);
-  document.addEventListener('keydown', (e) => { if (e.key === 'Escape') closeDrawers(); });
+  document.addEventListener('keydown', (e) => {
+    // Escape in a dialog closes the dialog only.
+    if (e.key === 'Escape' && !document.querySelector('dialog[open]')) closeDrawers();
+  });
 
   // Back in view: clear the unread count of what is on screen, refresh the lists,
   // and do not make the user wait for a long backoff.
