@@ -42,8 +42,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 @pytest.fixture
 async def web_server(start_server: StartServer) -> Server:
-    """A daemon with its web port (and its plain TCP port for the raw client)."""
-    return await start_server(http_port=0, db=":memory:")
+    """A daemon with its web port (and its plain TCP port for the raw client),
+    where the account ``root`` is a server operator."""
+    return await start_server(http_port=0, db=":memory:", opers=("root",))
 
 
 @pytest.fixture
@@ -211,4 +212,27 @@ async def test_the_owner_changes_the_room_modes_in_the_settings_dialog(
         await nc.expect_line(r"^\* ned is now voice in #den \(by olga\)$")
     finally:
         nc.close()
+    pages.assert_clean()
+
+
+async def test_a_wall_reaches_the_web_page_and_a_text_client(
+    web_server: Server, pages: Pages
+) -> None:
+    root = await open_json(web_server.port, "root")
+    nc = await LineClient.open("127.0.0.1", web_server.port)
+    try:
+        await root.send(f"/register {PASSWORD}")  # root is a server operator here
+        await root.expect(lambda e: e["type"] == "registered" and e["account"])
+        await nc.line()  # the greeting
+        await nc.send("ned")
+        await nc.expect_line(r"^\* now talking in #general$")
+        page = await pages.join("pia")
+        await root.send("/wall the server restarts at noon")
+        await nc.expect_line(r"^! notice from root: the server restarts at noon$")
+        await expect(page.get_by_test_id("messages")).to_contain_text(
+            "Notice from root: the server restarts at noon", timeout=WAIT_MS
+        )
+    finally:
+        nc.close()
+        root.close()
     pages.assert_clean()
