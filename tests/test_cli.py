@@ -289,3 +289,15 @@ def test_port_in_use_is_a_clear_error() -> None:
     assert result.returncode == 1
     assert "cannot listen on" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_server_operators_come_from_flags_and_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from chatd.cli.args import build_parser, settings_from_args
+
+    monkeypatch.setenv("CHATD_OPERS", "alice, bob,")
+    args = build_parser().parse_args(["serve", "--oper", "carol"])
+    assert settings_from_args(args).opers == ("alice", "bob", "carol")
+    monkeypatch.delenv("CHATD_OPERS")
+    assert settings_from_args(build_parser().parse_args(["serve"])).opers == ()
