@@ -161,3 +161,11 @@ def test_expiry_drops_what_ran_out() -> None:
     assert [m.name for m in mutes] == ["c"]
     assert [str(b.mask) for b in rules.bans] == ["nick:b"]
     assert rules.invites == {}
+
+
+@pytest.mark.parametrize("line", ["/mode +l ²", "/mode +l ١٢", "/modlog ²", "/history general ²"])
+def test_digits_are_ascii_digits(line: str) -> None:
+    """Other scripts' digits pass str.isdigit(): int() then fails, or reads another number."""
+    with pytest.raises(ProtocolError) as info:
+        parse_line(line.encode())
+    assert info.value.code in ("bad_mode", "bad_args")

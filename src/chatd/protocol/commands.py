@@ -395,6 +395,12 @@ MAX_PASSWORD_LEN: Final = 128
 MAX_HISTORY: Final = 1000
 
 
+def _is_number(word: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes ``²`` and ``١``, which
+    ``int`` refuses or reads as another number."""
+    return word.isascii() and word.isdigit()
+
+
 def check_password(password: str) -> str:
     if not MIN_PASSWORD_LEN <= len(password) <= MAX_PASSWORD_LEN or " " in password:
         raise BadArgs(
@@ -432,10 +438,10 @@ def _parse_history(args: str) -> ShowHistory:
     for i, word in enumerate(args.split()):
         if word.startswith("before="):
             value = word[7:]
-            if not value.isdigit() or before is not None:
+            if not _is_number(value) or before is not None:
                 raise BadArgs(usage)
             before = int(value)
-        elif word.isdigit():
+        elif _is_number(word):
             count = int(word)
             if not 1 <= count <= MAX_HISTORY:
                 raise BadArgs(usage)
@@ -524,7 +530,7 @@ def _parse_mode(args: str) -> Mode:
 def _parse_modlog(args: str) -> ShowModLog:
     if not args:
         return ShowModLog()
-    if not args.isdigit() or not 1 <= int(args) <= MAX_HISTORY:
+    if not _is_number(args) or not 1 <= int(args) <= MAX_HISTORY:
         raise BadArgs(f"usage: /modlog [N] (N at most {MAX_HISTORY})")
     return ShowModLog(int(args))
 

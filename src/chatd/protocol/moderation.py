@@ -176,7 +176,7 @@ def _check_mode_arg(flag: str, arg: str) -> str:
         if _KEY_RE.match(arg) is None:
             raise BadMode("a key is 1-32 printable characters without spaces")
         return arg
-    if not arg.isdigit() or not 1 <= int(arg) <= MAX_LIMIT:
+    if not (arg.isascii() and arg.isdigit()) or not 1 <= int(arg) <= MAX_LIMIT:
         raise BadMode(f"+l takes a member count from 1 to {MAX_LIMIT}")
     return str(int(arg))
 
