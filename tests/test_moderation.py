@@ -468,3 +468,157 @@ async def test_a_guest_who_registers_keeps_its_op_and_its_mute(open_client: Open
     await bob.expect("unmute")
     await bob.send("free")
     await alice.expect(lambda e: e["type"] == "message" and e["text"] == "free")
+
+
+async def login(c: LineClient, nick: str) -> None:
+    await c.send(f"/login {nick} {PASSWORD}")
+    await c.expect(lambda e: e["type"] == "registered" and e["account"], f"logged in as {nick}")
+
+
+async def test_a_login_does_not_take_an_account_into_a_room_that_changed_hands(
+    open_client: Open,
+) -> None:
+    guest = await open_client("guest")
+    alice = await open_client("alice", account=True)
+    await enter(guest, "party")
+    await enter(alice, "party")
+    await alice.send("/quit")
+    await alice.expect("bye")
+    await guest.send("/leave party")  # the room goes out of use
+    await guest.expect("current")
+    bob = await open_client("bob", account=True)
+    await enter(bob, "party")  # a new room of that name, bob's
+    await bob.send("/mode +ik sekrit")
+    await bob.expect("mode")
+    back = await open_client()
+    await back.send(f"/login alice {PASSWORD}")
+    events = await back.sync()
+    assert [e["code"] for e in events if e["type"] == "error"] == ["invite_only"]
+    assert [e["room"] for e in events if e["type"] == "join"] == ["general"]
+
+
+async def test_a_ban_holds_whatever_name_the_banned_comes_in_under(open_client: Open) -> None:
+    owner = await open_client("owner", account=True)
+    await open_client("balice", account=True)
+    await enter(owner, "club")
+    await owner.send("/ban account:balice", "/ban nick:troll")
+    await owner.expect("ban")
+    # In the room as a guest, then logged in: out, as the ban says.
+    anon = await open_client("anon")
+    await enter(anon, "club")
+    await login(anon, "balice")
+    leave = await anon.expect(lambda e: e["type"] == "leave" and e["room"] == "club")
+    assert leave["reason"] == "banned by owner"
+    # Renamed into a banned nickname inside the room: the same.
+    sneaky = await open_client("sneaky")
+    await enter(sneaky, "club")
+    await sneaky.send("/nick troll")
+    leave = await sneaky.expect(lambda e: e["type"] == "leave" and e["room"] == "club")
+    assert leave["reason"] == "banned by owner"
+    assert await who(owner, "club") == {"owner": "owner"}
+
+
+async def test_a_mute_follows_its_member_out_of_its_account(open_client: Open) -> None:
+    alice = await open_client("alice")
+    mal = await open_client("mal", account=True)
+    await enter(alice, "dev")
+    await enter(mal, "dev")
+    await alice.send("/mute mal")
+    await mal.expect("mute")
+    await mal.send("/nick mal2")  # leaves the account, stays in the room
+    await mal.expect(lambda e: e["type"] == "registered" and not e["account"])
+    await refused(mal, "still here", "muted")
+    await alice.send("/unmute mal2")
+    await mal.expect("unmute")
+    await mal.send("heard")
+    await alice.expect(lambda e: e["type"] == "message" and e["text"] == "heard")
+
+
+async def test_a_mute_on_someone_gone_can_be_lifted_by_name(open_client: Open) -> None:
+    alice, bob = await open_client("alice"), await open_client("bob")
+    await enter(alice, "dev")
+    await enter(bob, "dev")
+    await alice.send("/mute bob")
+    await alice.expect("mute")
+    bob.close()
+    await alice.expect(lambda e: e["type"] == "leave" and e["nick"] == "bob")
+    await alice.send("/unmute bob")
+    assert (await alice.expect("unmute"))["nick"] == "bob"
+    await refused(alice, "/unmute bob", "bad_args")
+
+
+async def test_an_op_cannot_ban_an_op_or_the_owner(open_client: Open) -> None:
+    owner = await open_client("owner", account=True)
+    opb = await open_client("opb", account=True)
+    opc = await open_client("opc", account=True)
+    await enter(owner, "club")
+    await enter(opb, "club")
+    await enter(opc, "club")
+    await owner.send("/op opb", "/op opc")
+    await opc.expect(lambda e: e["type"] == "role" and e["nick"] == "opc")
+    await refused(opb, "/ban opc", "not_op")
+    await refused(opb, "/ban account:owner", "not_op")
+    await owner.send("/ban opc")  # the owner may
+    await opc.expect(lambda e: e["type"] == "leave" and e["reason"] == "banned by owner")
+
+
+async def test_a_secret_room_is_not_found_by_leave_or_create(open_client: Open) -> None:
+    alice, eve = await open_client("alice"), await open_client("eve")
+    await enter(alice, "hid")
+    await alice.send("/mode +si")
+    await alice.expect("mode")
+    real = await outsider_error(eve, "/leave hid")
+    none = await outsider_error(eve, "/leave nosuch")
+    assert real == {**none, "text": none["text"].replace("nosuch", "hid")}
+    # /create answers as /join does: the one answer that says it exists.
+    await refused(eve, "/create hid", "invite_only")
+    await alice.send("/mode -si")
+    await alice.expect("mode")
+    await refused(eve, "/create hid", "room_exists")
+
+
+async def test_an_invitation_to_an_open_room_is_a_message_only(open_client: Open) -> None:
+    alice, bob = await open_client("alice"), await open_client("bob")
+    await enter(alice, "dev")
+    await alice.send("/invite bob")
+    assert (await bob.expect("invite"))["room"] == "dev"
+    await alice.send("/modlog")
+    assert (await alice.expect("modlog"))["entries"] == []
+
+
+async def test_a_change_made_from_outside_the_room_is_told_to_its_author(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(opers=("root",))
+    root = await LineClient.open("127.0.0.1", server.port)
+    dave = await LineClient.open("127.0.0.1", server.port)
+    try:
+        for c, nick in ((root, "root"), (dave, "dave")):
+            await c.use_json()
+            await c.register(nick)
+        await root.send(f"/register {PASSWORD}")
+        await root.expect(lambda e: e["type"] == "registered" and e["account"])
+        await enter(dave, "daves")
+        await root.send("/mode daves +m")
+        mode = await root.expect("mode")
+        assert (mode["room"], mode["by"], mode["change"]) == ("daves", "root", "+m")
+        # Everyone lands in general: it never shuts anyone out.
+        await refused(root, "/mode general +i", "bad_mode")
+        await refused(root, "/mode general +l 5", "bad_mode")
+    finally:
+        root.close()
+        dave.close()
+
+
+async def test_a_guests_room_left_empty_keeps_its_topic_and_not_its_modes(
+    open_client: Open,
+) -> None:
+    alice, bob = await open_client("alice"), await open_client("bob")
+    await enter(alice, "lobby")
+    await alice.send("/topic come in", "/mode +i")
+    await alice.expect("mode")
+    await alice.send("/leave lobby")
+    await alice.expect("current")
+    await enter(bob, "lobby")  # not shut for good by a guest who left
+    await bob.send("/topic")
+    assert (await bob.expect("topic"))["topic"] == "come in"

@@ -27,6 +27,7 @@ from chatd.config import Settings
 from chatd.core.accounts import Auth
 from chatd.core.model import Member, stored_event
 from chatd.core.rooms import RoomManager
+from chatd.core.rules import principal
 from chatd.errors import (
     BadLogin,
     Banned,
@@ -302,7 +303,7 @@ class Dispatcher:
         refuse it), then here (RoomManager.register or rename, which check
         it again: the bus may have waited)."""
         manager, bus = self.manager, self.manager.bus
-        if caller.key is None and (refused := self._klined(caller, nick, False)):
+        if (refused := self._klined(caller, nick, caller.account is not None)) is not None:
             return refused
         key = name_key(nick)
         old = caller.key
@@ -325,7 +326,6 @@ class Dispatcher:
         *,
         create: bool,
         key: str | None = None,
-        rejoin: bool = False,
     ) -> None:
         """Join a room that is not live here, made ready by the bus (its
         rules and history from the store)."""
@@ -338,7 +338,6 @@ class Dispatcher:
                     history=opening.history,
                     password=key,
                     fresh=opening.fresh,
-                    rejoin=rejoin,
                 )
 
     async def _rooms(self, caller: Caller) -> None:
@@ -382,9 +381,10 @@ class Dispatcher:
             raise NickRegistered(f"{nick} is already registered; /login {nick} PASSWORD")
         logger.info("account registered: %s from %s", nick, caller.peer)
         if caller.nick == nick and not caller.closing:
-            guest = caller.key
+            was = principal(caller)
             self.manager.account_created(caller, account.id)
-            self.manager.moderator.logged_in(caller, account.oper, guest)
+            moderator = self.manager.moderator
+            moderator.logged_in(caller, moderator.oper_account(account.nick, account.oper), was)
 
     async def _check_password(self, caller: Caller, nick: str, password: str) -> Account:
         """The account if ``password`` is right; else a delay and BadLogin."""
@@ -412,7 +412,8 @@ class Dispatcher:
         if caller.closing:
             return None
         manager = self.manager
-        if not account.oper and (refused := self._klined(caller, account.nick, True)):
+        oper = manager.moderator.oper_account(account.nick, account.oper)
+        if not oper and (refused := self._klined(caller, account.nick, True)):
             return refused
         try:
             saved = await manager.store.account_rooms(account.id)
@@ -425,10 +426,10 @@ class Dispatcher:
         )
         if caller.closing:
             return None
-        guest = caller.key if caller.account is None else None
+        was = principal(caller) if caller.key is not None else None
         with manager.saved.rejoining(caller):
             manager.login(caller, account.nick, account.id)
-            manager.moderator.logged_in(caller, account.oper, guest)
+            manager.moderator.logged_in(caller, oper, was)
             logger.info("login %s from %s", caller.nick, caller.peer)
             await self._rejoin(caller, saved)
         return None
@@ -459,10 +460,10 @@ class Dispatcher:
                 continue
             try:
                 if manager.is_live(name):
-                    manager.join(caller, name, rejoin=True)
+                    manager.join(caller, name)
                 else:
                     check_room(name, self.settings.max_room_len)
-                    await self._join_stored(caller, name, create=False, rejoin=True)
+                    await self._join_stored(caller, name, create=False)
             except ChatError as exc:
                 caller.tell(Error.of(exc))
         current = saved.current

@@ -46,6 +46,7 @@ from chatd.core.stats import Stats
 from chatd.errors import (
     BadArgs,
     BadKey,
+    BadMode,
     Banned,
     InviteOnly,
     ListFull,
@@ -58,6 +59,7 @@ from chatd.errors import (
     RoomFull,
 )
 from chatd.protocol import (
+    DEFAULT_ROOM,
     Ban,
     BanLifted,
     BanList,
@@ -164,26 +166,45 @@ class Moderator:
 
     # -- what the room manager asks ------------------------------------------------
 
-    def logged_in(self, member: Member, oper_flag: bool, guest_key: str | None = None) -> None:
-        """``member`` logged in (it was the guest ``guest_key``): it is a
-        server operator if its account says so or the configuration names
-        it, and what it had as a guest in its rooms (a role, a mute) is now
-        its account's: logging in neither loses an op nor sheds a mute."""
-        member.oper = oper_flag or (member.key is not None and member.key in self.opers)
-        if guest_key is None:
+    def oper_account(self, name: str, flag: bool) -> bool:
+        """Whether the account ``name`` is a server operator (its ``flag``
+        in the store, or named by the configuration)."""
+        return flag or name_key(name) in self.opers
+
+    def logged_in(self, member: Member, oper: bool, was: str | None = None) -> None:
+        """``member`` logged in to an account (``oper``: an operator's); it
+        was known as ``was`` (None: it had no nickname). A guest's role in
+        its rooms is now its account's: logging in loses no op. Then, as
+        for any change of identity, see :meth:`identity_changed`."""
+        member.oper = oper
+        if was is None:
             return
-        for room in member.rooms.values():
+        if was.startswith("n:"):
+            for room in member.rooms.values():
+                rules = room.rules
+                grant = rules.roles.pop(was, None)
+                if grant is not None and grant.role > rules.role(member):
+                    rules.roles[principal(member)] = Grant(member.nick or grant.name, grant.role)
+                    self._changed(room)
+        self.identity_changed(member, was)
+
+    def identity_changed(self, member: Member, was: str) -> None:
+        """``member`` is someone else now (a rename, a login, a new account;
+        it was ``was``): a mute on who it was follows it, and a ban on who
+        it is takes it out of the room at once, as a ban would have."""
+        now, who = self._clock(), principal(member)
+        for room in list(member.rooms.values()):
             rules = room.rules
-            grant = rules.roles.pop(f"n:{guest_key}", None)
-            mute = rules.mutes.pop(f"n:{guest_key}", None)
-            if grant is None and mute is None:
+            if rules.plain:
                 continue
-            who = principal(member)
-            if grant is not None and grant.role > rules.role(member):
-                rules.roles[who] = Grant(member.nick or grant.name, grant.role)
-            if mute is not None:
+            mute = rules.mutes.get(was)
+            if mute is not None and who != was and who not in rules.mutes:
                 rules.mutes[who] = MuteRecord(member.nick or mute.name, mute.by, mute.until)
-            self._changed(room)
+                self._changed(room)
+            if self.role(room, member) < Role.OWNER and (
+                ban := rules.ban_on(member, member.address, now)
+            ):
+                self.manager.expel(member, room, f"banned by {ban.by or 'the server'}")
 
     def role(self, room: Room, member: Member) -> Role:
         """``member``'s rights in ``room``: server operators have an owner's."""
@@ -191,14 +212,14 @@ class Moderator:
             return Role.OWNER
         return room.rules.role(member)
 
-    def admit(self, room: Room, member: Member, key: str | None, *, rejoin: bool) -> None:
+    def admit(self, room: Room, member: Member, key: str | None) -> None:
         """May ``member`` join ``room``? Raises Banned, InviteOnly, BadKey or
         RoomFull; an invitation that let it in is used up.
 
         Owners, ops and server operators pass every mode but a ban on
-        someone else; a ban never keeps out an owner or an operator.
-        ``rejoin``: a login putting an account back in its rooms, which
-        passes +i and +k (not bans, not +l).
+        someone else; a ban never keeps out an owner or an operator. A
+        login that puts an account back in its rooms passes nothing more
+        than a /join does: the room may have changed hands meanwhile.
         """
         rules = room.rules
         if rules.plain:
@@ -211,9 +232,9 @@ class Moderator:
             return
         invited = rules.invited(member, now)
         modes = rules.modes
-        if modes.invite_only and not invited and not rejoin:
+        if modes.invite_only and not invited:
             raise InviteOnly(f"#{room.name} is invite-only; ask an op for an /invite")
-        if modes.key is not None and key != modes.key and not invited and not rejoin:
+        if modes.key is not None and key != modes.key and not invited:
             raise BadKey(
                 f"#{room.name} needs a key: /join {room.name} KEY"
                 if key is None
@@ -389,6 +410,8 @@ class Moderator:
         target = await self._member_of(room, nick)
         actor_role, target_role = self.role(room, caller), self._role_of(room, target)
         new = role if on else Role.MEMBER
+        if target.oper:
+            raise NotOp(f"{target.nick} is a server operator, with an owner's rights everywhere")
         if not on and target_role != role:
             raise BadArgs(
                 f"{target.nick} is {target_role.label}, not {role.label}, in #{room.name}"
@@ -421,6 +444,8 @@ class Moderator:
     async def _ban(self, caller: Member, mask: Mask, duration: int | None, reason: str) -> None:
         room = self._as_op(caller, None)
         mask = await self._resolve(mask)
+        if mask.kind != "ip" and self._rank_of_name(room, mask.value) >= self.role(room, caller):
+            raise NotOp(f"{mask.value} has as many rights as you in #{room.name}, or more")
         rules, now, by = room.rules, self._clock(), caller.nick or ""
         rules.bans = [b for b in rules.bans if b.mask != mask]
         if len(rules.bans) >= MAX_BANS:
@@ -466,12 +491,18 @@ class Moderator:
 
     async def _unmute(self, caller: Member, nick: str) -> None:
         room = self._as_op(caller, None)
-        target = await self._member_of(room, nick, present=False)
-        if room.rules.mutes.pop(_principal(target), None) is None:
-            raise BadArgs(f"{target.nick} is not muted in #{room.name}")
+        target = await self.manager.bus.person(nick)
+        mutes, who = room.rules.mutes, _principal(target) if target is not None else None
+        # Whoever holds the nickname now, or whoever was muted under it (gone).
+        found = [k for k, m in mutes.items() if k == who or m.name.lower() == nick.lower()]
+        if not found:
+            raise BadArgs(f"{nick} is not muted in #{room.name}")
+        name = mutes[found[0]].name
+        for key in found:
+            del mutes[key]
         by = caller.nick or ""
-        self._log(room, by, "unmute", target.nick, "")
-        self._commit(room, caller, MuteLifted(room.name, target.nick, by), "room")
+        self._log(room, by, "unmute", name, "")
+        self._commit(room, caller, MuteLifted(room.name, name, by), "room")
 
     async def _invite(self, caller: Member, nick: str, room_name: str | None) -> None:
         room = self._room_of(caller, room_name)
@@ -480,9 +511,13 @@ class Moderator:
         target = await self._person(nick)
         if room.key in self._rooms_of(target):
             raise BadArgs(f"{target.nick} is already in #{room.name}")
-        room.rules.invite(_principal(target), self._clock() + INVITE_TTL)
-        self._log(room, caller.nick, "invite", target.nick, "")
-        self._commit(room, None, None, "room")
+        modes = room.rules.modes
+        if modes.invite_only or modes.key is not None:
+            # What an invitation lets past; elsewhere it is only a message.
+            room.rules.invite(_principal(target), self._clock() + INVITE_TTL)
+            self._commit(room, None, None, "room")
+        logger.info("invite to #%s: %s by %s", room.name, target.nick, caller.nick)
+        self.manager.stats.moderation["invite"] += 1
         self._tell(target, Invited(room.name, caller.nick or ""))
         caller.tell(InviteSent(room.name, target.nick))
 
@@ -496,6 +531,8 @@ class Moderator:
             return
         if self.role(room, caller) < Role.OP:
             raise NotOp(f"you need op rights in #{room.name} to change its modes")
+        if room.key == DEFAULT_ROOM and any(c.sign == "+" and c.flag in "ikl" for c in changes):
+            raise BadMode(f"everyone lands in #{room.name}: it takes no +i, +k or +l")
         rules.modes = apply_modes(rules.modes, changes)
         change = _change_text(changes)
         by = caller.nick or ""
@@ -635,8 +672,8 @@ class Moderator:
         if event is not None:
             members: Iterable[Member] = room.members if audience == "room" else self._ops(room)
             send_all(members, event, actor)
-            if actor is not None and actor not in room.members and audience == "ops":
-                actor.tell(event)
+            if actor is not None and actor not in members:
+                actor.tell(event)  # from outside the room, or not among the ops
         if evict is None:
             return
         reason = str(evict["reason"])
@@ -762,19 +799,34 @@ class Moderator:
         grant = room.rules.roles.get(_principal(target))
         return grant.role if grant is not None else Role.MEMBER
 
+    def _rank_of_name(self, room: Room, name: str) -> Role:
+        """The rights of whoever holds the account (or nickname) ``name``."""
+        if name_key(name) in self.opers:
+            return Role.OWNER
+        return room.rules.role_by_name(name)
+
     def _outranks(self, room: Room, caller: Member, target: Person) -> None:
         if self._role_of(room, target) >= self.role(room, caller):
             raise NotOp(f"{target.nick} has as many rights as you in #{room.name}, or more")
 
-    async def _person(self, nick: str) -> Person:
+    async def _lookup(self, nick: str) -> Person | None:
+        """Whoever holds ``nick``, anywhere. Another node of a cluster knows
+        an operator by its account's flag only: an account the configuration
+        names (--oper) is one too, as it is for the members here."""
         person = await self.manager.bus.person(nick)
+        if person is not None and person.account is not None and person.key in self.opers:
+            return person._replace(oper=True)
+        return person
+
+    async def _person(self, nick: str) -> Person:
+        person = await self._lookup(nick)
         if person is None:
             raise NoSuchNick(f"nobody is called {nick}")
         return person
 
-    async def _member_of(self, room: Room, nick: str, *, present: bool = True) -> Person:
-        person = await self.manager.bus.person(nick)
-        if person is None or (present and room.key not in self._rooms_of(person)):
+    async def _member_of(self, room: Room, nick: str) -> Person:
+        person = await self._lookup(nick)
+        if person is None or room.key not in self._rooms_of(person):
             raise NoSuchNick(f"{nick} is not in #{room.name}")
         return person
 

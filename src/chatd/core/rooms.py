@@ -36,11 +36,12 @@ from chatd.core.messages import Messages
 from chatd.core.model import Member, Room
 from chatd.core.moderation import Moderator
 from chatd.core.pushback import Pushback
-from chatd.core.rules import RoomRules
+from chatd.core.rules import RoomRules, principal
 from chatd.core.saved import SavedRooms
 from chatd.core.stats import Stats
 from chatd.core.window import StoreWindow
 from chatd.errors import (
+    ChatError,
     NickRegistered,
     NickTaken,
     NoSuchNick,
@@ -54,6 +55,7 @@ from chatd.protocol import (
     DEFAULT_ROOM,
     Current,
     Direct,
+    Error,
     Event,
     History,
     Joined,
@@ -218,7 +220,10 @@ class RoomManager:
         member.nick, member.key = nick, key
         self._nicks[key] = member
         member.tell(Registered(nick, member.account is not None))
-        self.join(member, DEFAULT_ROOM)
+        try:
+            self.join(member, DEFAULT_ROOM)
+        except ChatError as exc:  # banned from general: in no room, but connected
+            member.tell(Error.of(exc))
 
     def check_guest_nick(self, nick: str) -> None:
         if self.store.is_registered(nick):
@@ -233,11 +238,13 @@ class RoomManager:
         if name_key(nick) != member.key:
             self.check_guest_nick(nick)
             leaves_account = member.account is not None
+        was = principal(member)
         self._rename(member, nick)
         if leaves_account:
             member.account = None
             member.oper = False
             member.tell(Registered(nick, False))
+        self.moderator.identity_changed(member, was)
 
     def _rename(self, member: Member, nick: str) -> None:
         assert member.nick is not None
@@ -291,7 +298,6 @@ class RoomManager:
         history: tuple[Sequence[StoredMessage], bool] | None = None,
         password: str | None = None,
         fresh: bool = False,
-        rejoin: bool = False,
     ) -> None:
         """Join a room (creating it if needed) and make it current.
 
@@ -301,12 +307,15 @@ class RoomManager:
         ``fresh``: the room is live here only for this join and in use
         nowhere (a cluster's), so the join brings it into use as a new one.
         A room in use admits the member only as its rules say
-        (:meth:`Moderator.admit`, with its key ``password`` and ``rejoin``); the member
+        (:meth:`Moderator.admit`, with its key ``password``); the member
         who brings a room into use owns it, or is its op (a guest).
         """
         key = name_key(room_name)
         room = self._rooms.get(key)
         if create and room is not None:
+            if self.moderator.hidden(room, member):
+                # A secret room: the answer /join would give, not its existence.
+                self.moderator.admit(room, member, password)
             raise RoomExists(f"room #{room.name} already exists; /join it")
         if room is None or key not in member.rooms:
             if len(member.rooms) >= self.max_rooms_per_session:
@@ -316,7 +325,7 @@ class RoomManager:
             if room is not None and len(room.members) >= self.max_members and key != DEFAULT_ROOM:
                 raise RoomFull(f"#{room.name} has {len(room.members)} members, the most allowed")
             if room is not None and not fresh:
-                self.moderator.admit(room, member, password, rejoin=rejoin)
+                self.moderator.admit(room, member, password)
             created = room is None
             if room is None:
                 if len(self._rooms) >= self.max_rooms_on_server:
@@ -348,8 +357,9 @@ class RoomManager:
             key = name_key(room_name)
             found = member.rooms.get(key)
             if found is None:
-                if key in self._rooms:
-                    raise NotInRoom(f"you are not in #{self._rooms[key].name}")
+                live = self._rooms.get(key)
+                if live is not None and not self.moderator.hidden(live, member):
+                    raise NotInRoom(f"you are not in #{live.name}")
                 raise NoSuchRoom(f"no room #{room_name}")
             room = found
         was_current = member.current is room
@@ -567,9 +577,14 @@ class RoomManager:
         del member.rooms[room.key]
         if member.current is room:
             member.current = None
-        if room.rules.roles and member.account is None:
+        rules = room.rules
+        if rules.roles and member.account is None:
             self.moderator.left(member, room)
         self.bus.left(member, room)
+        if not room.members and not rules.registered and not rules.plain:
+            # A guest's room that empties keeps nothing of its rules here: it
+            # stays (a topic) without modes that nobody may change any more.
+            room.rules = RoomRules()
 
     def now(self) -> float:
         """The time stamp of a new message (seconds, to the millisecond)."""

@@ -396,8 +396,8 @@ MAX_HISTORY: Final = 1000
 
 
 def _is_number(word: str) -> bool:
-    """ASCII digits only: ``str.isdigit`` also takes ``²`` and ``١``, which
-    ``int`` refuses or reads as another number."""
+    """ASCII digits only: ``str.isdigit`` also takes a superscript two, which
+    ``int`` refuses, and Arabic-Indic digits, which it reads as a number."""
     return word.isascii() and word.isdigit()
 
 
