@@ -9,6 +9,7 @@ Each daemon (a *node*) keeps its own members in its own
 ``chatd:in:NODE:NICK``       set: the rooms a nickname on a node is in
 ``chatd:members:ROOM``       hash: nickname key -> ``node TAB nick``
 ``chatd:roomnames``          hash: room key -> display name (rooms in use)
+``chatd:fresh:ROOM``         string: the node bringing a room into use (10 s)
 ``chatd:topics``             hash: room key -> JSON ``[name, topic, by]``
 ``chatd:nodes``              sorted set: node -> heartbeat deadline (ms)
 ``chatd:msgid``              counter: the id of the last message

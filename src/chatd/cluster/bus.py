@@ -18,6 +18,7 @@ from chatd.cluster.scripts import (
     BUMP_ID,
     CLAIM,
     DIRECT,
+    FRESH,
     HEARTBEAT,
     JOIN,
     LEAVE,
@@ -91,6 +92,7 @@ class ClusterBus(Bus):
             ("rooms", ROOMS),
             ("bump_id", BUMP_ID),
             ("person", PERSON),
+            ("fresh", FRESH),
         ):
             link.script(name, source)
         link.on_up = self._rejoin
@@ -308,6 +310,8 @@ class ClusterBus(Bus):
             room = self.hub.live(name)
             if room is not None and self.hub.close_room(room):
                 self.listener.closed(room.key)
+                if fresh:  # another node may bring it into use now
+                    self.link.submit("DEL", (P + "fresh:" + room.key,), _log_failure)
 
     async def _make_live(self, room_name: str, *, create: bool) -> bool:
         """Make a room live here: subscribed, with its rules, topic and
@@ -334,7 +338,12 @@ class ClusterBus(Bus):
         members = await self._command("HLEN", P + "members:" + key)
         topic = await self._command("HEXISTS", P + "topics", key)
         rules = await self.store.rules_of(key) if key != DEFAULT_ROOM else None
-        if create and (members or topic or rules):
+        fresh = not members and not topic and rules is None and key != DEFAULT_ROOM
+        if fresh:
+            # Another node may be bringing it into use at this moment, its
+            # writes not in Redis yet: only one of them does (its creator).
+            fresh = bool(await self._call("fresh", key, self.node))
+        if create and not fresh:
             name = await self._command("HGET", P + "roomnames", key)
             shown = as_text(name) if name else room_name
             raise RoomExists(f"room #{shown} already exists; /join it")
@@ -342,6 +351,10 @@ class ClusterBus(Bus):
         room = hub.open_room(room_name)
         try:
             await self.listener.subscribe(key)
+            if not fresh and key != DEFAULT_ROOM:
+                # Read again now that it is subscribed: a change made since
+                # the first read is in this one or arrives on the channel.
+                rules = await self.store.rules_of(key)
             record = await self.store.topic(key)
             if record is not None:
                 hub.describe(room, record.name, record.topic, record.topic_by)
@@ -362,7 +375,7 @@ class ClusterBus(Bus):
             if hub.close_room(room):
                 self.listener.closed(room.key)
             raise
-        return not members and not topic and rules is None and key != DEFAULT_ROOM
+        return fresh
 
     async def direct(self, member: Member, to: str, text: str) -> None:
         """Send a private message to ``to`` on whichever node holds it."""

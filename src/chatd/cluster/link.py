@@ -116,7 +116,11 @@ class RedisLink:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        self._fail_queued("the daemon is shutting down")
+        # No writer is left: a write from now on fails at once, not never.
+        self.up = False
+        self.why = "the daemon is shutting down"
+        self._up_event.clear()
+        self._fail_queued(self.why)
         await self.redis.aclose()
 
     @property

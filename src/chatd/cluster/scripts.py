@@ -85,13 +85,15 @@ return 1
 
 #: A member of this node is in a room. ARGV: node, key, nick, room key, room name.
 #: The first member of a room not in use (no members, no topic) creates it:
-#: that is published on ``chatd:rooms``.
+#: that is published on ``chatd:rooms``; so is the first join of a room
+#: reserved by FRESH (its creator's rules may be in Redis already).
 JOIN = """
 local P = 'chatd:'
 local node, key, nick, room = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local fresh = room ~= 'general' and redis.call('EXISTS', P..'members:'..room) == 0
   and redis.call('HEXISTS', P..'topics', room) == 0
   and redis.call('HEXISTS', P..'rules', room) == 0
+if redis.call('DEL', P..'fresh:'..room) == 1 then fresh = true end
 redis.call('HSET', P..'members:'..room, key, node..'\\t'..nick)
 redis.call('SADD', P..'in:'..node..':'..key, room)
 redis.call('HSETNX', P..'roomnames', room, ARGV[5])
@@ -99,6 +101,26 @@ if fresh then
   redis.call('PUBLISH', P..'rooms',
     cjson.encode({node, 'rc', redis.call('HGET', P..'roomnames', room), 1}))
 end
+return 1
+"""
+
+#: Whether a node may bring a room into use (its joiner creates it, and owns
+#: it or is its op): not in use (no members, topic or rules) and not being
+#: brought into use by another node, whose writes may not be here yet. The
+#: room is then reserved for this node until its first JOIN (or 10 s).
+#: ARGV: room key, node. Returns 1 if the room is this node's to create.
+FRESH = """
+local P = 'chatd:'
+local room, node = ARGV[1], ARGV[2]
+if room == 'general' or redis.call('EXISTS', P..'members:'..room) == 1
+    or redis.call('HEXISTS', P..'topics', room) == 1
+    or redis.call('HEXISTS', P..'rules', room) == 1
+    or redis.call('HEXISTS', P..'grules', room) == 1 then
+  return 0
+end
+local held = redis.call('GET', P..'fresh:'..room)
+if held and held ~= node then return 0 end
+redis.call('SET', P..'fresh:'..room, node, 'PX', 10000)
 return 1
 """
 
@@ -289,7 +311,11 @@ if current < tonumber(ARGV[1]) then redis.call('SET', 'chatd:msgid', ARGV[1]) en
 return 1
 """
 
-#: Create an account unless the nickname has one. ARGV: key, JSON without id.
+#: Create an account unless the nickname has one. ARGV: key, JSON without id,
+#: node. The guest of that node holding the nickname is the one registering
+#: it (/register): its entry in chatd:nicks names the account from now on,
+#: as a login's claim would, so that every node knows it by its account
+#: (PERSON: roles, invitations, bans by account, rank).
 CREATE_ACCOUNT = """
 local P = 'chatd:'
 if redis.call('HEXISTS', P..'accounts', ARGV[1]) == 1 then return 0 end
@@ -297,6 +323,13 @@ local id = redis.call('INCR', P..'accountid')
 local a = cjson.decode(ARGV[2])
 a['id'] = id
 redis.call('HSET', P..'accounts', ARGV[1], cjson.encode(a))
+local held = redis.call('HGET', P..'nicks', ARGV[1])
+if held and ARGV[3] then
+  local node, nick, account = string.match(held, '^([^\\t]*)\\t([^\\t]*)\\t?(.*)$')
+  if node == ARGV[3] and account == '' then
+    redis.call('HSET', P..'nicks', ARGV[1], node..'\\t'..nick..'\\t'..id)
+  end
+end
 return id
 """
 

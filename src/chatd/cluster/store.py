@@ -175,7 +175,7 @@ class RedisStore(Store):
         key, now = name_key(nick), time.time()
         value = json.dumps({"nick": nick, "hash": password_hash, "created": now})
         try:
-            account_id = await self.link.call("create_account", key, value)
+            account_id = await self.link.call("create_account", key, value, self.node)
         except Unavailable as exc:
             raise StoreError(str(exc)) from None
         if not account_id:
