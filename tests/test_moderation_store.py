@@ -153,3 +153,25 @@ async def test_chatd_accounts_oper_makes_a_server_operator_from_its_next_login(
     assert (await root.expect("error"))["code"] == "not_oper"
     status, _, err = await admin_cli("accounts", db, "oper", "nobody", "on")
     assert (status, err) == (1, "chatd accounts: no account nobody\n")
+
+
+@pytest.mark.both_stores
+async def test_each_rooms_moderation_log_keeps_its_own_last_entries(
+    chatd_store: str,
+) -> None:
+    from chatd.store import MODLOG_MAX, open_store
+
+    store = open_store(chatd_store)
+    await store.open()
+    try:
+        for i in range(3):
+            store.log_action("quiet", f'{{"n": {i}}}')
+        for i in range(MODLOG_MAX + 5):  # a busy room, after the quiet one
+            store.log_action("busy", f'{{"n": {i}}}')
+        store.log_action("quiet", '{"n": 3}')
+        assert await store.modlog("quiet", 10) == [f'{{"n": {i}}}' for i in range(4)]
+        busy = await store.modlog("busy", 2 * MODLOG_MAX)
+        assert len(busy) == MODLOG_MAX
+        assert busy[0] == '{"n": 5}'
+    finally:
+        await store.close()

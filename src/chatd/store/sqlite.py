@@ -491,12 +491,12 @@ class SqliteStore(Store):
 
     def log_action(self, room_key: str, entry: str) -> None:
         def run(conn: sqlite3.Connection) -> None:
-            cursor = conn.execute(
-                "INSERT INTO modlog (room, entry) VALUES (?, ?)", (room_key, entry)
-            )
+            conn.execute("INSERT INTO modlog (room, entry) VALUES (?, ?)", (room_key, entry))
+            # This room's entries past its last MODLOG_MAX (ids are shared by every room).
             conn.execute(
-                "DELETE FROM modlog WHERE room = ? AND id <= ?",
-                (room_key, (cursor.lastrowid or 0) - MODLOG_MAX),
+                "DELETE FROM modlog WHERE room = ? AND id <= (SELECT id FROM modlog"
+                " WHERE room = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (room_key, room_key, MODLOG_MAX),
             )
 
         self._write_behind(run, f"the moderation log of #{room_key}")
