@@ -622,3 +622,21 @@ async def test_a_guests_room_left_empty_keeps_its_topic_and_not_its_modes(
     await enter(bob, "lobby")  # not shut for good by a guest who left
     await bob.send("/topic")
     assert (await bob.expect("topic"))["topic"] == "come in"
+
+
+async def test_an_account_owns_a_bounded_number_of_rooms(start_server: StartServer) -> None:
+    server = await start_server(max_owned_rooms=2)
+    hog = await LineClient.open("127.0.0.1", server.port)
+    try:
+        await hog.use_json()
+        await hog.register("hog")
+        await hog.send(f"/register {PASSWORD}")
+        await hog.expect(lambda e: e["type"] == "registered" and e["account"])
+        for room in ("hog1", "hog2"):
+            await enter(hog, room)
+            await hog.send(f"/leave {room}")  # registered: it stays, empty
+        error = await refused(hog, "/join hog3", "too_many_rooms")
+        assert "you own 2 rooms" in error["text"]
+        await enter(hog, "hog1")  # its own rooms are still there to join
+    finally:
+        hog.close()

@@ -3,6 +3,7 @@ and the admin commands that manage it: ``chatd rooms`` and ``chatd accounts oper
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -175,3 +176,33 @@ async def test_each_rooms_moderation_log_keeps_its_own_last_entries(
         assert busy[0] == '{"n": 5}'
     finally:
         await store.close()
+
+
+async def test_chatd_klines_lifts_a_kline_that_shut_out_everyone(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    db = str(tmp_path / "chat.db")
+    server = await start_server(db=db, opers=("root",))
+    root = await account(server, "root")
+    await root.send("/kline ip:127.0.0.0/8 1d oops")
+    await root.expect("kline")
+    status, out, _ = await admin_cli("klines", db, "list")  # beside the running daemon
+    assert status == 0
+    assert re.fullmatch(r"ip:127\.0\.0\.0/8\tby root\tuntil \S+ \S+\toops\n", out), out
+    status, _, err = await admin_cli("klines", db, "remove", "ip:127.0.0.0/8")
+    assert (status, "in use" in err) == (1, True)
+    await server.shutdown()
+
+    server = await start_server(db=db)
+    shut = await LineClient.open("127.0.0.1", server.port)
+    _opened.append(shut)
+    assert (await shut.line()).startswith("! banned: you are banned from this server (oops)")
+    await server.shutdown()
+    status, out, _ = await admin_cli("klines", db, "remove", "ip:127.0.0.0/8")
+    assert (status, out) == (0, "lifted the kline on ip:127.0.0.0/8\n")
+    status, _, err = await admin_cli("klines", db, "remove", "ip:127.0.0.0/8")
+    assert (status, err) == (1, "chatd klines: no kline on ip:127.0.0.0/8\n")
+    status, _, err = await admin_cli("klines", db, "remove", "host:x")
+    assert status == 2
+    server = await start_server(db=db)
+    await client(server, "back")  # let in again

@@ -169,3 +169,17 @@ def test_digits_are_ascii_digits(line: str) -> None:
     with pytest.raises(ProtocolError) as info:
         parse_line(line.encode())
     assert info.value.code in ("bad_mode", "bad_args")
+
+
+def test_ipv4_mapped_masks_are_written_as_ipv4() -> None:
+    assert parse_mask("ip:::ffff:127.0.0.111") == Mask("ip", "127.0.0.111")
+    assert parse_mask("ip:::ffff:127.0.0.0/104") == Mask("ip", "127.0.0.0/8")
+    assert parse_mask("ip:::ffff:127.0.0.111").matches(None, None, "127.0.0.111")
+
+
+def test_reasons_are_cut_to_their_bound() -> None:
+    kick = parse_line(b"/kick bob " + b"x" * 1000)
+    ban = parse_line(b"/ban bob 1h " + b"y" * 1000)
+    assert isinstance(kick, Kick)
+    assert isinstance(ban, Ban)
+    assert (len(kick.reason), len(ban.reason)) == (300, 300)

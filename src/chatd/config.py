@@ -139,6 +139,12 @@ class Settings:
     max_total_rooms: int = setting(
         10_000, group=LIMITS, help="rooms on the whole server; more get too_many_rooms"
     )
+    #: Registered rooms one account may own (they stay when empty).
+    max_owned_rooms: int = setting(
+        20,
+        group=LIMITS,
+        help="rooms one account may bring into use and own; a new room past it gets too_many_rooms",
+    )
     #: Rooms with more members do not announce joins and leaves to everyone.
     announce_limit: int = setting(
         100,
@@ -479,6 +485,7 @@ _AT_LEAST_ONE = (
     "max_per_ip",
     "max_rooms_per_session",
     "max_total_rooms",
+    "max_owned_rooms",
     "announce_limit",
     "backlog",
     "keepalive_idle",

@@ -45,11 +45,12 @@ async def _manage_accounts(args: argparse.Namespace) -> int:
         return 1
     try:
         if args.action == "list":
-            for account in await store.accounts():
-                created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(account.created))
-                print(f"{account.nick}\t{created}" + ("\toper" if account.oper else ""))
+            for each in await store.accounts():
+                created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(each.created))
+                print(f"{each.nick}\t{created}" + ("\toper" if each.oper else ""))
             return 0
-        if await store.account(args.nick) is None:
+        account = await store.account(args.nick)
+        if account is None:
             print(f"chatd accounts: no account {args.nick}", file=sys.stderr)
             return 1
         if args.action == "delete":
@@ -58,8 +59,8 @@ async def _manage_accounts(args: argparse.Namespace) -> int:
             return 0
         if args.action == "oper":
             on = args.state == "on"
-            await store.set_oper(args.nick, on)
-            print(f"{args.nick} is {'now' if on else 'no longer'} a server operator")
+            await store.set_oper(account.nick, on)
+            print(f"{account.nick} is {'now' if on else 'no longer'} a server operator")
             return 0
         password = _read_password()
         try:

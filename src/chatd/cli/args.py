@@ -158,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_accounts(sub)
     _add_rooms(sub)
+    _add_klines(sub)
     _add_connect(sub)
     _add_gencert(sub)
     _add_health(sub)
@@ -215,6 +216,26 @@ def _add_accounts(sub: Subcommands) -> None:
     )
     oper.add_argument("nick")
     oper.add_argument("state", choices=("on", "off"))
+
+
+def _add_klines(sub: Subcommands) -> None:
+    klines = sub.add_parser(
+        "klines",
+        help="list or lift the server bans (klines) in a database",
+        description="The server bans that /kline keeps in a chatd database. list works while "
+        "a daemon serves the database; remove is refused until it stops (a running daemon "
+        "keeps them in memory), and is the way out of a kline that shuts out the "
+        "operators themselves.",
+    )
+    klines.add_argument(
+        "--db",
+        default=_env("CHATD_DB", default_db_path()),
+        help="the database (env CHATD_DB)",
+    )
+    actions = klines.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", help="one line per kline: mask, by, until (UTC), reason")
+    remove = actions.add_parser("remove", help="lift a kline (MASK as /klines shows it)")
+    remove.add_argument("mask")
 
 
 def _add_rooms(sub: Subcommands) -> None:

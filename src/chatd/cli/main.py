@@ -183,6 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from chatd.cli.rooms import manage_rooms
 
         return manage_rooms(args)
+    if args.command == "klines":
+        from chatd.cli.rooms import manage_klines
+
+        return manage_klines(args)
     if args.command == "gencert":
         return generate_certificate(args)
     if args.command == "health":

@@ -1,4 +1,5 @@
-"""``chatd rooms``: list, show, transfer or delete the registered rooms in a database file."""
+"""``chatd rooms`` (list, show, transfer or delete the registered rooms) and
+``chatd klines`` (list or lift the server bans), on a database file."""
 
 from __future__ import annotations
 
@@ -9,10 +10,71 @@ import os
 import sys
 import time
 
-from chatd.core.rules import Grant, RoomRules
+from chatd.core.rules import BanRecord, Grant, RoomRules
 from chatd.errors import ChatError
-from chatd.protocol import Role, check_room, format_duration, name_key
+from chatd.protocol import Role, check_room, name_key, parse_mask
 from chatd.store import DatabaseInUse, SqliteStore, StoreError
+
+
+def manage_klines(args: argparse.Namespace) -> int:
+    """``chatd klines``: work on the database file directly."""
+    if args.db == ":memory:" or not os.path.exists(args.db):
+        print(f"chatd klines: no database at {args.db}", file=sys.stderr)
+        return 1
+    if args.action == "remove":
+        try:
+            args.mask = str(parse_mask(args.mask))
+        except ChatError as exc:
+            print(f"chatd klines: {exc.text}", file=sys.stderr)
+            return 2
+    return asyncio.run(_manage_klines(args))
+
+
+async def _manage_klines(args: argparse.Namespace) -> int:
+    store = await _open(args, "klines", lock=args.action == "remove")
+    if store is None:
+        return 1
+    try:
+        klines = {}
+        for doc in await store.klines():
+            ban = BanRecord.load(json.loads(doc))
+            klines[str(ban.mask)] = ban
+        if args.action == "list":
+            for mask, ban in sorted(klines.items()):
+                until = (
+                    time.strftime("%Y-%m-%d %H:%M", time.gmtime(ban.until))
+                    if ban.until is not None
+                    else "-"
+                )
+                print(f"{mask}\tby {ban.by or '-'}\tuntil {until}\t{ban.reason}".rstrip())
+            return 0
+        if args.mask not in klines:
+            print(f"chatd klines: no kline on {args.mask}", file=sys.stderr)
+            return 1
+        store.save_kline(args.mask, None)
+        print(f"lifted the kline on {args.mask}")
+        return 0
+    finally:
+        await store.close()
+
+
+async def _open(args: argparse.Namespace, command: str, *, lock: bool) -> SqliteStore | None:
+    """The database, or None after saying why not (in use by a daemon: locked)."""
+    store = SqliteStore(args.db, lock=lock)
+    try:
+        await store.open()
+    except DatabaseInUse as exc:
+        who = f"a running chatd (pid {exc.holder})" if exc.holder else "a running chatd"
+        print(
+            f"chatd {command}: the database {exc.path} is in use by {who}; stop it "
+            f"first ({command} list works while it runs)",
+            file=sys.stderr,
+        )
+        return None
+    except StoreError as exc:
+        print(f"chatd {command}: {exc}", file=sys.stderr)
+        return None
+    return store
 
 
 def manage_rooms(args: argparse.Namespace) -> int:
@@ -33,19 +95,8 @@ async def _manage_rooms(args: argparse.Namespace) -> int:
     # A running daemon keeps each registered room's rules in memory and
     # writes them whole: list and show may read beside it, but transfer and
     # delete take its lock, so that no daemon writes over them.
-    store = SqliteStore(args.db, lock=args.action in ("transfer", "delete"))
-    try:
-        await store.open()
-    except DatabaseInUse as exc:
-        who = f"a running chatd (pid {exc.holder})" if exc.holder else "a running chatd"
-        print(
-            f"chatd rooms: the database {exc.path} is in use by {who}; stop it to "
-            f"{args.action} a room (list and show work while it runs)",
-            file=sys.stderr,
-        )
-        return 1
-    except StoreError as exc:
-        print(f"chatd rooms: {exc}", file=sys.stderr)
+    store = await _open(args, "rooms", lock=args.action in ("transfer", "delete"))
+    if store is None:
         return 1
     try:
         return await _act(store, args)
@@ -90,6 +141,14 @@ async def _act(store: SqliteStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def _about(seconds: float) -> str:
+    """A time left, roughly, in its largest unit: ``3d``, ``5h``, ``12m``, ``40s``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{max(1, int(seconds))}s"
+
+
 def _show(name: str, room: RoomRules) -> None:
     modes = room.modes
     print(f"room\t#{name}")
@@ -102,7 +161,7 @@ def _show(name: str, room: RoomRules) -> None:
     for ban in room.bans:
         if ban.until is not None and ban.until <= now:
             continue
-        left = f"\t{format_duration(max(1, int(ban.until - now)))} left" if ban.until else ""
+        left = f"\t{_about(ban.until - now)} left" if ban.until else ""
         print(f"ban\t{ban.mask}\tby {ban.by or 'server'}{left}\t{ban.reason}".rstrip())
     for mute in room.mutes.values():
         if mute.until is None or mute.until > now:

@@ -57,6 +57,7 @@ from chatd.errors import (
     NotOp,
     NotOper,
     RoomFull,
+    TooManyRooms,
 )
 from chatd.protocol import (
     DEFAULT_ROOM,
@@ -139,9 +140,12 @@ class Moderator:
         manager: Rooms,
         *,
         opers: Iterable[str] = (),
+        max_owned: int = 20,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.manager = manager
+        #: Registered rooms one account may own (bounds what it can keep in use).
+        self.max_owned = max_owned
         #: Account names that are server operators by configuration (--oper).
         self.opers = {name_key(n) for n in opers}
         self._clock = clock
@@ -256,6 +260,24 @@ class Moderator:
         elif member.key is not None:
             room.rules = RoomRules(roles={principal(member): Grant(member.nick or "", Role.OP)})
             self._changed(room)
+
+    def check_owned(self, member: Member) -> None:
+        """Raise TooManyRooms if ``member``'s account owns as many rooms as
+        it may (they stay when empty, so one account could fill the server).
+        Counted over the rooms live here: in a cluster, this node's."""
+        account = member.account
+        if account is None or member.oper:
+            return
+        owned = sum(
+            1
+            for room in self.manager.live_rooms()
+            if room.rules.owner is not None and room.rules.owner[0] == account
+        )
+        if owned >= self.max_owned:
+            raise TooManyRooms(
+                f"you own {owned} rooms, the most allowed; /join an existing one "
+                "(an operator can delete or transfer rooms with chatd rooms)"
+            )
 
     def check_speak(self, room: Room, member: Member) -> None:
         """Raise Muted if ``member`` may not speak in ``room`` now."""

@@ -91,6 +91,7 @@ class RoomManager:
         store: Store | None = None,
         stats: Stats | None = None,
         opers: Iterable[str] = (),
+        max_owned_rooms: int = 20,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.max_rooms_per_session = max_rooms_per_session
@@ -122,7 +123,7 @@ class RoomManager:
         #: Members that asked for ``room`` events (``/rooms watch``).
         self.watchers = Watchers()
         #: Owners, modes, bans and server operators (see chatd.core.moderation).
-        self.moderator = Moderator(self, opers=opers, clock=clock)
+        self.moderator = Moderator(self, opers=opers, max_owned=max_owned_rooms, clock=clock)
         #: Every connection, with a nickname or not (the server's sessions
         #: once it sets this): /wall and klines reach them all.
         self.connections: Callable[[], Iterable[Member]] = self.members
@@ -327,6 +328,8 @@ class RoomManager:
             if room is not None and not fresh:
                 self.moderator.admit(room, member, password)
             created = room is None
+            if created or fresh:
+                self.moderator.check_owned(member)
             if room is None:
                 if len(self._rooms) >= self.max_rooms_on_server:
                     raise TooManyRooms(

@@ -45,4 +45,5 @@ def room_manager(s: Settings, store: Store) -> RoomManager:
         store_window_messages=max(s.max_queue_events // 8, 1),
         store=store,
         opers=s.opers,
+        max_owned_rooms=s.max_owned_rooms,
     )

@@ -129,6 +129,13 @@ class Server:
         try:
             await self.manager.bus.start()
             await self.manager.restore()
+            for name in s.opers:
+                if not store.is_registered(name):
+                    logger.warning(
+                        "--oper %s: no account has that name yet; whoever registers it "
+                        "will be a server operator (register it first)",
+                        name,
+                    )
             if not s.tls_only:
                 self._listener = await self._listen(self._on_connect, s.port)
             if self.tls is not None:

@@ -470,11 +470,16 @@ def _parse_join(args: str) -> Join:
     return Join(check_room(parts[0]), parts[1] if len(parts) == 2 else None)
 
 
+#: The longest reason a kick, ban, kill or kline keeps (the rest is cut):
+#: reasons are stored in rules, logs and lists that are sent whole.
+MAX_REASON: Final = 300
+
+
 def _nick_and_rest(args: str, usage: str) -> tuple[str, str]:
     nick, _, rest = args.partition(" ")
     if not nick:
         raise BadArgs(f"usage: {usage}")
-    return check_nick(nick), rest.strip()
+    return check_nick(nick), rest.strip()[:MAX_REASON]
 
 
 def _role(role: Role, on: bool, name: str) -> Any:
@@ -494,7 +499,7 @@ def _mask_duration_reason(args: str, usage: str) -> tuple[Mask, int | None, str]
     rest = words[1:]
     if rest and is_duration(rest[0]):
         duration = parse_duration(rest.pop(0))
-    return mask, duration, " ".join(rest).strip()
+    return mask, duration, " ".join(rest).strip()[:MAX_REASON]
 
 
 def _parse_ban(args: str) -> Ban:

@@ -268,6 +268,11 @@ def parse_mask(text: str) -> Mask:
             network = ipaddress.ip_network(value.strip("[]"), strict=False)
         except ValueError:
             raise BadMask(f"invalid address in mask {text[:40]!r}") from None
+        mapped = getattr(network.network_address, "ipv4_mapped", None)
+        if mapped is not None and network.prefixlen >= 96:
+            # ::ffff:a.b.c.d/N is the IPv4 block a.b.c.d/(N-96): clients are
+            # matched as IPv4 (see _address), so the mask is written as one.
+            network = ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}")
         whole = network.prefixlen == network.max_prefixlen
         return Mask("ip", str(network.network_address) if whole else str(network))
     raise BadMask(f"invalid mask {text[:40]!r}: a nickname, account:NAME or ip:ADDRESS[/PREFIX]")
