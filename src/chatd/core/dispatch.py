@@ -345,7 +345,7 @@ class Dispatcher:
         rooms = await manager.bus.room_list()
         if not caller.oper:
             # Secret rooms: only their members see them.
-            hidden = manager.hidden_rooms(caller)
+            hidden = manager.moderator.hidden_rooms(caller)
             hidden |= await manager.store.secret_rooms() - set(caller.rooms)
             if hidden:
                 rooms = RoomList(tuple(r for r in rooms.rooms if name_key(r[0]) not in hidden))
@@ -384,7 +384,9 @@ class Dispatcher:
             was = principal(caller)
             self.manager.account_created(caller, account.id)
             moderator = self.manager.moderator
-            moderator.logged_in(caller, moderator.oper_account(account.nick, account.oper), was)
+            moderator.logged_in(
+                caller, moderator.operators.oper_account(account.nick, account.oper), was
+            )
 
     async def _check_password(self, caller: Caller, nick: str, password: str) -> Account:
         """The account if ``password`` is right; else a delay and BadLogin."""
@@ -412,7 +414,7 @@ class Dispatcher:
         if caller.closing:
             return None
         manager = self.manager
-        oper = manager.moderator.oper_account(account.nick, account.oper)
+        oper = manager.moderator.operators.oper_account(account.nick, account.oper)
         if not oper and (refused := self._klined(caller, account.nick, True)):
             return refused
         try:
@@ -438,7 +440,7 @@ class Dispatcher:
         """A kline covers ``caller`` as ``nick``: it is told, and the
         connection ends (the reason); None if none does."""
         try:
-            self.manager.moderator.check_kline(caller, nick, account)
+            self.manager.moderator.operators.check_kline(caller, nick, account)
         except Banned as exc:
             logger.info("refused %s from %s: %s", nick, caller.peer, exc.text)
             caller.tell(Error.of(exc))

@@ -142,17 +142,6 @@ class RoomManager:
             if self.bus.keeps(record):
                 room = self._rooms.get(name_key(record.name)) or self._add_room(record.name)
                 room.topic, room.topic_by = record.topic, record.topic_by
-        now = self._clock()
-        for name, doc in (await self.store.all_rules()).items():
-            if not self.bus.keeps(RoomRecord(name, "", None)):
-                continue
-            room = self._rooms.get(name_key(name)) or self._add_room(name)
-            try:
-                room.rules = RoomRules.load(doc).restarted()
-            except ValueError as exc:
-                logger.error("the rules of #%s were unreadable: %s", name, exc)
-                continue
-            room.rules.expire(now)
         await self.moderator.restore()
         if self.history_on_join:
             for room in self._rooms.values():
@@ -186,11 +175,6 @@ class RoomManager:
     def room_list(self) -> RoomList:
         rooms = sorted(self._rooms.values(), key=lambda r: r.key)
         return RoomList(tuple((r.name, len(r.members)) for r in rooms))
-
-    def hidden_rooms(self, member: Member) -> set[str]:
-        """The keys of the live secret rooms ``member`` may not see."""
-        hidden = self.moderator.hidden
-        return {r.key for r in self._rooms.values() if r.rules.modes.secret and hidden(r, member)}
 
     def who(self, member: Member, room_name: str | None) -> WhoList:
         if room_name is None:

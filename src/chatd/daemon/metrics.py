@@ -77,18 +77,7 @@ class ChatdCollector(Collector):
         for reason, n in sorted(s.refused.items()):
             refused.add_metric([reason], n)
         yield refused
-        moderation = CounterMetricFamily(
-            "chatd_moderation_actions",
-            "Moderation actions taken here, by kind (kick, ban, unban, mute, mode, role, "
-            "invite, kill, kline)",
-            labels=["action"],
-        )
-        for action in ("kick", "ban", "kline"):  # always shown, even at zero
-            moderation.add_metric([action], s.moderation.get(action, 0))
-        for action, n in sorted(s.moderation.items()):
-            if action not in ("kick", "ban", "kline"):
-                moderation.add_metric([action], n)
-        yield moderation
+        yield _moderation(s)
         yield CounterMetricFamily(
             "chatd_tls_handshake_failures",
             "TLS handshakes that failed or timed out",
@@ -153,3 +142,19 @@ def registry(stats: Stats, gauges: Gauges) -> CollectorRegistry:
 def exposition(reg: CollectorRegistry) -> bytes:
     """The registry in Prometheus text format."""
     return generate_latest(reg)
+
+
+def _moderation(s: Stats) -> CounterMetricFamily:
+    """Moderation actions by kind; kick, ban and kline are always there."""
+    moderation = CounterMetricFamily(
+        "chatd_moderation_actions",
+        "Moderation actions taken here, by kind (kick, ban, unban, mute, mode, role, "
+        "invite, kill, kline)",
+        labels=["action"],
+    )
+    for action in ("kick", "ban", "kline"):  # always shown, even at zero
+        moderation.add_metric([action], s.moderation.get(action, 0))
+    for action, n in sorted(s.moderation.items()):
+        if action not in ("kick", "ban", "kline"):
+            moderation.add_metric([action], n)
+    return moderation

@@ -257,7 +257,7 @@ class Server:
             refusal = TooManyConnections(
                 f"too many new connections from {ip} (at most {self.settings.conn_rate:g} a second)"
             )
-        elif (kline := self.manager.moderator.klined(None, None, ip)) is not None:
+        elif (kline := self.manager.moderator.operators.klined(None, None, ip)) is not None:
             refusal = Banned(
                 "you are banned from this server" + (f" ({kline.reason})" if kline.reason else "")
             )

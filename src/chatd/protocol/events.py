@@ -13,6 +13,7 @@ import dataclasses
 import json
 import json.encoder
 import time
+import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
@@ -399,6 +400,26 @@ class Shutdown:
     reason: str = "server shutting down"
 
 
+#: The events of room moderation and of server operators.
+ModerationEvent = (
+    Kicked
+    | ModeIs
+    | RoleIs
+    | BanSet
+    | BanLifted
+    | BanList
+    | MuteSet
+    | MuteLifted
+    | Invited
+    | InviteSent
+    | Notice
+    | ModLog
+    | KlineSet
+    | KlineLifted
+    | KlineList
+    | KillDone
+)
+
 Event = (
     Welcome
     | Registered
@@ -423,22 +444,7 @@ Event = (
     | History
     | LoggedOut
     | PasswordChanged
-    | Kicked
-    | ModeIs
-    | RoleIs
-    | BanSet
-    | BanLifted
-    | BanList
-    | MuteSet
-    | MuteLifted
-    | Invited
-    | InviteSent
-    | Notice
-    | ModLog
-    | KlineSet
-    | KlineLifted
-    | KlineList
-    | KillDone
+    | ModerationEvent
 )
 
 
@@ -587,6 +593,26 @@ _PLAIN_EVENTS: Final[dict[str, Any]] = {
 }
 
 
+#: The JSON types of the moderation events read by _moderation_from_json.
+_MODERATION_TYPES: Final = frozenset(
+    [
+        "mode",
+        "role",
+        "ban",
+        "unban",
+        "bans",
+        "klines",
+        "mute",
+        "unmute",
+        "invite",
+        "wall",
+        "modlog",
+        "kline",
+        "unkline",
+    ]
+)
+
+
 def event_from_json(obj: Mapping[str, Any]) -> Event:
     """Rebuild an event from its JSON object: the inverse of event_to_json.
 
@@ -646,79 +672,6 @@ def event_from_json(obj: Mapping[str, Any]) -> Event:
                     raise TypeError("nicks must be a list")
                 roles = tuple(_str(m["role"]) for m in _objects(obj.get("members", [])))
                 return WhoList(_str(obj["room"]), tuple(_str(n) for n in nicks), roles)
-            case "mode":
-                modes = obj["modes"]
-                if not isinstance(modes, dict):
-                    raise TypeError("modes must be an object")
-                return ModeIs(
-                    _str(obj["room"]),
-                    _opt_str(obj.get("by")),
-                    _str(obj.get("change", "")),
-                    Modes.from_json(modes),
-                    _opt_str(obj.get("owner")),
-                    obj.get("registered") is True,
-                )
-            case "role":
-                return RoleIs(
-                    _str(obj["room"]), _str(obj["nick"]), _str(obj["role"]), _opt_str(obj["by"])
-                )
-            case "ban":
-                return BanSet(
-                    _str(obj["room"]),
-                    _str(obj["mask"]),
-                    _str(obj["by"]),
-                    _str(obj.get("reason", "")),
-                    _opt_num(obj.get("until")),
-                    _opt_int(obj.get("duration")),
-                )
-            case "unban":
-                return BanLifted(
-                    _str(obj["room"]),
-                    _str(obj["mask"]),
-                    _opt_str(obj.get("by")),
-                    _str(obj.get("reason", "")),
-                )
-            case "bans":
-                bans = tuple(_entry(b) for b in _objects(obj["bans"]))
-                return BanList(_str(obj["room"]), bans)
-            case "klines":
-                return KlineList(tuple(_entry(b) for b in _objects(obj["klines"])))
-            case "mute":
-                return MuteSet(
-                    _str(obj["room"]),
-                    _str(obj["nick"]),
-                    _str(obj["by"]),
-                    _opt_num(obj.get("until")),
-                    _opt_int(obj.get("duration")),
-                )
-            case "unmute":
-                return MuteLifted(_str(obj["room"]), _str(obj["nick"]), _opt_str(obj.get("by")))
-            case "invite":
-                return Invited(_str(obj["room"]), _str(obj["from"]))
-            case "wall":
-                return Notice(_str(obj["from"]), _str(obj["text"]))
-            case "modlog":
-                entries = tuple(
-                    LogEntry(
-                        _num(e["ts"]),
-                        _opt_str(e.get("by")),
-                        _str(e["action"]),
-                        _str(e["target"]),
-                        _str(e.get("detail", "")),
-                    )
-                    for e in _objects(obj["entries"])
-                )
-                return ModLog(_str(obj["room"]), entries)
-            case "kline":
-                return KlineSet(
-                    _str(obj["mask"]),
-                    _str(obj["by"]),
-                    _str(obj.get("reason", "")),
-                    _opt_num(obj.get("until")),
-                    _opt_int(obj.get("duration")),
-                )
-            case "unkline":
-                return KlineLifted(_str(obj["mask"]), _opt_str(obj.get("by")))
             case "keepalive":
                 return KeepAliveIs(_num(obj["interval"]))
             case "format":
@@ -726,12 +679,93 @@ def event_from_json(obj: Mapping[str, Any]) -> Event:
             case "help":
                 commands = _objects(obj["commands"])
                 return HelpText(tuple((_str(c["usage"]), _str(c["help"])) for c in commands))
+            case str() if kind in _MODERATION_TYPES:
+                return _moderation_from_json(kind, obj)
             case str() if kind in _PLAIN_EVENTS:
                 cls = _PLAIN_EVENTS[kind]
                 event: Event = cls(**{f.name: _str(obj[f.name]) for f in dataclasses.fields(cls)})
                 return event
     except (KeyError, TypeError) as exc:
         raise ValueError(f"malformed {kind!r} event: {exc}") from None
+    raise ValueError(f"unknown event type {kind!r}")
+
+
+def _moderation_from_json(kind: str, obj: Mapping[str, Any]) -> Event:
+    """A moderation event from its JSON object (see event_from_json)."""
+    match kind:
+        case "mode":
+            modes = obj["modes"]
+            if not isinstance(modes, dict):
+                raise TypeError("modes must be an object")
+            return ModeIs(
+                _str(obj["room"]),
+                _opt_str(obj.get("by")),
+                _str(obj.get("change", "")),
+                Modes.from_json(modes),
+                _opt_str(obj.get("owner")),
+                obj.get("registered") is True,
+            )
+        case "role":
+            return RoleIs(
+                _str(obj["room"]), _str(obj["nick"]), _str(obj["role"]), _opt_str(obj["by"])
+            )
+        case "ban":
+            return BanSet(
+                _str(obj["room"]),
+                _str(obj["mask"]),
+                _str(obj["by"]),
+                _str(obj.get("reason", "")),
+                _opt_num(obj.get("until")),
+                _opt_int(obj.get("duration")),
+            )
+        case "unban":
+            return BanLifted(
+                _str(obj["room"]),
+                _str(obj["mask"]),
+                _opt_str(obj.get("by")),
+                _str(obj.get("reason", "")),
+            )
+        case "bans":
+            bans = tuple(_entry(b) for b in _objects(obj["bans"]))
+            return BanList(_str(obj["room"]), bans)
+        case "klines":
+            return KlineList(tuple(_entry(b) for b in _objects(obj["klines"])))
+        case "mute":
+            return MuteSet(
+                _str(obj["room"]),
+                _str(obj["nick"]),
+                _str(obj["by"]),
+                _opt_num(obj.get("until")),
+                _opt_int(obj.get("duration")),
+            )
+        case "unmute":
+            return MuteLifted(_str(obj["room"]), _str(obj["nick"]), _opt_str(obj.get("by")))
+        case "invite":
+            return Invited(_str(obj["room"]), _str(obj["from"]))
+        case "wall":
+            return Notice(_str(obj["from"]), _str(obj["text"]))
+        case "modlog":
+            entries = tuple(
+                LogEntry(
+                    _num(e["ts"]),
+                    _opt_str(e.get("by")),
+                    _str(e["action"]),
+                    _str(e["target"]),
+                    _str(e.get("detail", "")),
+                )
+                for e in _objects(obj["entries"])
+            )
+            return ModLog(_str(obj["room"]), entries)
+        case "kline":
+            return KlineSet(
+                _str(obj["mask"]),
+                _str(obj["by"]),
+                _str(obj.get("reason", "")),
+                _opt_num(obj.get("until")),
+                _opt_int(obj.get("duration")),
+            )
+        case "unkline":
+            return KlineLifted(_str(obj["mask"]), _opt_str(obj.get("by")))
     raise ValueError(f"unknown event type {kind!r}")
 
 
@@ -790,6 +824,47 @@ def event_to_text(event: Event) -> str:
         case WhoList(room, nicks, roles):
             shown = [_prefix(roles[i] if i < len(roles) else "") + n for i, n in enumerate(nicks)]
             return f"* in #{room}: {', '.join(shown) or 'nobody'}"
+        case _ if isinstance(event, _MODERATION_CLASSES):
+            return _moderation_text(event)
+        case Pong(token):
+            return f"* pong {token}" if token else "* pong"
+        case KeepAliveIs(0):
+            return "* keepalive pings off"
+        case KeepAliveIs(interval):
+            return f"* you will be pinged after {interval:g} s of silence; answer /pong TOKEN"
+        case ServerPing(token):
+            return f"* ping {token}: answer /pong {token}"
+        case FormatIs(fmt):
+            return f"* format: {fmt.name.lower()}"
+        case HelpText(commands):
+            width = max(len(usage) for usage, _ in commands)
+            rows = [f"  {usage:<{width}}  {text}" for usage, text in commands]
+            return "\n".join(["* commands:", *rows, "* anything else is said in your room"])
+        case Error(code, text):
+            return f"! {code}: {text}"
+        case Registered(nick, True):
+            return f"* you are {nick} (logged in)"
+        case Registered(nick):
+            return f"* you are {nick}"
+        case Welcome(server, version):
+            return (
+                f"* welcome to {server} {version}. Pick a nickname: type it, or /nick NAME."
+                " /help lists the commands."
+            )
+        case Bye(reason):
+            return "* bye" + (f" ({reason})" if reason else "")
+        case Shutdown(reason):
+            return f"! shutdown: {reason}"
+    raise TypeError(f"not an event: {event!r}")  # pragma: no cover
+
+
+#: The classes of ModerationEvent, for isinstance.
+_MODERATION_CLASSES: Final = typing.get_args(ModerationEvent)
+
+
+def _moderation_text(event: Event) -> str:
+    """The text of a moderation event (see event_to_text)."""
+    match event:
         case Kicked(room, nick, by, reason):
             return f"* {by} kicked {nick} from #{room}" + (f" ({reason})" if reason else "")
         case ModeIs(room, None, _, modes, owner, _):
@@ -841,36 +916,7 @@ def event_to_text(event: Event) -> str:
             return f"* {by} lifted the server ban on {_mask_text(mask)}"
         case KillDone(nick, by, reason):
             return f"* {by} disconnected {nick}" + (f" ({reason})" if reason else "")
-        case Pong(token):
-            return f"* pong {token}" if token else "* pong"
-        case KeepAliveIs(0):
-            return "* keepalive pings off"
-        case KeepAliveIs(interval):
-            return f"* you will be pinged after {interval:g} s of silence; answer /pong TOKEN"
-        case ServerPing(token):
-            return f"* ping {token}: answer /pong {token}"
-        case FormatIs(fmt):
-            return f"* format: {fmt.name.lower()}"
-        case HelpText(commands):
-            width = max(len(usage) for usage, _ in commands)
-            rows = [f"  {usage:<{width}}  {text}" for usage, text in commands]
-            return "\n".join(["* commands:", *rows, "* anything else is said in your room"])
-        case Error(code, text):
-            return f"! {code}: {text}"
-        case Registered(nick, True):
-            return f"* you are {nick} (logged in)"
-        case Registered(nick):
-            return f"* you are {nick}"
-        case Welcome(server, version):
-            return (
-                f"* welcome to {server} {version}. Pick a nickname: type it, or /nick NAME."
-                " /help lists the commands."
-            )
-        case Bye(reason):
-            return "* bye" + (f" ({reason})" if reason else "")
-        case Shutdown(reason):
-            return f"! shutdown: {reason}"
-    raise TypeError(f"not an event: {event!r}")  # pragma: no cover
+    raise TypeError(f"not a moderation event: {event!r}")  # pragma: no cover
 
 
 def _prefix(role: str) -> str:
