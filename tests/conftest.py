@@ -27,7 +27,7 @@ import chatd
 from chatd.config import Settings
 from chatd.daemon.server import Server
 from chatd.transports.tls import generate_certificate
-from tests.helpers import LineClient, PipeClient
+from tests.helpers import REDIS, LineClient, PipeClient, RedisServer
 
 #: A callback that holds the event loop longer than this fails its test.
 SLOW_CALLBACK = 0.05
@@ -328,3 +328,27 @@ def cert_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     cert, key = directory / "cert.pem", directory / "key.pem"
     generate_certificate(cert, key, ["localhost", "127.0.0.1"])
     return str(cert), str(key)
+
+
+Nodes = Callable[..., Awaitable[list[Server]]]
+
+
+@pytest.fixture
+async def redis_server() -> AsyncIterator[RedisServer]:
+    assert REDIS is not None
+    server = await RedisServer.start(REDIS)
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def nodes(redis_server: RedisServer, start_server: StartServer) -> Nodes:
+    """``await nodes(2)``: daemons node1, node2... joined through one Redis."""
+
+    async def start(count: int, **overrides: Any) -> list[Server]:
+        return [
+            await start_server(redis=redis_server.url, node_id=f"node{i + 1}", **overrides)
+            for i in range(count)
+        ]
+
+    return start

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -306,6 +307,31 @@ async def open_json(port: int, nick: str | None = None, **kwargs: Any) -> LineCl
 
 
 # ---------------------------------------------------------------------------
+# Rooms and their rules, from a JSON client
+
+
+async def enter(c: LineClient, room: str, key: str = "") -> None:
+    """``/join ROOM [KEY]``, until the room is current."""
+    await c.send(f"/join {room} {key}".strip())
+    await c.expect(lambda e: e["type"] == "current" and e["room"] == room, f"in #{room}")
+
+
+async def refused(c: LineClient, command: str, code: str) -> Event:
+    """Send ``command``; the next error must carry ``code``."""
+    await c.send(command)
+    error = await c.expect("error", f"{code} for {command}")
+    assert error["code"] == code, error
+    return error
+
+
+async def who(c: LineClient, room: str) -> dict[str, str]:
+    """Who is in ``room``, each with its role."""
+    await c.send(f"/who {room}")
+    answer = await c.expect("who")
+    return {m["nick"]: m["role"] for m in answer["members"]}
+
+
+# ---------------------------------------------------------------------------
 # ``chatd connect`` as a subprocess
 
 
@@ -513,6 +539,10 @@ async def admin_cli(
 
 # ---------------------------------------------------------------------------
 # A real redis-server for cluster mode
+
+
+#: The redis-server cluster tests run, if this machine has one.
+REDIS = shutil.which("redis-server")
 
 
 class RedisServer:

@@ -16,6 +16,7 @@ async API only needs subprocess pipes, which uvloop provides.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -114,6 +115,14 @@ async def web_server(
 @pytest.fixture
 async def pages(web_server: Server) -> AsyncIterator[Pages]:
     """A headless Chromium to open the daemon's page in."""
+    async with browser_pages(web_server) as opened:
+        yield opened
+
+
+@contextlib.asynccontextmanager
+async def browser_pages(web_server: Server) -> AsyncIterator[Pages]:
+    """A headless Chromium for ``web_server``'s page; a skip (a failure on
+    CI) without Chromium or playwright."""
     chromium = _chromium()
     reason = None
     if async_playwright is None:

@@ -11,7 +11,6 @@ on a page fails the test.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -21,12 +20,10 @@ from chatd.daemon.server import Server
 from tests.conftest import StartServer
 from tests.helpers import LineClient, open_json
 from tests.test_browser import (
-    CHROMIUM_ARGS,
     PASSWORD,
     WAIT_MS,
     Pages,
-    _chromium,
-    async_playwright,
+    browser_pages,
     login,
     say,
 )
@@ -50,22 +47,8 @@ async def web_server(start_server: StartServer) -> Server:
 @pytest.fixture
 async def pages(web_server: Server) -> AsyncIterator[Pages]:
     """A headless Chromium to open the daemon's page in (as in test_browser)."""
-    chromium = _chromium()
-    reason = None
-    if async_playwright is None:
-        reason = "the playwright package is not installed (pip install -e '.[dev]')"
-    elif chromium is None:
-        reason = "Chromium is not installed (apt-get install chromium); the browser test needs it"
-    if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            yield Pages(browser, web_server)
-        finally:
-            await browser.close()  # before the daemon stops, so no page tries to reconnect
+    async with browser_pages(web_server) as opened:
+        yield opened
 
 
 async def create_room(page: Page, room: str) -> None:

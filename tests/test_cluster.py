@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
 from chatd.daemon.server import Server
-from tests.conftest import StartServer
-from tests.helpers import Daemon, LineClient, RedisServer, child_env, open_json, signal_child, until
-
-REDIS = shutil.which("redis-server")
+from tests.conftest import Nodes, StartServer
+from tests.helpers import (
+    REDIS,
+    Daemon,
+    LineClient,
+    RedisServer,
+    child_env,
+    open_json,
+    signal_child,
+    until,
+)
 
 if REDIS is None and os.environ.get("CI") == "true":
     pytest.fail("redis-server is required under CI (.ci/run installs it)", pytrace=False)
@@ -29,29 +35,6 @@ if REDIS is None and os.environ.get("CI") == "true":
 pytestmark = pytest.mark.skipif(
     REDIS is None, reason="redis-server is not installed (apt-get install redis-server)"
 )
-
-Nodes = Callable[..., Awaitable[list[Server]]]
-
-
-@pytest.fixture
-async def redis_server() -> AsyncIterator[RedisServer]:
-    assert REDIS is not None
-    server = await RedisServer.start(REDIS)
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def nodes(redis_server: RedisServer, start_server: StartServer) -> Nodes:
-    """``await nodes(2)``: daemons node1, node2... joined through one Redis."""
-
-    async def start(count: int, **overrides: Any) -> list[Server]:
-        return [
-            await start_server(redis=redis_server.url, node_id=f"node{i + 1}", **overrides)
-            for i in range(count)
-        ]
-
-    return start
 
 
 _open: list[LineClient] = []

@@ -16,7 +16,7 @@ import pytest
 
 from chatd.daemon.server import Server
 from tests.conftest import StartServer
-from tests.helpers import LineClient
+from tests.helpers import LineClient, enter, refused, who
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.both_stores]
 
@@ -53,25 +53,6 @@ async def open_client(server: Server) -> AsyncIterator[Open]:
     yield start
     for c in clients:
         c.close()
-
-
-async def enter(c: LineClient, room: str, key: str = "") -> None:
-    await c.send(f"/join {room} {key}".strip())
-    await c.expect(lambda e: e["type"] == "current" and e["room"] == room, f"in #{room}")
-
-
-async def refused(c: LineClient, command: str, code: str) -> Event:
-    """Send ``command``; the next error must carry ``code``."""
-    await c.send(command)
-    error = await c.expect("error", f"{code} for {command}")
-    assert error["code"] == code, error
-    return error
-
-
-async def who(c: LineClient, room: str) -> dict[str, str]:
-    await c.send(f"/who {room}")
-    answer = await c.expect("who")
-    return {m["nick"]: m["role"] for m in answer["members"]}
 
 
 async def test_a_guests_room_has_its_creator_as_op_and_others_are_refused_not_op(
@@ -640,3 +621,80 @@ async def test_an_account_owns_a_bounded_number_of_rooms(start_server: StartServ
         await enter(hog, "hog1")  # its own rooms are still there to join
     finally:
         hog.close()
+
+
+async def test_a_mute_stays_one_entry_however_often_its_member_changes_name(
+    open_client: Open,
+) -> None:
+    alice = await open_client("alice")
+    mal = await open_client("mal", account=True)
+    await enter(alice, "dev")
+    await enter(mal, "dev")
+    await alice.send("/mute mal")
+    await mal.expect("mute")
+    for i in range(5):
+        await mal.send(f"/nick alt{i}")
+        await mal.expect(lambda e: e["type"] == "registered" and not e["account"])
+        await mal.send(f"/login mal {PASSWORD}")
+        await mal.expect(lambda e: e["type"] == "registered" and e["account"])
+    await refused(mal, "still?", "muted")
+    await alice.send("/unmute mal")
+    await mal.expect("unmute")
+    await mal.send("free")
+    await alice.expect(lambda e: e["type"] == "message" and e["text"] == "free")
+    # Nothing of the round trips is left behind under the names it passed through.
+    for i in range(5):
+        await refused(alice, f"/unmute alt{i}", "bad_args")
+
+
+async def test_an_op_cannot_ban_an_address_that_covers_another_op(open_client: Open) -> None:
+    owner = await open_client("owner", account=True)
+    opb = await open_client("opb", account=True, ip="127.0.0.8")
+    opc = await open_client("opc", account=True, ip="127.0.0.9")
+    await enter(owner, "club")
+    for c in (opb, opc):
+        await enter(c, "club")
+    await owner.send("/op opb", "/op opc", "/mode +k door")
+    await opc.expect(lambda e: e["type"] == "mode")
+    error = await refused(opb, "/ban ip:127.0.0.9", "not_op")
+    assert "opc" in error["text"]
+    # The owner sees the key from outside the room; a member who left does not.
+    await owner.send("/leave club", "/mode club")
+    assert (await owner.expect("mode"))["modes"]["k"] == "door"
+
+
+async def test_klines_hold_at_register_and_spare_operators_renaming(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(opers=("root",))
+    clients: list[LineClient] = []
+
+    async def fresh(nick: str) -> LineClient:
+        c = await LineClient.open("127.0.0.1", server.port)
+        clients.append(c)
+        await c.use_json()
+        await c.register(nick)
+        return c
+
+    try:
+        root = await fresh("root")
+        await root.send(f"/register {PASSWORD}")
+        await root.expect(lambda e: e["type"] == "registered" and e["account"])
+        newbie = await fresh("newbie")
+        await root.send("/kline account:newbie")
+        await root.expect("kline")
+        # A guest that would become the account the kline names: told, closed.
+        await newbie.send(f"/register {PASSWORD}")
+        assert (await newbie.expect("error"))["code"] == "banned"
+        await newbie.wait_closed()
+        # An operator under a kline of its own address keeps its connection,
+        # even when it changes the case of its nickname.
+        await root.send("/kline ip:127.0.0.0/8")
+        await root.expect("kline")
+        await root.send("/nick ROOT")
+        assert (await root.expect("nick"))["new"] == "ROOT"
+        await root.send("/unkline ip:127.0.0.0/8")
+        await root.expect("unkline")
+    finally:
+        for c in clients:
+            c.close()

@@ -15,18 +15,24 @@ like different machines connect from their own loopback address (127.0.0.x).
 from __future__ import annotations
 
 import os
-import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from chatd.daemon.server import Server
-from tests.conftest import StartServer
-from tests.helpers import LineClient, RedisServer, open_json, until_async
-
-REDIS = shutil.which("redis-server")
+from tests.conftest import Nodes, StartServer
+from tests.helpers import (
+    REDIS,
+    LineClient,
+    RedisServer,
+    enter,
+    open_json,
+    refused,
+    until_async,
+    who,
+)
 
 if REDIS is None and os.environ.get("CI") == "true":
     pytest.fail("redis-server is required under CI (.ci/run installs it)", pytrace=False)
@@ -40,28 +46,6 @@ pytestmark = [
 
 PASSWORD = "correct-horse"
 Event = dict[str, Any]
-Nodes = Callable[..., Awaitable[list[Server]]]
-
-
-@pytest.fixture
-async def redis_server() -> AsyncIterator[RedisServer]:
-    assert REDIS is not None
-    server = await RedisServer.start(REDIS)
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def nodes(redis_server: RedisServer, start_server: StartServer) -> Nodes:
-    """``await nodes(2)``: daemons node1, node2... joined through one Redis."""
-
-    async def start(count: int, **overrides: Any) -> list[Server]:
-        return [
-            await start_server(redis=redis_server.url, node_id=f"node{i + 1}", **overrides)
-            for i in range(count)
-        ]
-
-    return start
 
 
 _open: list[LineClient] = []
@@ -106,25 +90,6 @@ async def login(server: Server, nick: str) -> LineClient:
     await c.send(f"/login {nick} {PASSWORD}")
     await c.expect(lambda e: e["type"] == "registered" and e["account"], f"logged in as {nick}")
     return c
-
-
-async def enter(c: LineClient, room: str, key: str = "") -> None:
-    await c.send(f"/join {room} {key}".strip())
-    await c.expect(lambda e: e["type"] == "current" and e["room"] == room, f"in #{room}")
-
-
-async def refused(c: LineClient, command: str, code: str) -> Event:
-    """Send ``command``; the next error must carry ``code``."""
-    await c.send(command)
-    error = await c.expect("error", f"{code} for {command}")
-    assert error["code"] == code, error
-    return error
-
-
-async def who(c: LineClient, room: str) -> dict[str, str]:
-    await c.send(f"/who {room}")
-    answer = await c.expect("who")
-    return {m["nick"]: m["role"] for m in answer["members"]}
 
 
 def joined(nick: str, room: str) -> Callable[[Event], bool]:

@@ -184,11 +184,14 @@ async def test_chatd_klines_lifts_a_kline_that_shut_out_everyone(
     db = str(tmp_path / "chat.db")
     server = await start_server(db=db, opers=("root",))
     root = await account(server, "root")
-    await root.send("/kline ip:127.0.0.0/8 1d oops")
-    await root.expect("kline")
+    await account(server, "bob")
+    await root.send("/kline bob", "/kline ip:127.0.0.0/8 1d oops")
+    await root.expect(lambda e: e["type"] == "kline" and e["mask"].startswith("ip:"))
     status, out, _ = await admin_cli("klines", db, "list")  # beside the running daemon
     assert status == 0
-    assert re.fullmatch(r"ip:127\.0\.0\.0/8\tby root\tuntil \S+ \S+\toops\n", out), out
+    assert re.fullmatch(
+        r"account:bob\tby root\tuntil -\nip:127\.0\.0\.0/8\tby root\tuntil \S+ \S+\toops\n", out
+    ), out
     status, _, err = await admin_cli("klines", db, "remove", "ip:127.0.0.0/8")
     assert (status, "in use" in err) == (1, True)
     await server.shutdown()
@@ -200,6 +203,8 @@ async def test_chatd_klines_lifts_a_kline_that_shut_out_everyone(
     await server.shutdown()
     status, out, _ = await admin_cli("klines", db, "remove", "ip:127.0.0.0/8")
     assert (status, out) == (0, "lifted the kline on ip:127.0.0.0/8\n")
+    status, out, _ = await admin_cli("klines", db, "remove", "Bob")  # as /klines shows it
+    assert (status, out) == (0, "lifted the kline on account:bob\n")
     status, _, err = await admin_cli("klines", db, "remove", "ip:127.0.0.0/8")
     assert (status, err) == (1, "chatd klines: no kline on ip:127.0.0.0/8\n")
     status, _, err = await admin_cli("klines", db, "remove", "host:x")

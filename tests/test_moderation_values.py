@@ -183,3 +183,11 @@ def test_reasons_are_cut_to_their_bound() -> None:
     assert isinstance(kick, Kick)
     assert isinstance(ban, Ban)
     assert (len(kick.reason), len(ban.reason)) == (300, 300)
+
+
+def test_a_letter_changes_once_per_line() -> None:
+    assert parse_mode_changes(["+" + "i" * 4000]) == (ModeChange("+", "i"),)
+    assert parse_mode_changes(["+i-i+k", "door"]) == (
+        ModeChange("-", "i"),  # the last word on i
+        ModeChange("+", "k", "door"),
+    )

@@ -187,6 +187,15 @@ def _add_serve(sub: Subcommands) -> None:
     )
 
 
+def _add_db(parser: argparse.ArgumentParser) -> None:
+    """``--db``, for the commands that work on a database file."""
+    parser.add_argument(
+        "--db",
+        default=_env("CHATD_DB", default_db_path()),
+        help="the database (env CHATD_DB)",
+    )
+
+
 def _add_accounts(sub: Subcommands) -> None:
     accounts = sub.add_parser(
         "accounts",
@@ -196,11 +205,7 @@ def _add_accounts(sub: Subcommands) -> None:
         "delete is refused until that daemon stops, since a running daemon keeps the "
         "nicknames it knows reserved.",
     )
-    accounts.add_argument(
-        "--db",
-        default=_env("CHATD_DB", default_db_path()),
-        help="the database (env CHATD_DB)",
-    )
+    _add_db(accounts)
     actions = accounts.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser("list", help="one line per account: nickname, created (UTC)")
     delete = actions.add_parser("delete", help="delete an account; its nickname is free again")
@@ -227,11 +232,7 @@ def _add_klines(sub: Subcommands) -> None:
         "keeps them in memory), and is the way out of a kline that shuts out the "
         "operators themselves.",
     )
-    klines.add_argument(
-        "--db",
-        default=_env("CHATD_DB", default_db_path()),
-        help="the database (env CHATD_DB)",
-    )
+    _add_db(klines)
     actions = klines.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser("list", help="one line per kline: mask, by, until (UTC), reason")
     remove = actions.add_parser("remove", help="lift a kline (MASK as /klines shows it)")
@@ -247,11 +248,7 @@ def _add_rooms(sub: Subcommands) -> None:
         "database; transfer and delete are refused until it stops, since a running daemon "
         "keeps each room's rules in memory and writes them back.",
     )
-    rooms.add_argument(
-        "--db",
-        default=_env("CHATD_DB", default_db_path()),
-        help="the database (env CHATD_DB)",
-    )
+    _add_db(rooms)
     actions = rooms.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser("list", help="one line per registered room: name, owner, modes, bans")
     show = actions.add_parser("show", help="a room's owner, modes, roles, bans and mutes")

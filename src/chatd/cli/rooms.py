@@ -23,10 +23,13 @@ def manage_klines(args: argparse.Namespace) -> int:
         return 1
     if args.action == "remove":
         try:
-            args.mask = str(parse_mask(args.mask))
+            mask = parse_mask(args.mask)
         except ChatError as exc:
             print(f"chatd klines: {exc.text}", file=sys.stderr)
             return 2
+        # A bare name, as /klines shows one: its account's kline or its nickname's.
+        bare = ":" not in args.mask
+        args.masks = [f"account:{mask.value}", str(mask)] if bare else [str(mask)]
     return asyncio.run(_manage_klines(args))
 
 
@@ -35,12 +38,14 @@ async def _manage_klines(args: argparse.Namespace) -> int:
     if store is None:
         return 1
     try:
-        klines = {}
+        klines, now = {}, time.time()
         for doc in await store.klines():
             ban = BanRecord.load(json.loads(doc))
             klines[str(ban.mask)] = ban
         if args.action == "list":
             for mask, ban in sorted(klines.items()):
+                if ban.until is not None and ban.until <= now:
+                    continue  # over: the daemon ignores it
                 until = (
                     time.strftime("%Y-%m-%d %H:%M", time.gmtime(ban.until))
                     if ban.until is not None
@@ -48,11 +53,13 @@ async def _manage_klines(args: argparse.Namespace) -> int:
                 )
                 print(f"{mask}\tby {ban.by or '-'}\tuntil {until}\t{ban.reason}".rstrip())
             return 0
-        if args.mask not in klines:
-            print(f"chatd klines: no kline on {args.mask}", file=sys.stderr)
+        found = [mask for mask in args.masks if mask in klines]
+        if not found:
+            print(f"chatd klines: no kline on {args.masks[-1]}", file=sys.stderr)
             return 1
-        store.save_kline(args.mask, None)
-        print(f"lifted the kline on {args.mask}")
+        for mask in found:
+            store.save_kline(mask, None)
+            print(f"lifted the kline on {mask}")
         return 0
     finally:
         await store.close()

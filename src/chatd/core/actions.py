@@ -172,10 +172,17 @@ class RoomActions:
     async def _ban(self, caller: Member, mask: Mask, duration: int | None, reason: str) -> None:
         room = self._as_op(caller, None)
         mask = await resolve(self.manager, mask)
-        if mask.kind != "ip" and self._rank_of_name(room, mask.value) >= self.authority.role(
-            room, caller
-        ):
+        rank = self.authority.role(room, caller)
+        if mask.kind != "ip" and self._rank_of_name(room, mask) >= rank:
             raise NotOp(f"{mask.value} has as many rights as you in #{room.name}, or more")
+        for member in room.members:  # an address: whoever it covers here
+            if member is not caller and self.authority.role(room, member) >= rank:
+                account = member.nick if member.account is not None else None
+                if mask.matches(account, member.nick, member.address):
+                    raise NotOp(
+                        f"{mask} covers {member.nick}, who has as many rights as you "
+                        f"in #{room.name}, or more"
+                    )
         rules, now, by = room.rules, self.authority.now(), caller.nick or ""
         rules.bans = [b for b in rules.bans if b.mask != mask]
         if len(rules.bans) >= MAX_BANS:
@@ -257,7 +264,7 @@ class RoomActions:
         rules = room.rules
         if not changes:
             modes = rules.modes
-            if room.key not in caller.rooms and not caller.oper:
+            if room.key not in caller.rooms and self.authority.role(room, caller) < Role.OP:
                 modes = apply_modes(modes, (ModeChange("-", "k"),))  # the key is the members'
             caller.tell(ModeIs(room.name, None, "", modes, _owner(rules), rules.registered))
             return
@@ -343,11 +350,11 @@ class RoomActions:
         grant = room.rules.roles.get(_principal(target))
         return grant.role if grant is not None else Role.MEMBER
 
-    def _rank_of_name(self, room: Room, name: str) -> Role:
-        """The rights of whoever holds the account (or nickname) ``name``."""
-        if name_key(name) in self.authority.operators.opers:
+    def _rank_of_name(self, room: Room, mask: Mask) -> Role:
+        """The rights of whoever the account (or nickname) ``mask`` names."""
+        if mask.kind == "account" and name_key(mask.value) in self.authority.operators.opers:
             return Role.OWNER
-        return room.rules.role_by_name(name)
+        return room.rules.role_by_name(mask.value)
 
     def _outranks(self, room: Room, caller: Member, target: Person) -> None:
         if self._role_of(room, target) >= self.authority.role(room, caller):

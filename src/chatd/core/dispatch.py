@@ -303,7 +303,7 @@ class Dispatcher:
         refuse it), then here (RoomManager.register or rename, which check
         it again: the bus may have waited)."""
         manager, bus = self.manager, self.manager.bus
-        if (refused := self._klined(caller, nick, caller.account is not None)) is not None:
+        if not caller.oper and (refused := self._klined(caller, nick, caller.account is not None)):
             return refused
         key = name_key(nick)
         old = caller.key
@@ -365,13 +365,18 @@ class Dispatcher:
             raise StorageUnavailable("accounts are not available on this server")
         return self.auth
 
-    async def _register_account(self, caller: Caller, password: str) -> None:
+    async def _register_account(self, caller: Caller, password: str) -> str | None:
         auth, store = self._need_auth(), self.manager.store
         nick = caller.nick or ""
         if caller.account is not None:
             raise NickRegistered(f"you are already logged in to {nick}")
         if store.is_registered(nick):
             raise NickRegistered(f"{nick} is already registered; /login {nick} PASSWORD")
+        operators = self.manager.moderator.operators
+        if not operators.oper_account(nick, False) and (
+            refused := self._klined(caller, nick, True)
+        ):
+            return refused  # a kline on the account it would become
         password_hash = await auth.passwords.hash(password)
         try:
             account = await store.create_account(nick, password_hash)
@@ -387,6 +392,7 @@ class Dispatcher:
             moderator.logged_in(
                 caller, moderator.operators.oper_account(account.nick, account.oper), was
             )
+        return None
 
     async def _check_password(self, caller: Caller, nick: str, password: str) -> Account:
         """The account if ``password`` is right; else a delay and BadLogin."""

@@ -32,7 +32,14 @@ from chatd.core.actions import RoomActions
 from chatd.core.fanout import send_all
 from chatd.core.model import Member, Room
 from chatd.core.operators import Operators, Rooms, ServerCommand
-from chatd.core.rules import Grant, MuteRecord, RoomRules, principal, registered_rules
+from chatd.core.rules import (
+    MAX_MUTES,
+    Grant,
+    MuteRecord,
+    RoomRules,
+    principal,
+    registered_rules,
+)
 from chatd.errors import (
     BadKey,
     Banned,
@@ -144,8 +151,13 @@ class Moderator:
             if rules.plain:
                 continue
             mute = rules.mutes.get(was)
-            if mute is not None and who != was and who not in rules.mutes:
-                rules.mutes[who] = MuteRecord(member.nick or mute.name, mute.by, mute.until)
+            if mute is not None and who != was:
+                # A guest's mute moves with it; an account's stays on the account
+                # too (it may log in again), unless the list is at its bound.
+                if was.startswith("n:") or len(rules.mutes) >= MAX_MUTES:
+                    del rules.mutes[was]
+                if who not in rules.mutes:
+                    rules.mutes[who] = MuteRecord(member.nick or mute.name, mute.by, mute.until)
                 self.changed(room)
             if self.role(room, member) < Role.OWNER and (
                 ban := rules.ban_on(member, member.address, now)

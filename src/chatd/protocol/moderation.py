@@ -155,7 +155,8 @@ def parse_mode_changes(words: list[str]) -> tuple[ModeChange, ...]:
         changes.append(ModeChange(sign, flag))
     if not changes:
         raise BadMode("no mode change; write it like +i, -k or +l 20")
-    return tuple(changes)
+    # One change per letter, the last one given: +iiii is +i.
+    return tuple({change.flag: change for change in changes}.values())
 
 
 def _take_args(changes: list[ModeChange], pending: list[tuple[str, str]], args: list[str]) -> None:
