@@ -8,6 +8,18 @@ from typing import Any
 import parser_tests.data as vectors  # irc-parser-tests, a dev extra
 import pytest
 
+from chatd.protocol import (
+    Direct,
+    Event,
+    Joined,
+    Kicked,
+    Left,
+    Message,
+    NickChanged,
+    Notice,
+    RoleIs,
+    TopicIs,
+)
 from chatd.protocol.irc import (
     BadMessage,
     IrcMessage,
@@ -16,6 +28,7 @@ from chatd.protocol.irc import (
     render_message,
     split_userhost,
 )
+from chatd.protocol.ircmap import channel, ctcp_action, quit_line, room_event, room_of
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -102,3 +115,60 @@ def test_lines_without_a_command_are_refused(line: str) -> None:
 def test_what_cannot_be_written_is_refused(params: tuple[str, ...]) -> None:
     with pytest.raises(ValueError, match="IRC"):
         render_message(IrcMessage("PRIVMSG", params))
+
+
+# -- chatd's events as IRC lines -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("event", "line"),
+    [
+        (
+            Message(1, 0.0, "dev", "alice", "hi all"),
+            ":alice!~alice@chatd/guest PRIVMSG #dev :hi all",
+        ),
+        (
+            Message(2, 0.0, "dev", "alice", "waves", action=True),
+            ":alice!~alice@chatd/guest PRIVMSG #dev :\x01ACTION waves\x01",
+        ),
+        (Direct(3, 0.0, "bob", "alice", "psst"), ":bob!bob@chatd/account PRIVMSG alice psst"),
+        (Joined("dev", "bob"), ":bob!bob@chatd/account JOIN #dev"),
+        (Left("dev", "bob"), ":bob!bob@chatd/account PART #dev"),
+        (
+            Left("dev", "bob", "kicked by alice"),
+            ":bob!bob@chatd/account PART #dev :kicked by alice",
+        ),
+        (NickChanged("carol", "caro"), ":carol!~carol@chatd/guest NICK caro"),
+        (
+            TopicIs("dev", "ship it", "alice", changed=True),
+            ":alice!~alice@chatd/guest TOPIC #dev :ship it",
+        ),
+        (TopicIs("dev", "ship it", "alice"), None),  # an answer: a numeric, not a line
+        (Kicked("dev", "bob", "alice", "spam"), ":alice!~alice@chatd/guest KICK #dev bob spam"),
+        (Kicked("dev", "bob", "alice"), ":alice!~alice@chatd/guest KICK #dev bob alice"),
+        (RoleIs("dev", "bob", "op", "alice"), ":alice!~alice@chatd/guest MODE #dev +o bob"),
+        (
+            RoleIs("dev", "bob", "member", "alice"),
+            ":alice!~alice@chatd/guest MODE #dev -ov bob bob",
+        ),
+        (
+            Notice("root", "restart at noon"),
+            ":root!~root@chatd/guest NOTICE * :[root] restart at noon",
+        ),
+    ],
+)
+def test_room_events_become_irc_lines(event: Event, line: str | None) -> None:
+    message = room_event(event, accounts=frozenset({"bob"}))
+    assert (render_message(message) if message is not None else None) == line
+
+
+def test_names_and_actions_cross_over() -> None:
+    assert (channel("dev"), room_of("#dev"), room_of("dev"), room_of("#")) == (
+        "#dev",
+        "dev",
+        None,
+        None,
+    )
+    assert ctcp_action("\x01ACTION waves\x01") == "waves"
+    assert ctcp_action("\x01VERSION\x01") is None
+    assert render_message(quit_line("bob", "")) == ":bob!~bob@chatd/guest QUIT Quit"
