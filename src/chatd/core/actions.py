@@ -66,6 +66,7 @@ from chatd.protocol import (
     event_to_json,
     name_key,
 )
+from chatd.protocol.events import BANNED_BY, KICKED_BY
 from chatd.store import RoomRecord, Store, StoreError
 
 logger = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ class RoomActions:
         self._outranks(room, caller, target)
         by = caller.nick or ""
         event = Kicked(room.name, target.nick, by, reason)
-        left = f"kicked by {by}" + (f": {reason}" if reason else "")
+        left = KICKED_BY + by + (f": {reason}" if reason else "")
         self.authority.log(room, by, "kick", target.nick, reason)
         self.authority.commit(
             room, caller, event, "room", evict={"nick": target.key, "reason": left}
@@ -194,7 +195,7 @@ class RoomActions:
         evict = {
             "mask": str(mask),
             "below": int(self.authority.role(room, caller)),
-            "reason": f"banned by {by}",
+            "reason": BANNED_BY + by,
         }
         self.authority.commit(room, caller, event, "ops", evict=evict)
 
@@ -373,7 +374,7 @@ class RoomActions:
     def _tell(self, target: Person, event: Event) -> None:
         member = self.manager.find(target.key)
         if member is not None:
-            member.deliver(member.codec.encode(event))
+            member.deliver(member.encode(event))
         else:
             self.manager.bus.broadcast(None, ["tell", target.key, event_to_json(event)])
 

@@ -154,7 +154,7 @@ class Dispatcher:
                 # After everything this connection said is stored and
                 # delivered, in its place among the replies.
                 seq = caller.begin_op()
-                pong = caller.codec.encode(Pong(token))
+                pong = caller.encode(Pong(token))
                 self.manager.barrier(lambda: caller.end_op(seq, pong))
             case KeepAlive(interval):
                 caller.set_keepalive(interval)
@@ -439,7 +439,8 @@ class Dispatcher:
             manager.login(caller, account.nick, account.id)
             manager.moderator.logged_in(caller, oper, was)
             logger.info("login %s from %s", caller.nick, caller.peer)
-            await self._rejoin(caller, saved)
+            if not caller.chooses_rooms:
+                await self._rejoin(caller, saved)
         return None
 
     def _klined(self, caller: Caller, nick: str, account: bool) -> str | None:
@@ -542,7 +543,7 @@ class Dispatcher:
         # reader must be very slow to be cut for asking for one.
         budget, lines = caller.page_bytes, []
         for m in reversed(messages):
-            data = caller.codec.encode(stored_event(m, history=True))
+            data = caller.encode(stored_event(m, history=True))
             budget -= len(data)
             if budget < 0:
                 more = True

@@ -68,7 +68,7 @@ class Messages:
         seq = member.begin_op()
 
         def deliver() -> bool:
-            audience: dict[Member, None] = {member: None}
+            audience: dict[Member, None] = {member: None} if member.echoes else {}
             if target.key is not None and self._nicks.get(target.key) is target:
                 audience[target] = None
             send_all(audience, event)
@@ -101,7 +101,7 @@ class Messages:
         def stored(exc: BaseException | None) -> None:
             window.give(size)
             if exc is not None:
-                member.end_op(seq, member.codec.encode(Error.of(_store_error(exc))))
+                member.end_op(seq, member.encode(Error.of(_store_error(exc))))
                 return
             committed = time.perf_counter()
             if not deliver():

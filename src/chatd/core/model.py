@@ -9,11 +9,13 @@ codec and the calls that deliver to them.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Sequence
+from typing import ClassVar
 
 from chatd.core.rules import RoomRules
-from chatd.protocol import Direct, Event, Format, Message, name_key
+from chatd.protocol import Direct, Event, Format, History, Message, name_key
 from chatd.protocol.codec import Codec, codec_for
 from chatd.store import StoredMessage
 
@@ -40,7 +42,12 @@ class Member:
     called.
     """
 
-    __slots__ = ("account", "batch", "codec", "current", "key", "nick", "oper", "rooms")
+    __slots__ = ("account", "batch", "codec", "current", "echoes", "key", "nick", "oper", "rooms")
+
+    #: The client chooses its rooms itself (an IRC client): registering puts
+    #: it in no room, logging in rejoins none of its account's rooms, and its
+    #: joins and leaves do not change the rooms its account keeps.
+    chooses_rooms: ClassVar[bool] = False
 
     def __init__(self, fmt: Format = Format.TEXT) -> None:
         self.codec: Codec = codec_for(fmt)
@@ -53,6 +60,10 @@ class Member:
         #: Logged in to a server operator's account (see chatd.core.moderation).
         self.oper = False
         self.batch: list[bytes] | None = None
+        #: This member is sent its own messages (room lines and DMs) as
+        #: everyone else is; False for a client that shows what it sent
+        #: itself (an IRC client without ``echo-message``).
+        self.echoes = True
 
     @property
     def address(self) -> str:
@@ -81,9 +92,27 @@ class Member:
         """Queue an answer to this member's own command. Never blocks or drops."""
         raise NotImplementedError
 
+    def encode(self, event: Event) -> bytes:
+        """An event for this member alone, as its codec writes it (b"": none).
+
+        Fan-out shares one encoding per codec among many members; what goes
+        to one member only (replies, a DM, an invitation) comes through here,
+        so a front-end may word it for its reader (IRC's numerics name the
+        client)."""
+        return self.codec.encode(event)
+
     def tell(self, event: Event) -> None:
         """Reply with an event, in this member's codec."""
-        self.reply(self.codec.encode(event))
+        data = self.encode(event)
+        if data:
+            self.reply(data)
+
+    def show_history(self, room: Room) -> None:
+        """A room just joined: its last messages, then the History marker."""
+        for event in room.recent:
+            self.reply(self.encode(dataclasses.replace(event, history=True)))
+        before = room.recent[0].id if room.older else None
+        self.tell(History(room.name, None, len(room.recent), room.older, before))
 
     def kick(self, reason: str) -> None:
         """End this member's connection (after the manager has let it go)."""

@@ -62,6 +62,7 @@ from chatd.protocol import (
     name_key,
     parse_mask,
 )
+from chatd.protocol.events import BANNED_BY
 from chatd.store import RoomRecord, Store, StoreError
 
 logger = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ class Moderator:
             if self.role(room, member) < Role.OWNER and (
                 ban := rules.ban_on(member, member.address, now)
             ):
-                self.manager.expel(member, room, f"banned by {ban.by or 'the server'}")
+                self.manager.expel(member, room, BANNED_BY + (ban.by or "the server"))
 
     def role(self, room: Room, member: Member) -> Role:
         """``member``'s rights in ``room``: server operators have an owner's."""
@@ -346,7 +347,7 @@ class Moderator:
         elif kind == "tell":
             member = self.manager.find(data[1])
             if member is not None:
-                member.deliver(member.codec.encode(event_from_json(data[2])))
+                member.deliver(member.encode(event_from_json(data[2])))
         else:
             self.operators.arrived(data)
 

@@ -23,7 +23,6 @@ them without waiting for the store.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -57,7 +56,6 @@ from chatd.protocol import (
     Direct,
     Error,
     Event,
-    History,
     Joined,
     Left,
     LoggedOut,
@@ -205,6 +203,8 @@ class RoomManager:
         member.nick, member.key = nick, key
         self._nicks[key] = member
         member.tell(Registered(nick, member.account is not None))
+        if member.chooses_rooms:
+            return
         try:
             self.join(member, DEFAULT_ROOM)
         except ChatError as exc:  # banned from general: in no room, but connected
@@ -332,7 +332,7 @@ class RoomManager:
             if room.topic:
                 member.tell(TopicIs(room.name, room.topic, room.topic_by))
             if room.recent:
-                self._show_history(member, room)
+                member.show_history(room)
         member.current = room
         member.tell(Current(room.name))
         self.saved.save(member)
@@ -394,11 +394,15 @@ class RoomManager:
         self.pushback.caught_up(member)
         if member.key is None:
             return
+        told: set[Member] = set()  # readers whose codec says it once (Codec.one_quit)
         for room in list(member.rooms.values()):
             crowded = len(room.members) > self.announce_limit
             self._remove(member, room)
             if not crowded:
-                self._fanout(room, Left(room.name, member.nick or "", reason))
+                event = Left(room.name, member.nick or "", reason)
+                send_all([m for m in room.members if m not in told], event)
+                self.bus.publish(room, event)
+                told.update(m for m in room.members if m.codec.one_quit)
         member.current = None
         del self._nicks[member.key]
         if release:
@@ -433,27 +437,36 @@ class RoomManager:
         members = room.members
         self.stats.messages_out += len(members)
         sender = self._nicks.get(name_key(event.sender))
-        if sender is not None and sender.awaits_echo() and sender in members:
-            # In its place among the replies to the sender's commands.
-            data = sender.codec.encode(event)
-            sender.echo(data, room.key)
-            others = [m for m in members if m is not sender]
-            send_all(others, event, encoded={sender.codec: data})
-        else:
+        if sender is None or sender not in members:
             send_all(members, event)
+        elif sender.awaits_echo():
+            # In its place among the replies to the sender's commands.
+            others = [m for m in members if m is not sender]
+            if sender.echoes:
+                data = sender.codec.encode(event)
+                sender.echo(data, room.key)
+                send_all(others, event, encoded={sender.codec: data})
+            else:
+                sender.echo(b"", room.key)  # its place, with nothing in it
+                send_all(others, event)
+        elif sender.echoes:
+            send_all(members, event)
+        else:
+            send_all([m for m in members if m is not sender], event)
         return True
 
     def direct_arrived(self, event: Direct) -> None:
         """A private message for a member here, from anywhere."""
         target = self._nicks.get(name_key(event.to))
         if target is not None:
-            target.deliver(target.codec.encode(event))
+            target.deliver(target.encode(event))
             self.stats.messages_out += 1
 
     def direct_sent(self, member: Member, event: Direct) -> None:
         """``member``'s private message is stored and on its way to its reader."""
         self.stats.messages_in += 1
-        if name_key(event.to) != member.key:  # to oneself it arrives as any other
+        if name_key(event.to) != member.key and member.echoes:
+            # To oneself it arrives as any other.
             member.tell(event)
             self.stats.messages_out += 1
 
@@ -551,13 +564,6 @@ class RoomManager:
         room = Room(name, self.history_on_join)
         self._rooms[room.key] = room
         return room
-
-    def _show_history(self, member: Member, room: Room) -> None:
-        codec = member.codec
-        for event in room.recent:
-            member.reply(codec.encode(dataclasses.replace(event, history=True)))
-        before = room.recent[0].id if room.older else None
-        member.tell(History(room.name, None, len(room.recent), room.older, before))
 
     def _remove(self, member: Member, room: Room) -> None:
         del room.members[member]

@@ -23,7 +23,12 @@ class SavedRooms:
         Called on /join and /leave, not when a connection ends: quitting keeps
         an account's rooms, an explicit /leave forgets the room.
         """
-        if member.account is None or member.key is None or member in self._rejoining:
+        if (
+            member.account is None
+            or member.key is None
+            or member.chooses_rooms
+            or member in self._rejoining
+        ):
             return
         current = member.current.name if member.current is not None else None
         rooms = tuple(room.name for room in member.rooms.values())

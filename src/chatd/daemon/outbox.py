@@ -283,11 +283,12 @@ class Outbox(Member):
     def echo(self, data: bytes, room_key: str) -> None:
         order = self._order
         if order is None:
-            self.deliver(data)
+            if data:
+                self.deliver(data)
             return
         out, awaited = order.echo(room_key, data)
         self._queue_replies(out)
-        if not awaited:
+        if not awaited and data:
             self.deliver(data)
 
     def _queue_replies(self, out: Sequence[bytes]) -> None:

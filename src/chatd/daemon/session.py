@@ -221,7 +221,7 @@ class Session(Outbox, Caller):
 
     async def _process_input(self) -> str:
         settings = self._settings
-        framer = LineFramer(settings.max_line)
+        framer = LineFramer(self._line_limit())
         backlog: deque[bytes | ChatError] = deque()
         loop = asyncio.get_running_loop()
         limits = InputLimits.of(settings, loop.time()) if settings.msg_rate > 0 else None
@@ -273,6 +273,10 @@ class Session(Outbox, Caller):
             if self._cost and limits is not None:
                 limits.lines.charge(self._cost)
             self._cost = 0
+
+    def _line_limit(self) -> int:
+        """The longest line this connection may send, its terminator aside."""
+        return self._settings.max_line
 
     def _registration_limit(self, line_waiting: bool) -> str | None:
         """End a connection that sends too much before choosing a nickname.

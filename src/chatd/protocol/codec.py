@@ -12,6 +12,8 @@ recipient that uses it: codecs are shared objects, compared by identity.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from chatd.protocol.commands import Command, parse_line
 from chatd.protocol.events import Event, render
 from chatd.protocol.framing import Format
@@ -25,6 +27,10 @@ class Codec:
     """
 
     __slots__ = ("fmt",)
+
+    #: A connection's end is one line to each reader, whatever rooms they
+    #: share (IRC's QUIT), not a leave per room.
+    one_quit: ClassVar[bool] = False
 
     def __init__(self, fmt: Format) -> None:
         #: The form of the output, as ``/format`` names it.

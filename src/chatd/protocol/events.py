@@ -70,6 +70,13 @@ class Joined:
     nick: str
 
 
+#: How the reason of a :class:`Left` that a kick or a ban caused starts
+#: (``kicked by NICK[: reason]``, ``banned by NICK``): front-ends that show
+#: kicks and bans as such (IRC's KICK) tell them from a leave by it.
+KICKED_BY = "kicked by "
+BANNED_BY = "banned by "
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Left:
     type: ClassVar[str] = "leave"
