@@ -37,13 +37,15 @@ RUN groupadd --system --gid 10001 chatd \
 VOLUME ["/data"]
 # Inside a container the daemon must listen on every interface to be reachable
 # through a published port. --redis (CHATD_REDIS) replaces the database with
-# Redis; CHATD_TLS_CERT and CHATD_TLS_KEY add the TLS port.
+# Redis; CHATD_TLS_CERT and CHATD_TLS_KEY add the TLS port. IRC clients
+# connect on 6667 (CHATD_IRC_PORT).
 ENV CHATD_HOST=0.0.0.0 \
     CHATD_PORT=9999 \
     CHATD_HTTP_PORT=8080 \
+    CHATD_IRC_PORT=6667 \
     CHATD_DB=/data/chatd.db
 USER 10001:10001
-EXPOSE 9999 9998 8080
+EXPOSE 9999 9998 8080 6667
 # chatd serve shuts down gracefully on SIGTERM: clients are told, their queued
 # output is flushed (--shutdown-grace, 5 s), then it exits 0. Give it longer
 # than that before the SIGKILL (docker stop -t 10, compose stop_grace_period).

@@ -297,7 +297,9 @@ def test_in_the_image_serve_listens_where_expose_and_volume_say(image: Image) ->
     assert settings.port == defaults.port == 9999
     assert settings.tls_port == defaults.tls_port == 9998
     assert settings.http_port == 8080
-    assert image.expose == {settings.port, settings.tls_port, settings.http_port}
+    assert settings.irc_port == 6667, "IRC is on in the container"
+    expose = {settings.port, settings.tls_port, settings.http_port, settings.irc_port}
+    assert image.expose == expose
     assert str(PurePosixPath(settings.db).parent) in image.volumes, (settings.db, image.volumes)
 
 
@@ -402,7 +404,7 @@ def test_compose_up_starts_the_single_node_only() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["chatd"]
     config = compose_config()
-    assert published(config["services"]["chatd"]) == {9999: 9999, 8080: 8080}
+    assert published(config["services"]["chatd"]) == {9999: 9999, 8080: 8080, 6667: 6667}
 
 
 def test_compose_cluster_profile_starts_redis_and_two_nodes_only() -> None:
@@ -410,8 +412,8 @@ def test_compose_cluster_profile_starts_redis_and_two_nodes_only() -> None:
     assert result.returncode == 0, result.stderr
     assert sorted(result.stdout.split()) == ["node1", "node2", "redis"]
     services = compose_config("cluster")["services"]
-    assert published(services["node1"]) == {9999: 9999, 8080: 8080}
-    assert published(services["node2"]) == {10000: 9999, 8081: 8080}
+    assert published(services["node1"]) == {9999: 9999, 8080: 8080, 6667: 6667}
+    assert published(services["node2"]) == {10000: 9999, 8081: 8080, 6668: 6667}
     assert published(services["redis"]) == {}, "Redis is for the nodes only"
 
 
@@ -442,7 +444,7 @@ def test_compose_services_agree_with_the_cli(image: Image, profiles: tuple[str, 
             argv = image.entrypoint + (service.get("command") or image.cmd)
         settings = serve_settings(argv, {**image.env, **env})
         targets = set(published(service).values())
-        assert targets == {settings.port, settings.http_port}, (name, targets)
+        assert targets == {settings.port, settings.http_port, settings.irc_port}, (name, targets)
         check = service.get("healthcheck")
         if check and check.get("test") and check["test"][0] != "NONE":
             assert check["test"][0] == "CMD", f"{name}: the health check in exec form"

@@ -7,8 +7,9 @@ that has none, so a command added to the README is run here or named as
 missing. A runner executes the README's own text; only ports and paths
 change:
 
-- a port the command names (``--port 9999``, ``localhost:9998``,
-  ``redis://127.0.0.1:6379/0``) becomes a free loopback port, the same one
+- a port the command names (``--port 9999``, ``--irc-port 6667``,
+  ``localhost:9998``, ``-p 6667``, ``redis://127.0.0.1:6379/0``) becomes a
+  free loopback port, the same one
   for the same number throughout a test, and a default the command relies
   on comes from ``CHATD_PORT`` / ``CHATD_TLS_PORT``, which chatd reads;
 - commands run in a temporary directory that holds this checkout's
@@ -18,7 +19,9 @@ change:
 
 Daemons (``run.sh``) are stopped with SIGTERM once they serve and must exit
 0; the clients (``nc``, ``telnet``, ``chatd connect``, ``openssl s_client``)
-talk to a live daemon through their stdin and stdout. ``test.sh`` runs its
+talk to a live daemon through their stdin and stdout, and ``irssi`` runs in a
+tmux session of its own, typed into with the README's lines for it (see
+tests/test_irc_terminal.py). ``test.sh`` runs its
 lint and type checks for real and, unless the command names one test, has
 pytest collect what it would run (running the whole suite from inside the
 suite would never end). ``docker compose`` needs a Docker engine: the compose
@@ -56,6 +59,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.helpers import DEADLINE, LineClient, RedisServer, free_port, open_json, signal_child
 from tests.test_deploy import compose_config
+from tests.test_irc_terminal import Pane, irssi_home, joined, left, readme_lines, whispered
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -124,6 +128,8 @@ ROLES: dict[str, tuple[str, str]] = {
     ),
     "tls: chatd connect": ("Over TLS", r"\.venv/bin/chatd connect --cafile \S+"),
     "tls: s_client": ("Over TLS", r"openssl s_client -quiet -connect localhost:\d+"),
+    "irc: run.sh": ("With an IRC client", r"\./scripts/run\.sh --irc-port \d+"),
+    "irc: irssi": ("With an IRC client", r"irssi -c 127\.0\.0\.1 -p \d+ -n (\S+)"),
     "cluster: run.sh": (
         "Several daemons, one chat",
         r"\./scripts/run\.sh --port \d+ +--redis \S+ --node-id \S+",
@@ -187,8 +193,12 @@ def test_every_readme_command_has_one_runner() -> None:
 
 
 #: Where a command names a port: --port N, --http-port N, --tls-port N,
-#: localhost N (nc, telnet), localhost:N, 127.0.0.1:N (a URL).
-PORT_AT = re.compile(r"(--(?:http-|tls-)?port[ =]|\b(?:localhost|127\.0\.0\.1)[ :])(\d+)\b")
+#: --irc-port N, --irc-tls-port N, -p N (irssi), localhost N (nc, telnet),
+#: localhost:N, 127.0.0.1:N (a URL).
+PORT_AT = re.compile(
+    r"(--(?:http-|tls-|irc-|irc-tls-)?port[ =]|(?<![\w-])-p |\b(?:localhost|127\.0\.0\.1)[ :])"
+    r"(\d+)\b"
+)
 
 
 class Sandbox:
@@ -533,6 +543,84 @@ def check_certificate(cert_path: Path, key_path: Path) -> None:
     assert set(names.get_values_for_type(x509.DNSName)) == {"localhost"}
     assert {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "::1"}
     assert key_path.stat().st_mode & 0o077 == 0, "the key is readable by others"
+
+
+# ---------------------------------------------------------------------------
+# With an IRC client
+
+
+@pytest.mark.slow
+def test_irc_run_sh_and_irssi(sandbox: Sandbox, tmp_path: Path) -> None:
+    """``run.sh --irc-port`` serves IRC on the port it names (a registration
+    there is welcomed) beside the chat port; the README's irssi command, run
+    as written in tmux (HOME a temporary one, whose ~/.irssi turns irssi's
+    flood queue off), reaches it, and the lines the README types in irssi join
+    #general, talk with bob (a line client) both ways, message him privately
+    and quit, as bob sees."""
+    needs("irssi", "irssi")
+    needs("tmux", "tmux")
+
+    async def scenario() -> None:
+        async with Children(sandbox) as children:
+            serve = command("irc: run.sh")
+            daemon = await children.start(serve, CHATD_PORT=str(sandbox.port(9999)))
+            ports = await serving(daemon, "plain", "IRC")
+            assert ports["IRC"] == sandbox.port(int(serve.text.split()[-1]))
+            await irc_welcomes(ports["IRC"], "carol")
+            bob = await children.client(ports["plain"], "bob")
+
+            irssi = command("irc: irssi")
+            nick = re.fullmatch(ROLES["irc: irssi"][1], irssi.text)
+            assert nick is not None
+            home = tmp_path / "home"
+            irssi_home(home / ".irssi")  # the user's ~/.irssi, with no flood queue
+            pane = await Pane.start(
+                sandbox.argv(irssi), cwd=sandbox.cwd, env=sandbox.env(HOME=str(home))
+            )
+            children.push_async_callback(pane.close)
+            await pane.expect(rf"Welcome to the chatd IRC network, {nick[1]}!")
+            await irssi_session(pane, nick[1], bob, readme_lines("/join "))
+            bob.close()
+            await stopped(daemon)
+
+    run_async(scenario())
+
+
+async def irc_welcomes(port: int, nick: str) -> None:
+    """An IRC registration (NICK, USER) on ``port`` gets chatd's welcome."""
+    client = await LineClient.open("127.0.0.1", port)
+    try:
+        await client.send(f"NICK {nick}\r\n", f"USER {nick} 0 * :{nick}\r\n")
+        await client.expect_line(rf"^:chatd 001 {nick} :Welcome to the chatd IRC network")
+        await client.send("QUIT :done\r\n")
+        assert b"\r\nERROR :Closing link" in await client.wait_closed()
+    finally:
+        client.close()
+
+
+async def irssi_session(pane: Pane, nick: str, bob: LineClient, lines: list[str]) -> None:
+    """Type the README's irssi lines; after each, what bob (in #general) sees.
+    Once in #general, bob speaks, and irssi shows it."""
+    room = "general"
+    for line in lines:
+        await pane.type(line)
+        if m := re.fullmatch(r"/join #(\S+)", line):
+            room = m[1]
+            assert room == "general", f"{line}: bob is not there"
+            await bob.expect(joined(nick, room), f"{nick} joining #{room}")
+            await pane.expect(rf"{nick} \[\S+\] has joined #{room}$")
+            await bob.send(f"hi {nick}")
+            await pane.expect(rf"<.?{bob.nick}> hi {nick}$")
+        elif m := re.fullmatch(r"/msg (\S+) (.+)", line):
+            assert m[1] == bob.nick, f"{line}: a private message for bob, please"
+            await bob.expect(whispered(nick, m[2]), f"{nick}'s private message")
+        elif m := re.fullmatch(r"/quit(?: (.+))?", line):
+            reason = f"quit: {m[1]}" if m[1] else None
+            await bob.expect(left(nick, reason, room), f"{nick} quitting")
+            await pane.ended()
+        else:
+            assert not line.startswith("/"), f"README.md: no check for {line!r}"
+            await bob.expect(said(nick, line), f"{nick}'s line")
 
 
 # ---------------------------------------------------------------------------

@@ -80,6 +80,7 @@ STORAGE = "accounts and history"
 CLUSTER = "cluster (see docs/CLUSTER.md)"
 TLS = "TLS (see 'chatd gencert' for a development certificate)"
 WEB = "web page, WebSocket, /healthz and /metrics"
+IRC = "IRC gateway (see README: With an IRC client)"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -366,6 +367,26 @@ class Settings:
         help="serve the web chat page on / , a WebSocket on /ws, /healthz and /metrics on "
         "this port; off unless given",
     )
+    #: The IRC gateway (chatd.daemon.irc): plain and TLS ports; None: off.
+    irc_port: int | None = setting(
+        None,
+        env="CHATD_IRC_PORT",
+        group=IRC,
+        help="serve IRC clients on this port (IRC's is 6667); off unless given",
+    )
+    irc_tls_port: int | None = setting(
+        None,
+        env="CHATD_IRC_TLS_PORT",
+        group=IRC,
+        help="serve IRC clients over TLS on this port (IRC's is 6697); needs --tls-cert "
+        "and --tls-key",
+    )
+    irc_ping_interval: float = setting(
+        120.0,
+        group=IRC,
+        help="seconds an IRC client may stay silent before the server sends it a PING; "
+        "as long again without an answer ends the connection",
+    )
     #: Origins (scheme://host[:port]) whose pages may open a WebSocket, besides
     #: the server's own; "*" allows any.
     origins: tuple[str, ...] = setting(
@@ -435,7 +456,7 @@ class Settings:
             raise ValueError("history_on_join must be 0-1000 and login_fail_delay >= 0")
 
     def _check_network(self) -> None:
-        for name in ("tls_port", "http_port"):
+        for name in ("tls_port", "http_port", "irc_port", "irc_tls_port"):
             port = getattr(self, name)
             if port is not None and not 0 <= port <= 65535:
                 raise ValueError(f"{name} must be between 0 and 65535")
@@ -443,6 +464,10 @@ class Settings:
             raise ValueError("TLS needs both a certificate and a key")
         if self.tls_only and self.tls_cert is None:
             raise ValueError("tls_only needs a certificate and a key")
+        if not 0 < self.irc_ping_interval <= 3600:
+            raise ValueError("irc_ping_interval must be above 0 and at most 3600")
+        if self.irc_tls_port is not None and self.tls_cert is None:
+            raise ValueError("irc_tls_port needs a certificate and a key")
         if min(self.tls_handshake_timeout, self.ws_ping_interval, self.ws_ping_timeout) <= 0:
             raise ValueError("tls_handshake_timeout and the WebSocket ping times must be > 0")
         if self.node_ttl < 1 or self.redis_history < 1:
@@ -474,6 +499,7 @@ _FINITE = (
     "conn_rate",
     "queue_soft_seconds",
     "ping_min_interval",
+    "irc_ping_interval",
 )
 #: Counts and sizes that must be at least 1.
 _AT_LEAST_ONE = (

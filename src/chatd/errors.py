@@ -277,6 +277,8 @@ ALL_CODES: tuple[str, ...] = tuple(
         ServerFull,
         TooManyConnections,
         RegistrationTimeout,
+        RegistrationLimit,
+        PingTimeout,
         LoginThrottled,
         StorageUnavailable,
         ClusterUnavailable,

@@ -394,7 +394,7 @@ class Dispatcher:
             )
         return None
 
-    async def _check_password(self, caller: Caller, nick: str, password: str) -> Account:
+    async def check_password(self, caller: Caller, nick: str, password: str) -> Account:
         """The account if ``password`` is right; else a delay and BadLogin."""
         auth, store = self._need_auth(), self.manager.store
         ip, key = caller.peer.rpartition(":")[0], name_key(nick)
@@ -416,9 +416,14 @@ class Dispatcher:
     async def _login(self, caller: Caller, nick: str, password: str) -> str | None:
         if caller.account is not None and caller.key == name_key(nick):
             raise NickRegistered(f"you are already logged in to {caller.nick}")
-        account = await self._check_password(caller, nick, password)
+        account = await self.check_password(caller, nick, password)
         if caller.closing:
             return None
+        return await self.enter(caller, account)
+
+    async def enter(self, caller: Caller, account: Account) -> str | None:
+        """Log ``caller`` in to ``account``, whose password it has proved
+        (:meth:`check_password`): the account's nickname, its rooms."""
         manager = self.manager
         oper = manager.moderator.operators.oper_account(account.nick, account.oper)
         if not oper and (refused := self._klined(caller, account.nick, True)):
@@ -501,7 +506,7 @@ class Dispatcher:
         nick = caller.nick or ""
         if caller.account is None:
             raise NotLoggedIn("log in first: /passwd changes your account's password")
-        await self._check_password(caller, nick, old)
+        await self.check_password(caller, nick, old)
         try:
             changed = await store.set_password(nick, await auth.passwords.hash(new))
         except StoreError as exc:

@@ -54,7 +54,7 @@ class ChatdCollector(Collector):
             "chatd_clients", "Connected clients, by transport", labels=["transport"]
         )
         counts = g.clients()
-        for transport in ("tcp", "tls", "ws"):
+        for transport in ("tcp", "tls", "ws", "irc", "ircs"):
             clients.add_metric([transport], counts.get(transport, 0))
         yield clients
         yield GaugeMetricFamily("chatd_rooms", "Rooms that exist now", value=g.rooms())
@@ -68,7 +68,7 @@ class ChatdCollector(Collector):
         accepted = CounterMetricFamily(
             "chatd_connections", "Connections accepted, by transport", labels=["transport"]
         )
-        for transport in ("tcp", "tls", "ws"):
+        for transport in ("tcp", "tls", "ws", "irc", "ircs"):
             accepted.add_metric([transport], s.connections.get(transport, 0))
         yield accepted
         refused = CounterMetricFamily(

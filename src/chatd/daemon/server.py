@@ -1,8 +1,9 @@
 """Listeners, the session registry and the two-phase shutdown.
 
-:class:`Server` runs up to three listeners: the plain chat port, the TLS
-chat port (:mod:`chatd.transports.tls`) and the web port
-(:mod:`chatd.transports.web`). Every connection, whatever its transport, is
+:class:`Server` runs up to five listeners: the plain chat port, the TLS
+chat port (:mod:`chatd.transports.tls`), the web port
+(:mod:`chatd.transports.web`) and the IRC ports, plain and TLS
+(:mod:`chatd.daemon.irc`). Every connection, whatever its transport, is
 admitted by the same connection limits (``max_clients``, ``max_per_ip``)
 and runs one :class:`~chatd.daemon.session.Session`. Shutdown is explicit
 and bounded: stop accepting, tell everyone, let outboxes flush for
@@ -28,10 +29,13 @@ from chatd.core.rooms import RoomManager
 from chatd.core.stats import Stats
 from chatd.daemon.build import build_manager
 from chatd.daemon.flood import TokenBucket
+from chatd.daemon.irc import IrcClient
+from chatd.daemon.ircsession import IrcCodecs
 from chatd.daemon.outbox import LINGER_SECONDS
 from chatd.daemon.session import Session
 from chatd.errors import Banned, ChatError, ServerFull, TooManyConnections
 from chatd.protocol import Error, Format, render
+from chatd.protocol.ircreplies import error_line
 from chatd.transports.base import Connection
 from chatd.transports.tcp import (
     ACCEPT_BATCH,
@@ -78,6 +82,10 @@ class Server:
         self._arrivals_cap = 10_000
         self._listener: asyncio.Server | None = None
         self._tls_listener: asyncio.Server | None = None
+        #: The IRC gateway's listeners, plain and TLS, and its codecs.
+        self._irc_listener: asyncio.Server | None = None
+        self._ircs_listener: asyncio.Server | None = None
+        self._irc_codecs = IrcCodecs(self.manager.store.is_registered)
         self._web: WebGateway | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._registry: CollectorRegistry | None = None
@@ -116,6 +124,14 @@ class Server:
         return bound(self._tls_listener)[0][1]
 
     @property
+    def irc_port(self) -> int:
+        return bound(self._irc_listener)[0][1]
+
+    @property
+    def irc_tls_port(self) -> int:
+        return bound(self._ircs_listener)[0][1]
+
+    @property
     def http_port(self) -> int:
         assert self._web is not None
         return self._web.addresses[0][1]
@@ -140,6 +156,10 @@ class Server:
                 self._listener = await self._listen(self._on_connect, s.port)
             if self.tls is not None:
                 self._tls_listener = await self._listen(self._on_tls_connect, s.tls_port)
+            if s.irc_port is not None:
+                self._irc_listener = await self._listen(self._on_irc_connect, s.irc_port)
+            if s.irc_tls_port is not None and self.tls is not None:
+                self._ircs_listener = await self._listen(self._on_ircs_connect, s.irc_tls_port)
             if s.http_port is not None:
                 self._web = WebGateway(
                     s,
@@ -157,7 +177,7 @@ class Server:
             self.auth.close()
             raise
         self._sweeper = asyncio.create_task(self._sweep_loop())
-        for kind, listener in (("plain", self._listener), ("TLS", self._tls_listener)):
+        for kind, listener in self._chat_listeners():
             for host, port in bound(listener):
                 logger.info("listening on %s:%d (%s)", host, port, kind)
 
@@ -176,16 +196,28 @@ class Server:
             self._configure_socket(sock)
         return listener
 
+    def _chat_listeners(self) -> list[tuple[str, asyncio.Server | None]]:
+        return [
+            ("plain", self._listener),
+            ("TLS", self._tls_listener),
+            ("IRC", self._irc_listener),
+            ("IRC over TLS", self._ircs_listener),
+        ]
+
     def _stop_listening(self) -> None:
-        for listener in (self._listener, self._tls_listener, self._web):
+        for _, listener in self._chat_listeners():
             if listener is not None:
                 listener.close()
+        if self._web is not None:
+            self._web.close()
 
     async def _close_listeners(self) -> None:
         self._stop_listening()
-        for listener in (self._listener, self._tls_listener, self._web):
+        for _, listener in self._chat_listeners():
             if listener is not None:
                 await listener.wait_closed()
+        if self._web is not None:
+            await self._web.wait_closed()
 
     def reload_tls(self) -> bool:
         """Read the certificate and key again (SIGHUP); False if that failed."""
@@ -220,7 +252,7 @@ class Server:
             self._registry = metrics.registry(
                 self.stats,
                 metrics.Gauges(
-                    clients=lambda: Counter(s.connection.transport for s in self._sessions),
+                    clients=lambda: Counter(s.kind for s in self._sessions),
                     rooms=lambda: self.manager.room_count,
                     store_backlog=lambda: self.manager.store.backlog,
                     nicknames=lambda: len(self.manager.members()),
@@ -315,6 +347,31 @@ class Server:
         # against max_per_ip like any other connection.
         await self._serve(conn, handshake=conn)
 
+    async def _on_irc_connect(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        conn = StreamConnection(reader, writer)
+        if (refusal := self._refusal(_ip(conn))) is not None:
+            writer.write(error_line(refusal.text))
+            writer.close()
+            return
+        if not INHERITS_SOCKET_OPTIONS:
+            self._configure_socket(writer.get_extra_info("socket"))
+        await self._serve(conn, irc=True)
+
+    async def _on_ircs_connect(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        assert self.tls is not None
+        conn = TLSConnection(reader, writer, self.tls.context)
+        if self._refusal(_ip(conn)) is not None:
+            conn.abort()
+            await conn.wait_closed()
+            return
+        if not INHERITS_SOCKET_OPTIONS:
+            self._configure_socket(writer.get_extra_info("socket"))
+        await self._serve(conn, handshake=conn, irc=True)
+
     def _take(self, ip: str) -> None:
         self._slots += 1
         self._per_ip[ip] += 1
@@ -342,25 +399,36 @@ class Server:
         handshake: TLSConnection | None = None,
         *,
         slot_held: bool = False,
+        irc: bool = False,
     ) -> None:
         """Run one admitted connection's session to its end."""
         ip = _ip(conn)
         task = asyncio.current_task()
         assert task is not None
-        session = Session(
-            self.manager,
-            self.settings,
-            conn,
-            fmt=Format.JSON if conn.transport == "ws" else Format.TEXT,
-            dispatcher=self.dispatcher,
-        )
+        session: Session
+        if irc:
+            session = IrcClient(
+                self.manager,
+                self.settings,
+                conn,
+                codecs=self._irc_codecs,
+                dispatcher=self.dispatcher,
+            )
+        else:
+            session = Session(
+                self.manager,
+                self.settings,
+                conn,
+                fmt=Format.JSON if conn.transport == "ws" else Format.TEXT,
+                dispatcher=self.dispatcher,
+            )
         self._sessions[session] = task
         if not slot_held:
             self._take(ip)
         try:
             if handshake is not None and not await self._handshake(handshake):
                 return
-            self.stats.connections[conn.transport] += 1
+            self.stats.connections[session.kind] += 1
             await session.run()
         except asyncio.CancelledError:
             # The last resort of shutdown. Python 3.11's start_server callback

@@ -143,6 +143,11 @@ class Session(Outbox, Caller):
     def __repr__(self) -> str:
         return f"<Session {self.nick or '-'} {self.peer}>"
 
+    @property
+    def kind(self) -> str:
+        """What the metrics count it as: its transport (``tcp``, ``tls``, ``ws``)."""
+        return self._conn.transport
+
     def sweep(self, now: float) -> None:
         """The once-a-second checks: the outbox's (Outbox.sweep), then
         keepalive pings."""
@@ -221,7 +226,7 @@ class Session(Outbox, Caller):
 
     async def _process_input(self) -> str:
         settings = self._settings
-        framer = LineFramer(self._line_limit())
+        framer = self._framer()
         backlog: deque[bytes | ChatError] = deque()
         loop = asyncio.get_running_loop()
         limits = InputLimits.of(settings, loop.time()) if settings.msg_rate > 0 else None
@@ -274,9 +279,9 @@ class Session(Outbox, Caller):
                 limits.lines.charge(self._cost)
             self._cost = 0
 
-    def _line_limit(self) -> int:
-        """The longest line this connection may send, its terminator aside."""
-        return self._settings.max_line
+    def _framer(self) -> LineFramer:
+        """What splits this connection's input into lines, with its limit."""
+        return LineFramer(self._settings.max_line)
 
     def _registration_limit(self, line_waiting: bool) -> str | None:
         """End a connection that sends too much before choosing a nickname.

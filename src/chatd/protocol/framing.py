@@ -46,14 +46,17 @@ class LineFramer:
     ``max_line + 1`` bytes, whatever the peer sends.
     """
 
-    __slots__ = ("_buf", "_discarding", "_telnet", "max_line")
+    __slots__ = ("_buf", "_discarding", "_strips_telnet", "_telnet", "max_line")
 
-    def __init__(self, max_line: int) -> None:
+    def __init__(self, max_line: int, *, telnet: bool = True) -> None:
+        """``telnet=False``: the peer is no telnet client (IRC), so a 0xFF
+        byte is data, not the start of a negotiation."""
         if max_line < 1:
             raise ValueError("max_line must be positive")
         self.max_line = max_line
         self._buf = bytearray()
         self._discarding = False
+        self._strips_telnet = telnet
         self._telnet = _T_DATA
 
     @property
@@ -62,7 +65,7 @@ class LineFramer:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[bytes | LineTooLong]:
-        if self._telnet != _T_DATA or b"\xff" in data:
+        if self._strips_telnet and (self._telnet != _T_DATA or b"\xff" in data):
             data = self._strip_telnet(data)
         out: list[bytes | LineTooLong] = []
         buf = self._buf
