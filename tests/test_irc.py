@@ -1121,7 +1121,7 @@ async def test_nothing_is_delivered_before_the_welcome(gw: Gateway) -> None:
 
 async def test_irc_over_tls(start_server: StartServer, cert_pair: tuple[str, str]) -> None:
     cert, key = cert_pair
-    server = await start_server(irc_port=0, irc_tls_port=0, tls_cert=cert, tls_key=key)
+    server = await start_server(irc_port=0, irc_tls_port=0, tls_port=0, tls_cert=cert, tls_key=key)
     trust = ssl.create_default_context(cafile=cert)
     gw = Gateway(server)
     secure = await IrcClient.open(server.irc_tls_port, tls=trust)

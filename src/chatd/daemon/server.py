@@ -20,6 +20,7 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from chatd.config import Settings
@@ -153,13 +154,15 @@ class Server:
                         name,
                     )
             if not s.tls_only:
-                self._listener = await self._listen(self._on_connect, s.port)
+                self._listener = await self._listen(self._accept, s.port)
             if self.tls is not None:
-                self._tls_listener = await self._listen(self._on_tls_connect, s.tls_port)
+                self._tls_listener = await self._listen(partial(self._accept, tls=True), s.tls_port)
             if s.irc_port is not None:
-                self._irc_listener = await self._listen(self._on_irc_connect, s.irc_port)
+                self._irc_listener = await self._listen(partial(self._accept, irc=True), s.irc_port)
             if s.irc_tls_port is not None and self.tls is not None:
-                self._ircs_listener = await self._listen(self._on_ircs_connect, s.irc_tls_port)
+                self._ircs_listener = await self._listen(
+                    partial(self._accept, tls=True, irc=True), s.irc_tls_port
+                )
             if s.http_port is not None:
                 self._web = WebGateway(
                     s,
@@ -320,57 +323,35 @@ class Server:
             return False
         return True
 
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = StreamConnection(reader, writer)
+    async def _accept(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        tls: bool = False,
+        irc: bool = False,
+    ) -> None:
+        """A connection accepted on a chat port (plain or TLS, chatd's or
+        IRC's): refused as the admission limits say, or served."""
+        tls_conn = TLSConnection(reader, writer, self.tls.context) if tls and self.tls else None
+        conn: Connection = tls_conn or StreamConnection(reader, writer)
         if (refusal := self._refusal(_ip(conn))) is not None:
+            if tls_conn is not None:
+                # No plaintext on a TLS port: the client sees the connection end.
+                tls_conn.abort()
+                await tls_conn.wait_closed()
+                return
             # The line is tiny: it fits the socket buffer, so close() cannot hang.
-            writer.write(render(Error.of(refusal), Format.TEXT))
+            writer.write(
+                error_line(refusal.text) if irc else render(Error.of(refusal), Format.TEXT)
+            )
             writer.close()
             return
         if not INHERITS_SOCKET_OPTIONS:
             self._configure_socket(writer.get_extra_info("socket"))
-        await self._serve(conn)
-
-    async def _on_tls_connect(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        assert self.tls is not None
-        conn = TLSConnection(reader, writer, self.tls.context)
-        if self._refusal(_ip(conn)) is not None:
-            # No plaintext on a TLS port: the client sees the connection end.
-            conn.abort()
-            await conn.wait_closed()
-            return
-        if not INHERITS_SOCKET_OPTIONS:
-            self._configure_socket(writer.get_extra_info("socket"))
-        # The handshake holds a connection slot, so stalled handshakes count
+        # A TLS handshake holds a connection slot, so stalled handshakes count
         # against max_per_ip like any other connection.
-        await self._serve(conn, handshake=conn)
-
-    async def _on_irc_connect(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        conn = StreamConnection(reader, writer)
-        if (refusal := self._refusal(_ip(conn))) is not None:
-            writer.write(error_line(refusal.text))
-            writer.close()
-            return
-        if not INHERITS_SOCKET_OPTIONS:
-            self._configure_socket(writer.get_extra_info("socket"))
-        await self._serve(conn, irc=True)
-
-    async def _on_ircs_connect(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        assert self.tls is not None
-        conn = TLSConnection(reader, writer, self.tls.context)
-        if self._refusal(_ip(conn)) is not None:
-            conn.abort()
-            await conn.wait_closed()
-            return
-        if not INHERITS_SOCKET_OPTIONS:
-            self._configure_socket(writer.get_extra_info("socket"))
-        await self._serve(conn, handshake=conn, irc=True)
+        await self._serve(conn, handshake=tls_conn, irc=irc)
 
     def _take(self, ip: str) -> None:
         self._slots += 1
