@@ -88,23 +88,31 @@ def test_bench_quick_over_websockets() -> None:
     check_figures(reports, "chatd-ws")
 
 
-def test_bench_refuses_history_over_websockets() -> None:
+def refused(*args: str) -> str:
+    """What the bench says when it refuses ``args`` before starting anything."""
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "chatd",
-            "bench",
-            "--quick",
-            "--transport",
-            "ws",
-            "--scenario",
-            "login",
-        ],
+        [sys.executable, "-m", "chatd", "bench", "--quick", *args],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 1
-    assert "TCP only" in result.stderr
+    return result.stderr
+
+
+def test_bench_refuses_history_over_websockets() -> None:
+    assert "TCP only" in refused("--transport", "ws", "--scenario", "login")
+
+
+def test_bench_quick_over_irc() -> None:
+    """Every scenario with every client an IRC client (echo-message on)."""
+    reports = bench("--transport", "irc")
+    check_figures(reports, "chatd-irc")
+    assert reports["fanout", "chatd-irc"]["server_cpu_us_per_delivery"] > 0  # type: ignore[operator]
+
+
+def test_bench_refuses_over_irc_what_irc_cannot_carry() -> None:
+    assert "TCP only" in refused("--transport", "irc", "--scenario", "history")
+    assert "512 bytes" in refused("--transport", "irc", "--payload", "1000")

@@ -50,7 +50,17 @@ Scenarios (``--scenario``, comma-separated):
 
 ``--transport ws`` runs the same scenarios with every chatd client on a
 WebSocket to the web port instead of a TCP connection (reported as server
-``chatd-ws``).
+``chatd-ws``). ``--transport irc`` runs them over the IRC gateway (reported
+as ``chatd-irc``): every client registers as an IRC client would (``CAP LS
+302``, ``CAP REQ :echo-message``, ``NICK``, ``USER``, ``CAP END``, then waits
+for the end of the MOTD) and joins its room's channel ``#room`` (waits for
+the end of NAMES); talkers send ``PRIVMSG #room :payload`` and are
+confirmed by their own line coming back (echo-message); barriers are
+``PING :token``, whose PONG comes after every earlier command of that
+connection has been carried out; listeners count `` PRIVMSG #`` in what
+arrives. A PING from the server is answered with its PONG. An IRC line is at
+most 512 bytes, so ``--payload`` is at most 400 there. history and login
+run over TCP only, as with ``ws``.
 
 ``--cluster N`` spawns a ``redis-server`` and N daemons joined through it
 (cluster mode) and spreads the clients of every scenario over the N daemons
@@ -83,9 +93,18 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from chatd.protocol.irc import BadMessage, IrcMessage, parse_message
+
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _STAMP_RE = re.compile(rb"~t[0-9x]+~(\d+)~")
 _MARKERS = {"chatd": b'"type":"message"', "redis": b"$7\r\nmessage\r\n"}
+#: What marks a message delivered over IRC (the trailing ``:`` may be left
+#: out when the text has no space), and a PING from the server.
+_IRC_MARKER = b" PRIVMSG #"
+_IRC_PING_RE = re.compile(rb"(?<=\n)(?::\S+ +)?PING +([^\r\n]*)\r?\n")
+#: The longest ``--payload`` over IRC: the line relayed to members (source,
+#: ``PRIVMSG #room :``, CR LF) must stay within IRC's 512 bytes.
+IRC_MAX_PAYLOAD = 400
 SCENARIOS = ("fanout", "latency", "rooms", "idle", "storm")
 #: chatd-only scenarios (no Redis counterpart), run only when named.
 EXTRA_SCENARIOS = ("history", "login")
@@ -119,8 +138,9 @@ class Target:
     port: int
     pid: int | None
     proc: subprocess.Popen[bytes] | None = None
-    #: How chatd's clients connect: "tcp" (JSON lines) or "ws" (WebSocket
-    #: frames to the web port, which ``port`` then is).
+    #: How chatd's clients connect: "tcp" (JSON lines), "ws" (WebSocket
+    #: frames to the web port, which ``port`` then is) or "irc" (IRC lines
+    #: to the IRC port, which ``port`` then is).
     transport: str = "tcp"
     #: Cluster mode: the other daemons (clients are spread over all of them)
     #: and the Redis joining them.
@@ -137,7 +157,7 @@ class Target:
         nodes = 1 + sum(t.kind == "chatd" for t in self.others)
         if nodes > 1:
             return f"{self.kind}-cluster{nodes}"
-        return f"{self.kind}-ws" if self.transport == "ws" else self.kind
+        return self.kind if self.transport == "tcp" else f"{self.kind}-{self.transport}"
 
     @property
     def ports(self) -> list[int]:
@@ -223,19 +243,15 @@ def _fresh_database(db: str | None) -> tuple[str, str | None]:
     return db, scratch
 
 
-def spawn_chatd(
-    loop: str, db: str | None = ":memory:", transport: str = "tcp", extra: Sequence[str] = ()
-) -> Target:
-    """Start ``chatd serve`` on a free loopback port, configured for load.
+def _free_port() -> int:
+    """A loopback port free at the moment (for a server told its port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
 
-    ``db=None`` is the default store, SQLite, on a new file in a directory
-    of its own that is removed when the daemon stops. A named database file
-    is emptied first: each spawn measures a fresh store.
-    One that a running daemon holds is left alone, and the bench stops.
-    With ``transport="ws"`` the web port is opened too, with WebSocket pings
-    off: the load generator frames what it sends but never parses frames.
-    """
-    db, scratch = _fresh_database(db)
+
+def _chatd_command(loop: str, db: str, transport: str, irc_port: int) -> list[str]:
     cmd = [
         sys.executable,
         "-m",
@@ -262,7 +278,39 @@ def spawn_chatd(
     ]
     if transport == "ws":
         cmd += ["--http-port", "0", "--ws-ping-interval", "86400"]
-    cmd += extra
+    elif transport == "irc":
+        cmd += ["--irc-port", str(irc_port)]
+    return cmd
+
+
+def _accepting(host: str, port: int, deadline: float) -> bool:
+    """Whether ``host:port`` takes a connection before the deadline."""
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.05)  # still opening; this is the harness, not a test
+    return False
+
+
+def spawn_chatd(
+    loop: str, db: str | None = ":memory:", transport: str = "tcp", extra: Sequence[str] = ()
+) -> Target:
+    """Start ``chatd serve`` on a free loopback port, configured for load.
+
+    ``db=None`` is the default store, SQLite, on a new file in a directory
+    of its own that is removed when the daemon stops. A named database file
+    is emptied first: each spawn measures a fresh store.
+    One that a running daemon holds is left alone, and the bench stops.
+    With ``transport="ws"`` the web port is opened too, with WebSocket pings
+    off: the load generator frames what it sends but never parses frames.
+    With ``transport="irc"`` the IRC port is opened too, on a free port, and
+    the daemon is ready once that port takes a connection.
+    """
+    db, scratch = _fresh_database(db)
+    irc_port = _free_port() if transport == "irc" else 0
+    cmd = _chatd_command(loop, db, transport, irc_port) + list(extra)
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     deadline = time.monotonic() + 30
@@ -277,7 +325,10 @@ def spawn_chatd(
             web_port = int(web.group(2))
         if m := re.search(r"listening on (\S+):(\d+)", seen[-1]):
             _pump_stderr(proc, "chatd")
-            port = web_port if transport == "ws" else int(m.group(2))
+            port = {"ws": web_port, "irc": irc_port}.get(transport, int(m.group(2)))
+            if transport == "irc" and not _accepting(m.group(1), port, deadline):
+                seen.append(f"(nothing accepted connections on the IRC port {port})")
+                break
             store, path = ("memory", "") if db == ":memory:" else ("sqlite", db)
             return Target(
                 "chatd",
@@ -302,9 +353,7 @@ def spawn_redis() -> Target:
     exe = shutil.which("redis-server")
     if exe is None:
         raise SystemExit("chatd bench: --baseline redis needs redis-server on the PATH")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     cmd = [
         exe,
         "--port",
@@ -375,6 +424,8 @@ class BenchClient:
     Over WebSocket the client frames what it sends with websockets'
     sans-I/O protocol and counts markers in the raw bytes it receives, as
     over TCP: server frames are unmasked, so their JSON is there as sent.
+    Over IRC it registers and joins reading line by line (every refusal is
+    an error), then counts ``PRIVMSG`` lines in the raw bytes.
     """
 
     def __init__(self, spec: ClientSpec, kind: str, transport: str = "tcp") -> None:
@@ -389,9 +440,11 @@ class BenchClient:
         self.latencies: list[float] = []
         self.sampling = False
         self.progress = asyncio.Event()
-        self._marker = _MARKERS[kind]
+        self._irc = kind == "chatd" and transport == "irc"
+        self._marker = _IRC_MARKER if self._irc else _MARKERS[kind]
         self._tag = f"~{spec.name}~".encode()
-        self._awaited: bytes | None = None
+        #: What ends the awaited answer to a ping (any one of them).
+        self._awaited: tuple[bytes, ...] | None = None
         self._found = asyncio.Event()
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
@@ -408,9 +461,14 @@ class BenchClient:
                 self.sender = Sender.beside(self.writer)
         if self.transport == "ws":
             await self._handshake(host, port)
+        elif self._irc:
+            await self._irc_register()
+            await self._irc_join()
         self._task = asyncio.create_task(self._read_loop())
         if self.kind == "redis":
             hello = f"SUBSCRIBE {self.spec.room}\r\n".encode()
+        elif self._irc:  # registered and joined above
+            hello = b""
         elif self.transport == "ws":  # JSON is fixed on a WebSocket
             hello = self.line(f"/nick {self.spec.name}") + self.line(f"/join {self.spec.room}")
         else:
@@ -431,9 +489,64 @@ class BenchClient:
         if protocol.state is not State.OPEN:
             raise ConnectionRefusedError(f"WebSocket handshake failed: {protocol.handshake_exc}")
 
+    async def _irc_register(self) -> None:
+        """Register as an IRC client that wants echo-message; return at the
+        end of the MOTD (376, or 422 without one)."""
+        assert self.writer is not None
+        name = self.spec.name
+        self.writer.write(
+            b"CAP LS 302\r\nCAP REQ :echo-message\r\n"
+            + f"NICK {name}\r\nUSER {name} 0 * :{name}\r\nCAP END\r\n".encode()
+        )
+        echo = False
+        while True:
+            msg = await self._irc_line("registering")
+            if msg.command == "CAP" and len(msg.params) >= 3 and msg.params[1] == "ACK":
+                echo = echo or "echo-message" in msg.params[2].split()
+            elif msg.command == "CAP" and len(msg.params) >= 2 and msg.params[1] == "NAK":
+                refused = " ".join(msg.params)
+                raise ConnectionRefusedError(f"IRC: echo-message refused: CAP {refused}")
+            elif msg.command in ("376", "422"):
+                break
+        if not echo:
+            raise ConnectionRefusedError("IRC: registered without echo-message acknowledged")
+
+    async def _irc_join(self) -> None:
+        """Join the room's channel; return at the end of NAMES (366)."""
+        assert self.writer is not None
+        self.writer.write(f"JOIN #{self.spec.room}\r\n".encode())
+        while (await self._irc_line("joining")).command != "366":
+            pass
+
+    async def _irc_line(self, doing: str) -> IrcMessage:
+        """The next IRC message (before the read loop runs); a server PING is
+        answered, an ERROR or an error numeric (400-599) raises."""
+        assert self.reader is not None
+        assert self.writer is not None
+        while True:
+            raw = await self.reader.readline()
+            if not raw.endswith(b"\n"):
+                raise ConnectionResetError(f"IRC: closed while {doing}: {raw!r}")
+            text = raw.decode(errors="replace").rstrip("\r\n")
+            try:
+                msg = parse_message(text)
+            except BadMessage:
+                raise ConnectionRefusedError(
+                    f"IRC: not an IRC line while {doing}: {raw!r}"
+                ) from None
+            if msg.command == "PING":
+                self.writer.write(b"PONG " + raw.partition(b"PING ")[2])
+                continue
+            code = int(msg.command) if msg.command.isdigit() else 0
+            if msg.command == "ERROR" or (400 <= code < 600 and code != 422):
+                raise ConnectionRefusedError(f"IRC: refused while {doing}: {text}")
+            return msg
+
     def line(self, text: str | bytes) -> bytes:
         """One command line as sent on this transport: a line, or a frame."""
         data = text.encode() if isinstance(text, str) else text
+        if self._irc:
+            return data + b"\r\n"
         if self._ws is None:
             return data + b"\n"
         self._ws.send_text(data)
@@ -442,11 +555,16 @@ class BenchClient:
     async def roundtrip(self, token: str, before: bytes = b"") -> None:
         """Send, then a ping; wait for its answer (all earlier output is in)."""
         assert self.writer is not None
-        if self.kind == "chatd":
-            self._awaited = f'"token":"{token}"'.encode()
+        if self._irc:
+            # The token is the PONG's last parameter, written with or
+            # without the ``:`` of a trailing one.
+            self._awaited = tuple(f"PONG chatd {c}{token}\r\n".encode() for c in ("", ":"))
+            ping = self.line(f"PING :{token}")
+        elif self.kind == "chatd":
+            self._awaited = (f'"token":"{token}"'.encode(),)
             ping = self.line(f"/ping {token}")
         else:
-            self._awaited = f"${len(token)}\r\n{token}\r\n".encode()
+            self._awaited = (f"${len(token)}\r\n{token}\r\n".encode(),)
             ping = f"PING {token}\r\n".encode()
         self._found.clear()
         self.writer.write(before + ping)
@@ -457,7 +575,9 @@ class BenchClient:
         assert self.reader is not None
         marker, tag = self._marker, self._tag
         keep = 256
-        tail = b""
+        # Over IRC the read loop starts at a line's start (registration read
+        # whole lines): a PING is a line after a line feed.
+        tail = b"\n" if self._irc else b""
         stamps = b""
         while data := await self.reader.read(1 << 18):
             now = time.monotonic()
@@ -471,10 +591,20 @@ class BenchClient:
                     self.progress.set()
             if self.sampling:
                 stamps = self._take_stamps(stamps + data, now)
-            if self._awaited is not None and self._awaited in buf:
+            if self._awaited is not None and any(a in buf for a in self._awaited):
                 self._awaited = None
                 self._found.set()
+            if self._irc and b"PING " in buf:
+                self._irc_pong(buf, len(tail))
             tail = buf[-keep:]
+
+    def _irc_pong(self, buf: bytes, seen: int) -> None:
+        """Answer each server PING whose line ends past ``seen`` (not answered
+        with the previous chunk)."""
+        assert self.writer is not None
+        for m in _IRC_PING_RE.finditer(buf):
+            if m.end() > seen:
+                self.writer.write(b"PONG " + m.group(1) + b"\r\n")
 
     def _take_stamps(self, buf: bytes, now: float) -> bytes:
         """Record the latency of each stamp in ``buf``; return the unparsed rest."""
@@ -488,6 +618,8 @@ class BenchClient:
         """One payload of about ``size`` bytes: tag, scheduled time, padding."""
         head = f"{self.spec.name}~{int(stamp * 1e6)}~"
         body = "~" + head + "x" * max(0, size - len(head) - 1)
+        if self._irc:
+            return self.line(f"PRIVMSG #{self.spec.room} :{body}")
         if self.kind == "chatd":
             return self.line(body)
         return f"PUBLISH {self.spec.room} {body}\r\n".encode()
@@ -569,13 +701,18 @@ class Worker:
         """Connect every client; return (ready, failed)."""
         limiter = asyncio.Semaphore(parallel or len(self.clients) or 1)
         host, ports = self.job["host"], self.job["ports"]
+        told = False
 
         async def one(client: BenchClient) -> bool:
+            nonlocal told
             async with limiter:
                 try:
                     async with asyncio.timeout(60):
                         await client.connect(host, ports[client.spec.node])
-                except (OSError, TimeoutError):
+                except (OSError, TimeoutError) as exc:
+                    if not told:  # the first reason, once per worker
+                        told = True
+                        sys.stderr.write(f"chatd bench: {client.spec.name}: {exc!r}\n")
                     return False
                 return True
 
@@ -1197,10 +1334,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--transport",
-        choices=("tcp", "ws"),
+        choices=("tcp", "ws", "irc"),
         default="tcp",
-        help="how chatd's clients connect: TCP lines, or WebSockets to the web port "
-        "(with --host, --port is then the web port); history and login are TCP only",
+        help="how chatd's clients connect: TCP lines, WebSockets to the web port, or IRC "
+        "(registered with echo-message) to the IRC port; with --host, --port is then that "
+        f"port; history and login are TCP only; --payload is at most {IRC_MAX_PAYLOAD} "
+        "over IRC",
     )
     parser.add_argument(
         "--cluster",
@@ -1286,8 +1425,15 @@ def main(opts: argparse.Namespace) -> int:
         raise SystemExit(f"chatd bench: unknown scenario(s): {', '.join(sorted(unknown))}")
     if opts.cluster > 1 and (opts.transport != "tcp" or opts.host):
         raise SystemExit("chatd bench: --cluster spawns its daemons and runs over TCP")
-    if opts.transport == "ws" and set(scenarios) & set(EXTRA_SCENARIOS):
-        raise SystemExit("chatd bench: history and login run over TCP only (drop --transport ws)")
+    if opts.transport != "tcp" and set(scenarios) & set(EXTRA_SCENARIOS):
+        raise SystemExit(
+            f"chatd bench: history and login run over TCP only (drop --transport {opts.transport})"
+        )
+    if opts.transport == "irc" and opts.payload > IRC_MAX_PAYLOAD:
+        raise SystemExit(
+            f"chatd bench: an IRC line is at most 512 bytes: --payload at most "
+            f"{IRC_MAX_PAYLOAD} with --transport irc"
+        )
     chatd_runs: list[list[Result]] = []
     redis_runs: list[list[Result]] = []
     for _ in range(opts.runs):
