@@ -10,6 +10,7 @@ something did not come.
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -1196,3 +1197,186 @@ async def test_server_operators(open_gateway: OpenGateway) -> None:
     quit_ = await watcher.expect("QUIT")
     assert (quit_.nick, quit_.text) == ("victim", "killed by root: spam")
     await root.expect("NOTICE", lambda m: "victim" in m.text)
+
+
+# ---------------------------------------------------------------------------
+# Hostile and careless clients: what an attacker or a sloppy bot sends gets a
+# numeric (or nothing) and leaves the connection, the room and the daemon as
+# they were.
+
+
+@pytest.mark.both_stores
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"WHOIS :",
+        b"WHOIS ::x",
+        b"NICK ::x",
+        b"JOIN ::x",
+        b"KICK #fz ::x",
+        b"MODE #fz +b ::x",
+        b"NAMES ,",
+        b"WHO :",
+        b"PRI\0VMSG #fz :ab",
+        b"PING a\0b",
+        b"CAP REQ :a\rb",
+        b"JOIN #" + b"z" * 503,
+        b"WHOIS " + b"w" * 503,
+    ],
+)
+async def test_a_reply_that_repeats_a_bad_parameter_keeps_the_connection(
+    gw: Gateway, line: bytes
+) -> None:
+    """Replies that echo a parameter IRC cannot write (empty, ``:x``, NUL,
+    CR, 500 bytes) are written anyway, within 512 bytes, and the sender stays."""
+    ann = await gw.irc("ann")
+    bob = await gw.irc("bob")
+    await join(ann, "#fz")
+    await join(bob, "#fz")
+    await ann.send(line)
+    await ann.sync()  # a PONG after the reply: still connected (every line read is checked)
+    assert "QUIT" not in verbs(await bob.sync())
+    await ann.send("PRIVMSG #fz :still here")
+    assert (await bob.expect("PRIVMSG")).text == "still here"
+
+
+async def test_a_key_irc_cannot_write_is_refused_and_modes_stay_readable(gw: Gateway) -> None:
+    op = await gw.irc("kop")
+    other = await gw.irc("kmem")
+    await join(op, "#kx")
+    await join(other, "#kx")
+    for key in ("::abc", "k,ey"):  # "::abc": the key ":abc", as the trailing parameter
+        await op.send(f"MODE #kx +lk 5 {key}")
+        refused = await op.expect("472")  # +l 5 is taken; the key is refused
+        assert "comma" in refused.text
+    await op.send("MODE #kx +k -i")  # IRC takes arguments in order: the key is "-i"
+    change = await other.expect("MODE", lambda m: m.params[1] == "+k")
+    assert change.params[2:] == ("-i",)
+    await other.send("MODE #kx")
+    shown = await other.expect("324")
+    assert shown.params[2].startswith("+")
+    await other.sync()
+
+
+async def test_one_line_with_many_targets_is_paced_as_many(open_gateway: OpenGateway) -> None:
+    gw = await open_gateway(msg_rate=5.0, flood_factor=3.0)
+    amp = await gw.irc("amp")
+    watcher = await gw.irc("watcher")
+    await join(amp, "#amp")
+    await join(watcher, "#amp")
+    await amp.send("PRIVMSG " + ",".join(["#amp"] * 80) + ",watcher,WATCHER,x1,x2,x3 :ampN")
+    refused = await amp.expect("407")
+    assert refused.params[1] == "x3"  # #amp, watcher, x1 and x2 were the first four
+    lines = await watcher.sync()
+    assert [line.text for line in lines if line.verb == "PRIVMSG"] == ["ampN", "ampN"]
+    assert "TARGMAX=JOIN:,KICK:4,NAMES:,NOTICE:4,PART:,PRIVMSG:4" in str(
+        [line.raw for line in amp.seen if line.verb == "005"]
+    )
+
+
+async def test_a_line_cut_off_by_a_disconnect_never_runs(gw: Gateway) -> None:
+    cut = await gw.irc("mida")
+    bob = await gw.irc("bob")
+    await join(cut, "#mid")
+    await join(bob, "#mid")
+    cut.writer.write(b"PRIVMSG #mid :this line was cut off in the mi")
+    await cut.writer.drain()
+    cut.writer.write_eof()
+    lines = await bob.lines_until("QUIT", lambda m: m.nick == "mida")
+    assert "PRIVMSG" not in verbs(lines + await bob.sync())
+
+
+async def test_sasl_is_for_registration_only_and_checks_its_parts(gw: Gateway) -> None:
+    await gw.account("acct2")
+    late = await gw.irc("latesasl", caps=["sasl"])
+    await late.send("AUTHENTICATE PLAIN")
+    assert (await late.expect("904")).text.endswith("log in before the welcome")
+    early = await gw.irc()
+    await early.send("CAP LS 302", "NICK x1", "USER u 0 * :u", "CAP REQ :sasl")
+    await early.expect("CAP", lambda m: m.params[1] == "ACK")
+    await early.send("AUTHENTICATE")
+    await early.expect("461")
+    await early.send("AUTHENTICATE PLAIN")
+    await early.expect("AUTHENTICATE")
+    await early.send("AUTHENTICATE " + "A" * 401)
+    await early.expect("905")
+    # Logging in as someone else (an authzid that is not the account): refused.
+    await early.send("AUTHENTICATE PLAIN")
+    await early.expect("AUTHENTICATE")
+    other = base64.b64encode(f"someone\0acct2\0{PASSWORD}".encode()).decode()
+    await early.send(f"AUTHENTICATE {other}")
+    await early.expect("904")
+    await early.send("CAP END")
+    welcome = await early.expect("001")
+    assert welcome.params[0] == "x1"
+
+
+async def test_an_over_long_line_after_a_notice_is_answered(gw: Gateway) -> None:
+    ann = await gw.irc("ann")
+    await ann.send("NOTICE #nope :x")  # a NOTICE is never answered...
+    await ann.send("PRIVMSG #x :" + "y" * 600)  # ...but the next line is its own
+    await ann.expect("417")
+
+
+async def test_capability_values_only_for_cap_302(gw: Gateway) -> None:
+    old = await gw.irc()
+    await old.send("CAP LS")
+    listed = await old.expect("CAP")
+    assert "sasl" in listed.text.split()
+    assert "=" not in listed.text
+    new = await gw.irc()
+    await new.send("CAP LS 302")
+    assert "sasl=PLAIN" in (await new.expect("CAP")).text.split()
+
+
+async def test_a_bad_tag_does_not_lose_the_message(gw: Gateway) -> None:
+    ann = await gw.irc("ann")
+    bob = await gw.irc("bob")
+    await join(ann, "#t")
+    await join(bob, "#t")
+    await ann.send("@=x PRIVMSG #t :notag", "@+typing=active TAGMSG #t")
+    assert (await bob.expect("PRIVMSG")).text == "notag"
+    assert "TAGMSG" not in verbs(await bob.sync())  # client tags go nowhere (CLIENTTAGDENY=*)
+
+
+async def test_a_tab_is_no_separator_and_a_same_nick_no_change(gw: Gateway) -> None:
+    ann = await gw.irc("Ann")
+    await ann.send("PRIVMSG\t#fz :tab")
+    await ann.expect("421")
+    await ann.send("NICK Ann")
+    assert "NICK" not in verbs(await ann.sync())
+
+
+async def test_an_enormous_history_id_is_refused_not_crashed(gw: Gateway) -> None:
+    ann = await gw.irc("ann", caps=["batch", "draft/chathistory"])
+    await join(ann, "#big")
+    await ann.send("CHATHISTORY BEFORE #big msgid=9223372036854775808 5")
+    fail = await ann.expect("FAIL")
+    assert fail.params[:2] == ("CHATHISTORY", "INVALID_PARAMS")
+    nc = await gw.nc("carl")
+    await nc.send("/history general 5 before=99999999999999999999999999")
+    await nc.expect_line("bad_args|usage")
+    await nc.send("still talking")
+    await nc.expect_line("still talking")
+
+
+async def test_empty_list_items_are_skipped(gw: Gateway) -> None:
+    ann = await gw.irc("ann")
+    await ann.send("JOIN #a,,#a,")
+    await ann.expect("366")
+    lines = await ann.sync()
+    assert "403" not in verbs(lines)
+    assert "JOIN" not in verbs(lines)
+
+
+async def test_chatd_users_are_untouched_by_an_irc_attack(gw: Gateway) -> None:
+    """Everything above, next to a chatd user: its room keeps working."""
+    json_user = await gw.json("carol")
+    ann = await gw.irc("ann")
+    await join(ann, "#general")
+    for line in (b"WHOIS :", b"MODE #general +b ::x", b"PRIVMSG " + b",".join([b"#general"] * 9)):
+        await ann.send(line + b" :boom")
+    await ann.send("PRIVMSG #general :fine")
+    await json_user.expect(said("fine"))
+    assert isinstance(json_user, LineClient)
+    await asyncio.wait_for(enter(json_user, "other"), DEADLINE)

@@ -67,7 +67,7 @@ from chatd.protocol.ircmap import (
     fit,
     room_of,
 )
-from chatd.protocol.moderation import Role, parse_duration, parse_mode_changes
+from chatd.protocol.moderation import MODE_FLAGS, ModeChange, Role, mode_change, parse_duration
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class IrcClient(IrcQueries):
             raise BadArgs("Not enough parameters")
         if params[0] == "0":
             return self.steps(self._leave_step(room.name) for room in list(self.rooms.values()))
-        chans = params[0].split(",")
+        chans = self.targets(params[0], limit=None)
         keys = params[1].split(",") if len(params) > 1 else []
         return self._join_all(chans, keys)
 
@@ -149,7 +149,7 @@ class IrcClient(IrcQueries):
         if not message.params:
             raise BadArgs("Not enough parameters")
         steps = []
-        for chan in message.params[0].split(","):
+        for chan in self.targets(message.params[0], limit=None):
             steps.append(self._part_step(chan))
         return self.steps(steps)
 
@@ -178,7 +178,7 @@ class IrcClient(IrcQueries):
             raise BadArgs("Not enough parameters")
         chan, reason = params[0], strip_formatting(params[2]) if len(params) > 2 else ""
         self.in_room(chan)
-        steps = [self._kick_step(chan, nick, reason) for nick in params[1].split(",")]
+        steps = [self._kick_step(chan, nick, reason) for nick in self.targets(params[1])]
         return self.steps(steps)
 
     def _kick_step(self, chan: str, nick: str, reason: str) -> Step:
@@ -215,7 +215,9 @@ class IrcClient(IrcQueries):
             if not notice:
                 self.numeric("412", "No text to send")
             return None
-        targets, text = params[0].split(","), params[1]
+        targets, text = self.targets(params[0]), params[1]
+        if not targets:
+            return None
         action = ctcp_action(text)
         if action is None and text.startswith("\x01"):
             return None  # CTCP other than ACTION: not carried between clients
@@ -290,8 +292,9 @@ class IrcClient(IrcQueries):
 
     def _mode_steps(self, chan: str, letters: str, args: list[str]) -> list[Step]:
         """``+o-v+kl bob ann key 20``: chatd's room modes in one step, then
-        each role and ban in order."""
-        flags: list[str] = []
+        each role and ban in order. Arguments are taken in order, as IRC
+        writes them (a key may look like anything, ``-i`` included)."""
+        changes: dict[str, ModeChange] = {}  # one per letter, the last given
         later: list[Step] = []
         sign = "+"
         for char in letters:
@@ -304,22 +307,22 @@ class IrcClient(IrcQueries):
                 later.append(self._member_mode_step(chan, char, on, arg))
             elif char == "b":
                 later.append(self._ban_list_step(chan))
-            elif char in "kl" and on:
-                if not args:
+            elif char in MODE_FLAGS:
+                arg = args.pop(0) if args and (on or char == "k") and char in "kl" else None
+                if on and char in "kl" and arg is None:
                     later.append(self._refuse(chan, char, BadArgs("Not enough parameters")))
                     continue
-                flags += [f"+{char}", args.pop(0)]
-            elif char == "k" or char in "ilmst":
-                if char == "k" and args:
-                    args.pop(0)  # -k takes the key, which chatd does not need
-                flags.append(sign + char)
+                try:
+                    changes[char] = mode_change(sign, char, arg)  # -k's key is not needed
+                except BadMode as exc:
+                    later.append(self._refuse(chan, char, exc))
             elif char == "n" and on:
                 continue  # chatd rooms take messages from their members only: +n always
             else:
                 why = f"is unknown mode char to me{' (+n is always set)' if char == 'n' else ''}"
                 later.append(self._refuse(chan, char, BadMode(why)))
-        if flags:
-            later.insert(0, self._room_mode_step(chan, flags))
+        if changes:
+            later.insert(0, self._room_mode_step(chan, tuple(changes.values())))
         return later
 
     def _refuse(self, chan: str, char: str, exc: ChatError) -> Step:
@@ -329,11 +332,10 @@ class IrcClient(IrcQueries):
 
         return refuse
 
-    def _room_mode_step(self, chan: str, flags: list[str]) -> Step:
+    def _room_mode_step(self, chan: str, changes: tuple[ModeChange, ...]) -> Step:
         def mode() -> str | Pending | None:
-            self.context("MODE", chan, mode=flags[0][1:2])
-            room = room_of(chan) or ""
-            return self.run_chatd(Mode(room, parse_mode_changes(flags)))
+            self.context("MODE", chan, mode=changes[0].flag)
+            return self.run_chatd(Mode(room_of(chan) or "", changes))
 
         return mode
 
@@ -433,7 +435,7 @@ class IrcClient(IrcQueries):
         if sub == "LATEST" and ref != "*":
             return self._history_fail("INVALID_PARAMS", ref, "LATEST takes * only")
         if sub == "BEFORE":
-            if not ref.startswith("msgid=") or not ref[6:].isdigit():
+            if not ref.startswith("msgid=") or not ref[6:].isdigit() or len(ref) > 24:
                 return self._history_fail("INVALID_PARAMS", ref, "BEFORE takes msgid=ID")
             before = int(ref[6:])
         if not count.isdigit() or not 1 <= int(count) <= 100:
@@ -442,9 +444,11 @@ class IrcClient(IrcQueries):
             try:
                 wanted = self.in_room(target).name
             except ChatError:
-                return self._history_fail("INVALID_TARGET", target, "not on that channel")
-        elif self.account is None or not check_nick_ok(target):
-            return self._history_fail("INVALID_TARGET", target, "log in for private history")
+                return self._history_fail("INVALID_TARGET", sub, target, "not on that channel")
+        elif not check_nick_ok(target):
+            return self._history_fail("INVALID_TARGET", sub, target, "not a channel or a nickname")
+        elif self.account is None:
+            return self._history_fail("INVALID_TARGET", sub, target, "log in for private history")
         else:
             wanted = "@" + target
         self.context("CHATHISTORY", target)

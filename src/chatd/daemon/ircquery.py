@@ -53,10 +53,30 @@ _NOTICES = (KillDone, KlineSet, KlineLifted, KlineList, ModLog, PasswordChanged)
 Step = Callable[[], str | Pending | None]
 
 
+#: The most targets of one PRIVMSG, NOTICE or KICK (TARGMAX); more: 407.
+MAX_TARGETS = 4
+
+
 class IrcQueries(IrcSession):
     """An IRC connection's questions, and the numerics of chatd's answers."""
 
     __slots__ = ()
+
+    def targets(self, text: str, limit: int | None = MAX_TARGETS) -> list[str]:
+        """A comma list of channels or nicknames: empty items and repeats
+        dropped; each one past the first costs a line of flood control, so
+        one line naming many is paced as many lines are; past ``limit``,
+        ``407``."""
+        found: dict[str, str] = {}
+        for item in text.split(","):
+            if item:
+                found.setdefault(name_key(item), item)
+        chosen = list(found.values())
+        if limit is not None and len(chosen) > limit:
+            self.numeric("407", chosen[limit], f"Too many targets: at most {limit}")
+            chosen = chosen[:limit]
+        self.charge(max(len(chosen) - 1, 0))
+        return chosen
 
     async def steps(self, steps: Iterable[Step]) -> str | None:
         """Run several chatd commands in turn; an error answers its own step."""
@@ -99,7 +119,8 @@ class IrcQueries(IrcSession):
         if not message.params:
             self.numeric("366", "*", "End of /NAMES list.")
             return None
-        return self.steps(self._names_step(chan) for chan in message.params[0].split(","))
+        chans = self.targets(message.params[0], limit=None)
+        return self.steps(self._names_step(chan) for chan in chans)
 
     def _names_step(self, chan: str) -> Step:
         def who() -> str | Pending | None:

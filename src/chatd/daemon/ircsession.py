@@ -44,6 +44,7 @@ from chatd.protocol import (
     TopicIs,
     check_nick,
     clean_text,
+    name_key,
 )
 from chatd.protocol.irc import MAX_CLIENT_TAGS, MAX_LINE, BadMessage, IrcMessage, parse_message
 from chatd.protocol.ircmap import LINE_CAPS, SERVER, IrcCodec, channel, source_of, wire
@@ -201,7 +202,7 @@ class IrcSession(Session):
 
     def _framer(self) -> LineFramer:
         # 512 bytes with CR LF, and the tags of a client that sends them.
-        return LineFramer(MAX_LINE - 2 + MAX_CLIENT_TAGS, telnet=False)
+        return LineFramer(MAX_LINE - 2 + MAX_CLIENT_TAGS, telnet=False, unterminated=False)
 
     def me(self) -> str:
         """This client's ``nick!user@host``."""
@@ -212,6 +213,10 @@ class IrcSession(Session):
         """The first parameter of this client's numerics."""
         return self.nick or "*"
 
+    def charge(self, tokens: int) -> None:
+        # One IRC line runs several chatd commands: their costs add up.
+        self._cost += tokens
+
     def numeric(self, number: str, *params: str) -> None:
         self.reply(numeric(number, self.reader(), *params))
 
@@ -221,6 +226,7 @@ class IrcSession(Session):
     # -- input ------------------------------------------------------------
 
     def _handle(self, item: bytes | ChatError) -> str | Pending | None:
+        self._ctx = Context()  # what a refused line is answered as is its own
         if isinstance(item, ChatError):
             self.tell(Error.of(item))
             return None
@@ -237,7 +243,12 @@ class IrcSession(Session):
         try:
             message = parse_message(line)
         except BadMessage:
-            return None  # not a message: ignored, as IRC servers do
+            if not line.startswith("@"):
+                return None  # not a message: ignored, as IRC servers do
+            try:  # a bad tag: the message without its tags (client tags go nowhere)
+                message = parse_message(line.partition(" ")[2])
+            except BadMessage:
+                return None
         verb = message.command
         self._ctx = Context(verb, message.params[0] if message.params else "")
         try:
@@ -270,7 +281,12 @@ class IrcSession(Session):
         if sub == "LS":
             if not self._welcomed:
                 self._cap_open = True
-            caps = " ".join(f"{c}={v}" if v else c for c, v in sorted(CAPABILITIES.items()))
+            # Values (sasl=PLAIN) only for a client of CAP version 302 or later.
+            version = params[1] if len(params) > 1 and params[1].isdigit() else "0"
+            values = int(version[:6]) >= 302
+            caps = " ".join(
+                f"{c}={v}" if v and values else c for c, v in sorted(CAPABILITIES.items())
+            )
             self.send_line("CAP", me, "LS", caps)
         elif sub == "LIST":
             self.send_line("CAP", me, "LIST", " ".join(sorted(self._caps)))
@@ -314,6 +330,8 @@ class IrcSession(Session):
         self.context("NICK", wanted)
         check_nick(wanted, self._settings.max_nick_len)
         if self._welcomed:
+            if wanted == self.nick:
+                return None  # no change, nothing to tell
             return self.run_chatd(Nick(wanted))
         # Before the welcome a logged-in client (SASL) keeps its account's nickname.
         self._wanted = wanted
@@ -369,14 +387,19 @@ class IrcSession(Session):
         return await result if result is not None and not isinstance(result, str) else result
 
     def _authenticate(self, message: IrcMessage) -> str | Pending | None:
-        """SASL PLAIN: ``AUTHENTICATE PLAIN``, ``+``, then the credentials."""
+        """SASL PLAIN: ``AUTHENTICATE PLAIN``, ``+``, then the credentials
+        (base64, in pieces of 400 characters), before the welcome only."""
         self.context("AUTHENTICATE")
-        arg = message.params[0] if message.params else ""
-        if "sasl" not in self._caps or self.account is not None or self._sasl_account:
-            if self.account is not None or self._sasl_account:
-                self.numeric("907", "You have already authenticated using SASL")
-            else:
-                self.numeric("904", "SASL authentication failed: negotiate the sasl capability")
+        if not message.params:
+            self.numeric("461", "AUTHENTICATE", "Not enough parameters")
+            return None
+        arg = message.params[0]
+        if self.account is not None or self._sasl_account is not None:
+            self.numeric("907", "You have already authenticated using SASL")
+            return None
+        if "sasl" not in self._caps or self._welcomed:
+            why = "negotiate sasl first" if not self._welcomed else "log in before the welcome"
+            self.numeric("904", f"SASL authentication failed: {why}")
             return None
         if arg == "*":
             self._sasl = None
@@ -390,19 +413,21 @@ class IrcSession(Session):
             self._sasl = ""
             self.send_line("AUTHENTICATE", "+", source=None)
             return None
+        if len(arg) > 400 or len(self._sasl) + len(arg) > 1200:
+            self._sasl = None
+            self.numeric("905", "SASL message too long")
+            return None
         self._sasl += "" if arg == "+" else arg
         if len(arg) == 400:
             return None  # more to come
         data, self._sasl = self._sasl, None
         try:
-            _, account, password = base64.b64decode(data, validate=True).decode().split("\0")
+            authzid, account, password = base64.b64decode(data, validate=True).decode().split("\0")
         except (binascii.Error, UnicodeDecodeError, ValueError):
             self.numeric("904", "SASL authentication failed")
             return None
-        try:
-            check_nick(account)
-        except ChatError:
-            raise BadLogin("wrong nickname or password") from None
+        if (authzid and name_key(authzid) != name_key(account)) or not check_nick_ok(account):
+            raise BadLogin("wrong nickname or password")  # no logging in as someone else
         return self._sasl_check(account, password)
 
     async def _sasl_check(self, account: str, password: str) -> None:
@@ -441,11 +466,13 @@ class IrcSession(Session):
             f"CHANNELLEN={s.max_room_len + 1}",
             "CHANTYPES=#",
             "CHATHISTORY=100",
+            "CLIENTTAGDENY=*",
             "KICKLEN=390",
             "MSGREFTYPES=msgid",
             f"NETWORK={SERVER}",
             f"NICKLEN={s.max_nick_len}",
             "PREFIX=(qov)~@+",
+            "TARGMAX=JOIN:,KICK:4,NAMES:,NOTICE:4,PART:,PRIVMSG:4",
             "TOPICLEN=390",
             "UTF8ONLY",
         )

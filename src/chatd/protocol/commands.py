@@ -438,8 +438,8 @@ def _parse_history(args: str) -> ShowHistory:
     for i, word in enumerate(args.split()):
         if word.startswith("before="):
             value = word[7:]
-            if not _is_number(value) or before is not None:
-                raise BadArgs(usage)
+            if not _is_number(value) or len(value) > 18 or before is not None:
+                raise BadArgs(usage)  # an id, which the store keeps in 63 bits
             before = int(value)
         elif _is_number(word):
             count = int(word)

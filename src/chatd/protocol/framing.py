@@ -46,17 +46,20 @@ class LineFramer:
     ``max_line + 1`` bytes, whatever the peer sends.
     """
 
-    __slots__ = ("_buf", "_discarding", "_strips_telnet", "_telnet", "max_line")
+    __slots__ = ("_buf", "_discarding", "_strips_telnet", "_telnet", "_unterminated", "max_line")
 
-    def __init__(self, max_line: int, *, telnet: bool = True) -> None:
+    def __init__(self, max_line: int, *, telnet: bool = True, unterminated: bool = True) -> None:
         """``telnet=False``: the peer is no telnet client (IRC), so a 0xFF
-        byte is data, not the start of a negotiation."""
+        byte is data, not the start of a negotiation. ``unterminated=False``:
+        a line is only a line with its newline (IRC), so what is left at the
+        end of input is dropped."""
         if max_line < 1:
             raise ValueError("max_line must be positive")
         self.max_line = max_line
         self._buf = bytearray()
         self._discarding = False
         self._strips_telnet = telnet
+        self._unterminated = unterminated
         self._telnet = _T_DATA
 
     @property
@@ -100,7 +103,7 @@ class LineFramer:
         """End of input: a last line without its newline still counts."""
         line = bytes(self._buf)
         self._buf.clear()
-        if self._discarding or not line:
+        if self._discarding or not line or not self._unterminated:
             self._discarding = False
             return []
         return [line[:-1] if line.endswith(b"\r") else line]

@@ -74,7 +74,7 @@ def parse_message(line: str) -> IrcMessage:
         middle, trailing = "", rest[1:]
     elif sep:
         trailing = after
-    words = middle.split()
+    words = [word for word in middle.split(" ") if word]  # spaces only: a tab is data
     if not words:
         raise BadMessage("no command in the line")
     params = words[1:]

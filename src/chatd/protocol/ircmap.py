@@ -277,18 +277,37 @@ def server_time(ts: float) -> str:
 
 
 def wire(message: IrcMessage) -> bytes:
-    """One message as the bytes of its line; a last parameter too long for
-    IRC's 512 bytes (a reason, a notice) is cut to fit."""
+    """One message as the bytes of its line, whatever its parameters hold.
+
+    A parameter that echoes what a client sent may be anything: CR, LF and
+    NUL are dropped, a middle one that IRC cannot write (empty, with a
+    space, starting with ``:``) becomes ``*`` and is cut to 64 bytes, and a
+    last one too long for IRC's 512 bytes (a reason, a notice) is cut to
+    fit. So this never fails, and never writes more than IRC allows.
+    """
+    params = [_clean_param(p) for p in message.params]
+    for i, param in enumerate(params[:-1]):
+        if not param or " " in param or param.startswith(":"):
+            params[i] = "*"
+        elif len(param) > 64:
+            params[i] = fit(param, 64)
+    if params != list(message.params):
+        message = replace(message, params=tuple(params))
     data = (render_message(message) + "\r\n").encode()
     tags = data.find(b" ") + 1 if message.tags else 0
     over = len(data) - tags - MAX_LINE
-    if over > 0 and message.params:
-        last = message.params[-1]
+    if over > 0 and params:
+        last = params[-1]
         cut = fit(last, max(len(last.encode()) - over, 0))
-        data = (
-            render_message(replace(message, params=(*message.params[:-1], cut))) + "\r\n"
-        ).encode()
+        shorter = replace(message, params=(*params[:-1], cut))
+        data = (render_message(shorter) + "\r\n").encode()
     return data
+
+
+def _clean_param(param: str) -> str:
+    if "\r" in param or "\n" in param or "\0" in param:
+        return param.replace("\r", "").replace("\n", "").replace("\0", "")
+    return param
 
 
 class IrcCodec(Codec):

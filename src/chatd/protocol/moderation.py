@@ -105,7 +105,9 @@ MODE_FLAGS: Final = "iklmst"
 _WITH_ARG: Final = "kl"
 #: The largest ``+l``.
 MAX_LIMIT: Final = 1_000_000
-_KEY_RE: Final = re.compile(r"[!-~]{1,32}\Z")
+#: A key: printable ASCII without spaces or commas, not starting with ``:``
+#: (IRC could not write it in a JOIN, nor as a MODE argument).
+_KEY_RE: Final = re.compile(r"(?!:)[!-+\--~]{1,32}\Z")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -159,6 +161,17 @@ def parse_mode_changes(words: list[str]) -> tuple[ModeChange, ...]:
     return tuple({change.flag: change for change in changes}.values())
 
 
+def mode_change(sign: str, flag: str, arg: str | None = None) -> ModeChange:
+    """One change, checked as :func:`parse_mode_changes` checks it (BadMode)."""
+    if flag not in MODE_FLAGS:
+        raise BadMode(f"unknown mode {flag!r}; modes are +i +k KEY +l N +m +s +t")
+    if sign == "+" and flag in _WITH_ARG:
+        if arg is None:
+            raise BadMode(f"{'+k KEY' if flag == 'k' else '+l N'} needs its argument")
+        return ModeChange(sign, flag, _check_mode_arg(flag, arg))
+    return ModeChange(sign, flag)
+
+
 def _take_args(changes: list[ModeChange], pending: list[tuple[str, str]], args: list[str]) -> None:
     """Move the letters whose arguments have arrived (or need none) to ``changes``."""
     while pending:
@@ -175,7 +188,9 @@ def _take_args(changes: list[ModeChange], pending: list[tuple[str, str]], args: 
 def _check_mode_arg(flag: str, arg: str) -> str:
     if flag == "k":
         if _KEY_RE.match(arg) is None:
-            raise BadMode("a key is 1-32 printable characters without spaces")
+            raise BadMode(
+                "a key is 1-32 printable characters without spaces or commas, not starting with ':'"
+            )
         return arg
     if not (arg.isascii() and arg.isdigit()) or not 1 <= int(arg) <= MAX_LIMIT:
         raise BadMode(f"+l takes a member count from 1 to {MAX_LIMIT}")
