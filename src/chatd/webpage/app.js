@@ -949,7 +949,7 @@
     const key = modeBox('k').value.trim();
     const oldKey = typeof from.k === 'string' ? from.k : '';
     if (key !== oldKey) {
-      if (key && !/^[!-~]{1,32}$/.test(key)) throw new Error('A key is 1 to 32 characters, without spaces.');
+      if (key && !/^(?!:)[!-+\--~]{1,32}$/.test(key)) throw new Error('A key is 1 to 32 characters, without spaces or commas, not starting with a colon.');
       words.push(key ? `+k ${key}` : '-k');
     }
     const limit = modeBox('l').value.trim();
