@@ -173,12 +173,13 @@ class FakeBus(Bus):
         finally:
             self.hub.close_room(room)
 
-    async def direct(self, member: Member, to: str, text: str) -> None:
+    async def direct(self, member: Member, to: str, text: str, *, notice: bool = False) -> None:
         holder = self.broker.nicks.get(name_key(to))
         if holder is None:
             raise NoSuchNick(f"nobody is called {to}")
         bus, nick = holder
-        event = Direct(self.broker.take_id(), self.hub.now(), member.nick or "", nick, text)
+        sender = member.nick or ""
+        event = Direct(self.broker.take_id(), self.hub.now(), sender, nick, text, notice=notice)
         self.broker.call_soon(bus.hub.direct_arrived, event)
         self.hub.direct_sent(member, event)
 

@@ -1380,3 +1380,61 @@ async def test_chatd_users_are_untouched_by_an_irc_attack(gw: Gateway) -> None:
     await json_user.expect(said("fine"))
     assert isinstance(json_user, LineClient)
     await asyncio.wait_for(enter(json_user, "other"), DEADLINE)
+
+
+# ---------------------------------------------------------------------------
+# Notices stay notices, so that bots do not answer each other
+
+
+async def _notice_bots(here: Gateway, there: Gateway) -> None:
+    """Two bots that answer a PRIVMSG with a NOTICE (and a NOTICE with
+    nothing, as RFC 1459 wants): one question, one answer, no loop."""
+    one = await here.irc("bot1", caps=["server-time"])
+    two = await there.irc("bot2")
+    await join(one, "#bots")
+    await join(two, "#bots")
+    await one.send("PRIVMSG bot2 :!ping", "PRIVMSG #bots :!ping all")
+    for _ in range(2):
+        asked = await two.expect_any(("PRIVMSG", "NOTICE"))
+        assert asked.verb == "PRIVMSG"
+        await two.send(f"NOTICE {asked.nick if asked.params[0] == 'bot2' else '#bots'} :pong")
+    answers = [await one.expect_any(("PRIVMSG", "NOTICE")) for _ in range(2)]
+    assert [(a.verb, a.params) for a in answers] == [
+        ("NOTICE", ("bot1", "pong")),
+        ("NOTICE", ("#bots", "pong")),
+    ]
+    assert "time" in answers[0].tags  # a notice is a message: tags and all
+    assert not {"PRIVMSG", "NOTICE"} & set(verbs(await two.sync()))
+
+
+@pytest.mark.both_stores
+async def test_a_notice_stays_a_notice_for_every_reader(gw: Gateway) -> None:
+    await _notice_bots(gw, gw)
+    json_user = await gw.json("jo")
+    text_user = await gw.nc("tex")
+    await enter(json_user, "bots")
+    await text_user.send("/join bots")
+    bot = await gw.irc("bot3", caps=["batch", "draft/chathistory"])
+    await join(bot, "#bots")
+    await bot.send("NOTICE #bots :heads up")
+    got = await json_user.expect(said("heads up"))
+    assert got["notice"] is True
+    await text_user.expect_line(r"^\[bots\] -bot3- heads up$")
+    # History keeps it a notice (h1 was the history on JOIN).
+    await bot.send("CHATHISTORY LATEST #bots * 5")
+    batch = await bot.lines_until("BATCH", lambda m: m.params[0] == "-h2")
+    kinds = [(m.verb, m.text) for m in batch if m.verb in ("PRIVMSG", "NOTICE")]
+    assert ("NOTICE", "heads up") in kinds
+    assert ("PRIVMSG", "!ping all") in kinds
+
+
+@cluster
+@pytest.mark.both_stores
+async def test_a_notice_stays_a_notice_across_the_cluster(nodes: Nodes) -> None:
+    one, two = await nodes(2, irc_port=0)
+    here, there = Gateway(one), Gateway(two)
+    try:
+        await _notice_bots(here, there)
+    finally:
+        here.close()
+        there.close()

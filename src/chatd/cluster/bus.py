@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any, Final
 
 from redis.exceptions import RedisError
@@ -377,13 +378,13 @@ class ClusterBus(Bus):
             raise
         return fresh
 
-    async def direct(self, member: Member, to: str, text: str) -> None:
+    async def direct(self, member: Member, to: str, text: str, *, notice: bool = False) -> None:
         """Send a private message to ``to`` on whichever node holds it."""
         self.hub.check_store()
-        event = await self._direct(member, to, text, self.hub.now())
+        event = await self._direct(member, to, text, self.hub.now(), notice)
         self.hub.direct_sent(member, event)
 
-    async def _direct(self, member: Member, to: str, text: str, ts: float) -> Direct:
+    async def _direct(self, member: Member, to: str, text: str, ts: float, notice: bool) -> Direct:
         assert member.key is not None
         result = await self._call(
             "direct",
@@ -395,11 +396,12 @@ class ClusterBus(Bus):
             text,
             "" if member.account is None else str(member.account),
             member.key,
+            "1" if notice else "0",
         )
         message_id, target = int(result[0]), as_text(result[1])
         if not message_id:
             raise NoSuchNick(f"nobody is called {to}")
-        return Direct(message_id, ts, member.nick or "", target, text)
+        return Direct(message_id, ts, member.nick or "", target, text, notice=notice)
 
     async def person(self, nick: str) -> Person | None:
         found = await self._call("person", name_key(nick))  # after this node's writes
@@ -508,7 +510,8 @@ class ClusterBus(Bus):
             for entry_id, fields in entries:
                 m = stream_message(room.key, as_text(entry_id), fields)
                 if m.room is not None:
-                    self.hub.arrived(Message(m.id, m.ts, m.room, m.sender, m.text, m.action))
+                    event = Message(m.id, m.ts, m.room, m.sender, m.text, m.action)
+                    self.hub.arrived(replace(event, notice=m.notice) if m.notice else event)
 
     async def _heartbeat_loop(self) -> None:
         interval = self.ttl / 3

@@ -187,11 +187,12 @@ class Listener:
         origin, what = data[0], data[1]
         hub = self.hub
         if what == "m":
-            _, _, id_, ts, room, sender, text, action = data
-            hub.arrived(Message(int(id_), ts, room, sender, text, bool(action)))
+            _, _, id_, ts, room, sender, text, kind = data
+            kind = int(kind)  # 0 a line, 1 an action, 2 a notice (true/false from before)
+            hub.arrived(Message(int(id_), ts, room, sender, text, kind == 1, notice=kind == 2))
         elif what == "d":
-            _, _, id_, ts, sender, to, text = data
-            hub.direct_arrived(Direct(int(id_), ts, sender, to, text))
+            _, _, id_, ts, sender, to, text, *notice = data
+            hub.direct_arrived(Direct(int(id_), ts, sender, to, text, notice=notice == [True]))
         elif what == "b":
             self._barrier_back(data[2])
         elif what == "k":

@@ -140,7 +140,8 @@ return 1
 )
 
 #: A room message: id, stream, publication, in one step.
-#: ARGV: node, room key, cap, ts, room name, sender, text, action, account.
+#: ARGV: node, room key, cap, ts, room name, sender, text, kind (0 a line,
+#: 1 an action, 2 a notice), account.
 SAY = """
 local P = 'chatd:'
 local id = redis.call('INCR', P..'msgid')
@@ -148,12 +149,13 @@ redis.call('XADD', P..'conv:'..ARGV[2], 'MAXLEN', '~', ARGV[3], id..'-0',
   'ts', ARGV[4], 'room', ARGV[5], 'from', ARGV[6], 'text', ARGV[7], 'action', ARGV[8],
   'sa', ARGV[9])
 redis.call('PUBLISH', P..'r:'..ARGV[2], cjson.encode({ARGV[1], 'm', id, tonumber(ARGV[4]),
-  ARGV[5], ARGV[6], ARGV[7], ARGV[8] == '1'}))
+  ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])}))
 return id
 """
 
 #: A private message to whoever holds a nickname, on any node.
-#: ARGV: node, target key, cap, ts, sender, text, sender account, sender key.
+#: ARGV: node, target key, cap, ts, sender, text, sender account, sender key,
+#: notice ('1' or '0').
 #: Returns {id, target nick} or {0} if nobody holds it.
 DIRECT = (
     _LUA_HEAD
@@ -165,9 +167,10 @@ local a, b = ARGV[8], ARGV[2]
 if b < a then a, b = b, a end
 local id = redis.call('INCR', P..'msgid')
 redis.call('XADD', P..'conv:@'..a..':'..b, 'MAXLEN', '~', ARGV[3], id..'-0',
-  'ts', ARGV[4], 'from', ARGV[5], 'to', to, 'text', ARGV[6], 'sa', ARGV[7], 'ta', account)
+  'ts', ARGV[4], 'from', ARGV[5], 'to', to, 'text', ARGV[6], 'sa', ARGV[7], 'ta', account,
+  'notice', ARGV[9])
 redis.call('PUBLISH', P..'n:'..target_node, cjson.encode({ARGV[1], 'd', id, tonumber(ARGV[4]),
-  ARGV[5], to, ARGV[6]}))
+  ARGV[5], to, ARGV[6], ARGV[9] == '1'}))
 return {id, to}
 """
 )

@@ -96,7 +96,7 @@ class RedisStore(Store):
             message.room,
             message.sender,
             message.text,
-            "1" if message.action else "0",
+            "2" if message.notice else "1" if message.action else "0",
             "" if message.sender_account is None else str(message.sender_account),
         )
         self.link.submit("say", args, stored)
@@ -305,4 +305,5 @@ def stream_message(conversation: str, entry_id: str, fields: dict[bytes, bytes])
         fields.get(b"action") == b"1",
         number(b"sa"),
         number(b"ta"),
+        fields.get(b"action") == b"2" or fields.get(b"notice") == b"1",
     )

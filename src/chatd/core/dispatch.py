@@ -145,7 +145,7 @@ class Dispatcher:
         if type(command) is Say and caller.key is not None and not self._messages_may_wait():
             # Most commands are lines of chat: they go first, past the
             # matching below (the same as _registered, then _send).
-            self.manager.say(caller, command.text)
+            self.manager.say(caller, command.text, notice=command.notice)
             return None
         match command:
             case SetFormat(fmt):
@@ -238,12 +238,12 @@ class Dispatcher:
     def _send(self, caller: Caller, command: Say | Me | Msg) -> Pending | None:
         """A room message or a DM: stored, then delivered (RoomManager)."""
         match command:
-            case Say(text):
-                self.manager.say(caller, text)
+            case Say(text, notice):
+                self.manager.say(caller, text, notice=notice)
             case Me(text):
                 self.manager.say(caller, text, action=True)
-            case Msg(nick, text):
-                return self._direct(caller, nick, text)
+            case Msg(nick, text, notice):
+                return self._direct(caller, nick, text, notice)
         return None
 
     def _messages_may_wait(self) -> bool:
@@ -252,8 +252,8 @@ class Dispatcher:
         manager = self.manager
         return manager.window.full or manager.pushback.anyone_behind
 
-    async def _direct(self, caller: Caller, nick: str, text: str) -> None:
-        await self.manager.bus.direct(caller, nick, text)
+    async def _direct(self, caller: Caller, nick: str, text: str, notice: bool = False) -> None:
+        await self.manager.bus.direct(caller, nick, text, notice=notice)
 
     async def _when_clear(self, caller: Caller, command: Say | Me | Msg) -> str | None:
         """Run a message once the store window has room and no reader of it

@@ -49,7 +49,13 @@ class LocalBus(Bus):
 
     def stored(self, member: Member, seq: int, record: StoredMessage) -> bool:
         event = Message(
-            record.id, record.ts, record.room or "", record.sender, record.text, record.action
+            record.id,
+            record.ts,
+            record.room or "",
+            record.sender,
+            record.text,
+            record.action,
+            notice=record.notice,
         )
         delivered = self.hub.arrived(event)
         member.end_op(seq)
@@ -102,8 +108,8 @@ class LocalBus(Bus):
                 logger.error("no history for #%s: %s", name, exc)
         yield Opening(history, create)
 
-    async def direct(self, member: Member, to: str, text: str) -> None:
-        self.hub.direct(member, to, text)
+    async def direct(self, member: Member, to: str, text: str, *, notice: bool = False) -> None:
+        self.hub.direct(member, to, text, notice=notice)
 
     async def person(self, nick: str) -> Person | None:
         member = self.hub.find(nick)

@@ -46,24 +46,43 @@ class Messages:
         self._nicks = nicks
         self._now = now
 
-    def say(self, member: Member, room: Room, text: str, action: bool) -> None:
+    def say(
+        self, member: Member, room: Room, text: str, action: bool, notice: bool = False
+    ) -> None:
         """A room message; everyone in the room sees it once it is stored
         (see Bus.stored)."""
         self.check_store()
         nick, bus = member.nick or "", self.bus
         record = StoredMessage(
-            bus.number(), self._now(), room.name, nick, None, text, action, member.account
+            bus.number(),
+            self._now(),
+            room.name,
+            nick,
+            None,
+            text,
+            action,
+            member.account,
+            notice=notice,
         )
         seq = member.begin_op(bus.echo_room(room.key))
         self._store_then(member, seq, record, lambda: bus.stored(member, seq, record))
 
-    def direct(self, member: Member, target: Member, text: str) -> None:
+    def direct(self, member: Member, target: Member, text: str, notice: bool = False) -> None:
         """A private message to a member here; both see it once it is stored."""
         self.check_store()
         nick, target_nick = member.nick or "", target.nick or ""
-        event = Direct(self.bus.number(), self._now(), nick, target_nick, text)
+        event = Direct(self.bus.number(), self._now(), nick, target_nick, text, notice=notice)
         record = StoredMessage(
-            event.id, event.ts, None, nick, target_nick, text, False, member.account, target.account
+            event.id,
+            event.ts,
+            None,
+            nick,
+            target_nick,
+            text,
+            False,
+            member.account,
+            target.account,
+            notice,
         )
         seq = member.begin_op()
 

@@ -210,5 +210,5 @@ class Room:
 def stored_event(m: StoredMessage, *, history: bool = False) -> Message | Direct:
     """The event of a stored message."""
     if m.room is not None:
-        return Message(m.id, m.ts, m.room, m.sender, m.text, m.action, history)
-    return Direct(m.id, m.ts, m.sender, m.to or "", m.text, history)
+        return Message(m.id, m.ts, m.room, m.sender, m.text, m.action, history, m.notice)
+    return Direct(m.id, m.ts, m.sender, m.to or "", m.text, history, m.notice)

@@ -358,20 +358,20 @@ class RoomManager:
             member.tell(Current(member.current.name if member.current else None))
         self.saved.save(member)
 
-    def say(self, member: Member, text: str, *, action: bool = False) -> None:
+    def say(self, member: Member, text: str, *, action: bool = False, notice: bool = False) -> None:
         """Store a room message; everyone in the room sees it once it is stored."""
         room = self._current(member)
         rules = room.rules
         if rules.mutes or rules.modes.moderated:
             self.moderator.check_speak(room, member)
-        self.messages.say(member, room, text, action)
+        self.messages.say(member, room, text, action, notice)
 
-    def direct(self, member: Member, to: str, text: str) -> None:
+    def direct(self, member: Member, to: str, text: str, *, notice: bool = False) -> None:
         """Store a private message; its reader (and its sender) see it once it is."""
         target = self._nicks.get(name_key(to))
         if target is None:
             raise NoSuchNick(f"nobody is called {to}")
-        self.messages.direct(member, target, text)
+        self.messages.direct(member, target, text, notice)
 
     def check_store(self) -> None:
         """Refuse a message while the store is far behind."""

@@ -241,7 +241,7 @@ class IrcClient(IrcQueries):
                 if not notice:
                     self.numeric("404", target, "Cannot send to channel")
                 return None
-            return self.run_chatd(Me(text) if action else Say(text))
+            return self.run_chatd(Me(text) if action else Say(text, notice))
         if action:
             # chatd has no /me in private: the action is written out, as every
             # client shows it alike.
@@ -249,7 +249,7 @@ class IrcClient(IrcQueries):
         peer = self._dispatcher.manager.find(target)
         if not notice and isinstance(peer, IrcSession) and peer.away is not None:
             self.numeric("301", peer.nick or target, peer.away)
-        return self.run_chatd(Msg(target, text))
+        return self.run_chatd(Msg(target, text, notice and not action))
 
     def _notice(self, message: IrcMessage) -> str | Pending | None:
         return self._privmsg(message, notice=True)

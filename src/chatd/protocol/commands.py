@@ -38,6 +38,8 @@ _CONTROL_RE: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 @dataclasses.dataclass(frozen=True, slots=True)
 class Say:
     text: str
+    #: A notice (IRC's NOTICE; no chatd line makes one).
+    notice: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -77,6 +79,7 @@ class Who:
 class Msg:
     nick: str
     text: str
+    notice: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

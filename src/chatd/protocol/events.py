@@ -50,6 +50,8 @@ class Message:
     action: bool = False
     #: Sent again from the store (on join or /history), not live.
     history: bool = False
+    #: A notice (IRC's NOTICE): a line no program should answer.
+    notice: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -61,6 +63,7 @@ class Direct:
     to: str
     text: str
     history: bool = False
+    notice: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -469,7 +472,7 @@ def _field_names(cls: type) -> tuple[str, ...]:
 def event_to_json(event: Event) -> dict[str, Any]:
     """The JSON object of an event (the documented contract)."""
     match event:
-        case Message(id, ts, room, sender, text, action, history):
+        case Message(id, ts, room, sender, text, action, history, notice):
             obj: dict[str, Any] = {
                 "type": "message",
                 "id": id,
@@ -482,11 +485,15 @@ def event_to_json(event: Event) -> dict[str, Any]:
                 obj["action"] = True
             if history:
                 obj["history"] = True
+            if notice:
+                obj["notice"] = True
             return obj
-        case Direct(id, ts, sender, to, text, history):
+        case Direct(id, ts, sender, to, text, history, notice):
             obj = {"type": "dm", "id": id, "ts": ts, "from": sender, "to": to, "text": text}
             if history:
                 obj["history"] = True
+            if notice:
+                obj["notice"] = True
             return obj
         case RoomList(rooms):
             return {"type": "rooms", "rooms": [{"name": n, "members": k} for n, k in rooms]}
@@ -638,6 +645,7 @@ def event_from_json(obj: Mapping[str, Any]) -> Event:
                     _str(obj["text"]),
                     obj.get("action") is True,
                     obj.get("history") is True,
+                    obj.get("notice") is True,
                 )
             case "dm":
                 return Direct(
@@ -647,6 +655,7 @@ def event_from_json(obj: Mapping[str, Any]) -> Event:
                     _str(obj["to"]),
                     _str(obj["text"]),
                     obj.get("history") is True,
+                    obj.get("notice") is True,
                 )
             case "registered":
                 return Registered(_str(obj["nick"]), obj.get("account") is True)
@@ -788,8 +797,10 @@ def event_to_text(event: Event) -> str:
             # A stored message: its time first, so it reads as the past.
             when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(event.ts))
             return f"{when} " + event_to_text(dataclasses.replace(event, history=False))
-        case Message(room=room, sender=sender, text=text, action=False):
+        case Message(room=room, sender=sender, text=text, action=False, notice=False):
             return f"[{room}] {sender}: {text}"
+        case Message(room=room, sender=sender, text=text, action=False):
+            return f"[{room}] -{sender}- {text}"
         case Message(room=room, sender=sender, text=text):
             return f"[{room}] * {sender} {text}"
         case Direct(sender=sender, to=to, text=text):
@@ -964,6 +975,8 @@ def _message_json(m: Message) -> bytes:
     action = ',"action":true' if m.action else ""
     if m.history:
         action += ',"history":true'
+    if m.notice:
+        action += ',"notice":true'
     return (
         f'{{"type":"message","id":{m.id},"ts":{m.ts!r},"room":{_json_str(m.room)},'
         f'"from":{_json_str(m.sender)},"text":{_json_str(m.text)}{action}}}\n'

@@ -125,11 +125,12 @@ def room_event(event: Event, *, registered: Registered = _nobody) -> IrcMessage 
         return source_of(nick, account=registered(nick))
 
     match event:
-        case Message(room=room, sender=sender, text=text, action=action):
+        case Message(room=room, sender=sender, text=text, action=action, notice=notice):
             body = action_text(text) if action else text
-            return IrcMessage("PRIVMSG", (channel(room), body), source(sender))
-        case Direct(sender=sender, to=to, text=text):
-            return IrcMessage("PRIVMSG", (to, text), source(sender))
+            verb = "NOTICE" if notice else "PRIVMSG"
+            return IrcMessage(verb, (channel(room), body), source(sender))
+        case Direct(sender=sender, to=to, text=text, notice=notice):
+            return IrcMessage("NOTICE" if notice else "PRIVMSG", (to, text), source(sender))
         case Joined(room, nick):
             return IrcMessage("JOIN", (channel(room),), source(nick))
         case Left(room, nick, reason):
@@ -335,7 +336,7 @@ class IrcCodec(Codec):
         raise UnknownCommand("IRC lines are read by the IRC session")
 
     def encode(self, event: Event) -> bytes:
-        if type(event) is Message and not self.caps:
+        if type(event) is Message and not self.caps and not event.notice:
             # The hot path: a room line for a client without tags. chatd's
             # text holds no CR, LF or NUL (control characters are cleaned).
             sender = source_of(event.sender, account=self._registered(event.sender))
@@ -366,7 +367,7 @@ class IrcCodec(Codec):
             nick = message.source.partition("!")[0] if message.source else ""
             account = nick if self._registered(nick) else "*"
             message = IrcMessage("JOIN", (*message.params, account, nick), message.source, tags)
-        if message.verb != "PRIVMSG":
+        if message.verb not in ("PRIVMSG", "NOTICE"):
             return wire(message)
         return self._privmsg(message)
 
@@ -389,7 +390,8 @@ class IrcCodec(Codec):
     def _privmsg(self, message: IrcMessage) -> bytes:
         """A PRIVMSG, split into as many as its text needs (IRC's 512 bytes)."""
         target, text = message.params
-        head = len(f":{message.source} PRIVMSG {target} :\r\n".encode())
+        verb = message.verb
+        head = len(f":{message.source} {verb} {target} :\r\n".encode())
         action = ctcp_action(text)
         room = MAX_LINE - head - (9 if action is not None else 0)
         if len(text.encode()) <= MAX_LINE - head:
@@ -399,6 +401,6 @@ class IrcCodec(Codec):
         tags = message.tags
         for piece in pieces:
             body = action_text(piece) if action is not None else piece
-            out.append(wire(IrcMessage("PRIVMSG", (target, body), message.source, tags)))
+            out.append(wire(IrcMessage(verb, (target, body), message.source, tags)))
             tags = {k: v for k, v in tags.items() if k != "msgid"}  # one message, one id
         return b"".join(out)

@@ -44,6 +44,10 @@ class StoredMessage:
     #: may read a private conversation back.
     sender_account: int | None = None
     to_account: int | None = None
+    #: A notice (IRC's NOTICE). Kept with the message where the store has
+    #: room for it (SQLite: action 2); history shows it as a plain line
+    #: where it has not.
+    notice: bool = False
 
     @property
     def conversation(self) -> str:

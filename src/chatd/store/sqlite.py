@@ -154,10 +154,24 @@ def migrate(conn: sqlite3.Connection) -> int:
     return int(version)
 
 
+#: The action column's value for a notice.
+_NOTICE = 2
+
+
 def _row_message(row: tuple[Any, ...]) -> StoredMessage:
     id_, ts, room, sender, target, text, action, sender_account, target_account = row
+    # The action column holds the kind: 0 a line, 1 an action, 2 a notice.
     return StoredMessage(
-        id_, ts, room, sender, target, text, bool(action), sender_account, target_account
+        id_,
+        ts,
+        room,
+        sender,
+        target,
+        text,
+        action == 1,
+        sender_account,
+        target_account,
+        action == _NOTICE,
     )
 
 
@@ -170,7 +184,7 @@ def _message_row(m: StoredMessage) -> tuple[Any, ...]:
         m.sender,
         m.to,
         m.text,
-        int(m.action),
+        _NOTICE if m.notice else int(m.action),
         m.sender_account,
         m.to_account,
     )
