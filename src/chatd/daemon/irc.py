@@ -215,7 +215,7 @@ class IrcClient(IrcQueries):
             if not notice:
                 self.numeric("412", "No text to send")
             return None
-        targets, text = self.targets(params[0]), params[1]
+        targets, text = self.targets(params[0], quiet=notice), params[1]
         if not targets:
             return None
         action = ctcp_action(text)

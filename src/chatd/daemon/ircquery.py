@@ -62,7 +62,9 @@ class IrcQueries(IrcSession):
 
     __slots__ = ()
 
-    def targets(self, text: str, limit: int | None = MAX_TARGETS) -> list[str]:
+    def targets(
+        self, text: str, limit: int | None = MAX_TARGETS, *, quiet: bool = False
+    ) -> list[str]:
         """A comma list of channels or nicknames: empty items and repeats
         dropped; each one past the first costs a line of flood control, so
         one line naming many is paced as many lines are; past ``limit``,
@@ -73,7 +75,8 @@ class IrcQueries(IrcSession):
                 found.setdefault(name_key(item), item)
         chosen = list(found.values())
         if limit is not None and len(chosen) > limit:
-            self.numeric("407", chosen[limit], f"Too many targets: at most {limit}")
+            if not quiet:  # a NOTICE is never answered
+                self.numeric("407", chosen[limit], f"Too many targets: at most {limit}")
             chosen = chosen[:limit]
         self.charge(max(len(chosen) - 1, 0))
         return chosen
