@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 if TYPE_CHECKING:
     from chatd.store import SqliteStore
 
@@ -634,3 +636,18 @@ async def until_async(
                 await asyncio.sleep(0.02)
     except TimeoutError:
         raise AssertionError(f"{what}: not within {timeout} s") from None
+
+
+#: Under CI (.ci/run) nothing may skip: what a test needs is installed.
+CI = os.environ.get("CI") == "true"
+
+
+def needs(program: str, package: str) -> str:
+    """A program a test runs: skip without it, fail under CI (.ci/run installs it)."""
+    found = shutil.which(program)
+    if found is None:
+        reason = f"{program} is not installed (apt-get install {package}; .ci/run does)"
+        if CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return found

@@ -28,7 +28,6 @@ import itertools
 import os
 import re
 import shlex
-import shutil
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -36,12 +35,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.helpers import DEADLINE, Daemon, Event, LineClient, open_json, signal_child
+from tests.helpers import CI, DEADLINE, Daemon, Event, LineClient, needs, open_json, signal_child
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 SECTION = "With an IRC client"
-CI = os.environ.get("CI") == "true"
 #: The account's password, for the README's ``PASSWORD``.
 PASSWORD = "correct-horse-battery"
 
@@ -93,17 +91,6 @@ def typed(line: str, port: int, password: str = PASSWORD) -> str:
 
 # ---------------------------------------------------------------------------
 # The programs
-
-
-def needs(program: str, package: str) -> str:
-    """A client program: skip without it, fail under CI (.ci/run installs it)."""
-    found = shutil.which(program)
-    if found is None:
-        reason = f"{program} is not installed (apt-get install {package})"
-        if CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return found
 
 
 def weechat() -> str:

@@ -57,13 +57,21 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.helpers import DEADLINE, LineClient, RedisServer, free_port, open_json, signal_child
+from tests.helpers import (
+    CI,
+    DEADLINE,
+    LineClient,
+    RedisServer,
+    free_port,
+    needs,
+    open_json,
+    signal_child,
+)
 from tests.test_deploy import compose_config
 from tests.test_irc_terminal import Pane, irssi_home, joined, left, readme_lines, whispered
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
-CI = os.environ.get("CI") == "true"
 #: Starting a daemon through run.sh (bash, the venv check, chatd's imports)
 #: on a busy machine; a safety net, not a synchroniser.
 START = 2 * DEADLINE
@@ -252,17 +260,6 @@ def venv_up_to_date() -> None:
 def sandbox(tmp_path: Path) -> Sandbox:
     venv_up_to_date()
     return Sandbox(tmp_path)
-
-
-def needs(program: str, package: str) -> str:
-    """A program the README uses: skip without it, fail under CI (.ci/run installs it)."""
-    found = shutil.which(program)
-    if found is None:
-        reason = f"{program} is not installed (apt-get install {package}; .ci/run does)"
-        if CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return found
 
 
 def run_async(scenario: Coroutine[Any, Any, None]) -> None:
