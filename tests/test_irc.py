@@ -1438,3 +1438,32 @@ async def test_a_notice_stays_a_notice_across_the_cluster(nodes: Nodes) -> None:
     finally:
         here.close()
         there.close()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "CAP LS \u00b2",
+        "CHATHISTORY BEFORE #sup msgid=\u00b2 5",
+        "CHATHISTORY LATEST #sup * \u00b3",
+        "KLINE \u00b2 *!*@10.1.1.1",
+    ],
+)
+async def test_a_digit_that_is_not_ascii_is_no_number(gw: Gateway, line: str) -> None:
+    ann = await gw.irc("ann", caps=["batch", "draft/chathistory"])
+    await join(ann, "#sup")
+    await ann.send(line)
+    await ann.sync()  # still connected: answered or refused, never crashed
+
+
+async def test_the_registration_limit_inside_sasl_closes_with_error(
+    open_gateway: OpenGateway,
+) -> None:
+    gw = await open_gateway(register_lines=5)
+    client = await gw.irc()
+    await client.send("CAP LS 302", "CAP REQ :sasl")
+    await client.expect("CAP", lambda m: m.params[1] == "ACK")
+    await client.send(*["AUTHENTICATE PLAIN"] * 6)
+    closing = await client.wait_closed()
+    assert closing[-1].verb == "ERROR", closing  # not a 904: the limit ends the connection
+    assert "before choosing a nickname" in closing[-1].text

@@ -22,7 +22,7 @@ from typing import ClassVar
 
 from chatd.core.dispatch import Pending
 from chatd.daemon.ircquery import IrcQueries, Step
-from chatd.daemon.ircsession import IrcSession, check_nick_ok, strip_formatting
+from chatd.daemon.ircsession import IrcSession, check_nick_ok, is_number, strip_formatting
 from chatd.errors import (
     BadArgs,
     BadMode,
@@ -403,7 +403,7 @@ class IrcClient(IrcQueries):
         """``KLINE [minutes] mask [:reason]``."""
         params = list(message.params)
         duration = None
-        if params and params[0].isdigit():
+        if params and is_number(params[0]):
             minutes = int(params.pop(0))
             duration = parse_duration(f"{minutes}m") if minutes else None
         if not params:
@@ -435,10 +435,10 @@ class IrcClient(IrcQueries):
         if sub == "LATEST" and ref != "*":
             return self._history_fail("INVALID_PARAMS", ref, "LATEST takes * only")
         if sub == "BEFORE":
-            if not ref.startswith("msgid=") or not ref[6:].isdigit() or len(ref) > 24:
+            if not ref.startswith("msgid=") or not is_number(ref[6:]) or len(ref) > 24:
                 return self._history_fail("INVALID_PARAMS", ref, "BEFORE takes msgid=ID")
             before = int(ref[6:])
-        if not count.isdigit() or not 1 <= int(count) <= 100:
+        if not is_number(count) or not 1 <= int(count) <= 100:
             return self._history_fail("INVALID_PARAMS", count, "a count of 1-100")
         if target.startswith("#"):
             try:

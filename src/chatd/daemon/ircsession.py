@@ -48,7 +48,7 @@ from chatd.protocol import (
 )
 from chatd.protocol.irc import MAX_CLIENT_TAGS, MAX_LINE, BadMessage, IrcMessage, parse_message
 from chatd.protocol.ircmap import LINE_CAPS, SERVER, IrcCodec, channel, source_of, wire
-from chatd.protocol.ircreplies import error_reply, isupport, motd, numeric, topic
+from chatd.protocol.ircreplies import FATAL, error_reply, isupport, motd, numeric, topic
 
 if TYPE_CHECKING:
     from chatd.config import Settings
@@ -84,6 +84,12 @@ MOTD = (
     "Register your nickname with a chatd client (/register), log in here with SASL or PASS.",
 )
 STARTED = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+
+
+def is_number(word: str) -> bool:
+    """ASCII digits only (``str.isdigit`` takes a superscript two, which
+    ``int`` refuses)."""
+    return word.isascii() and word.isdigit()
 
 
 def check_nick_ok(name: str) -> bool:
@@ -282,7 +288,7 @@ class IrcSession(Session):
             if not self._welcomed:
                 self._cap_open = True
             # Values (sasl=PLAIN) only for a client of CAP version 302 or later.
-            version = params[1] if len(params) > 1 and params[1].isdigit() else "0"
+            version = params[1] if len(params) > 1 and is_number(params[1]) else "0"
             values = int(version[:6]) >= 302
             caps = " ".join(
                 f"{c}={v}" if v and values else c for c, v in sorted(CAPABILITIES.items())
@@ -518,7 +524,7 @@ class IrcSession(Session):
             return numeric("401", self.reader(), ctx.nick, text)
         if code == "bad_mask":
             return numeric("696", self.reader(), ctx.target or "*", "b", ctx.nick or "*", text)
-        if ctx.verb == "AUTHENTICATE" and not self._sasl_account:
+        if ctx.verb == "AUTHENTICATE" and not self._sasl_account and code not in FATAL:
             return numeric("904", self.reader(), text)  # whatever stopped it
         if code == "banned" and ctx.verb != "JOIN":
             return numeric("465", self.reader(), text)  # a kline: the connection ends
