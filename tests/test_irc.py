@@ -1467,3 +1467,46 @@ async def test_the_registration_limit_inside_sasl_closes_with_error(
     closing = await client.wait_closed()
     assert closing[-1].verb == "ERROR", closing  # not a 904: the limit ends the connection
     assert "before choosing a nickname" in closing[-1].text
+
+
+@cluster
+@pytest.mark.both_stores
+async def test_away_is_seen_on_every_node(nodes: Nodes) -> None:
+    """AWAY on one daemon: 301, WHO's G, WHOIS, USERHOST and away-notify
+    on the other; back again, the same; and it goes with the connection."""
+    one, two = await nodes(2, irc_port=0)
+    here, there = Gateway(one), Gateway(two)
+    try:
+        alice = await here.irc("alice", caps=["away-notify"])
+        bob = await there.irc("bob")
+        await join(alice, "#span")
+        await join(bob, "#span")
+        await alice.expect("JOIN", lambda m: m.nick == "bob")
+        await bob.send("AWAY :afk")
+        await bob.expect("306")
+        note = await alice.expect("AWAY")
+        assert (note.nick, note.params) == ("bob", ("afk",))
+        await alice.send("PRIVMSG bob :there?", "WHO #span", "WHOIS bob", "USERHOST bob")
+        assert (await alice.expect("301")).params[1:] == ("bob", "afk")
+        who = await alice.expect("352", lambda m: m.params[5] == "bob")
+        assert who.params[6].startswith("G")
+        whois = await alice.lines_until("318")
+        assert ("bob", "afk") in [m.params[1:] for m in whois if m.verb == "301"]
+        assert (await alice.expect("302")).text == "bob=-~bob@chatd/guest"
+        await bob.send("AWAY")
+        await bob.expect("305")
+        back = await alice.expect("AWAY")
+        assert (back.nick, back.params) == ("bob", ())
+        await alice.send("WHO #span")
+        who = await alice.expect("352", lambda m: m.params[5] == "bob")
+        assert who.params[6].startswith("H")
+        # Away when the connection ends: whoever takes the nickname next is here.
+        await bob.send("AWAY :gone for good", "QUIT")
+        await alice.expect("QUIT", lambda m: m.nick == "bob")
+        again = await there.irc("bob")
+        await again.sync()
+        await alice.send("USERHOST bob")
+        assert (await alice.expect("302")).text == "bob=+~bob@chatd/guest"
+    finally:
+        here.close()
+        there.close()

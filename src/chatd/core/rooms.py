@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from chatd.core.away import AwayBook
 from chatd.core.bus import Bus
 from chatd.core.fanout import Watchers, send_all
 from chatd.core.local import LocalBus
@@ -120,6 +121,8 @@ class RoomManager:
         self.saved = SavedRooms(self.store)
         #: Members that asked for ``room`` events (``/rooms watch``).
         self.watchers = Watchers()
+        #: Who is away (IRC's AWAY), cluster-wide (see chatd.core.away).
+        self.away = AwayBook(lambda: self.bus)
         #: Owners, modes, bans and server operators (see chatd.core.moderation).
         self.moderator = Moderator(self, opers=opers, max_owned=max_owned_rooms, clock=clock)
         #: Every connection, with a nickname or not (the server's sessions
@@ -202,6 +205,7 @@ class RoomManager:
             raise NickTaken(f"nickname {nick} is taken; pick another")
         member.nick, member.key = nick, key
         self._nicks[key] = member
+        self.away.forget(key)  # a nickname taken afresh is here
         member.tell(Registered(nick, member.account is not None))
         if member.chooses_rooms:
             return
@@ -243,6 +247,7 @@ class RoomManager:
         self._nicks[key] = member
         member.nick, member.key = nick, key
         self.moderator.renamed(member, old_key)
+        self.away.renamed(old_key, key, nick, member.rooms)
         audience: dict[Member, None] = {member: None}
         for room in member.rooms.values():
             audience.update(room.members)
@@ -405,6 +410,7 @@ class RoomManager:
                 told.update(m for m in room.members if m.codec.one_quit)
         member.current = None
         del self._nicks[member.key]
+        self.away.forget(member.key)
         if release:
             self.bus.released(member.key)
         member.key = None
@@ -503,8 +509,12 @@ class RoomManager:
             self.watchers.tell(event)
 
     def moderated(self, data: list[Any]) -> None:
-        """A moderation step from another node (see Moderator.arrived)."""
-        self.moderator.arrived(data)
+        """A moderation step from another node (see Moderator.arrived), or
+        an away message (see AwayBook)."""
+        if data[0] == "away":
+            self.away.arrived(data)
+        else:
+            self.moderator.arrived(data)
 
     @staticmethod
     def ruled(room: Room, doc: str) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from chatd.core.dispatch import Pending
-from chatd.daemon.ircquery import IrcQueries, Step
+from chatd.daemon.ircquery import IrcQueries, Step, tell_away
 from chatd.daemon.ircsession import IrcSession, check_nick_ok, is_number, strip_formatting
 from chatd.errors import (
     BadArgs,
@@ -117,8 +117,9 @@ class IrcClient(IrcQueries):
             if room is None or name_key(room) not in self.rooms:
                 continue
             joined = self.rooms[name_key(room)]
-            if self._away is not None:
-                self.tell_away((joined,))
+            manager = self._dispatcher.manager
+            if (away := manager.away.get(self.nick or "")) is not None:
+                tell_away(manager, self.nick or "", away, [joined.key])
             self.context("NAMES", chan)
             reason = await self.steps([lambda r=joined.name: self.run_chatd(Who(r))])  # type: ignore[misc]
             if reason is not None:
@@ -246,9 +247,9 @@ class IrcClient(IrcQueries):
             # chatd has no /me in private: the action is written out, as every
             # client shows it alike.
             text = f"* {self.nick} {text}"
-        peer = self._dispatcher.manager.find(target)
-        if not notice and isinstance(peer, IrcSession) and peer.away is not None:
-            self.numeric("301", peer.nick or target, peer.away)
+        away = self._dispatcher.manager.away.get(target)
+        if not notice and away is not None:
+            self.numeric("301", target, away)
         return self.run_chatd(Msg(target, text, notice and not action))
 
     def _notice(self, message: IrcMessage) -> str | Pending | None:

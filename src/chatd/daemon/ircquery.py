@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from chatd import __version__
 from chatd.core.dispatch import Pending
 from chatd.core.model import Room
+from chatd.core.rooms import RoomManager
 from chatd.daemon.ircsession import MOTD, IrcSession, strip_formatting
 from chatd.errors import ChatError, NoSuchRoom, NotInRoom
 from chatd.protocol import (
@@ -141,30 +142,15 @@ class IrcQueries(IrcSession):
         return self.run_chatd(ListRooms())
 
     def _away_command(self, message: IrcMessage) -> None:
+        """AWAY: kept in the room model's book, cluster-wide (see
+        chatd.core.away), which tells the IRC clients sharing a channel."""
         text = strip_formatting(message.params[0]) if message.params else ""
-        self._away = fit(text, 390) or None
-        if self._away is None:
+        away = fit(text, 390) or None
+        if away is None:
             self.numeric("305", "You are no longer marked as being away")
         else:
             self.numeric("306", "You have been marked as being away")
-        self.tell_away(self.rooms.values())
-
-    def tell_away(self, rooms: Iterable[Room]) -> None:
-        """``away-notify``: this client's AWAY state, to the IRC clients in
-        ``rooms`` that asked for it (on an AWAY, and when it joins one)."""
-        params = (self._away,) if self._away else ()
-        line = wire(IrcMessage("AWAY", params, self.me()))
-        told: set[IrcSession] = set()
-        for room in rooms:
-            for member in room.members:
-                if (
-                    isinstance(member, IrcSession)
-                    and member is not self
-                    and member not in told
-                    and "away-notify" in member.caps
-                ):
-                    told.add(member)
-                    member.deliver(line)
+        self._dispatcher.manager.away.set(self, away)
 
     async def _whois(self, message: IrcMessage) -> None:
         params = message.params
@@ -193,9 +179,8 @@ class IrcQueries(IrcSession):
             self.numeric("313", person.nick, "is an IRC operator")
         if account:
             self.numeric("330", person.nick, person.nick, "is logged in as")
-        peer = manager.find(person.nick)
-        if isinstance(peer, IrcSession) and peer.away is not None:
-            self.numeric("301", person.nick, peer.away)
+        if (away := manager.away.get(person.nick)) is not None:
+            self.numeric("301", person.nick, away)
         self.numeric("318", person.nick, "End of /WHOIS list.")
 
     async def _ison(self, message: IrcMessage) -> None:
@@ -211,8 +196,7 @@ class IrcQueries(IrcSession):
         for nick in message.params[:5]:
             person = await self._dispatcher.manager.bus.person(nick)
             if person is not None:
-                peer = self._dispatcher.manager.find(person.nick)
-                away = isinstance(peer, IrcSession) and peer.away is not None
+                away = self._dispatcher.manager.away.get(person.nick) is not None
                 me = source_of(person.nick, account=person.account is not None)
                 found.append(
                     person.nick
@@ -306,7 +290,7 @@ class IrcQueries(IrcSession):
         account = manager.store.is_registered(nick)
         user, _, host = source_of(nick, account=account).partition("!")[2].partition("@")
         peer = manager.find(nick)
-        flags = "G" if isinstance(peer, IrcSession) and peer.away is not None else "H"
+        flags = "G" if manager.away.get(nick) is not None else "H"
         if peer is not None and peer.oper:
             flags += "*"
         if role and role != "member":
@@ -325,3 +309,24 @@ class IrcQueries(IrcSession):
             out.append(numeric("322", self.reader(), channel(name), str(count), text))
         out.append(numeric("323", self.reader(), "End of /LIST"))
         return b"".join(out)
+
+
+def tell_away(manager: RoomManager, nick: str, text: str | None, rooms: list[str]) -> None:
+    """``away-notify``: ``nick``'s AWAY state to the IRC clients here that
+    share one of ``rooms`` with it and asked for it (a listener of the room
+    model's AwayBook: on an AWAY here or on another node, and after a JOIN)."""
+    source = source_of(nick, account=manager.store.is_registered(nick))
+    line = wire(IrcMessage("AWAY", (text,) if text else (), source))
+    told: set[IrcSession] = set()
+    key = name_key(nick)
+    for room_key in rooms:
+        room = manager.live(room_key)
+        for member in room.members if room is not None else ():
+            if (
+                isinstance(member, IrcSession)
+                and member.key != key
+                and member not in told
+                and "away-notify" in member.caps
+            ):
+                told.add(member)
+                member.deliver(line)

@@ -143,7 +143,6 @@ class IrcSession(Session):
     """One IRC client: registration, capabilities, and its replies."""
 
     __slots__ = (
-        "_away",
         "_batch_seq",
         "_cap_open",
         "_caps",
@@ -184,7 +183,6 @@ class IrcSession(Session):
         self._sasl: str | None = None
         #: The account SASL proved, logged in to when registration completes.
         self._sasl_account: Account | None = None
-        self._away: str | None = None
         self._ctx = Context()
         self._batch_seq = 0
         #: Rooms joined by the command being run, whose history follows NAMES.
@@ -196,11 +194,6 @@ class IrcSession(Session):
     @property
     def kind(self) -> str:
         return "ircs" if self._conn.transport == "tls" else "irc"
-
-    @property
-    def away(self) -> str | None:
-        """The AWAY message (None: here)."""
-        return self._away
 
     @property
     def caps(self) -> frozenset[str]:

@@ -31,6 +31,7 @@ from chatd.core.stats import Stats
 from chatd.daemon.build import build_manager
 from chatd.daemon.flood import TokenBucket
 from chatd.daemon.irc import IrcClient
+from chatd.daemon.ircquery import tell_away
 from chatd.daemon.ircsession import IrcCodecs
 from chatd.daemon.outbox import LINGER_SECONDS
 from chatd.daemon.session import Session
@@ -87,6 +88,7 @@ class Server:
         self._irc_listener: asyncio.Server | None = None
         self._ircs_listener: asyncio.Server | None = None
         self._irc_codecs = IrcCodecs(self.manager.store.is_registered)
+        self.manager.away.listeners.append(partial(tell_away, self.manager))
         self._web: WebGateway | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._registry: CollectorRegistry | None = None
