@@ -1493,6 +1493,11 @@ async def test_away_is_seen_on_every_node(nodes: Nodes) -> None:
         whois = await alice.lines_until("318")
         assert ("bob", "afk") in [m.params[1:] for m in whois if m.verb == "301"]
         assert (await alice.expect("302")).text == "bob=-~bob@chatd/guest"
+        # Joining a channel while away: the JOIN, then the AWAY (away-notify).
+        await join(alice, "#more")
+        await join(bob, "#more")
+        seen = await alice.lines_until("AWAY")
+        assert [(m.verb, m.nick) for m in seen][-2:] == [("JOIN", "bob"), ("AWAY", "bob")]
         await bob.send("AWAY")
         await bob.expect("305")
         back = await alice.expect("AWAY")

@@ -51,6 +51,15 @@ class AwayBook:
         self._bus().broadcast(None, ["away", member.key, member.nick or "", text or "", rooms])
         self._tell(member.nick or "", text, rooms)
 
+    def announce(self, member: Member, rooms: list[str]) -> None:
+        """Tell ``rooms`` (ones ``member`` just joined), here and on the
+        other nodes, that ``member`` is away, if it is."""
+        text = self.get(member.nick or "")
+        if text is None or member.key is None:
+            return
+        self._bus().broadcast(None, ["away", member.key, member.nick or "", text, rooms])
+        self._tell(member.nick or "", text, rooms)
+
     def arrived(self, data: list[Any]) -> None:
         """Another node's change (see set)."""
         _, key, nick, text, rooms = data

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from chatd.core.dispatch import Pending
-from chatd.daemon.ircquery import IrcQueries, Step, tell_away
+from chatd.daemon.ircquery import IrcQueries, Step
 from chatd.daemon.ircsession import IrcSession, check_nick_ok, is_number, strip_formatting
 from chatd.errors import (
     BadArgs,
@@ -117,9 +117,7 @@ class IrcClient(IrcQueries):
             if room is None or name_key(room) not in self.rooms:
                 continue
             joined = self.rooms[name_key(room)]
-            manager = self._dispatcher.manager
-            if (away := manager.away.get(self.nick or "")) is not None:
-                tell_away(manager, self.nick or "", away, [joined.key])
+            self._dispatcher.manager.away.announce(self, [joined.key])
             self.context("NAMES", chan)
             reason = await self.steps([lambda r=joined.name: self.run_chatd(Who(r))])  # type: ignore[misc]
             if reason is not None:
