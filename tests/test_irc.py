@@ -1515,3 +1515,46 @@ async def test_away_is_seen_on_every_node(nodes: Nodes) -> None:
     finally:
         here.close()
         there.close()
+
+
+async def test_long_lists_are_split_not_cut(open_gateway: OpenGateway) -> None:
+    """319 (WHOIS channels) takes as many lines as it needs; 303 (ISON)
+    answers a full line in full."""
+    gw = await open_gateway(max_room_len=32, max_nick_len=32)
+    chans = [f"#{i:02d}" + "c" * 30 for i in range(20)]
+    ann = await gw.irc("ann")
+    await join(ann, *chans[:10])  # a JOIN line holds 10 of these names
+    await join(ann, *chans[10:])
+    asker = await gw.irc("asker")
+    await asker.send("WHOIS ann")
+    whois = await asker.lines_until("318")
+    listed = [c for m in whois if m.verb == "319" for c in m.text.split()]
+    assert sorted(listed) == sorted(chans)
+    assert len([m for m in whois if m.verb == "319"]) > 1
+    nicks = [f"n{i:02d}" + "x" * 29 for i in range(14)]  # as many as an ISON line holds
+    for nick in nicks:
+        await gw.irc(nick)
+    await asker.send("ISON " + " ".join(nicks))
+    ison = await asker.lines_until("303", lambda m: nicks[-1] in m.text.split())
+    online = [n for m in ison if m.verb == "303" for n in m.text.split()]
+    assert online == nicks
+
+
+async def test_a_secret_channel_lists_nobody_to_outsiders(gw: Gateway) -> None:
+    owner = await gw.irc("owner")
+    await join(owner, "#hush")
+    await owner.send("MODE #hush +s")
+    await owner.expect("MODE")
+    outsider = await gw.irc("outsider")
+    await outsider.send("NAMES #hush", "WHO #hush")
+    lines = await outsider.sync()
+    assert [m.verb for m in lines] == ["366", "315"]
+    assert "403" not in verbs(lines)
+
+
+async def test_empty_target_lists_are_answered(gw: Gateway) -> None:
+    ann = await gw.irc("ann")
+    await join(ann, "#c")
+    await ann.send("KICK #c ,", "PART ,", "NAMES ,", "PRIVMSG , :x", "NOTICE , :x")
+    lines = await ann.sync()
+    assert verbs(lines) == ["461", "461", "461", "411"]

@@ -147,9 +147,9 @@ class IrcClient(IrcQueries):
     def _part(self, message: IrcMessage) -> str | Pending | None:
         if not message.params:
             raise BadArgs("Not enough parameters")
-        steps = []
-        for chan in self.targets(message.params[0], limit=None):
-            steps.append(self._part_step(chan))
+        steps = [self._part_step(chan) for chan in self.targets(message.params[0], limit=None)]
+        if not steps:
+            raise BadArgs("Not enough parameters")
         return self.steps(steps)
 
     def _part_step(self, chan: str) -> Step:
@@ -178,6 +178,8 @@ class IrcClient(IrcQueries):
         chan, reason = params[0], strip_formatting(params[2]) if len(params) > 2 else ""
         self.in_room(chan)
         steps = [self._kick_step(chan, nick, reason) for nick in self.targets(params[1])]
+        if not steps:
+            raise BadArgs("Not enough parameters")
         return self.steps(steps)
 
     def _kick_step(self, chan: str, nick: str, reason: str) -> Step:
@@ -216,6 +218,8 @@ class IrcClient(IrcQueries):
             return None
         targets, text = self.targets(params[0], quiet=notice), params[1]
         if not targets:
+            if not notice:
+                self.numeric("411", f"No recipient given ({verb})")
             return None
         action = ctcp_action(text)
         if action is None and text.startswith("\x01"):

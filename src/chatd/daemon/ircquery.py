@@ -19,7 +19,7 @@ from chatd.core.dispatch import Pending
 from chatd.core.model import Room
 from chatd.core.rooms import RoomManager
 from chatd.daemon.ircsession import MOTD, IrcSession, strip_formatting
-from chatd.errors import ChatError, NoSuchRoom, NotInRoom
+from chatd.errors import BadArgs, ChatError, NoSuchRoom, NotInRoom
 from chatd.protocol import (
     BanList,
     Error,
@@ -43,7 +43,7 @@ from chatd.protocol import (
 from chatd.protocol.framing import Format
 from chatd.protocol.irc import IrcMessage
 from chatd.protocol.ircmap import SERVER, channel, fit, irc_mask, room_of, source_of, wire
-from chatd.protocol.ircreplies import motd, names, numeric
+from chatd.protocol.ircreplies import listed, motd, names, numeric
 from chatd.protocol.moderation import Role
 
 #: Events for this client alone that IRC has no numeric for: a NOTICE with
@@ -124,6 +124,8 @@ class IrcQueries(IrcSession):
             self.numeric("366", "*", "End of /NAMES list.")
             return None
         chans = self.targets(message.params[0], limit=None)
+        if not chans:
+            raise BadArgs("Not enough parameters")
         return self.steps(self._names_step(chan) for chan in chans)
 
     def _names_step(self, chan: str) -> Step:
@@ -173,7 +175,7 @@ class IrcQueries(IrcSession):
             if room is not None and not manager.moderator.hidden(room, self):
                 chans.append(channel(room.name))
         if chans:
-            self.numeric("319", person.nick, " ".join(chans))
+            self.reply(listed("319", self.reader(), person.nick, items=chans))
         self.numeric("312", person.nick, SERVER, "chatd")
         if person.oper:
             self.numeric("313", person.nick, "is an IRC operator")
@@ -189,7 +191,7 @@ class IrcQueries(IrcSession):
             person = await self._dispatcher.manager.bus.person(nick)
             if person is not None:
                 found.append(person.nick)
-        self.numeric("303", " ".join(found))
+        self.reply(listed("303", self.reader(), items=found))
 
     async def _userhost(self, message: IrcMessage) -> None:
         found = []

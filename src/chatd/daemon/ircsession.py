@@ -515,6 +515,14 @@ class IrcSession(Session):
             return self._end_batch() + self._error(code, text)
         if code == "no_such_nick" and ctx.nick:
             return numeric("401", self.reader(), ctx.nick, text)
+        if code == "no_such_room" and ctx.verb in ("NAMES", "WHO"):
+            # As IRC servers do for a channel they will not show: an empty list.
+            number, end = (
+                ("366", "End of /NAMES list.")
+                if ctx.verb == "NAMES"
+                else ("315", "End of WHO list")
+            )
+            return numeric(number, self.reader(), ctx.target or "*", end)
         if code == "bad_mask":
             return numeric("696", self.reader(), ctx.target or "*", "b", ctx.nick or "*", text)
         if ctx.verb == "AUTHENTICATE" and not self._sasl_account and code not in FATAL:

@@ -112,6 +112,21 @@ def motd(reader: str, lines: Iterable[str]) -> bytes:
     return b"".join(out)
 
 
+def listed(number: str, reader: str, *params: str, items: Sequence[str]) -> bytes:
+    """A numeric whose last parameter lists ``items`` (319, 303): as many
+    lines as they need, each within IRC's 512 bytes (one line when empty)."""
+    head = len(wire(IrcMessage(number, (reader, *params, "x"), SERVER))) - 1
+    out, line = [], ""
+    for item in items:
+        if line and head + len(line.encode()) + 1 + len(item.encode()) > MAX_LINE:
+            out.append(numeric(number, reader, *params, line))
+            line = ""
+        line = f"{line} {item}" if line else item
+    if line or not out:
+        out.append(numeric(number, reader, *params, line))
+    return b"".join(out)
+
+
 def prefixed(nick: str, role: str) -> str:
     """A nickname with its role's prefix (``@bob``). A chatd member has one
     role, so ``multi-prefix`` shows the same one prefix."""
