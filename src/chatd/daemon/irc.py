@@ -22,7 +22,7 @@ from typing import ClassVar
 
 from chatd.core.dispatch import Pending
 from chatd.daemon.ircquery import IrcQueries, Step
-from chatd.daemon.ircsession import IrcSession, check_nick_ok, is_number, strip_formatting
+from chatd.daemon.ircsession import IrcSession, check_nick_ok, strip_formatting
 from chatd.errors import (
     BadArgs,
     BadMode,
@@ -57,6 +57,7 @@ from chatd.protocol import (
     Who,
     check_nick,
     check_room,
+    is_number,
     name_key,
 )
 from chatd.protocol.irc import IrcMessage

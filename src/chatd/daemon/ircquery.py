@@ -19,10 +19,9 @@ from chatd.core.dispatch import Pending
 from chatd.core.model import Room
 from chatd.core.rooms import RoomManager
 from chatd.daemon.ircsession import MOTD, IrcSession, strip_formatting
-from chatd.errors import BadArgs, ChatError, NoSuchRoom, NotInRoom
+from chatd.errors import BadArgs, NoSuchRoom, NotInRoom
 from chatd.protocol import (
     BanList,
-    Error,
     Event,
     Invited,
     InviteSent,
@@ -87,15 +86,8 @@ class IrcQueries(IrcSession):
         for step in steps:
             if self.closing:
                 return None
-            try:
-                result = step()
-                if result is not None and not isinstance(result, str):
-                    result = await result
-            except ChatError as exc:
-                self.tell(Error.of(exc))
-                continue
-            if result is not None:
-                return result
+            if (reason := await self.settle(step)) is not None:
+                return reason
         return None
 
     def in_room(self, name: str) -> Room:

@@ -44,6 +44,7 @@ from chatd.protocol import (
     TopicIs,
     check_nick,
     clean_text,
+    is_number,
     name_key,
 )
 from chatd.protocol.irc import MAX_CLIENT_TAGS, MAX_LINE, BadMessage, IrcMessage, parse_message
@@ -84,12 +85,6 @@ MOTD = (
     "Register your nickname with a chatd client (/register), log in here with SASL or PASS.",
 )
 STARTED = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-
-
-def is_number(word: str) -> bool:
-    """ASCII digits only (``str.isdigit`` takes a superscript two, which
-    ``int`` refuses)."""
-    return word.isascii() and word.isdigit()
 
 
 def check_nick_ok(name: str) -> bool:
@@ -267,6 +262,18 @@ class IrcSession(Session):
         """Hand a chatd command to the dispatcher, as any client's."""
         return self._dispatcher.dispatch(self, command)
 
+    async def settle(self, step: Callable[[], str | Pending | None]) -> str | None:
+        """Run one chatd command to its end, waiting if it waits; an error
+        is told (as Session._complete tells one), not raised."""
+        try:
+            result = step()
+        except ChatError as exc:
+            self.tell(Error.of(exc))
+            return None
+        if result is None or isinstance(result, str):
+            return result
+        return await self._complete(result)
+
     def context(self, verb: str, target: str = "", *, mode: str = "", nick: str = "") -> None:
         """The command that the next replies and errors answer."""
         self._ctx = Context(verb, target, mode, self._ctx.quiet, nick)
@@ -370,20 +377,12 @@ class IrcSession(Session):
         if not colon or not check_nick_ok(account):
             account, password = wanted, secret
         self.context("PASS", wanted)
-        try:
-            pending = self.run_chatd(Login(account, password))
-            if pending is not None and not isinstance(pending, str):
-                pending = await pending
-            if pending is not None:
-                return pending
-        except ChatError as exc:
-            self.tell(Error.of(exc))
+        reason = await self.settle(lambda: self.run_chatd(Login(account, password)))
         self._password = None
-        if self.key is not None or self.closing:
-            return None
+        if reason is not None or self.key is not None or self.closing:
+            return reason
         self.context("NICK", wanted)
-        result = self.run_chatd(Nick(wanted))
-        return await result if result is not None and not isinstance(result, str) else result
+        return await self.settle(lambda: self.run_chatd(Nick(wanted)))
 
     def _authenticate(self, message: IrcMessage) -> str | Pending | None:
         """SASL PLAIN: ``AUTHENTICATE PLAIN``, ``+``, then the credentials

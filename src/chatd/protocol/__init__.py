@@ -75,6 +75,7 @@ from chatd.protocol.commands import (
     check_password,
     check_room,
     clean_text,
+    is_number,
     name_key,
     parse_line,
 )
@@ -244,6 +245,7 @@ __all__ = [
     "event_to_text",
     "foreign_protocol",
     "format_duration",
+    "is_number",
     "name_key",
     "parse_duration",
     "parse_line",

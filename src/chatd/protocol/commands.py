@@ -398,7 +398,7 @@ MAX_PASSWORD_LEN: Final = 128
 MAX_HISTORY: Final = 1000
 
 
-def _is_number(word: str) -> bool:
+def is_number(word: str) -> bool:
     """ASCII digits only: ``str.isdigit`` also takes a superscript two, which
     ``int`` refuses, and Arabic-Indic digits, which it reads as a number."""
     return word.isascii() and word.isdigit()
@@ -441,10 +441,10 @@ def _parse_history(args: str) -> ShowHistory:
     for i, word in enumerate(args.split()):
         if word.startswith("before="):
             value = word[7:]
-            if not _is_number(value) or len(value) > 18 or before is not None:
+            if not is_number(value) or len(value) > 18 or before is not None:
                 raise BadArgs(usage)  # an id, which the store keeps in 63 bits
             before = int(value)
-        elif _is_number(word):
+        elif is_number(word):
             count = int(word)
             if not 1 <= count <= MAX_HISTORY:
                 raise BadArgs(usage)
@@ -538,7 +538,7 @@ def _parse_mode(args: str) -> Mode:
 def _parse_modlog(args: str) -> ShowModLog:
     if not args:
         return ShowModLog()
-    if not _is_number(args) or not 1 <= int(args) <= MAX_HISTORY:
+    if not is_number(args) or not 1 <= int(args) <= MAX_HISTORY:
         raise BadArgs(f"usage: /modlog [N] (N at most {MAX_HISTORY})")
     return ShowModLog(int(args))
 

@@ -138,19 +138,10 @@ def names(
 ) -> bytes:
     """``353`` lines (as many as the names need) and ``366``."""
     chan = channel(room)
+    entries = [prefixed(n, r) for n, r in zip(nicks, roles or [""] * len(nicks), strict=True)]
     symbol = "@" if secret else "="
-    head = len(f":{SERVER} 353 {reader} {symbol} {chan} :\r\n".encode())
-    out, line = [], ""
-    for nick, role in zip(nicks, roles or [""] * len(nicks), strict=True):
-        entry = prefixed(nick, role)
-        if line and head + len(line) + 1 + len(entry) > MAX_LINE:
-            out.append(numeric("353", reader, symbol, chan, line))
-            line = ""
-        line = f"{line} {entry}" if line else entry
-    if line:
-        out.append(numeric("353", reader, symbol, chan, line))
-    out.append(numeric("366", reader, chan, "End of /NAMES list."))
-    return b"".join(out)
+    names = listed("353", reader, symbol, chan, items=entries) if entries else b""
+    return names + numeric("366", reader, chan, "End of /NAMES list.")
 
 
 def topic(reader: str, room: str, text: str) -> bytes:

@@ -141,7 +141,7 @@ def parse_mode_changes(words: list[str]) -> tuple[ModeChange, ...]:
                 if char in "+-":
                     sign = char
                 elif char not in MODE_FLAGS:
-                    raise BadMode(f"unknown mode {char!r}; modes are +i +k KEY +l N +m +s +t")
+                    raise _unknown_mode(char)
                 else:
                     pending.append((sign, char))
             _take_args(changes, pending, args)
@@ -151,10 +151,7 @@ def parse_mode_changes(words: list[str]) -> tuple[ModeChange, ...]:
     if args:
         raise BadMode(f"mode argument {args[0]!r} belongs to no +k or +l")
     for sign, flag in pending:
-        if sign == "+" and flag in _WITH_ARG:
-            usage = "+k KEY" if flag == "k" else "+l N"
-            raise BadMode(f"{usage} needs its argument")
-        changes.append(ModeChange(sign, flag))
+        changes.append(mode_change(sign, flag))  # BadMode: +k or +l without its argument
     if not changes:
         raise BadMode("no mode change; write it like +i, -k or +l 20")
     # One change per letter, the last one given: +iiii is +i.
@@ -164,7 +161,7 @@ def parse_mode_changes(words: list[str]) -> tuple[ModeChange, ...]:
 def mode_change(sign: str, flag: str, arg: str | None = None) -> ModeChange:
     """One change, checked as :func:`parse_mode_changes` checks it (BadMode)."""
     if flag not in MODE_FLAGS:
-        raise BadMode(f"unknown mode {flag!r}; modes are +i +k KEY +l N +m +s +t")
+        raise _unknown_mode(flag)
     if sign == "+" and flag in _WITH_ARG:
         if arg is None:
             raise BadMode(f"{'+k KEY' if flag == 'k' else '+l N'} needs its argument")
@@ -176,13 +173,15 @@ def _take_args(changes: list[ModeChange], pending: list[tuple[str, str]], args: 
     """Move the letters whose arguments have arrived (or need none) to ``changes``."""
     while pending:
         sign, flag = pending[0]
-        if sign == "+" and flag in _WITH_ARG:
-            if not args:
-                return
-            changes.append(ModeChange(sign, flag, _check_mode_arg(flag, args.pop(0))))
-        else:
-            changes.append(ModeChange(sign, flag))
+        needs = sign == "+" and flag in _WITH_ARG
+        if needs and not args:
+            return
+        changes.append(mode_change(sign, flag, args.pop(0) if needs else None))
         pending.pop(0)
+
+
+def _unknown_mode(flag: str) -> BadMode:
+    return BadMode(f"unknown mode {flag!r}; modes are +i +k KEY +l N +m +s +t")
 
 
 def _check_mode_arg(flag: str, arg: str) -> str:
