@@ -85,16 +85,26 @@ async def test_wrong_password_and_unknown_nick_look_the_same(connect: Connect) -
     assert (await client.expect("registered"))["nick"] == "carol"
 
 
-async def test_a_second_login_takes_over_from_a_stale_connection(connect: Connect) -> None:
+@pytest.mark.timeout(60)
+async def test_a_second_login_joins_the_first_connection(connect: Connect) -> None:
+    """A second login no longer throws the first connection out: both are
+    sessions of the account, which others see once."""
     old = await registered_account(connect)
     new = await connect()
     await new.send(f"/login alice {PASSWORD}")
     assert (await new.expect("registered"))["account"] is True
-    bye = await old.expect("bye")
-    assert bye["reason"] == "logged in from elsewhere"
-    await old.wait_closed()
-    await new.send("/who")
-    assert (await new.expect("who"))["nicks"] == ["alice"]
+    events = await old.sync("still-connected")
+    assert not [e for e in events if e["type"] in ("bye", "leave")], events
+    watcher = await connect("watcher")
+    for c in (new, old, watcher):
+        await c.send("/who general")
+        assert (await c.expect("who"))["nicks"] == ["alice", "watcher"]
+    # Both get what is said, and what either says.
+    await watcher.send("hello alice")
+    for c in (old, new):
+        assert (await c.expect("message"))["text"] == "hello alice"
+    await new.send("/sessions")
+    assert len((await new.expect("sessions"))["sessions"]) == 2
 
 
 async def test_logout_returns_to_choosing_a_nickname(connect: Connect) -> None:

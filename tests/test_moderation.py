@@ -480,7 +480,9 @@ async def test_a_login_does_not_take_an_account_into_a_room_that_changed_hands(
 
 async def test_a_ban_holds_whatever_name_the_banned_comes_in_under(open_client: Open) -> None:
     owner = await open_client("owner", account=True)
-    await open_client("balice", account=True)
+    balice = await open_client("balice", account=True)
+    await balice.send("/quit")  # not connected: a login renames the guest in place
+    await balice.expect("bye")
     await enter(owner, "club")
     await owner.send("/ban account:balice", "/ban nick:troll")
     await owner.expect("ban")

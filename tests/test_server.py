@@ -21,7 +21,8 @@ async def test_nc_style_session(server: Server) -> None:
         await bob.expect_line(r"^\* now talking in #general$")
         await alice.expect_line(r"^\* bob joined #general$")
         await bob.send("hello alice")
-        assert await alice.expect_line(r"bob:") == "[general] bob: hello alice"
+        # It mentions alice: marked so for her alone.
+        assert await alice.expect_line(r"bob:") == "![general] bob: hello alice"
         assert await bob.expect_line(r"bob:") == "[general] bob: hello alice"
         await alice.send("//etc is where config lives")
         assert await bob.expect_line(r"alice:") == "[general] alice: /etc is where config lives"
@@ -56,12 +57,14 @@ async def test_json_contract_for_a_conversation(connect: Connect) -> None:
     await alice.expect(lambda e: e == {"type": "join", "room": "general", "nick": "bob"})
 
     await alice.send("hi bob")
-    msg = await bob.expect("message")
+    mention = await bob.expect("message")
+    assert mention.pop("mention") is True  # it names bob: marked for him alone
+    msg = await alice.expect("message")  # the sender's echo is the same event, unmarked
+    assert msg == mention
     assert set(msg) == {"type", "id", "ts", "room", "from", "text"}
     assert (msg["room"], msg["from"], msg["text"]) == ("general", "alice", "hi bob")
     assert isinstance(msg["id"], int)
     assert isinstance(msg["ts"], float)
-    assert await alice.expect("message") == msg  # the sender's echo is the same event
 
     await bob.send("/me waves")
     action = await alice.expect("message")

@@ -189,6 +189,12 @@ class Settings:
         group=LIMITS,
         help="rooms one session may be in; more get too_many_rooms",
     )
+    #: Connections logged in to one account at once (on one daemon).
+    max_sessions_per_account: int = setting(
+        10,
+        group=LIMITS,
+        help="connections logged in to one account at once; more get too_many_sessions",
+    )
     #: Seconds a new connection has to choose a nickname.
     register_timeout: float = setting(
         60.0, group=LIMITS, help="seconds a new connection has to pick a nickname"
@@ -510,6 +516,7 @@ _AT_LEAST_ONE = (
     "max_clients",
     "max_per_ip",
     "max_rooms_per_session",
+    "max_sessions_per_account",
     "max_total_rooms",
     "max_owned_rooms",
     "announce_limit",

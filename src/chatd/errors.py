@@ -104,6 +104,12 @@ class BadMode(ProtocolError):
     code = "bad_mode"
 
 
+class BadQuery(ProtocolError):
+    """A /search query the search syntax cannot read (an open quote, a lone operator)."""
+
+    code = "bad_query"
+
+
 class WrongProtocol(ProtocolError):
     """TLS or HTTP spoken to the plain chat port."""
 
@@ -214,6 +220,12 @@ class RegistrationLimit(LimitError):
     code = "registration_limit"
 
 
+class TooManySessions(LimitError):
+    """An account has as many connections as ``--max-sessions-per-account`` allows."""
+
+    code = "too_many_sessions"
+
+
 class RoomFull(LimitError):
     code = "room_full"
 
@@ -254,6 +266,7 @@ ALL_CODES: tuple[str, ...] = tuple(
         BadRoom,
         BadMask,
         BadMode,
+        BadQuery,
         WrongProtocol,
         NotRegistered,
         NickTaken,
@@ -273,6 +286,7 @@ ALL_CODES: tuple[str, ...] = tuple(
         RateLimited,
         TooManyRooms,
         RoomFull,
+        TooManySessions,
         ListFull,
         ServerFull,
         TooManyConnections,

@@ -17,6 +17,7 @@ Each daemon (a *node*) keeps its own members in its own
 ``chatd:accounts``           hash: nickname key -> JSON account
 ``chatd:accountid``          counter: the id of the last account
 ``chatd:accountrooms``       hash: account id -> JSON ``[[room, ...], current]``
+``chatd:read:ACCOUNT``       hash: conversation key -> the id of the last message read
 ===========================  ===================================================
 
 Channels: ``chatd:r:ROOM`` carries a room's events, ``chatd:n:NODE`` what

@@ -346,3 +346,72 @@ a['hash'] = ARGV[2]
 redis.call('HSET', P..'accounts', ARGV[1], cjson.encode(a))
 return 1
 """
+
+#: Move an account's read marker in a conversation forward (never back).
+#: ARGV: account, conversation key, message id. Returns 1 if it moved.
+SAVE_READ = """
+local key = 'chatd:read:'..ARGV[1]
+if tonumber(ARGV[3]) > tonumber(redis.call('HGET', key, ARGV[2]) or '0') then
+  redis.call('HSET', key, ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+#: What an account has not read of one conversation: the newest entries after
+#: its marker (at most a cap) that others sent, read here so that only their
+#: texts cross the network. ARGV: conversation key, marker id, account, cap,
+#: '1' for a private conversation (then only the entries sent to the account
+#: count). Returns {name, newest, text...}: the room's name (a room; from its
+#: newest entry) or the sender of the newest counted entry (a private
+#: conversation), that entry's id (0: none), then the counted texts.
+UNREAD = """
+local stream = 'chatd:conv:'..ARGV[1]
+local account, private = ARGV[3], ARGV[5] == '1'
+local out = {'', 0}
+for _, entry in ipairs(redis.call('XREVRANGE', stream, '+', '('..ARGV[2]..'-0',
+    'COUNT', ARGV[4])) do
+  local f, kv = {}, entry[2]
+  for i = 1, #kv, 2 do f[kv[i]] = kv[i + 1] end
+  if f['sa'] ~= account and (not private or f['ta'] == account) then
+    if out[2] == 0 then
+      out[1] = (private and f['from'] or f['room']) or ''
+      out[2] = tonumber(string.match(entry[1], '^(%d+)'))
+    end
+    table.insert(out, f['text'] or '')
+  end
+end
+if out[1] == '' and not private then
+  local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+  if newest then
+    local kv = newest[2]
+    for i = 1, #kv, 2 do if kv[i] == 'room' then out[1] = kv[i + 1] end end
+  end
+end
+return out
+"""
+
+#: A page of a stream for a search, newest first: only ids and texts cross
+#: the network. ARGV: conversation key, where to start ('+' or '(ID'), the
+#: most entries, an account ('': every entry; else only those it sent or
+#: received). Returns {entries read, id of the last one read, id, text, ...}.
+SEARCH_PAGE = """
+local entries = redis.call('XREVRANGE', 'chatd:conv:'..ARGV[1], ARGV[2], '-', 'COUNT', ARGV[3])
+local account = ARGV[4]
+local out = {#entries, ''}
+for _, entry in ipairs(entries) do
+  local text, sa, ta, kv = '', nil, nil, entry[2]
+  for i = 1, #kv, 2 do
+    local k = kv[i]
+    if k == 'text' then text = kv[i + 1]
+    elseif k == 'sa' then sa = kv[i + 1]
+    elseif k == 'ta' then ta = kv[i + 1] end
+  end
+  if account == '' or sa == account or ta == account then
+    table.insert(out, entry[1])
+    table.insert(out, text)
+  end
+end
+if #entries > 0 then out[2] = entries[#entries][1] end
+return out
+"""

@@ -2,31 +2,57 @@
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from redis.exceptions import RedisError
 
 from chatd.cluster.link import RedisLink, Unavailable, as_text, failure_of
-from chatd.cluster.scripts import CREATE_ACCOUNT, SAVE_RULES, SAY, SET_OPER, SET_PASSWORD, P
+from chatd.cluster.scripts import (
+    CREATE_ACCOUNT,
+    SAVE_READ,
+    SAVE_RULES,
+    SAY,
+    SEARCH_PAGE,
+    SET_OPER,
+    SET_PASSWORD,
+    UNREAD,
+    P,
+)
 from chatd.protocol import (
     name_key,
 )
+from chatd.protocol.mention import mentions
 from chatd.store import (
     MODLOG_MAX,
+    UNREAD_CAP,
     Account,
     AccountRooms,
     Done,
     RoomRecord,
+    SearchQuery,
+    SearchResult,
     Store,
     StoredMessage,
     StoreError,
+    Unread,
 )
+from chatd.store.search import SCAN_MAX, parse, searchable
 
 logger = logging.getLogger(__name__)
+
+#: Stream entries a search reads at a time (per stream).
+SEARCH_CHUNK: Final = 500
+#: Keys one SCAN call looks at, and the most calls a lookup for an account's
+#: private streams makes (so it looks at up to 200,000 keys).
+SCAN_COUNT: Final = 1_000
+SCAN_ROUNDS: Final = 200
 
 
 class RedisStore(Store):
@@ -45,12 +71,17 @@ class RedisStore(Store):
         self.node = node
         self.history = history
         self._registered: set[str] = set()
+        #: Account id -> nickname key, as learnt (an account keeps its nickname).
+        self._nick_keys: dict[int, str] = {}
         for name, source in (
             ("say", SAY),
             ("create_account", CREATE_ACCOUNT),
             ("set_password", SET_PASSWORD),
             ("save_rules", SAVE_RULES),
             ("set_oper", SET_OPER),
+            ("save_read", SAVE_READ),
+            ("unread", UNREAD),
+            ("search_page", SEARCH_PAGE),
         ):
             link.script(name, source)
 
@@ -169,7 +200,11 @@ class RedisStore(Store):
 
     async def account(self, nick: str) -> Account | None:
         value = await self._read("HGET", P + "accounts", name_key(nick))
-        return None if value is None else _account(value)
+        return None if value is None else self._learnt(_account(value))
+
+    def _learnt(self, account: Account) -> Account:
+        self._nick_keys[account.id] = name_key(account.nick)
+        return account
 
     async def create_account(self, nick: str, password_hash: str) -> Account | None:
         key, now = name_key(nick), time.time()
@@ -182,7 +217,7 @@ class RedisStore(Store):
             self._registered.add(key)
             return None
         self._registered.add(key)
-        return Account(int(account_id), nick, password_hash, now)
+        return self._learnt(Account(int(account_id), nick, password_hash, now))
 
     async def set_password(self, nick: str, password_hash: str) -> bool:
         try:
@@ -194,13 +229,15 @@ class RedisStore(Store):
         value = await self._read("HGET", P + "accounts", name_key(nick))
         deleted = await self._read("HDEL", P + "accounts", name_key(nick))
         if value is not None:
-            await self._read("HDEL", P + "accountrooms", str(_account(value).id))
+            account_id = str(_account(value).id)
+            await self._read("HDEL", P + "accountrooms", account_id)
+            await self._read("DEL", P + "read:" + account_id)
         self._registered.discard(name_key(nick))
         return bool(deleted)
 
     async def accounts(self) -> list[Account]:
         values = await self._read("HVALS", P + "accounts")
-        return sorted((_account(v) for v in values), key=lambda a: name_key(a.nick))
+        return sorted((self._learnt(_account(v)) for v in values), key=lambda a: name_key(a.nick))
 
     def save_account_rooms(self, account: int, rooms: AccountRooms) -> None:
         def saved(result: Any) -> None:
@@ -278,6 +315,195 @@ class RedisStore(Store):
             return AccountRooms()
         rooms, current = json.loads(value)
         return AccountRooms(tuple(str(r) for r in rooms), None if current is None else str(current))
+
+    # -- read markers, unread counts, search --------------------------------------
+
+    def save_read(self, account: int, conversation: str, message_id: int) -> None:
+        what = f"the read marker of account {account} in {conversation}"
+        args = (str(account), conversation, str(message_id))
+        self.link.submit("save_read", args, self._logged(what))
+
+    async def read_markers(self, account: int) -> dict[str, int]:
+        try:
+            # Through the write queue: after this node's markers saved before it.
+            value = await self.link.call("HGETALL", P + "read:" + str(account))
+        except Unavailable as exc:
+            raise StoreError(str(exc)) from None
+        pairs = (
+            value.items() if isinstance(value, dict) else zip(value[::2], value[1::2], strict=True)
+        )
+        return {as_text(conv): int(id_) for conv, id_ in pairs}
+
+    async def unread(self, account: int, nick: str, rooms: tuple[str, ...]) -> list[Unread]:
+        """As Store.unread; the private conversations are the streams named
+        after the account's nickname (see :meth:`_private_streams`). Each
+        conversation is read by one script (:data:`UNREAD`) that sends back
+        only the texts it counts."""
+        self._nick_keys[account] = name_key(nick)
+        markers = await self.read_markers(account)
+        found: list[Unread] = []
+        for key in rooms:
+            last = markers.get(key, 0)
+            name, _, texts = await self._unread_in(key, last, account, private=False)
+            count = sum(mentions(t, nick) for t in texts)
+            found.append(Unread(key, name or key, None, len(texts), count, last))
+        private: list[tuple[int, Unread]] = []
+        for conversation in await self._private_streams(name_key(nick)):
+            last = markers.get(conversation, 0)
+            peer, newest, texts = await self._unread_in(conversation, last, account, private=True)
+            if texts:
+                count = sum(mentions(t, nick) for t in texts)
+                entry = Unread(conversation, None, peer, len(texts), count, last)
+                private.append((newest, entry))
+        private.sort(key=lambda p: p[0], reverse=True)
+        return found + [u for _, u in private]
+
+    async def _unread_in(
+        self, conversation: str, last: int, account: int, *, private: bool
+    ) -> tuple[str, int, list[str]]:
+        """(name or peer, id of the newest counted entry, counted texts)."""
+        args = (conversation, last, account, UNREAD_CAP, "1" if private else "0")
+        try:
+            name, newest, *texts = await self.link.call("unread", *args)
+        except Unavailable as exc:
+            raise StoreError(str(exc)) from None
+        return as_text(name), int(newest), [as_text(t) for t in texts]
+
+    async def _private_streams(self, nick_key: str) -> list[str]:
+        """The private conversations of a nickname (``@nick:other`` and
+        ``@other:nick``), found with SCAN: at most SCAN_ROUNDS calls, so in a
+        very large keyspace some may not be found. A logged-in member always
+        has its account's nickname, so these are its account's conversations
+        (each message in them still says whose it is: ``sa``, ``ta``)."""
+        prefix = P + "conv:"
+        pattern = prefix + "@*" + _glob_escape(nick_key) + "*"
+        found: set[str] = set()
+        cursor: int | bytes = 0
+        for _ in range(SCAN_ROUNDS):
+            cursor, keys = await self._read("SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT)
+            for key in keys:
+                conversation = as_text(key)[len(prefix) :]
+                first, _, second = conversation[1:].partition(":")
+                if nick_key in (first, second):
+                    found.add(conversation)
+            if int(cursor) == 0:
+                break
+        return sorted(found)
+
+    async def _nick_key(self, account: int) -> str | None:
+        """An account's nickname key (learnt at its login; else looked up once)."""
+        if account not in self._nick_keys:
+            await self.accounts()  # learns every account's nickname
+        return self._nick_keys.get(account)
+
+    async def search(self, query: SearchQuery) -> SearchResult:
+        """A scan of the streams ``query`` may read, newest first, matched by
+        :mod:`chatd.store.search`.
+
+        It covers only what the streams still hold: each is capped at about
+        the history length (``--redis-history``), so older messages are not
+        found. Private conversations are those :meth:`_private_streams`
+        finds. Each stream is read SEARCH_CHUNK entries at a time by a
+        script (:data:`SEARCH_PAGE`) that sends back only ids and texts (and,
+        in a private conversation, only the account's); the streams are
+        merged by id and the matches read whole. The scan stops at
+        ``limit + 1`` matches, or, with ``cut``, after ``budget`` seconds or
+        SCAN_MAX entries.
+        """
+        match = parse(query.text)
+        account = query.account
+        private: list[str] = []
+        if account is not None and query.conversation is None:
+            nick_key = await self._nick_key(account)
+            if nick_key is not None:
+                private = await self._private_streams(nick_key)
+        deadline = time.monotonic() + query.budget
+        start = "+" if query.before is None else f"({query.before}-0"
+        mine = "" if account is None else str(account)
+        scans = [_Scan(c, start, mine) for c in searchable(query, private)]
+        scanned = 0
+        for scan in scans:  # one at a time: each answer is read in one go on the loop
+            scanned += await self._fill(scan)
+        heap = [(-scan.entries[0][0], i) for i, scan in enumerate(scans) if scan.entries]
+        heapq.heapify(heap)
+        hits: list[tuple[str, int]] = []
+        matched, cut = 0, False
+        while heap and len(hits) <= query.limit:
+            if scanned >= SCAN_MAX or time.monotonic() > deadline:
+                cut = True
+                break
+            _, i = heapq.heappop(heap)
+            scan = scans[i]
+            id_, text = scan.entries.popleft()
+            if match.matches(text):
+                hits.append((scan.conversation, id_))
+            matched += 1
+            if matched % SEARCH_CHUNK == 0:
+                await asyncio.sleep(0)  # matching is work on the loop: let others in
+            scanned += await self._fill(scan)
+            if scan.entries:
+                heapq.heappush(heap, (-scan.entries[0][0], i))
+        wanted = hits[: query.limit]
+        messages = await asyncio.gather(*(self._message(c, id_) for c, id_ in wanted))
+        found = [m for m in messages if m is not None]  # None: trimmed meanwhile
+        return SearchResult(found[: query.limit], len(hits) > query.limit, cut)
+
+    async def _fill(self, scan: _Scan) -> int:
+        """Read pages of a scanned stream until it has an entry to match or
+        has no more (a page of a private conversation may hold none of the
+        account's); return the entries read."""
+        read = 0
+        while not scan.entries and not scan.done:
+            read += await self._page(scan)
+        return read
+
+    async def _page(self, scan: _Scan) -> int:
+        """Read the next page of a scanned stream; return the entries read."""
+        try:
+            count, last, *pairs = await self.link.call(
+                "search_page", scan.conversation, scan.end, SEARCH_CHUNK, scan.account
+            )
+        except Unavailable as exc:
+            raise StoreError(str(exc)) from None
+        for entry_id, text in zip(pairs[::2], pairs[1::2], strict=True):
+            scan.entries.append((_entry_number(entry_id), as_text(text)))
+        scan.done = int(count) < SEARCH_CHUNK
+        if last:
+            scan.end = "(" + as_text(last)
+        return int(count)
+
+    async def _message(self, conversation: str, id_: int) -> StoredMessage | None:
+        entries = await self._read("XRANGE", P + "conv:" + conversation, f"{id_}-0", f"{id_}-0")
+        if not entries:
+            return None
+        entry_id, fields = entries[0]
+        return stream_message(conversation, as_text(entry_id), fields)
+
+
+class _Scan:
+    """One stream of a search: the entries read and not yet matched."""
+
+    __slots__ = ("account", "conversation", "done", "end", "entries")
+
+    def __init__(self, conversation: str, end: str, account: str) -> None:
+        self.conversation = conversation
+        #: Only this account's entries (private conversations), or "".
+        self.account = account if conversation.startswith("@") else ""
+        #: Where the next page starts.
+        self.end = end
+        #: (id, text), newest first.
+        self.entries: deque[tuple[int, str]] = deque()
+        self.done = False
+
+
+def _entry_number(entry_id: bytes | str) -> int:
+    """A message id from its stream entry id (``42-0``)."""
+    return int(as_text(entry_id).partition("-")[0])
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally in a SCAN pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def _account(value: bytes) -> Account:

@@ -372,10 +372,7 @@ class RoomActions:
         return person.rooms
 
     def _tell(self, target: Person, event: Event) -> None:
-        member = self.manager.find(target.key)
-        if member is not None:
-            member.deliver(member.encode(event))
-        else:
+        if not self.manager.tell_nick(target.key, event):
             self.manager.bus.broadcast(None, ["tell", target.key, event_to_json(event)])
 
     def _live_bans(self, room: Room) -> list[BanRecord]:

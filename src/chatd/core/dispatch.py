@@ -18,9 +18,10 @@ before it takes its next line: a connection's commands run in order.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from chatd.config import Settings
@@ -29,6 +30,7 @@ from chatd.core.model import Member, stored_event
 from chatd.core.rooms import RoomManager
 from chatd.core.rules import principal
 from chatd.errors import (
+    BadArgs,
     BadLogin,
     Banned,
     ChatError,
@@ -38,8 +40,10 @@ from chatd.errors import (
     NotLoggedIn,
     NotRegistered,
     StorageUnavailable,
+    TooManySessions,
 )
 from chatd.protocol import (
+    DEFAULT_ROOM,
     Answer,
     Bye,
     Command,
@@ -51,11 +55,15 @@ from chatd.protocol import (
     History,
     Join,
     KeepAlive,
+    KickSession,
     Leave,
     ListRooms,
+    ListSessions,
     Login,
     Logout,
+    MarkRead,
     Me,
+    Message,
     Moderation,
     Msg,
     Nick,
@@ -64,18 +72,26 @@ from chatd.protocol import (
     Ping,
     Pong,
     Quit,
+    Read,
     Register,
     RoomList,
     Say,
+    Search,
+    SearchDone,
+    SessionEntry,
+    SessionList,
     SetFormat,
     ShowHistory,
+    ShowUnread,
     Topic,
+    UnreadEntry,
+    UnreadList,
     Who,
     check_nick,
     check_room,
     name_key,
 )
-from chatd.store import Account, AccountRooms, StoreError, dm_key
+from chatd.store import Account, AccountRooms, SearchQuery, StoreError, Unread, dm_key
 
 logger = logging.getLogger(__name__)
 
@@ -219,12 +235,25 @@ class Dispatcher:
                     manager.set_topic(caller, text)
             case Register(password):
                 return self._register_account(caller, password)
-            case Logout() if caller.account is None:
+            case Logout() | ListSessions() | KickSession() if caller.account is None:
                 raise NotLoggedIn("you are not logged in")
+            case Logout(everywhere) if everywhere:
+                self._end_others(caller, f"ended by another session of {caller.nick}")
+                return self._registered(caller, Logout())
             case Logout() if caller.ops_pending():
                 return self._logout_after(caller)  # the messages before it are delivered first
             case Logout():
                 self._logout(caller)
+            case ListSessions():
+                self._sessions(caller)
+            case KickSession(session_id):
+                self._kick_session(caller, session_id)
+            case MarkRead(target, message_id):
+                return self._mark_read(caller, target, message_id)
+            case ShowUnread():
+                return self._unread(caller)
+            case Search():
+                return self._search(caller, command)
             case Passwd(old, new):
                 return self._passwd(caller, old, new)
             case ShowHistory():
@@ -307,6 +336,7 @@ class Dispatcher:
             return refused
         key = name_key(nick)
         old = caller.key
+        manager.check_rename(caller, nick)
         keep_account = caller.account is not None and key == caller.key
         await bus.claim(caller, nick, account=caller.account if keep_account else None)
         if caller.closing or caller.key != old:
@@ -326,6 +356,7 @@ class Dispatcher:
         *,
         create: bool,
         key: str | None = None,
+        shown: tuple[Sequence[Message], bool] | None = None,
     ) -> None:
         """Join a room that is not live here, made ready by the bus (its
         rules and history from the store)."""
@@ -338,6 +369,7 @@ class Dispatcher:
                     history=opening.history,
                     password=key,
                     fresh=opening.fresh,
+                    shown=shown,
                 )
 
     async def _rooms(self, caller: Caller) -> None:
@@ -349,6 +381,14 @@ class Dispatcher:
             hidden |= await manager.store.secret_rooms() - set(caller.rooms)
             if hidden:
                 rooms = RoomList(tuple(r for r in rooms.rooms if name_key(r[0]) not in hidden))
+        if caller.account is not None and caller.rooms:
+            counts = await self._counts(caller)
+            rooms = dataclasses.replace(
+                rooms,
+                unread=tuple(
+                    (u.conversation, u.unread, u.mentions) for u in counts if u.room is not None
+                ),
+            )
         caller.tell(rooms)
         caller.charge(len(rooms.rooms) // 100)  # big answers cost more
 
@@ -430,23 +470,56 @@ class Dispatcher:
             return refused
         try:
             saved = await manager.store.account_rooms(account.id)
+            markers = await manager.store.read_markers(account.id)
         except StoreError as exc:
             raise StorageUnavailable(f"cannot log in now: {exc}") from None
         if caller.closing:
             return None
-        await manager.bus.claim(
-            caller, account.nick, account=account.id, takeover=True, guest=False
-        )
-        if caller.closing:
-            return None
+        general = None
+        if caller.key is None and not caller.chooses_rooms and DEFAULT_ROOM in markers:
+            # It lands in general first: from where the account stopped reading.
+            general = await self._unread_history(DEFAULT_ROOM, markers[DEFAULT_ROOM])
+            if caller.closing:
+                return None
+        holder = self._connected(caller, account)
+        if holder is None:
+            await manager.bus.claim(
+                caller, account.nick, account=account.id, takeover=True, guest=False
+            )
+            if caller.closing:
+                return None
+            holder = self._connected(caller, account)
         was = principal(caller) if caller.key is not None else None
         with manager.saved.rejoining(caller):
-            manager.login(caller, account.nick, account.id)
+            manager.login(caller, account.nick, account.id, general)
             manager.moderator.logged_in(caller, oper, was)
-            logger.info("login %s from %s", caller.nick, caller.peer)
-            if not caller.chooses_rooms:
-                await self._rejoin(caller, saved)
+            logger.info("login %s from %s (%s)", caller.nick, caller.peer, caller.session_id)
+            if holder is not None:
+                # The account's other connections are in their rooms: so is this one.
+                rooms = tuple(room.name for room in holder.rooms.values())
+                current = saved.current
+                if current is None and holder.current is not None:
+                    current = holder.current.name
+                await self._rejoin(caller, AccountRooms(rooms, current), markers)
+            elif not caller.chooses_rooms:
+                await self._rejoin(caller, saved, markers)
         return None
+
+    def _connected(self, caller: Caller, account: Account) -> Member | None:
+        """A connection of ``account`` here that ``caller`` would join (None:
+        there is none); raises TooManySessions if it has as many as it may."""
+        holder = self.manager.find(account.nick)
+        if holder is None or holder is caller or holder.account != account.id:
+            return None
+        if caller in self.manager.devices(holder):
+            return None
+        limit = self.settings.max_sessions_per_account
+        if len(self.manager.devices(holder)) >= limit:
+            raise TooManySessions(
+                f"{account.nick} has {limit} sessions, the most allowed; "
+                "/logout --all on one of them, or /kick-session ID"
+            )
+        return holder
 
     def _klined(self, caller: Caller, nick: str, account: bool) -> str | None:
         """A kline covers ``caller`` as ``nick``: it is told, and the
@@ -459,25 +532,34 @@ class Dispatcher:
             return "banned from the server"
         return None
 
-    async def _rejoin(self, caller: Caller, saved: AccountRooms) -> None:
+    async def _rejoin(
+        self, caller: Caller, saved: AccountRooms, markers: dict[str, int] | None = None
+    ) -> None:
         """Put a connection that just logged in back into its account's rooms.
 
-        Each room is joined as by /join (created if gone, with its history);
-        one that cannot be (a limit) is reported with its error and skipped.
-        Then the account's current room is current again.
+        Each room is joined as by /join (created if gone), with what the
+        account has not read of it (see :meth:`_unread_history`); one that
+        cannot be (a limit) is reported with its error and skipped. Then the
+        account's current room is current again.
         """
         manager = self.manager
         for name in saved.rooms:
             if caller.key is None or caller.closing:
                 return
-            if name_key(name) in caller.rooms:
+            key = name_key(name)
+            if key in caller.rooms:
                 continue
             try:
+                shown = None
+                if markers and key in markers and not caller.chooses_rooms:
+                    shown = await self._unread_history(key, markers[key])
+                    if caller.key is None or caller.closing or key in caller.rooms:
+                        continue
                 if manager.is_live(name):
-                    manager.join(caller, name)
+                    manager.join(caller, name, shown=shown)
                 else:
                     check_room(name, self.settings.max_room_len)
-                    await self._join_stored(caller, name, create=False)
+                    await self._join_stored(caller, name, create=False, shown=shown)
             except ChatError as exc:
                 caller.tell(Error.of(exc))
         current = saved.current
@@ -489,6 +571,157 @@ class Dispatcher:
             and not caller.closing
         ):
             manager.join(caller, current)  # already in it: only makes it current
+
+    #: The most unread messages a login shows of a room.
+    UNREAD_ON_LOGIN = 100
+
+    async def _unread_history(
+        self, room_key: str, marker: int
+    ) -> tuple[Sequence[Message], bool] | None:
+        """What a login shows of a room the account read up to ``marker``:
+        the messages after it (at most UNREAD_ON_LOGIN), or the room's last
+        ``history_on_join`` if fewer are unread; None: as for any join."""
+        try:
+            messages, more = await self.manager.store.recent(room_key, self.UNREAD_ON_LOGIN)
+        except StoreError as exc:
+            logger.error("no unread history for #%s: %s", room_key, exc)
+            return None
+        unread = sum(1 for m in messages if m.id > marker)
+        keep = max(unread, self.manager.history_on_join)
+        shown = messages[-keep:] if keep else []
+        events = [e for m in shown if isinstance(e := stored_event(m), Message)]
+        return events, more or len(shown) < len(messages)
+
+    # -- sessions, read markers, unread counts, search ---------------------------
+
+    def _sessions(self, caller: Caller) -> None:
+        devices = self.manager.devices(caller)
+        caller.tell(
+            SessionList(
+                tuple(
+                    SessionEntry(d.session_id, d.kind, d.address, d.since, d is caller)
+                    for d in devices
+                )
+            )
+        )
+
+    def _kick_session(self, caller: Caller, session_id: str) -> None:
+        for device in self.manager.devices(caller):
+            if device.session_id == session_id:
+                if device is caller:
+                    raise BadArgs("that is this session: /logout or /quit to end it")
+                self.manager.end_session(device, f"ended by another session of {caller.nick}")
+                self._sessions(caller)
+                return
+        raise BadArgs(f"no session {session_id[:20]} of {caller.nick}; /sessions lists them")
+
+    def _end_others(self, caller: Caller, reason: str) -> None:
+        for device in list(self.manager.devices(caller)):
+            if device is not caller:
+                self.manager.end_session(device, reason)
+
+    def _conversation(
+        self, caller: Caller, target: str | None
+    ) -> tuple[str, str | None, str | None]:
+        """The conversation a command names: (key, room name, peer)."""
+        if target is None:
+            if caller.current is None:
+                raise NotInRoom("you are in no room; name one, or /join one")
+            return caller.current.key, caller.current.name, None
+        if target.startswith("@"):
+            if caller.account is None:
+                raise NotLoggedIn("log in to keep private conversations: /login NICK PASSWORD")
+            peer = target[1:]
+            return dm_key(caller.nick or "", peer), None, peer
+        room = caller.rooms.get(name_key(target))
+        if room is None:
+            raise NotInRoom(f"you are not in #{target}")
+        return room.key, room.name, None
+
+    async def _mark_read(self, caller: Caller, target: str | None, message_id: int | None) -> None:
+        """``/read``: move the account's marker forward; every connection of
+        the account is told."""
+        if caller.account is None:
+            raise NotLoggedIn("log in to keep read markers: /login NICK PASSWORD")
+        conversation, room, peer = self._conversation(caller, target)
+        store, account = self.manager.store, caller.account
+        try:
+            if message_id is None:
+                newest, _ = await store.recent(conversation, 1, None, account)
+                message_id = newest[-1].id if newest else 0
+                live = caller.rooms.get(conversation)
+                if live is not None:
+                    message_id = max(message_id, live.seen)
+            marker = (await store.read_markers(account)).get(conversation, 0)
+        except StoreError as exc:
+            raise StorageUnavailable(str(exc)) from None
+        if message_id > marker:
+            store.save_read(account, conversation, message_id)
+            marker = message_id
+        if caller.key is None or caller.account != account:
+            return
+        event = Read(room, peer, marker)
+        for device in self.manager.devices(caller):
+            if device is caller:
+                device.tell(event)
+            else:
+                device.deliver(device.encode(event))
+
+    async def _counts(self, caller: Caller) -> list[Unread]:
+        assert caller.account is not None
+        try:
+            return await self.manager.store.unread(
+                caller.account, caller.nick or "", tuple(caller.rooms)
+            )
+        except StoreError as exc:
+            raise StorageUnavailable(str(exc)) from None
+
+    async def _unread(self, caller: Caller) -> None:
+        if caller.account is None:
+            raise NotLoggedIn("log in to keep read markers: /login NICK PASSWORD")
+        counts = await self._counts(caller)
+        entries = []
+        for u in counts:
+            room = caller.rooms.get(u.conversation)
+            name = room.name if room is not None else u.room
+            entries.append(UnreadEntry(name, u.peer, u.unread, u.mentions, u.last_read))
+        caller.tell(UnreadList(tuple(entries)))
+
+    async def _search(self, caller: Caller, command: Search) -> None:
+        """``/search``: stored messages the caller may read, newest first,
+        then the summary."""
+        conversation: str | None = None
+        if command.target is not None:
+            conversation, _, _ = self._conversation(caller, command.target)
+        query = SearchQuery(
+            command.text,
+            tuple(caller.rooms),
+            caller.account,
+            conversation,
+            command.before,
+            command.count,
+            self.SEARCH_BUDGET,
+        )
+        try:
+            result = await self.manager.store.search(query)
+        except StoreError as exc:
+            raise StorageUnavailable(str(exc)) from None
+        budget, count, more, last = caller.page_bytes, 0, result.more, None
+        for m in result.messages:
+            data = caller.encode(dataclasses.replace(stored_event(m), search=True))
+            budget -= len(data)
+            if budget < 0:
+                more = True
+                break
+            caller.reply(data)
+            count += 1
+            last = m.id
+        before = last if more else None
+        caller.tell(SearchDone(command.text, count, more, before, result.cut))
+        caller.charge(count // 20)
+
+    #: Seconds one /search may take.
+    SEARCH_BUDGET = 2.0
 
     def _logout(self, caller: Caller) -> None:
         self.manager.logout(caller)

@@ -63,7 +63,7 @@ class LocalBus(Bus):
 
     def joined(self, member: Member, room: Room, created: bool) -> None:
         if created:
-            self.hub.room_changed(RoomChanged(room.name, "created", len(room.members)))
+            self.hub.room_changed(RoomChanged(room.name, "created", room.people))
 
     def left(self, member: Member, room: Room) -> None:
         if (

@@ -37,6 +37,7 @@ class Messages:
         bus: Bus,
         nicks: dict[str, Member],
         now: Callable[[], float],
+        devices: Callable[[Member], list[Member]],
     ) -> None:
         self.store = store
         self.stats = stats
@@ -45,12 +46,22 @@ class Messages:
         #: The room manager's nicknames (a DM's reader must still hold its own).
         self._nicks = nicks
         self._now = now
+        #: The connections of a member's account (RoomManager.devices).
+        self._devices = devices
+        #: Called with each message stored (sender, record), after its delivery.
+        self.sent: Callable[[Member, StoredMessage], None] | None = None
 
     def say(
-        self, member: Member, room: Room, text: str, action: bool, notice: bool = False
+        self,
+        member: Member,
+        room: Room,
+        text: str,
+        action: bool,
+        notice: bool = False,
+        failed: Callable[[], None] | None = None,
     ) -> None:
         """A room message; everyone in the room sees it once it is stored
-        (see Bus.stored)."""
+        (see Bus.stored). ``failed`` runs if the store refuses it."""
         self.check_store()
         nick, bus = member.nick or "", self.bus
         record = StoredMessage(
@@ -65,7 +76,7 @@ class Messages:
             notice=notice,
         )
         seq = member.begin_op(bus.echo_room(room.key))
-        self._store_then(member, seq, record, lambda: bus.stored(member, seq, record))
+        self._store_then(member, seq, record, lambda: bus.stored(member, seq, record), failed)
 
     def direct(self, member: Member, target: Member, text: str, notice: bool = False) -> None:
         """A private message to a member here; both see it once it is stored."""
@@ -87,9 +98,18 @@ class Messages:
         seq = member.begin_op()
 
         def deliver() -> bool:
-            audience: dict[Member, None] = {member: None} if member.echoes else {}
-            if target.key is not None and self._nicks.get(target.key) is target:
-                audience[target] = None
+            # Every connection of both accounts (the sender's own only if
+            # it echoes), as long as the reader still holds its nickname.
+            audience = dict.fromkeys(self._devices(member))
+            if not member.echoes:
+                del audience[member]
+            holder = self._nicks.get(target.key) if target.key is not None else None
+            if holder is not None:
+                readers = self._devices(holder)
+                if target in readers or (
+                    target.account is not None and holder.account == target.account
+                ):
+                    audience.update(dict.fromkeys(readers))
             send_all(audience, event)
             self.stats.messages_out += len(audience)
             member.end_op(seq)
@@ -103,7 +123,12 @@ class Messages:
             raise StorageUnavailable("the message store is falling behind; try again shortly")
 
     def _store_then(
-        self, member: Member, seq: int, record: StoredMessage, deliver: Callable[[], bool]
+        self,
+        member: Member,
+        seq: int,
+        record: StoredMessage,
+        deliver: Callable[[], bool],
+        failed: Callable[[], None] | None = None,
     ) -> None:
         """Store a message, then deliver it and count it (unless deliver says no).
 
@@ -120,11 +145,15 @@ class Messages:
         def stored(exc: BaseException | None) -> None:
             window.give(size)
             if exc is not None:
+                if failed is not None:
+                    failed()
                 member.end_op(seq, member.encode(Error.of(_store_error(exc))))
                 return
             committed = time.perf_counter()
             if not deliver():
                 return
+            if self.sent is not None and member.account is not None:
+                self.sent(member, record)
             stats = self.stats
             stats.messages_in += 1
             stats.store_latency.observe(committed - arrived)

@@ -42,7 +42,20 @@ class Member:
     called.
     """
 
-    __slots__ = ("account", "batch", "codec", "current", "echoes", "key", "nick", "oper", "rooms")
+    __slots__ = (
+        "account",
+        "batch",
+        "codec",
+        "current",
+        "devices",
+        "echoes",
+        "key",
+        "nick",
+        "oper",
+        "rooms",
+        "session_id",
+        "since",
+    )
 
     #: The client chooses its rooms itself (an IRC client): registering puts
     #: it in no room, logging in rejoins none of its account's rooms, and its
@@ -64,10 +77,23 @@ class Member:
         #: everyone else is; False for a client that shows what it sent
         #: itself (an IRC client without ``echo-message``).
         self.echoes = True
+        #: The connections of this member's account on this daemon, this
+        #: one included, when there are two or more (one list, shared by
+        #: them all); None: this connection alone. They share the
+        #: nickname, the account and the rooms (see RoomManager).
+        self.devices: list[Member] | None = None
+        #: The id /sessions shows ("" until logged in), and when it logged in.
+        self.session_id = ""
+        self.since = 0.0
 
     @property
     def address(self) -> str:
         """The client's IP address, which bans can match ("" if it has none)."""
+        return ""
+
+    @property
+    def kind(self) -> str:
+        """The transport it came by (``tcp``, ``tls``, ``ws``, ``irc``, ``ircs``)."""
         return ""
 
     @property
@@ -107,12 +133,14 @@ class Member:
         if data:
             self.reply(data)
 
-    def show_history(self, room: Room) -> None:
-        """A room just joined: its last messages, then the History marker."""
-        for event in room.recent:
+    def show_history(self, room: Room, shown: tuple[Sequence[Message], bool] | None = None) -> None:
+        """A room just joined: its last messages (or ``shown``, with
+        whether older ones exist), then the History marker."""
+        recent, older = shown if shown is not None else (room.recent, room.older)
+        for event in recent:
             self.reply(self.encode(dataclasses.replace(event, history=True)))
-        before = room.recent[0].id if room.older else None
-        self.tell(History(room.name, None, len(room.recent), room.older, before))
+        before = recent[0].id if older and recent else None
+        self.tell(History(room.name, None, len(recent), older, before))
 
     def kick(self, reason: str) -> None:
         """End this member's connection (after the manager has let it go)."""
@@ -162,6 +190,7 @@ class Room:
         "members",
         "name",
         "older",
+        "people",
         "recent",
         "rules",
         "seen",
@@ -174,6 +203,9 @@ class Room:
         self.key = name_key(name)
         #: Members in join order (a dict used as an ordered set).
         self.members: dict[Member, None] = {}
+        #: How many accounts and guests those members are (an account's
+        #: connections count once).
+        self.people = 0
         self.topic = ""
         self.topic_by: str | None = None
         #: The last messages, shown on join; ``older``: the store has more.

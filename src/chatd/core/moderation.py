@@ -199,7 +199,7 @@ class Moderator:
                 if key is None
                 else f"wrong key for #{room.name}"
             )
-        if modes.limit is not None and len(room.members) >= modes.limit:
+        if modes.limit is not None and room.people >= modes.limit:
             raise RoomFull(f"#{room.name} is full ({modes.limit} members, its +l)")
         if invited:
             del rules.invites[principal(member)]
@@ -345,9 +345,7 @@ class Moderator:
             room.rules = RoomRules.load(doc)
             self._apply(room, None, event_from_json(event) if event else None, audience, evict)
         elif kind == "tell":
-            member = self.manager.find(data[1])
-            if member is not None:
-                member.deliver(member.encode(event_from_json(data[2])))
+            self.manager.tell_nick(data[1], event_from_json(data[2]))
         else:
             self.operators.arrived(data)
 

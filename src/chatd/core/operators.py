@@ -26,6 +26,7 @@ from chatd.core.stats import Stats
 from chatd.errors import BadArgs, Banned, ListFull, NoSuchNick, NotOper
 from chatd.protocol import (
     Error,
+    Event,
     Kill,
     KillDone,
     Kline,
@@ -66,6 +67,8 @@ class Rooms(Protocol):
     def open_room(self, name: str) -> Room: ...
     def find(self, nick: str) -> Member | None: ...
     def disconnect(self, member: Member, reason: str, *, release: bool = True) -> None: ...
+    def end(self, key: str, reason: str, *, release: bool = True) -> None: ...
+    def tell_nick(self, key: str, event: Event) -> bool: ...
     def expel(self, member: Member, room: Room, reason: str) -> None: ...
 
 
@@ -202,11 +205,8 @@ class Operators:
         return True
 
     def disconnect(self, nick_key: str, why: str) -> None:
-        """End the connection of ``nick_key`` if it is here (``/kill``)."""
-        member = self.manager.find(nick_key)
-        if member is not None:
-            self.manager.disconnect(member, why)
-            member.kick(why)
+        """End the connections of ``nick_key`` if it is here (``/kill``)."""
+        self.manager.end(nick_key, why)
 
     def _set_kline(self, ban: BanRecord) -> None:
         """Keep a server ban and disconnect whoever it covers here."""

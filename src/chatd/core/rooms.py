@@ -23,8 +23,10 @@ them without waiting for the store.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -41,6 +43,7 @@ from chatd.core.saved import SavedRooms
 from chatd.core.stats import Stats
 from chatd.core.window import StoreWindow
 from chatd.errors import (
+    BadArgs,
     ChatError,
     NickRegistered,
     NickTaken,
@@ -62,6 +65,7 @@ from chatd.protocol import (
     LoggedOut,
     Message,
     NickChanged,
+    Read,
     Registered,
     RoomChanged,
     RoomList,
@@ -69,6 +73,8 @@ from chatd.protocol import (
     WhoList,
     name_key,
 )
+from chatd.protocol.codec import Codec
+from chatd.protocol.mention import mentioned
 from chatd.store import MemoryStore, RoomRecord, Store, StoredMessage
 
 logger = logging.getLogger(__name__)
@@ -108,15 +114,24 @@ class RoomManager:
         self.store: Store = store if store is not None else MemoryStore()
         self.stats = stats if stats is not None else Stats()
         self._clock = clock
+        #: Each nickname's member: for an account with several connections
+        #: here, the first of them (``Member.devices`` has them all).
         self._nicks: dict[str, Member] = {}
+        #: Room messages of accounts with several connections here, on
+        #: their way to the store: which connection sent each, in order, by
+        #: (nickname key, room key). See arrived.
+        self._authors: dict[tuple[str, str], deque[Member]] = {}
+        #: The number the next logged-in connection's session id takes.
+        self._next_session = 1
         self._rooms: dict[str, Room] = {}
         #: Senders wait for readers a moment behind (see chatd.core.pushback).
         self.pushback = Pushback(self._nicks.get)
         #: One daemon until a cluster attaches its bus (see attach).
         self.bus: Bus = LocalBus(self)
         self.messages = Messages(
-            self.store, self.stats, self.window, self.bus, self._nicks, self.now
+            self.store, self.stats, self.window, self.bus, self._nicks, self.now, self.devices
         )
+        self.messages.sent = self._sent
         #: Each account's rooms, which its next login rejoins.
         self.saved = SavedRooms(self.store)
         #: Members that asked for ``room`` events (``/rooms watch``).
@@ -173,9 +188,31 @@ class RoomManager:
     def find(self, nick: str) -> Member | None:
         return self._nicks.get(name_key(nick))
 
+    @staticmethod
+    def devices(member: Member) -> list[Member]:
+        """The connections of ``member``'s account here (``member`` alone
+        for a guest, or an account connected once)."""
+        devices = member.devices
+        return devices if devices is not None else [member]
+
+    def sessions(self, nick: str) -> list[Member]:
+        """Every connection here that holds ``nick``."""
+        holder = self._nicks.get(name_key(nick))
+        return [] if holder is None else list(self.devices(holder))
+
+    def tell_nick(self, key: str, event: Event) -> bool:
+        """An event for whoever holds a nickname here, on each of its
+        connections; False if nobody here does."""
+        holder = self._nicks.get(key)
+        if holder is None:
+            return False
+        for member in self.devices(holder):
+            member.deliver(member.encode(event))
+        return True
+
     def room_list(self) -> RoomList:
         rooms = sorted(self._rooms.values(), key=lambda r: r.key)
-        return RoomList(tuple((r.name, len(r.members)) for r in rooms))
+        return RoomList(tuple((r.name, r.people) for r in rooms))
 
     def who(self, member: Member, room_name: str | None) -> WhoList:
         if room_name is None:
@@ -185,7 +222,7 @@ class RoomManager:
             if found is None or self.moderator.hidden(found, member):
                 raise NoSuchRoom(f"no room #{room_name}")
             room = found
-        nicks = sorted((m.nick for m in room.members if m.nick), key=str.lower)
+        nicks = sorted({m.nick for m in room.members if m.nick}, key=str.lower)
         return WhoList(room.name, tuple(nicks), self.moderator.roles(room, nicks))
 
     def topic_of(self, member: Member) -> TopicIs:
@@ -199,7 +236,9 @@ class RoomManager:
         self.check_guest_nick(nick)
         self._register(member, nick)
 
-    def _register(self, member: Member, nick: str) -> None:
+    def _register(
+        self, member: Member, nick: str, shown: tuple[Sequence[Message], bool] | None = None
+    ) -> None:
         key = name_key(nick)
         if key in self._nicks:
             raise NickTaken(f"nickname {nick} is taken; pick another")
@@ -210,7 +249,7 @@ class RoomManager:
         if member.chooses_rooms:
             return
         try:
-            self.join(member, DEFAULT_ROOM)
+            self.join(member, DEFAULT_ROOM, shown=shown)
         except ChatError as exc:  # banned from general: in no room, but connected
             member.tell(Error.of(exc))
 
@@ -220,9 +259,19 @@ class RoomManager:
                 f"{nick} is a registered nickname; /login {nick} PASSWORD, or pick another"
             )
 
+    def check_rename(self, member: Member, nick: str) -> None:
+        """Refuse a new nickname for a connection that shares its account
+        with others: they keep the account's nickname."""
+        if member.devices is not None and nick != member.nick:
+            raise BadArgs(
+                f"your account {member.nick} is connected elsewhere too; /logout first "
+                "to use another nickname here"
+            )
+
     def rename(self, member: Member, nick: str) -> None:
         """Change a nickname. Leaving an account's nickname leaves the account."""
         assert member.key is not None
+        self.check_rename(member, nick)
         leaves_account = False
         if name_key(nick) != member.key:
             self.check_guest_nick(nick)
@@ -253,23 +302,71 @@ class RoomManager:
             audience.update(room.members)
         send_all(audience, NickChanged(old, nick), member)
 
-    def login(self, member: Member, nick: str, account: int) -> None:
+    def login(
+        self,
+        member: Member,
+        nick: str,
+        account: int,
+        general: tuple[Sequence[Message], bool] | None = None,
+    ) -> None:
         """Log a member in to an account whose password it proved.
 
-        Whoever holds the nickname (the same account, on a connection that
-        may be dead) is disconnected first.
+        If the account is connected here already, ``member`` becomes one
+        more of its connections (see :meth:`add_device`). Anyone else who holds
+        the nickname is disconnected first. ``general``: what a member that
+        lands in general now is shown of it (what the account has not read).
         """
-        holder = self._nicks.get(name_key(nick))
+        key = name_key(nick)
+        holder = self._nicks.get(key)
         if holder is not None and holder is not member:
-            self.disconnect(holder, "logged in from elsewhere", release=False)
-            holder.kick("logged in from elsewhere")
+            if holder.account == account and member.key != key:
+                self.add_device(holder, member, nick)
+                return
+            self.end(key, "logged in from elsewhere", release=False)
+        if member.devices is not None and member.key != key:
+            # It leaves an account connected elsewhere too: as a new member.
+            self.disconnect(member, f"logged in as {nick}")
         member.account = account
+        self._stamp(member)
         if member.key is None:
-            self._register(member, nick)
+            self._register(member, nick, general)
         else:
             if member.nick != nick:
                 self._rename(member, nick)
             member.tell(Registered(nick, True))
+
+    def add_device(self, holder: Member, member: Member, nick: str) -> None:
+        """``member`` logs in to the account ``holder`` is connected to
+        here: one more connection of it, with its nickname. The rooms are
+        joined by the caller (RoomManager.join sees the account is in them)."""
+        if member.key is not None:
+            self.disconnect(member, f"logged in as {nick}")  # a guest, or another account
+        devices = holder.devices
+        if devices is None:
+            devices = holder.devices = [holder]
+        devices.append(member)
+        member.devices = devices
+        member.nick, member.key, member.account = holder.nick, holder.key, holder.account
+        self._stamp(member)
+        member.tell(Registered(holder.nick or nick, True))
+
+    def _stamp(self, member: Member) -> None:
+        """A connection logs in: its session id, and since when."""
+        member.session_id = f"s{self._next_session}"
+        self._next_session += 1
+        member.since = self.now()
+
+    def end(self, key: str, reason: str, *, release: bool = True) -> None:
+        """End every connection that holds a nickname here (a kill, a login
+        elsewhere)."""
+        for member in self.sessions(key):
+            self.disconnect(member, reason, release=release)
+            member.kick(reason)
+
+    def end_session(self, member: Member, reason: str) -> None:
+        """End one connection of an account (``/kick-session``, ``/logout --all``)."""
+        self.disconnect(member, reason)
+        member.kick(reason)
 
     def logout(self, member: Member) -> None:
         """Leave the account and every room; the member chooses a nickname again."""
@@ -288,6 +385,7 @@ class RoomManager:
         history: tuple[Sequence[StoredMessage], bool] | None = None,
         password: str | None = None,
         fresh: bool = False,
+        shown: tuple[Sequence[Message], bool] | None = None,
     ) -> None:
         """Join a room (creating it if needed) and make it current.
 
@@ -299,6 +397,13 @@ class RoomManager:
         A room in use admits the member only as its rules say
         (:meth:`Moderator.admit`, with its key ``password``); the member
         who brings a room into use owns it, or is its op (a guest).
+        ``shown``: the messages to show instead of the room's last ones (a
+        login shows what the account has not read).
+
+        An account's connections are in the same rooms: joining on one
+        joins them all (each is told, and keeps its current room), and a
+        connection whose account is in the room already follows it there,
+        unannounced.
         """
         key = name_key(room_name)
         room = self._rooms.get(key)
@@ -307,13 +412,26 @@ class RoomManager:
                 # A secret room: the answer /join would give, not its existence.
                 self.moderator.admit(room, member, password)
             raise RoomExists(f"room #{room.name} already exists; /join it")
-        if room is None or key not in member.rooms:
+        devices = member.devices
+        if (
+            room is not None
+            and key not in member.rooms
+            and devices is not None
+            and any(key in d.rooms for d in devices)
+        ):
+            # The account is in the room already: this connection follows
+            # it, told alone (its client learns its rooms from its joins).
+            room.members[member] = None
+            member.rooms[key] = room
+            member.tell(Joined(room.name, member.nick or ""))
+            self._show(member, room, shown)
+        elif room is None or key not in member.rooms:
             if len(member.rooms) >= self.max_rooms_per_session:
                 raise TooManyRooms(
                     f"you are in {len(member.rooms)} rooms, the most allowed; /leave one first"
                 )
-            if room is not None and len(room.members) >= self.max_members and key != DEFAULT_ROOM:
-                raise RoomFull(f"#{room.name} has {len(room.members)} members, the most allowed")
+            if room is not None and room.people >= self.max_members and key != DEFAULT_ROOM:
+                raise RoomFull(f"#{room.name} has {room.people} members, the most allowed")
             if room is not None and not fresh:
                 self.moderator.admit(room, member, password)
             created = room is None
@@ -328,19 +446,38 @@ class RoomManager:
                 room = self._add_room(room_name)
                 if history is not None:
                     room.seed(*history)
-            room.members[member] = None
-            member.rooms[key] = room
+            followers = [d for d in devices if d is not member] if devices is not None else []
+            for joining in (member, *followers):
+                room.members[joining] = None
+                joining.rooms[key] = room
+            room.people += 1
             if created or fresh:
                 self.moderator.created(room, member)
             self.bus.joined(member, room, created)
             self._announce(room, member, Joined(room.name, member.nick or ""))
-            if room.topic:
-                member.tell(TopicIs(room.name, room.topic, room.topic_by))
-            if room.recent:
-                member.show_history(room)
+            self._show(member, room, shown)
+            for follower in followers:
+                self._show(follower, room)
         member.current = room
         member.tell(Current(room.name))
-        self.saved.save(member)
+        self._save(member)
+
+    def _show(
+        self, member: Member, room: Room, shown: tuple[Sequence[Message], bool] | None = None
+    ) -> None:
+        """What a member that just joined a room sees of it: topic, history."""
+        if room.topic:
+            member.tell(TopicIs(room.name, room.topic, room.topic_by))
+        if shown is not None or room.recent:
+            member.show_history(room, shown)
+
+    def _save(self, member: Member) -> None:
+        """Remember the rooms of ``member``'s account, through one of its
+        connections that keeps them (not an IRC client's)."""
+        for device in self.devices(member):
+            if not device.chooses_rooms:
+                self.saved.save(device)
+                return
 
     def leave(self, member: Member, room_name: str | None = None) -> None:
         if room_name is None:
@@ -354,14 +491,19 @@ class RoomManager:
                     raise NotInRoom(f"you are not in #{live.name}")
                 raise NoSuchRoom(f"no room #{room_name}")
             room = found
-        was_current = member.current is room
-        self._announce(room, member, Left(room.name, member.nick or ""))
+        self._leave(member, room, "")
+
+    def _leave(self, member: Member, room: Room, reason: str) -> None:
+        """Take ``member`` (each connection of its account) out of ``room``:
+        the room, the member included, is told why (a leave, a kick, a ban)."""
+        was_current = [d for d in self.devices(member) if d.current is room]
+        self._announce(room, member, Left(room.name, member.nick or "", reason))
         self._remove(member, room)
-        if was_current:
+        for device in was_current:
             # Fall back to the most recently joined room, if any.
-            member.current = next(reversed(member.rooms.values()), None)
-            member.tell(Current(member.current.name if member.current else None))
-        self.saved.save(member)
+            device.current = next(reversed(device.rooms.values()), None)
+            device.tell(Current(device.current.name if device.current else None))
+        self._save(member)
 
     def say(self, member: Member, text: str, *, action: bool = False, notice: bool = False) -> None:
         """Store a room message; everyone in the room sees it once it is stored."""
@@ -369,7 +511,20 @@ class RoomManager:
         rules = room.rules
         if rules.mutes or rules.modes.moderated:
             self.moderator.check_speak(room, member)
-        self.messages.say(member, room, text, action, notice)
+        if member.devices is None:
+            self.messages.say(member, room, text, action, notice)
+            return
+        # Which of the account's connections sent it, for its arrival.
+        assert member.key is not None
+        where = (member.key, room.key)
+        self._authors.setdefault(where, deque()).append(member)
+        try:
+            self.messages.say(
+                member, room, text, action, notice, failed=lambda: self._unsent(member, *where)
+            )
+        except ChatError:
+            self._unsent(member, *where)  # refused before it went to the store
+            raise
 
     def direct(self, member: Member, to: str, text: str, *, notice: bool = False) -> None:
         """Store a private message; its reader (and its sender) see it once it is."""
@@ -394,14 +549,21 @@ class RoomManager:
 
         ``release=False`` keeps the nickname taken in the cluster (it passes
         to another member of this node).
+
+        A connection of an account connected here more than once goes
+        quietly: the account stays in its rooms through the others.
         """
         self.watchers.watch(member, False)
         self.pushback.caught_up(member)
         if member.key is None:
             return
+        devices = member.devices
+        if devices is not None:
+            self._detach(member, devices)
+            return
         told: set[Member] = set()  # readers whose codec says it once (Codec.one_quit)
         for room in list(member.rooms.values()):
-            crowded = len(room.members) > self.announce_limit
+            crowded = room.people > self.announce_limit
             self._remove(member, room)
             if not crowded:
                 event = Left(room.name, member.nick or "", reason)
@@ -415,6 +577,22 @@ class RoomManager:
             self.bus.released(member.key)
         member.key = None
 
+    def _detach(self, member: Member, devices: list[Member]) -> None:
+        """One connection of an account that has others here goes: out of
+        the rooms they stay in, unannounced."""
+        for room in list(member.rooms.values()):
+            del room.members[member]
+            del member.rooms[room.key]
+        member.current = None
+        devices.remove(member)
+        member.devices = None
+        assert member.key is not None
+        if self._nicks.get(member.key) is member:
+            self._nicks[member.key] = devices[0]
+        if len(devices) == 1:
+            devices[0].devices = None
+        member.key = None
+
     def watch_rooms(self, member: Member, on: bool) -> None:
         """Start or stop sending ``member`` the ``room`` events (``/rooms watch``)."""
         self.watchers.watch(member, on)
@@ -422,6 +600,7 @@ class RoomManager:
     def account_created(self, member: Member, account: int) -> None:
         """``member`` registered: it is in the new account, and so are its rooms."""
         member.account = account
+        self._stamp(member)
         member.tell(Registered(member.nick or "", True))
         self.saved.save(member)
 
@@ -442,8 +621,13 @@ class RoomManager:
         room.remember(event)
         members = room.members
         self.stats.messages_out += len(members)
-        sender = self._nicks.get(name_key(event.sender))
-        if sender is None or sender not in members:
+        sender_key = name_key(event.sender)
+        author = self._author(sender_key, room.key) if self._authors else None
+        sender = self._nicks.get(sender_key)
+        mentions = self._mentions(event, members, sender_key)
+        if author is not None or mentions or (sender is not None and sender.devices is not None):
+            self._arrived_apart(room, event, author, mentions)
+        elif sender is None or sender not in members:
             send_all(members, event)
         elif sender.awaits_echo():
             # In its place among the replies to the sender's commands.
@@ -461,20 +645,106 @@ class RoomManager:
             send_all([m for m in members if m is not sender], event)
         return True
 
+    def _mentions(
+        self, event: Message, members: dict[Member, None], sender_key: str
+    ) -> list[Member]:
+        """The members of the room whose nickname ``event`` mentions (the
+        sender's connections never)."""
+        found: list[Member] = []
+        nicks = self._nicks
+        for key in mentioned(event.text):
+            holder = nicks.get(key)
+            if holder is not None and key != sender_key:
+                found.extend(m for m in self.devices(holder) if m in members)
+        return found
+
+    def _arrived_apart(
+        self, room: Room, event: Message, author: Member | None, mentions: list[Member]
+    ) -> None:
+        """A room message whose readers do not all get the same bytes:
+        those it mentions get it marked so, and an account with several
+        connections here gets it on each, its sending connection as its
+        own message (``author``; None: unknown, so on all of them)."""
+        readers = dict.fromkeys(room.members)
+        encoded: dict[Codec, bytes] = {}
+        if author is None:
+            sender = self._nicks.get(name_key(event.sender))
+            if sender is not None and sender.devices is None:
+                author = sender
+        if author is not None and author in readers:
+            if author.awaits_echo():
+                del readers[author]
+                if author.echoes:
+                    data = encoded[author.codec] = author.codec.encode(event)
+                    author.echo(data, room.key)
+                else:
+                    author.echo(b"", room.key)
+            elif not author.echoes:
+                del readers[author]
+        for member in mentions:
+            readers.pop(member, None)
+        send_all(readers, event, encoded=encoded)
+        if mentions:
+            send_all(mentions, dataclasses.replace(event, mention=True))
+
+    def _author(self, sender_key: str, room_key: str) -> Member | None:
+        """The connection that sent the next message of ``sender_key`` in a
+        room, if its account has several here (see :meth:`say`)."""
+        queue = self._authors.get((sender_key, room_key))
+        if not queue:
+            return None
+        author = queue.popleft()
+        if not queue:
+            del self._authors[(sender_key, room_key)]
+        return author
+
+    def _unsent(self, member: Member, sender_key: str, room_key: str) -> None:
+        """A message of ``member``'s failed to be stored: it will not arrive."""
+        queue = self._authors.get((sender_key, room_key))
+        if queue is not None and member in queue:
+            queue.remove(member)
+            if not queue:
+                del self._authors[(sender_key, room_key)]
+
+    def _sent(self, member: Member, record: StoredMessage) -> None:
+        """A logged-in member's message is stored: its account has read its
+        conversation up to it, and the account's other connections are told."""
+        account = member.account
+        if account is None:
+            return
+        self.store.save_read(account, record.conversation, record.id)
+        devices = member.devices
+        if devices is not None:
+            if record.room is not None:
+                event = Read(record.room, None, record.id)
+            else:
+                event = Read(None, record.to, record.id)
+            for device in devices:
+                if device is not member:
+                    device.deliver(device.encode(event))
+
     def direct_arrived(self, event: Direct) -> None:
-        """A private message for a member here, from anywhere."""
+        """A private message for a member here, from anywhere: to each
+        connection of its account."""
         target = self._nicks.get(name_key(event.to))
         if target is not None:
-            target.deliver(target.encode(event))
-            self.stats.messages_out += 1
+            for member in self.devices(target):
+                member.deliver(member.encode(event))
+                self.stats.messages_out += 1
 
     def direct_sent(self, member: Member, event: Direct) -> None:
-        """``member``'s private message is stored and on its way to its reader."""
+        """``member``'s private message is stored and on its way to its
+        reader: to the sender, and to its account's other connections."""
         self.stats.messages_in += 1
-        if name_key(event.to) != member.key and member.echoes:
-            # To oneself it arrives as any other.
-            member.tell(event)
-            self.stats.messages_out += 1
+        if name_key(event.to) == member.key:
+            return  # to oneself it arrives as any other
+        for device in self.devices(member):
+            if device is not member:
+                device.deliver(device.encode(event))
+                self.stats.messages_out += 1
+            elif member.echoes:
+                member.tell(event)
+                self.stats.messages_out += 1
 
     def event_arrived(self, room_key: str, event: Event) -> None:
         """A join, leave or topic from elsewhere, for the room's members here."""
@@ -495,11 +765,8 @@ class RoomManager:
         send_all(audience, event)
 
     def kick(self, key: str, reason: str) -> None:
-        """Its account logged in elsewhere: end ``key``'s connection, nick kept."""
-        member = self._nicks.get(key)
-        if member is not None:
-            self.disconnect(member, reason, release=False)
-            member.kick(reason)
+        """Its account logged in elsewhere: end ``key``'s connections, nick kept."""
+        self.end(key, reason, release=False)
 
     def room_changed(self, event: RoomChanged) -> None:
         """A room came into use or went out of use: tell the watchers (of a
@@ -526,13 +793,7 @@ class RoomManager:
         member included, is told why, as for a leave."""
         if room.key not in member.rooms:
             return
-        was_current = member.current is room
-        self._announce(room, member, Left(room.name, member.nick or "", reason))
-        self._remove(member, room)
-        if was_current:
-            member.current = next(reversed(member.rooms.values()), None)
-            member.tell(Current(member.current.name if member.current else None))
-        self.saved.save(member)
+        self._leave(member, room, reason)
 
     # -- rooms the bus makes live and forgets ------------------------------------
 
@@ -576,10 +837,14 @@ class RoomManager:
         return room
 
     def _remove(self, member: Member, room: Room) -> None:
-        del room.members[member]
-        del member.rooms[room.key]
-        if member.current is room:
-            member.current = None
+        """``member``'s account leaves ``room``: each of its connections."""
+        for device in self.devices(member):
+            if room.key in device.rooms:
+                del room.members[device]
+                del device.rooms[room.key]
+                if device.current is room:
+                    device.current = None
+        room.people -= 1
         rules = room.rules
         if rules.roles and member.account is None:
             self.moderator.left(member, room)
@@ -594,9 +859,11 @@ class RoomManager:
         return round(self._clock() * 1000) / 1000  # round(t, 3), at half the cost
 
     def _announce(self, room: Room, member: Member, event: Joined | Left) -> None:
-        """A join or leave: to the room, or only to the member in a crowded room."""
-        if len(room.members) > self.announce_limit:
-            member.tell(event)
+        """A join or leave: to the room, or only to the member (each of its
+        connections) in a crowded room."""
+        if room.people > self.announce_limit:
+            for device in self.devices(member):
+                device.tell(event)
         else:
             self._fanout(room, event, member)
 

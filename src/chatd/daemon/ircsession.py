@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from chatd import __version__
@@ -545,9 +545,11 @@ class IrcSession(Session):
 
     # -- history -----------------------------------------------------------
 
-    def show_history(self, room: Room) -> None:
+    def show_history(self, room: Room, shown: tuple[Sequence[Message], bool] | None = None) -> None:
         """History on JOIN only for a client that asked for it
-        (``batch`` and ``draft/chathistory``), after NAMES."""
+        (``batch`` and ``draft/chathistory``), after NAMES: the room's last
+        messages (``shown`` is for clients that rejoin at login, which IRC
+        clients do not)."""
         if {"batch", "draft/chathistory"} <= self._caps:
             self._history_due.append(room)
 

@@ -139,7 +139,46 @@ class Login:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Logout:
-    pass
+    #: ``/logout --all``: the account's other connections end too.
+    everywhere: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ListSessions:
+    """``/sessions``: the connections of one's account."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KickSession:
+    """``/kick-session ID``: end another connection of one's account."""
+
+    id: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MarkRead:
+    """``/read [ROOM|@NICK] [ID]``: the account has read up to ``id``
+    (None: the newest) in a room (None: the current one) or a private
+    conversation (``@nick``)."""
+
+    target: str | None = None
+    id: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ShowUnread:
+    """``/unread``: unread and mention counts per conversation."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Search:
+    """``/search [#ROOM|@NICK] TEXT [before=ID] [N]``."""
+
+    text: str
+    #: ``room`` (given as ``#room``) or ``@nick``; None: everything one may read.
+    target: str | None = None
+    before: int | None = None
+    count: int = 20
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -288,6 +327,11 @@ Command = (
     | Register
     | Login
     | Logout
+    | ListSessions
+    | KickSession
+    | MarkRead
+    | ShowUnread
+    | Search
     | Passwd
     | ShowHistory
     | Moderation
@@ -306,9 +350,14 @@ COMMAND_HELP: Final[tuple[tuple[str, str], ...]] = (
     ("/topic [TEXT]", "show or set the current room's topic"),
     ("/register PASSWORD", "protect your nickname with a password"),
     ("/login NICK PASSWORD", "log in to your registered nickname"),
-    ("/logout", "log out (choose a nickname again)"),
+    ("/logout [--all]", "log out (choose a nickname again); --all: end your other sessions"),
+    ("/sessions", "list the connections logged in to your account"),
+    ("/kick-session ID", "end another connection of your account"),
     ("/passwd OLD NEW", "change your password"),
     ("/history [ROOM|@NICK] [N] [before=ID]", "show earlier messages"),
+    ("/read [ROOM|@NICK] [ID]", "mark a conversation read (up to ID; default the newest)"),
+    ("/unread", "unread messages and mentions per conversation"),
+    ("/search [#ROOM|@NICK] TEXT [before=ID] [N]", "find stored messages, newest first"),
     ("/mode [ROOM] [+|-FLAGS [ARGS]]", "show or change a room's modes: i k KEY l N m s t"),
     ("/op NICK, /deop NICK", "ops: give or take op rights in the current room"),
     ("/voice NICK, /devoice NICK", "ops: let a member speak in a moderated (+m) room, or not"),
@@ -457,6 +506,82 @@ def _parse_history(args: str) -> ShowHistory:
     return ShowHistory(target, count, before)
 
 
+#: Most results one /search answers.
+MAX_SEARCH: Final = 100
+#: The longest search text.
+MAX_QUERY: Final = 200
+
+
+def _parse_id(word: str, usage: str) -> int:
+    if not is_number(word) or len(word) > 18:
+        raise BadArgs(usage)  # an id, which the store keeps in 63 bits
+    return int(word)
+
+
+def _parse_target(word: str) -> str:
+    """``@nick`` or a room name (one ``#`` optional: ``##dev`` is no name)."""
+    if word.startswith("@"):
+        return "@" + check_nick(word[1:])
+    return check_room(word)
+
+
+def _parse_read(args: str) -> MarkRead:
+    usage = "usage: /read [ROOM|@NICK] [ID]"
+    words = args.split()
+    if len(words) > 2:
+        raise BadArgs(usage)
+    target: str | None = None
+    message_id: int | None = None
+    for i, word in enumerate(words):
+        if is_number(word) and i == len(words) - 1:
+            message_id = _parse_id(word, usage)
+        elif i == 0:
+            target = _parse_target(word)
+        else:
+            raise BadArgs(usage)
+    return MarkRead(target, message_id)
+
+
+def _parse_search(args: str) -> Search:
+    usage = (
+        f"usage: /search [#ROOM|@NICK] TEXT [before=ID] [N] (N at most {MAX_SEARCH}, "
+        f"TEXT at most {MAX_QUERY} characters)"
+    )
+    words = args.split()
+    target: str | None = None
+    before: int | None = None
+    count = 20
+    if words and (words[0].startswith("#") or words[0].startswith("@")) and len(words[0]) > 1:
+        target = _parse_target(words.pop(0))
+    # At the end, in either order: before=ID once, and N once. A second
+    # number is searched for (``/search error 404 5``: N is 5).
+    counted = False
+    while len(words) > 1:
+        word = words[-1]
+        if word.startswith("before="):
+            if before is not None:
+                raise BadArgs(usage)
+            before = _parse_id(word[7:], usage)
+        elif is_number(word) and not counted:
+            count = int(word) if len(word) < 6 else 0
+            if not 1 <= count <= MAX_SEARCH:
+                raise BadArgs(usage)
+            counted = True
+        else:
+            break
+        words.pop()
+    text = " ".join(words)
+    if not text or len(text) > MAX_QUERY:
+        raise BadArgs(usage)
+    return Search(text, target, before, count)
+
+
+def _parse_logout(args: str) -> Logout:
+    if args not in ("", "--all"):
+        raise BadArgs("usage: /logout [--all]")
+    return Logout(everywhere=args == "--all")
+
+
 def _parse_rooms(args: str) -> ListRooms:
     word = args.lower()
     if word in ("watch", "unwatch"):
@@ -592,7 +717,12 @@ _PARSERS: Final[dict[str, Any]] = {
     "quit": lambda a: Quit(a),
     "register": _parse_register,
     "login": _parse_login,
-    "logout": lambda a: Logout(),
+    "logout": _parse_logout,
+    "sessions": _no_args(ListSessions, "/sessions"),
+    "kick-session": lambda a: KickSession(_one_arg(a, "/kick-session ID")),
+    "read": _parse_read,
+    "unread": _no_args(ShowUnread, "/unread"),
+    "search": _parse_search,
     "passwd": _parse_passwd,
     "history": _parse_history,
     "op": _role(Role.OP, True, "op"),

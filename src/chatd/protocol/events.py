@@ -2,8 +2,8 @@
 
 :func:`render` turns an :data:`Event` into bytes, in text or JSON. The room
 manager renders a room event once per format and hands the same ``bytes``
-object to every recipient, so :func:`render` and :func:`_message_json` are
-on the hot path. :func:`event_from_json` is the inverse of
+object to every recipient, so :func:`render`, :func:`_message_json` and
+:func:`_message_text` are on the hot path. :func:`event_from_json` is the inverse of
 :func:`event_to_json`, for clients that receive JSON.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
 from chatd.errors import ChatError
-from chatd.protocol.commands import COMMAND_HELP
+from chatd.protocol.commands import COMMAND_HELP, name_key
 from chatd.protocol.framing import Format
 from chatd.protocol.moderation import Modes, format_duration
 from chatd.protocol.record import record
@@ -52,6 +52,10 @@ class Message:
     history: bool = False
     #: A notice (IRC's NOTICE): a line no program should answer.
     notice: bool = False
+    #: It mentions its reader (set for that reader alone).
+    mention: bool = False
+    #: A result of /search, not live.
+    search: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -64,6 +68,8 @@ class Direct:
     text: str
     history: bool = False
     notice: bool = False
+    #: A result of /search, not live.
+    search: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -114,6 +120,71 @@ class TopicIs:
 class RoomList:
     type: ClassVar[str] = "rooms"
     rooms: tuple[tuple[str, int], ...]
+    #: For a logged-in reader, the rooms it is in: (room key, unread,
+    #: mentions), as /unread counts them.
+    unread: tuple[tuple[str, int, int], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Read:
+    """An account read a conversation up to ``id``: to every connection of
+    the account, so that the others clear their badges."""
+
+    type: ClassVar[str] = "read"
+    #: The room, or None for the private conversation with ``peer``.
+    room: str | None
+    peer: str | None
+    id: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UnreadEntry:
+    """One conversation of ``/unread``: a room, or a private one with ``peer``."""
+
+    room: str | None
+    peer: str | None
+    unread: int
+    mentions: int
+    last_read: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UnreadList:
+    type: ClassVar[str] = "unread"
+    conversations: tuple[UnreadEntry, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionEntry:
+    """One connection of an account (``/sessions``)."""
+
+    id: str
+    transport: str
+    address: str
+    #: When it logged in (seconds since the epoch).
+    since: float
+    #: The connection that asked.
+    current: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionList:
+    type: ClassVar[str] = "sessions"
+    sessions: tuple[SessionEntry, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SearchDone:
+    """The end of the results of a ``/search`` (each marked ``search``)."""
+
+    type: ClassVar[str] = "search"
+    query: str
+    count: int
+    #: More matches exist: ask again with ``before``.
+    more: bool
+    before: int | None
+    #: The search ran out of time before it looked at everything.
+    cut: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -454,6 +525,10 @@ Event = (
     | History
     | LoggedOut
     | PasswordChanged
+    | Read
+    | UnreadList
+    | SessionList
+    | SearchDone
     | ModerationEvent
 )
 
@@ -472,7 +547,7 @@ def _field_names(cls: type) -> tuple[str, ...]:
 def event_to_json(event: Event) -> dict[str, Any]:
     """The JSON object of an event (the documented contract)."""
     match event:
-        case Message(id, ts, room, sender, text, action, history, notice):
+        case Message(id, ts, room, sender, text, action, history, notice, mention, search):
             obj: dict[str, Any] = {
                 "type": "message",
                 "id": id,
@@ -487,16 +562,28 @@ def event_to_json(event: Event) -> dict[str, Any]:
                 obj["history"] = True
             if notice:
                 obj["notice"] = True
+            if mention:
+                obj["mention"] = True
+            if search:
+                obj["search"] = True
             return obj
-        case Direct(id, ts, sender, to, text, history, notice):
+        case Direct(id, ts, sender, to, text, history, notice, search):
             obj = {"type": "dm", "id": id, "ts": ts, "from": sender, "to": to, "text": text}
             if history:
                 obj["history"] = True
             if notice:
                 obj["notice"] = True
+            if search:
+                obj["search"] = True
             return obj
-        case RoomList(rooms):
+        case RoomList(rooms, ()):
             return {"type": "rooms", "rooms": [{"name": n, "members": k} for n, k in rooms]}
+        case RoomList(rooms, unread):
+            return {"type": "rooms", "rooms": _rooms_json(rooms, unread)}
+        case UnreadList(conversations):
+            return {"type": "unread", "conversations": [_unread_json(c) for c in conversations]}
+        case SessionList(sessions):
+            return {"type": "sessions", "sessions": [_session_json(e) for e in sessions]}
         case WhoList(room, nicks, roles):
             members = [{"nick": n, "role": r} for n, r in zip(nicks, roles, strict=False)]
             return {"type": "who", "room": room, "nicks": list(nicks), "members": members}
@@ -537,6 +624,42 @@ def event_to_json(event: Event) -> dict[str, Any]:
 
 def _entry_json(entry: BanEntry) -> dict[str, Any]:
     return dataclasses.asdict(entry)
+
+
+def _rooms_json(
+    rooms: tuple[tuple[str, int], ...], unread: tuple[tuple[str, int, int], ...]
+) -> list[dict[str, Any]]:
+    """The ``rooms`` of a ``rooms`` event, with ``unread`` and ``mentions``
+    for the rooms the reader is in (matched by name key)."""
+    counts = {key: (n, m) for key, n, m in unread}
+    out: list[dict[str, Any]] = []
+    for name, members in rooms:
+        room: dict[str, Any] = {"name": name, "members": members}
+        found = counts.get(name_key(name))
+        if found is not None:
+            room["unread"], room["mentions"] = found
+        out.append(room)
+    return out
+
+
+def _unread_json(entry: UnreadEntry) -> dict[str, Any]:
+    return {
+        "room": entry.room,
+        "peer": entry.peer,
+        "unread": entry.unread,
+        "mentions": entry.mentions,
+        "last_read": entry.last_read,
+    }
+
+
+def _session_json(entry: SessionEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "transport": entry.transport,
+        "address": entry.address,
+        "since": entry.since,
+        "current": entry.current,
+    }
 
 
 def _str(value: object) -> str:
@@ -646,6 +769,8 @@ def event_from_json(obj: Mapping[str, Any]) -> Event:
                     obj.get("action") is True,
                     obj.get("history") is True,
                     obj.get("notice") is True,
+                    obj.get("mention") is True,
+                    obj.get("search") is True,
                 )
             case "dm":
                 return Direct(
@@ -656,6 +781,7 @@ def event_from_json(obj: Mapping[str, Any]) -> Event:
                     _str(obj["text"]),
                     obj.get("history") is True,
                     obj.get("notice") is True,
+                    obj.get("search") is True,
                 )
             case "registered":
                 return Registered(_str(obj["nick"]), obj.get("account") is True)
@@ -679,7 +805,50 @@ def event_from_json(obj: Mapping[str, Any]) -> Event:
                 )
             case "rooms":
                 rooms = _objects(obj["rooms"])
-                return RoomList(tuple((_str(r["name"]), _int(r["members"])) for r in rooms))
+                return RoomList(
+                    tuple((_str(r["name"]), _int(r["members"])) for r in rooms),
+                    tuple(
+                        (name_key(_str(r["name"])), _int(r["unread"]), _int(r.get("mentions", 0)))
+                        for r in rooms
+                        if "unread" in r
+                    ),
+                )
+            case "read":
+                return Read(_opt_str(obj.get("room")), _opt_str(obj.get("peer")), _int(obj["id"]))
+            case "unread":
+                return UnreadList(
+                    tuple(
+                        UnreadEntry(
+                            _opt_str(c.get("room")),
+                            _opt_str(c.get("peer")),
+                            _int(c["unread"]),
+                            _int(c.get("mentions", 0)),
+                            _int(c.get("last_read", 0)),
+                        )
+                        for c in _objects(obj["conversations"])
+                    )
+                )
+            case "sessions":
+                return SessionList(
+                    tuple(
+                        SessionEntry(
+                            _str(e["id"]),
+                            _str(e["transport"]),
+                            _str(e["address"]),
+                            _num(e["since"]),
+                            e.get("current") is True,
+                        )
+                        for e in _objects(obj["sessions"])
+                    )
+                )
+            case "search":
+                return SearchDone(
+                    _str(obj["query"]),
+                    _int(obj["count"]),
+                    obj.get("more") is True,
+                    _opt_int(obj.get("before")),
+                    obj.get("cut") is True,
+                )
             case "room":
                 return RoomChanged(_str(obj["room"]), _str(obj["event"]), _int(obj["members"]))
             case "who":
@@ -793,18 +962,10 @@ _json_str: Final = json.encoder.encode_basestring
 def event_to_text(event: Event) -> str:
     """The human-readable form of an event; may span several lines (help)."""
     match event:
-        case Message(history=True) | Direct(history=True):
-            # A stored message: its time first, so it reads as the past.
-            when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(event.ts))
-            return f"{when} " + event_to_text(dataclasses.replace(event, history=False))
-        case Message(room=room, sender=sender, text=text, action=False, notice=False):
-            return f"[{room}] {sender}: {text}"
-        case Message(room=room, sender=sender, text=text, action=False):
-            return f"[{room}] -{sender}- {text}"
-        case Message(room=room, sender=sender, text=text):
-            return f"[{room}] * {sender} {text}"
-        case Direct(sender=sender, to=to, text=text):
-            return f"[{sender} -> {to}] {text}"
+        case Message():
+            return _message_text(event)
+        case Direct():
+            return _direct_text(event)
         case History(room, peer, count, more, before):
             where = f"#{room}" if room is not None else f"you and {peer}"
             line = f"* {count} earlier message{'s' * (count != 1)} of {where}"
@@ -832,9 +993,21 @@ def event_to_text(event: Event) -> str:
             return f"* {by} set the topic of #{room}: {topic}"
         case TopicIs(room, topic, by, False):
             return f"* topic of #{room}: {topic}" + (f" (set by {by})" if by else "")
-        case RoomList(rooms):
+        case RoomList(rooms, ()):
             listing = ", ".join(f"#{name} ({count})" for name, count in rooms)
             return f"* rooms: {listing or 'none'}"
+        case RoomList(rooms, unread):
+            return _rooms_text(rooms, unread)
+        case Read(room, peer, message_id):
+            return f"* read {_conversation(room, peer)} up to {message_id}"
+        case UnreadList(conversations):
+            return _unread_text(conversations)
+        case SessionList(sessions):
+            return _sessions_text(sessions)
+        case SearchDone(query, count, more, before, cut):
+            line = f'* search "{query}": {count or "nothing"} found'
+            line += " (cut short: the search took too long)" if cut else ""
+            return line + (f"; more: repeat it with before={before}" if more else "")
         case RoomChanged(room, "created", members):
             return f"* room #{room} created ({members} member{'s' * (members != 1)})"
         case RoomChanged(room, what, _):
@@ -874,6 +1047,101 @@ def event_to_text(event: Event) -> str:
         case Shutdown(reason):
             return f"! shutdown: {reason}"
     raise TypeError(f"not an event: {event!r}")  # pragma: no cover
+
+
+#: The mark before the ``[`` of a chat line that mentions its reader: no
+#: sender can put it there (names hold no ``!``), and no other line starts
+#: with it (errors start with ``! ``, with a space).
+MENTION_MARK: Final = "!"
+#: What starts a result of /search in text, before its time.
+FOUND_MARK: Final = "found "
+
+
+def _message_text(m: Message) -> str:
+    """The text line of a room message.
+
+    On the hot path (see :func:`render`), without a ``match``: a live
+    message costs its line and a test of each flag; the marks (history,
+    search, mention) cost more only when set.
+    """
+    if m.action:
+        line = f"[{m.room}] * {m.sender} {m.text}"
+    elif m.notice:
+        line = f"[{m.room}] -{m.sender}- {m.text}"
+    else:
+        line = f"[{m.room}] {m.sender}: {m.text}"
+    if m.history or m.search or m.mention:
+        return _marked(line, m.ts, m.history, m.search, m.mention)
+    return line
+
+
+def _direct_text(d: Direct) -> str:
+    line = f"[{d.sender} -> {d.to}] {d.text}"
+    if d.history or d.search:
+        return _marked(line, d.ts, d.history, d.search, False)
+    return line
+
+
+def _marked(line: str, ts: float, history: bool, search: bool, mention: bool) -> str:
+    """A chat line with its marks: a mention's ``!`` before its ``[``; a
+    stored message's UTC time first, so it reads as the past; a search
+    result's ``found`` before that."""
+    if mention:
+        line = MENTION_MARK + line
+    if history or search:
+        line = f"{_when(ts)} {line}"
+    if search:
+        line = FOUND_MARK + line
+    return line
+
+
+def _conversation(room: str | None, peer: str | None) -> str:
+    """``#room`` or ``@peer``, as /history, /read and /search name them."""
+    return f"#{room}" if room is not None else f"@{peer}"
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'s' * (count != 1)}"
+
+
+def _rooms_text(
+    rooms: tuple[tuple[str, int], ...], unread: tuple[tuple[str, int, int], ...]
+) -> str:
+    """``* rooms: #dev (1), #general (4, 3 unread, 1 mention)``."""
+    counts = {key: (n, m) for key, n, m in unread}
+    shown = []
+    for name, members in rooms:
+        unread_count, mentions = counts.get(name_key(name), (0, 0))
+        extra = f", {unread_count} unread" if unread_count else ""
+        extra += f", {_plural(mentions, 'mention')}" if mentions else ""
+        shown.append(f"#{name} ({members}{extra})")
+    return f"* rooms: {', '.join(shown) or 'none'}"
+
+
+def _unread_text(conversations: tuple[UnreadEntry, ...]) -> str:
+    """``* unread: #general 3 (1 mention), @bob 2``: the conversations with
+    something unread."""
+    shown = [
+        f"{_conversation(c.room, c.peer)} {c.unread}"
+        + (f" ({_plural(c.mentions, 'mention')})" if c.mentions else "")
+        for c in conversations
+        if c.unread
+    ]
+    return f"* unread: {', '.join(shown) or 'nothing'}"
+
+
+def _sessions_text(sessions: tuple[SessionEntry, ...]) -> str:
+    """A heading, then a line per connection, in columns."""
+    cells = [(e.id, e.transport, e.address) for e in sessions]
+    widths = [max((len(row[i]) for row in cells), default=0) for i in range(3)]
+    rows = [
+        "  "
+        + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        + f"  since {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(e.since))} UTC"
+        + (" (this one)" if e.current else "")
+        for row, e in zip(cells, sessions, strict=True)
+    ]
+    return "\n".join([f"* sessions of your account: {len(sessions) or 'none'}", *rows])
 
 
 #: The classes of ModerationEvent, for isinstance.
@@ -977,6 +1245,10 @@ def _message_json(m: Message) -> bytes:
         action += ',"history":true'
     if m.notice:
         action += ',"notice":true'
+    if m.mention:
+        action += ',"mention":true'
+    if m.search:
+        action += ',"search":true'
     return (
         f'{{"type":"message","id":{m.id},"ts":{m.ts!r},"room":{_json_str(m.room)},'
         f'"from":{_json_str(m.sender)},"text":{_json_str(m.text)}{action}}}\n'
@@ -986,11 +1258,14 @@ def _message_json(m: Message) -> bytes:
 def render(event: Event, fmt: Format) -> bytes:
     """Render an event as LF-terminated bytes in the given format.
 
-    In JSON mode this is always exactly one line; in text mode ``/help``
-    and the lists of moderation (``/bans``, ``/klines``, ``/modlog``) span several.
+    In JSON mode this is always exactly one line; in text mode ``/help``,
+    ``/sessions`` and the lists of moderation (``/bans``, ``/klines``,
+    ``/modlog``) span several.
     """
-    if fmt is Format.JSON:
-        if type(event) is Message:
+    if type(event) is Message:
+        if fmt is Format.JSON:
             return _message_json(event)
+        return (_message_text(event) + "\n").encode()
+    if fmt is Format.JSON:
         return _json_encode(event_to_json(event)).encode() + b"\n"
     return event_to_text(event).encode() + b"\n"

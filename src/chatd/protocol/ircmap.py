@@ -22,6 +22,12 @@ Decisions, each the IRC documentation's usual answer:
   a member banned out of a room is a KICK by the server.
 * Text longer than an IRC line holds is split into several PRIVMSGs, at
   character boundaries.
+* A message's ``mention`` and ``search`` marks change nothing (IRC clients
+  find their own highlights). Read markers (``read``), ``unread``,
+  ``sessions`` and the ``search`` summary have no IRC line: an IRC client
+  cannot ask for the last three, and ``read`` (another connection of the
+  account read something) has no IRC form short of IRCv3's draft
+  read-marker, which chatd does not offer.
 
 :class:`IrcCodec` is the shared encoder of one kind of IRC client: the
 capabilities that change the bytes of a room event (``server-time``,

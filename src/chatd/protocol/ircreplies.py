@@ -34,6 +34,8 @@ ERROR_NUMERICS: Final[dict[str, tuple[str, str]]] = {
     "bad_args": ("461", "verb"),
     "bad_login": ("464", ""),
     "login_throttled": ("464", ""),
+    # The account has as many connections as it may: the login is refused.
+    "too_many_sessions": ("464", ""),
     "room_full": ("471", "target"),
     "bad_mode": ("472", "mode"),
     "invite_only": ("473", "target"),
@@ -63,6 +65,7 @@ FAIL_CODES: Final = {
     "storage_unavailable": "TEMPORARILY_UNAVAILABLE",
     "cluster_unavailable": "TEMPORARILY_UNAVAILABLE",
     "not_logged_in": "ACCOUNT_REQUIRED",
+    "bad_query": "INVALID_PARAMS",
 }
 
 

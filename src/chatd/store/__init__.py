@@ -10,7 +10,9 @@ small interface the rest of the daemon uses; two stores implement it:
   SQLite file, in WAL mode. One writer thread owns the write connection and
   commits whatever has queued up since its last commit in one transaction
   (group commit); a reader thread with its own connection answers queries,
-  which WAL lets run beside the writes. The event loop never touches SQLite.
+  and a search thread with another answers ``/search`` (through an FTS5
+  index), which WAL lets run beside the writes. The event loop never
+  touches SQLite.
   A daemon holds its file alone (:class:`DatabaseLock`).
 
 Writes that must be durable before anyone sees them (messages) take a
@@ -25,13 +27,17 @@ from __future__ import annotations
 
 from chatd.store.base import (
     MODLOG_MAX,
+    UNREAD_CAP,
     Account,
     AccountRooms,
     Done,
     RoomRecord,
+    SearchQuery,
+    SearchResult,
     Store,
     StoredMessage,
     StoreError,
+    Unread,
     dm_key,
 )
 from chatd.store.memory import MEMORY_HISTORY, MemoryStore
@@ -52,6 +58,7 @@ __all__ = [
     "MIGRATIONS",
     "MODLOG_MAX",
     "SCHEMA_VERSION",
+    "UNREAD_CAP",
     "Account",
     "AccountRooms",
     "DatabaseInUse",
@@ -59,10 +66,13 @@ __all__ = [
     "Done",
     "MemoryStore",
     "RoomRecord",
+    "SearchQuery",
+    "SearchResult",
     "SqliteStore",
     "Store",
     "StoreError",
     "StoredMessage",
+    "Unread",
     "default_db_path",
     "dm_key",
     "migrate",

@@ -90,6 +90,63 @@ class AccountRooms:
     current: str | None = None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Unread:
+    """What an account has not read of one conversation (see Store.unread)."""
+
+    #: The conversation's key: a room's key, or a private one's (dm_key).
+    conversation: str
+    #: The room's name, or None for a private conversation.
+    room: str | None
+    #: The other nickname of a private conversation, or None for a room.
+    peer: str | None
+    #: Messages after the read marker that others sent (at most UNREAD_CAP).
+    unread: int
+    #: Of those, the ones that mention the account's nickname.
+    mentions: int
+    #: The read marker: the id of the last message read (0: none yet).
+    last_read: int
+
+
+#: Unread messages counted per conversation at most (a count at the cap
+#: means "this many or more").
+UNREAD_CAP = 1000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """A /search, as the store runs it."""
+
+    #: The words to find, in the search syntax (words, ``prefix*``,
+    #: ``"a phrase"``; see docs/PROTOCOL.md).
+    text: str
+    #: Room keys the asker may read (the rooms it is in).
+    rooms: tuple[str, ...]
+    #: The asker's account: its private conversations are searched too
+    #: (None: a guest, who has none to search).
+    account: int | None
+    #: Only this conversation (a room key, or a dm_key), or None for all of
+    #: the above.
+    conversation: str | None = None
+    #: Only messages with a smaller id (the next page).
+    before: int | None = None
+    #: The most results.
+    limit: int = 20
+    #: Seconds the search may take before it is cut.
+    budget: float = 2.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SearchResult:
+    #: The messages found, newest first.
+    messages: list[StoredMessage]
+    #: More matches exist before the last one (ask again with before=).
+    more: bool
+    #: The search ran out of time (or of messages it may scan) before it
+    #: had looked at everything: more may exist that it did not see.
+    cut: bool = False
+
+
 class Store(abc.ABC):
     """Accounts, persistent rooms and message history."""
 
@@ -227,3 +284,31 @@ class Store(abc.ABC):
     async def writable(self) -> bool:
         """Whether a write can be committed now."""
         return True
+
+    # -- read markers, unread counts, search ------------------------------------
+
+    @abc.abstractmethod
+    def save_read(self, account: int, conversation: str, message_id: int) -> None:
+        """Move an account's read marker in a conversation forward to
+        ``message_id`` (a smaller id than the one kept changes nothing), in
+        order after earlier writes."""
+
+    @abc.abstractmethod
+    async def read_markers(self, account: int) -> dict[str, int]:
+        """Every read marker of an account, by conversation key (after the
+        writes queued before)."""
+
+    @abc.abstractmethod
+    async def unread(self, account: int, nick: str, rooms: tuple[str, ...]) -> list[Unread]:
+        """What ``account`` (nickname ``nick``) has not read: one entry per
+        room key of ``rooms`` (in that order, a room with no messages
+        included), then one per private conversation of the account that
+        has messages after its marker. Counts only messages others sent,
+        after the marker (all of them with no marker), at most UNREAD_CAP;
+        a mention is as chatd.protocol.mention says."""
+
+    @abc.abstractmethod
+    async def search(self, query: SearchQuery) -> SearchResult:
+        """Stored messages that match ``query.text`` in the conversations it
+        may read, newest first; raises BadQuery for a query the syntax
+        cannot read."""

@@ -7,25 +7,36 @@ so ``done`` callbacks run before the call returns.
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import dataclasses
+import heapq
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from chatd.protocol import name_key
+from chatd.protocol.mention import mentions
 from chatd.store.base import (
     MODLOG_MAX,
+    UNREAD_CAP,
     Account,
     AccountRooms,
     Done,
     RoomRecord,
+    SearchQuery,
+    SearchResult,
     Store,
     StoredMessage,
+    Unread,
 )
+from chatd.store.search import SCAN_MAX, parse, searchable
 
 #: Messages a conversation keeps in the in-memory store.
 MEMORY_HISTORY: Final = 10_000
+#: Messages a search matches between two turns of the event loop.
+_SEARCH_SLICE: Final = 1_000
 
 
 class MemoryStore(Store):
@@ -41,12 +52,20 @@ class MemoryStore(Store):
         self._rules: dict[str, tuple[str, str]] = {}
         self._modlog: dict[str, deque[str]] = {}
         self._klines: dict[str, str] = {}
+        self._markers: dict[int, dict[str, int]] = {}
+        #: The private conversations each account sent or received messages in.
+        self._private: dict[int, set[str]] = {}
 
     def append(self, message: StoredMessage, done: Done) -> None:
-        kept = self._messages.get(message.conversation)
+        conversation = message.conversation
+        kept = self._messages.get(conversation)
         if kept is None:
-            kept = self._messages[message.conversation] = deque(maxlen=MEMORY_HISTORY)
+            kept = self._messages[conversation] = deque(maxlen=MEMORY_HISTORY)
         kept.append(message)
+        if message.room is None:
+            for account in (message.sender_account, message.to_account):
+                if account is not None:
+                    self._private.setdefault(account, set()).add(conversation)
         self.last_id = message.id
         done(None)
 
@@ -102,6 +121,7 @@ class MemoryStore(Store):
         account = self._accounts.pop(name_key(nick), None)
         if account is not None:
             self._account_rooms.pop(account.id, None)
+            self._markers.pop(account.id, None)
         return account is not None
 
     async def accounts(self) -> list[Account]:
@@ -148,3 +168,81 @@ class MemoryStore(Store):
             return False
         self._accounts[name_key(nick)] = dataclasses.replace(account, oper=on)
         return True
+
+    # -- read markers, unread counts, search ------------------------------------
+
+    def save_read(self, account: int, conversation: str, message_id: int) -> None:
+        markers = self._markers.setdefault(account, {})
+        if message_id > markers.get(conversation, 0):
+            markers[conversation] = message_id
+
+    async def read_markers(self, account: int) -> dict[str, int]:
+        return dict(self._markers.get(account, {}))
+
+    async def unread(self, account: int, nick: str, rooms: tuple[str, ...]) -> list[Unread]:
+        """As Store.unread: up to UNREAD_CAP messages looked at per
+        conversation, with a turn of the event loop between conversations."""
+        markers = self._markers.get(account, {})
+        found: list[Unread] = []
+        for key in rooms:
+            await asyncio.sleep(0)
+            last = markers.get(key, 0)
+            kept = self._messages.get(key, ())
+            name = kept[-1].room if kept else None
+            count = mentioned = 0
+            for scanned, m in enumerate(reversed(kept)):
+                if m.id <= last or scanned == UNREAD_CAP:
+                    break
+                if m.sender_account != account:
+                    count += 1
+                    mentioned += mentions(m.text, nick)
+            found.append(Unread(key, name or key, None, count, mentioned, last))
+        private: list[tuple[int, Unread]] = []
+        for conversation in list(self._private.get(account, ())):
+            await asyncio.sleep(0)
+            last = markers.get(conversation, 0)
+            count = mentioned = 0
+            newest: StoredMessage | None = None
+            for m in reversed(self._messages.get(conversation, ())):
+                if m.id <= last or count == UNREAD_CAP:
+                    break
+                if m.to_account == account and m.sender_account != account:
+                    newest = newest or m
+                    count += 1
+                    mentioned += mentions(m.text, nick)
+            if newest is not None:
+                entry = Unread(conversation, None, newest.sender, count, mentioned, last)
+                private.append((newest.id, entry))
+        private.sort(key=lambda p: p[0], reverse=True)
+        return found + [u for _, u in private]
+
+    async def search(self, query: SearchQuery) -> SearchResult:
+        """A scan of the messages held, newest first, across the conversations
+        ``query`` may read; it yields to the event loop as it goes and stops
+        at the budget or at SCAN_MAX messages (``cut``)."""
+        match = parse(query.text)
+        account = query.account
+        allowed = searchable(query, self._private.get(account, ()) if account is not None else ())
+        streams: list[Iterable[StoredMessage]] = []
+        for key in allowed:
+            # A copy: appends while the search waits would break an iteration.
+            held = list(self._messages.get(key, ()))
+            if query.before is not None:
+                held = held[: bisect.bisect_left(held, query.before, key=lambda m: m.id)]
+            streams.append(reversed(held))
+        deadline = time.monotonic() + query.budget
+        found: list[StoredMessage] = []
+        cut = False
+        for scanned, m in enumerate(heapq.merge(*streams, key=lambda m: -m.id)):
+            if scanned % _SEARCH_SLICE == 0 and scanned:
+                if scanned >= SCAN_MAX or time.monotonic() > deadline:
+                    cut = True
+                    break
+                await asyncio.sleep(0)
+            if m.room is None and account not in (m.sender_account, m.to_account):
+                continue
+            if match.matches(m.text):
+                found.append(m)
+                if len(found) > query.limit:
+                    break
+        return SearchResult(found[: query.limit], len(found) > query.limit, cut)

@@ -3,7 +3,9 @@
 One writer thread owns the write connection and commits whatever has queued
 up since its last commit in one transaction (group commit); a reader thread
 with its own connection answers queries, which WAL lets run beside the
-writes. The event loop never touches SQLite. A daemon holds its file alone
+writes, and a third thread and connection run searches (each bounded by its
+time budget, so a slow one holds up only other searches). The event loop
+never touches SQLite. A daemon holds its file alone
 (:class:`DatabaseLock`). The schema is :data:`MIGRATIONS`, applied forward on
 open.
 """
@@ -23,25 +25,38 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
+from chatd.errors import BadQuery
 from chatd.protocol import name_key
+from chatd.protocol.mention import mentions
 from chatd.store.base import (
     MODLOG_MAX,
+    UNREAD_CAP,
     Account,
     AccountRooms,
     Done,
     RoomRecord,
+    SearchQuery,
+    SearchResult,
     Store,
     StoredMessage,
     StoreError,
+    Unread,
 )
+from chatd.store.search import parse, searchable
+
+T = TypeVar("T")
 
 # Log lines name the package (chatd.store), not this module.
 logger = logging.getLogger(__name__)
 
 #: Most writes in one group commit.
 BATCH_MAX: Final = 2_000
+#: Private conversations of one account that /unread looks through at most.
+PRIVATE_MAX: Final = 5_000
+#: SQLite virtual machine steps between two looks at a search's clock.
+_PROGRESS_STEPS: Final = 1_000
 
 
 class DatabaseInUse(StoreError):
@@ -124,12 +139,46 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             doc TEXT NOT NULL
         )""",
     ),
+    # 5: read markers, and the full-text index of the messages (for /search).
+    (
+        """CREATE TABLE read_markers (
+            account INTEGER NOT NULL,
+            conv TEXT NOT NULL,
+            id INTEGER NOT NULL,
+            PRIMARY KEY (account, conv)
+        )""",
+        # The private messages each account received, by conversation: the
+        # conversations /unread lists are found here, not in every message.
+        """CREATE INDEX messages_to_account ON messages (target_account, conv, id)
+            WHERE target_account IS NOT NULL""",
+        # External content: the index keeps only the words; the text stays in
+        # messages. The triggers keep both in the same transaction.
+        """CREATE VIRTUAL TABLE messages_fts USING fts5(
+            text, content='messages', content_rowid='id',
+            tokenize='unicode61 remove_diacritics 2'
+        )""",
+        """CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+            INSERT INTO messages_fts (rowid, text) VALUES (new.id, new.text);
+        END""",
+        """CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+            INSERT INTO messages_fts (messages_fts, rowid, text)
+                VALUES ('delete', old.id, old.text);
+        END""",
+        """CREATE TRIGGER messages_fts_update AFTER UPDATE OF text ON messages BEGIN
+            INSERT INTO messages_fts (messages_fts, rowid, text)
+                VALUES ('delete', old.id, old.text);
+            INSERT INTO messages_fts (rowid, text) VALUES (new.id, new.text);
+        END""",
+        # The messages stored before: searchable too.
+        "INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _MESSAGE_COLUMNS: Final = (
     "id, ts, room, sender, target, text, action, sender_account, target_account"
 )
+_M_COLUMNS: Final = ", ".join("m." + c for c in _MESSAGE_COLUMNS.split(", "))
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -221,8 +270,14 @@ class SqliteStore(Store):
         self._pending = 0
         self._writer: threading.Thread | None = None
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="chatd-db-read")
+        # Searches have their own thread and connection: one that takes its
+        # whole time budget does not hold up logins and history.
+        self._searcher = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="chatd-db-search"
+        )
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
+        self._sconn: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.migrated_from: int | None = None
 
@@ -275,13 +330,14 @@ class SqliteStore(Store):
         self.last_id = last or 0
         self._registered = {key for (key,) in conn.execute("SELECT key FROM accounts")}
         self._rconn = self._connect()
+        self._sconn = self._connect()
 
     def _close_connections(self) -> None:
-        """Close both connections, then let another daemon have the database."""
-        for conn in (self._wconn, self._rconn):
+        """Close the connections, then let another daemon have the database."""
+        for conn in (self._wconn, self._rconn, self._sconn):
             if conn is not None:
                 conn.close()
-        self._wconn = self._rconn = None
+        self._wconn = self._rconn = self._sconn = None
         if self._lock is not None:
             self._lock.release()
 
@@ -291,6 +347,7 @@ class SqliteStore(Store):
             await asyncio.to_thread(self._writer.join)
             self._writer = None
         self._reader.shutdown(wait=True)
+        self._searcher.shutdown(wait=True)
         self._close_connections()
 
     # -- writes ----------------------------------------------------------
@@ -444,11 +501,11 @@ class SqliteStore(Store):
 
     async def delete_account(self, nick: str) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
-            conn.execute(
-                "DELETE FROM account_rooms WHERE account IN"
-                " (SELECT id FROM accounts WHERE key = ?)",
-                (name_key(nick),),
-            )
+            for table in ("account_rooms", "read_markers"):
+                conn.execute(
+                    f"DELETE FROM {table} WHERE account IN (SELECT id FROM accounts WHERE key = ?)",
+                    (name_key(nick),),
+                )
             cursor = conn.execute("DELETE FROM accounts WHERE key = ?", (name_key(nick),))
             return cursor.rowcount == 1
 
@@ -579,12 +636,21 @@ class SqliteStore(Store):
     # -- reads -----------------------------------------------------------
 
     async def _read(self, query: str, *args: Any) -> list[tuple[Any, ...]]:
-        def run() -> list[tuple[Any, ...]]:
-            assert self._rconn is not None
-            return self._rconn.execute(query, args).fetchall()
+        return await self._read_with(lambda conn: conn.execute(query, args).fetchall())
 
+    async def _read_with(
+        self, run: Callable[[sqlite3.Connection], T], *, searching: bool = False
+    ) -> T:
+        """``run(connection)`` on the reader thread (or the search thread)."""
+
+        def call() -> T:
+            conn = self._sconn if searching else self._rconn
+            assert conn is not None
+            return run(conn)
+
+        executor = self._searcher if searching else self._reader
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._reader, run)
+            return await asyncio.get_running_loop().run_in_executor(executor, call)
         except sqlite3.Error as exc:
             raise StoreError(f"the database cannot be read: {exc}") from None
 
@@ -632,6 +698,162 @@ class SqliteStore(Store):
         )
         current = next((name for name, is_current in rows if is_current), None)
         return AccountRooms(tuple(name for name, _ in rows), current)
+
+    # -- read markers, unread counts, search ---------------------------------
+
+    def save_read(self, account: int, conversation: str, message_id: int) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO read_markers (account, conv, id) VALUES (?, ?, ?)"
+                " ON CONFLICT (account, conv) DO UPDATE SET id = max(id, excluded.id)",
+                (account, conversation, message_id),
+            )
+
+        self._write_behind(run, f"the read marker of account {account} in {conversation}")
+
+    async def read_markers(self, account: int) -> dict[str, int]:
+        await self._written()
+        rows = await self._read("SELECT conv, id FROM read_markers WHERE account = ?", account)
+        return {conv: id_ for conv, id_ in rows}
+
+    async def unread(self, account: int, nick: str, rooms: tuple[str, ...]) -> list[Unread]:
+        await self._written()
+        return await self._read_with(lambda conn: _unread(conn, account, nick, rooms))
+
+    async def search(self, query: SearchQuery) -> SearchResult:
+        """Through the FTS5 index, newest first: FTS5 hands out its matches in
+        rowid (message id) order, so a page costs the matches it looks at,
+        not the whole history. A progress handler stops the search at its
+        budget; what was found by then is returned, with ``cut``."""
+        match = parse(query.text).fts5()
+        scope = _search_scope(query)
+        if scope is None:
+            return SearchResult([], False)
+        where, args = scope
+        sql = (
+            f"SELECT {_M_COLUMNS} FROM messages_fts CROSS JOIN messages AS m"
+            " ON m.id = messages_fts.rowid"
+            f" WHERE messages_fts MATCH ? AND messages_fts.rowid < ? AND ({where})"
+            " ORDER BY messages_fts.rowid DESC LIMIT ?"
+        )
+        before = query.before if query.before is not None else 2**63 - 1
+        params = (match, before, *args, query.limit + 1)
+        await self._written()
+        rows, cut = await self._read_with(
+            lambda conn: _search(conn, sql, params, query.budget), searching=True
+        )
+        return SearchResult(
+            [_row_message(row) for row in rows[: query.limit]],
+            len(rows) > query.limit,
+            cut and len(rows) <= query.limit,
+        )
+
+
+def _unread(
+    conn: sqlite3.Connection, account: int, nick: str, rooms: tuple[str, ...]
+) -> list[Unread]:
+    """Store.unread, on the reader thread: at most UNREAD_CAP rows per
+    conversation, each found through an index."""
+    markers: dict[str, int] = dict(
+        conn.execute("SELECT conv, id FROM read_markers WHERE account = ?", (account,)).fetchall()
+    )
+    found: list[Unread] = []
+    for key in rooms:
+        last = markers.get(key, 0)
+        rows = conn.execute(
+            "SELECT room, sender_account, text FROM messages WHERE conv = ? AND id > ?"
+            " ORDER BY id DESC LIMIT ?",
+            (key, last, UNREAD_CAP),
+        ).fetchall()
+        if rows:
+            name = rows[0][0]
+        else:
+            row = conn.execute(
+                "SELECT room FROM messages WHERE conv = ? ORDER BY id DESC LIMIT 1", (key,)
+            ).fetchone()
+            name = row[0] if row is not None else None
+        texts = [text for _, sender_account, text in rows if sender_account != account]
+        found.append(
+            Unread(key, name or key, None, len(texts), sum(mentions(t, nick) for t in texts), last)
+        )
+    # The private conversations the account received messages in, one index
+    # seek each (messages_to_account), newest unread message first.
+    private: list[tuple[int, Unread]] = []
+    conv = ""
+    for _ in range(PRIVATE_MAX):
+        row = conn.execute(
+            "SELECT conv FROM messages WHERE target_account = ? AND conv > ? ORDER BY conv LIMIT 1",
+            (account, conv),
+        ).fetchone()
+        if row is None:
+            break
+        conv = row[0]
+        last = markers.get(conv, 0)
+        rows = conn.execute(
+            "SELECT id, sender, sender_account, text FROM messages"
+            " WHERE target_account = ? AND conv = ? AND id > ? ORDER BY id DESC LIMIT ?",
+            (account, conv, last, UNREAD_CAP),
+        ).fetchall()
+        theirs = [(id_, sender, text) for id_, sender, sa, text in rows if sa != account]
+        if theirs:
+            newest, peer, _ = theirs[0]
+            count = sum(mentions(text, nick) for _, _, text in theirs)
+            private.append((newest, Unread(conv, None, peer, len(theirs), count, last)))
+    private.sort(key=lambda p: p[0], reverse=True)
+    return found + [u for _, u in private]
+
+
+def _search_scope(query: SearchQuery) -> tuple[str, list[Any]] | None:
+    """The SQL condition on ``m`` (messages) of the conversations ``query``
+    may read, and its arguments; None if it may read none."""
+    own = "(m.sender_account = ? OR m.target_account = ?)"
+    account, conversation = query.account, query.conversation
+    if conversation is not None:
+        if not searchable(query, ()):
+            return None
+        if conversation.startswith("@"):
+            return f"m.conv = ? AND {own}", [conversation, account, account]
+        return "m.conv = ?", [conversation]
+    parts: list[str] = []
+    args: list[Any] = []
+    if query.rooms:
+        parts.append(f"m.conv IN ({', '.join('?' * len(query.rooms))})")
+        args += query.rooms
+    if account is not None:
+        parts.append(f"(substr(m.conv, 1, 1) = '@' AND {own})")
+        args += [account, account]
+    return (" OR ".join(parts), args) if parts else None
+
+
+def _search(
+    conn: sqlite3.Connection, sql: str, params: tuple[Any, ...], budget: float
+) -> tuple[list[tuple[Any, ...]], bool]:
+    """Run a search until it is done or its budget is spent (then SQLite is
+    interrupted and the rows found so far are kept): (rows, cut)."""
+    deadline = time.monotonic() + budget
+    cut = False
+
+    def progress() -> int:
+        nonlocal cut
+        if time.monotonic() > deadline:
+            cut = True
+        return int(cut)
+
+    rows: list[tuple[Any, ...]] = []
+    conn.set_progress_handler(progress, _PROGRESS_STEPS)
+    try:
+        # Row by row: the rows stepped before an interruption are kept.
+        rows.extend(conn.execute(sql, params))
+    except sqlite3.OperationalError as exc:
+        if cut:
+            return rows, True
+        text = str(exc)
+        if "fts5" in text or "unterminated string" in text:
+            raise BadQuery(f"cannot read the search: {text}") from None
+        raise
+    finally:
+        conn.set_progress_handler(None, 0)
+    return rows, cut
 
 
 def _account(row: tuple[Any, ...]) -> Account:

@@ -1,0 +1,34 @@
+"""Mentions: whether a line of text names someone.
+
+A mention is a nickname as a word, case-insensitively (``bob``, ``Bob:``,
+``hi bob.``), or the same with an ``@`` (``@bob``). A nickname's characters
+(letters, digits, ``_ - .``) around it make it part of another word:
+``bobby`` and ``bob.smith`` do not mention ``bob``; a final ``.`` is
+punctuation (unless the nickname ends with one).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from chatd.protocol.commands import name_key
+
+#: A run of nickname characters, possibly after an ``@``.
+_WORD: Final = re.compile(r"[A-Za-z0-9_.\-]+")
+
+
+def mentioned(text: str) -> set[str]:
+    """The name keys ``text`` mentions (every word that could be a nickname)."""
+    keys: set[str] = set()
+    for word in _WORD.findall(text):
+        keys.add(name_key(word))  # a nickname may end in "." itself
+        if word.endswith("."):
+            keys.add(name_key(word.rstrip(".")))
+    return keys
+
+
+def mentions(text: str, nick: str) -> bool:
+    """Whether ``text`` mentions ``nick``."""
+    key = name_key(nick)
+    return key in text.lower() and key in mentioned(text)
