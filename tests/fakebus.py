@@ -119,7 +119,7 @@ class FakeBus(Bus):
         if not room.members:
             self.hub.close_room(room)
 
-    def released(self, key: str) -> None:
+    def released(self, key: str, reason: str = "") -> None:
         holder = self.broker.nicks.get(key)
         if holder is not None and holder[0] is self:
             del self.broker.nicks[key]

@@ -18,6 +18,8 @@ Each daemon (a *node*) keeps its own members in its own
 ``chatd:accountid``          counter: the id of the last account
 ``chatd:accountrooms``       hash: account id -> JSON ``[[room, ...], current]``
 ``chatd:read:ACCOUNT``       hash: conversation key -> the id of the last message read
+``chatd:with:NICK``          set: the nodes an account is connected through, when several
+``chatd:sessions:NICK``      hash: session id -> ``node TAB [transport, address, since]``
 ===========================  ===================================================
 
 Channels: ``chatd:r:ROOM`` carries a room's events, ``chatd:n:NODE`` what

@@ -49,8 +49,11 @@ from chatd.protocol import (
     Left,
     Message,
     RoomList,
+    SessionEntry,
     TopicIs,
     WhoList,
+    event_from_json,
+    event_to_json,
     name_key,
 )
 from chatd.store import (
@@ -108,7 +111,15 @@ class ClusterBus(Bus):
             hub,
             opening=self._opening.__contains__,
             barrier_back=self._barrier_back,
+            account=self._account,
         )
+        #: Accounts held here that are connected through other nodes too:
+        #: their key -> those nodes, and the rooms they are in there (as
+        #: the claim found them, then as the other nodes tell).
+        self._elsewhere: dict[str, set[str]] = {}
+        self._remote_rooms: dict[str, set[str]] = {}
+        #: Rooms being made live for a connection to follow its account there.
+        self._follows: set[asyncio.Task[None]] = set()
         #: Nicknames being claimed by members of this node right now.
         self._claiming: set[str] = set()
         #: Messages stored whose echoes are on their way back from Redis:
@@ -135,9 +146,9 @@ class ClusterBus(Bus):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(COMMAND_TIMEOUT):
                 await self.link.drained()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._follows]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._follows]:
             try:
                 await task
             except asyncio.CancelledError:
@@ -199,15 +210,122 @@ class ClusterBus(Bus):
         assert member.key is not None
         args = (self.node, member.key, member.nick, room.key, room.name)
         self.link.submit("join", args, _log_failure, essential=True)
+        self._to_account(member.key, ["aj", member.key, room.name])
 
     def left(self, member: Member, room: Room) -> None:
         assert member.key is not None
         self.link.submit("leave", (self.node, member.key, room.key), _log_failure, essential=True)
+        self._to_account(member.key, ["al", member.key, room.key])
+        self.went(member, room)
+
+    def went(self, member: Member, room: Room) -> None:
         if not room.members and room.key not in self._opening and self.hub.close_room(room):
             self.listener.closed(room.key)
 
-    def released(self, key: str) -> None:
-        self.link.submit("release", (self.node, key), _log_failure, essential=True)
+    def released(self, key: str, reason: str = "") -> None:
+        self.link.submit("release", (self.node, key, reason), _log_failure, essential=True)
+        self._elsewhere.pop(key, None)
+        self._remote_rooms.pop(key, None)
+
+    # -- an account connected through several nodes -----------------------------
+
+    def elsewhere(self, key: str) -> bool:
+        return bool(self._elsewhere.get(key))
+
+    def present(self, key: str, room_key: str) -> bool:
+        return room_key in self._remote_rooms.get(key, ())
+
+    def account_event(self, key: str, event: Event) -> None:
+        self._to_account(key, ["ae", key, event_to_json(event)])
+
+    def session_id(self, number: int) -> str:
+        return f"{self.node}.s{number}"  # one id space for the whole cluster
+
+    def session_opened(self, member: Member) -> None:
+        assert member.key is not None
+        doc = json.dumps([member.kind, member.address, member.since])
+        args = (P + "sessions:" + member.key, member.session_id, self.node + "\t" + doc)
+        self.link.submit("HSET", args, _log_failure)
+
+    def session_closed(self, member: Member) -> None:
+        if member.key is not None:
+            args = (P + "sessions:" + member.key, member.session_id)
+            self.link.submit("HDEL", args, _log_failure)
+
+    async def sessions(self, key: str) -> list[SessionEntry] | None:
+        found = await self._call("HGETALL", P + "sessions:" + key)  # after this node's writes
+        entries = []
+        for session_id, value in found.items():
+            _, _, doc = as_text(value).partition("\t")
+            kind, address, since = json.loads(doc)
+            entries.append(SessionEntry(as_text(session_id), kind, address, float(since)))
+        entries.sort(key=lambda e: e.since)
+        return entries
+
+    async def end_session(self, key: str, session_id: str, reason: str) -> bool:
+        value = await self._call("HGET", P + "sessions:" + key, session_id)
+        if not value:
+            return False
+        node = as_text(value).partition("\t")[0]
+        payload = json.dumps([self.node, "ak", key, session_id, reason])
+        await self._call("PUBLISH", P + "n:" + node, payload)
+        # Gone from the list at once (its node says so again when it ends it).
+        await self._call("HDEL", P + "sessions:" + key, session_id)
+        return True
+
+    def _to_account(self, key: str, data: list[Any]) -> None:
+        """Tell the other nodes of an account connected through several."""
+        nodes = self._elsewhere.get(key)
+        if nodes:
+            payload = json.dumps([self.node, *data])
+            for node in nodes:
+                self.link.submit("PUBLISH", (P + "n:" + node, payload), _log_failure)
+
+    def _account(self, data: list[Any]) -> None:
+        """News from another node of an account connected here too."""
+        origin, what, key = data[0], data[1], data[2]
+        hub = self.hub
+        if what == "a+":
+            self._elsewhere.setdefault(key, set()).add(data[3])
+        elif what == "a-":
+            nodes = self._elsewhere.get(key)
+            if nodes is not None:
+                nodes.discard(data[3])
+                if not nodes:
+                    del self._elsewhere[key]
+                    self._remote_rooms.pop(key, None)
+        elif (origin == self.node and what != "ak") or hub.find(key) is None:
+            return
+        elif what == "aj":
+            self._remote_rooms.setdefault(key, set()).add(name_key(data[3]))
+            if not hub.follow(key, data[3]):
+                task = asyncio.create_task(self._follow(key, data[3]), name="chatd-follow")
+                self._follows.add(task)
+                task.add_done_callback(self._follows.discard)
+        elif what == "al":
+            self._remote_rooms.get(key, set()).discard(data[3])
+            holder = hub.find(key)
+            room = holder.rooms.get(data[3]) if holder is not None else None
+            if room is not None and holder is not None and hub.unfollow(key, data[3]):
+                self.link.submit("leave", (self.node, key, room.key), _log_failure)
+                self.went(holder, room)
+        elif what == "ae":
+            hub.tell_nick(key, event_from_json(data[3]))
+        elif what == "ak":
+            hub.end_session(key, data[3], data[4])
+
+    async def _follow(self, key: str, room_name: str) -> None:
+        """The account joined a room that is not live here: make it live,
+        then its connections here follow it."""
+        try:
+            async with self.open(room_name, create=False):
+                holder = self.hub.find(key)
+                if holder is not None and self.hub.follow(key, room_name):
+                    room = holder.rooms[name_key(room_name)]
+                    args = (self.node, key, holder.nick, room.key, room.name)
+                    self.link.submit("join", args, _log_failure, essential=True)
+        except ClusterUnavailable as exc:
+            logger.warning("could not follow %s into #%s: %s", key, room_name, exc)
 
     def publish(self, room: Room, event: Event) -> None:
         """Tell the other nodes' members of a room what happened here."""
@@ -291,6 +409,12 @@ class ClusterBus(Bus):
             kick,
             member.nick or "",
         )
+        if isinstance(result, list):  # shared with the account's other nodes
+            values = [as_text(v) for v in result[2:]]
+            split = values.index("")
+            self._elsewhere[key] = set(values[:split])
+            self._remote_rooms[key] = set(values[split + 1 :])
+            return
         answer = as_text(result)
         if answer == "taken":
             raise NickTaken(f"nickname {nick} is taken; pick another")
@@ -511,7 +635,8 @@ class ClusterBus(Bus):
                 m = stream_message(room.key, as_text(entry_id), fields)
                 if m.room is not None:
                     event = Message(m.id, m.ts, m.room, m.sender, m.text, m.action)
-                    self.hub.arrived(replace(event, notice=m.notice) if m.notice else event)
+                    event = replace(event, notice=m.notice) if m.notice else event
+                    self.hub.arrived(event, here=False)
 
     async def _heartbeat_loop(self) -> None:
         interval = self.ttl / 3

@@ -50,6 +50,7 @@ class Listener:
         *,
         opening: Callable[[str], bool],
         barrier_back: Callable[[int], None],
+        account: Callable[[list[Any]], None],
     ) -> None:
         self.link = link
         self.node = node
@@ -58,6 +59,8 @@ class Listener:
         self._opening = opening
         #: A barrier of this node's came back (its number).
         self._barrier_back = barrier_back
+        #: News of an account connected through several nodes (ClusterBus).
+        self._account = account
         self._pubsub: Any = None
         self._subscribed: set[str] = set()
         self._confirm: dict[str, asyncio.Future[None]] = {}
@@ -189,10 +192,17 @@ class Listener:
         if what == "m":
             _, _, id_, ts, room, sender, text, kind = data
             kind = int(kind)  # 0 a line, 1 an action, 2 a notice (true/false from before)
-            hub.arrived(Message(int(id_), ts, room, sender, text, kind == 1, notice=kind == 2))
-        elif what == "d":
+            said = Message(int(id_), ts, room, sender, text, kind == 1, notice=kind == 2)
+            hub.arrived(said, here=origin == self.node)
+        elif what in ("d", "ds"):
             _, _, id_, ts, sender, to, text, *notice = data
-            hub.direct_arrived(Direct(int(id_), ts, sender, to, text, notice=notice == [True]))
+            direct = Direct(int(id_), ts, sender, to, text, notice=notice == [True])
+            if what == "d":
+                hub.direct_arrived(direct)
+            else:  # a copy for the sender's account, connected here too
+                hub.direct_copy(direct)
+        elif what[0] == "a":
+            self._account(data)
         elif what == "b":
             self._barrier_back(data[2])
         elif what == "k":

@@ -13,6 +13,38 @@ P: Final = "chatd:"
 _LUA_HEAD = """
 local P = 'chatd:'
 local function owner(v) return string.match(v, '^([^\\t]*)') end
+-- An account connected on several nodes (chatd:with:KEY) lets go of one of
+-- them: the nickname and the memberships that node held pass to another
+-- node of the account, which is told; nobody sees a leave. Returns false
+-- (nothing done) when no other node has the account.
+local function hand_over(node, key)
+  local with = P..'with:'..key
+  if redis.call('SREM', with, node) == 0 then return false end
+  local others = redis.call('SMEMBERS', with)
+  if #others == 0 then
+    redis.call('DEL', with)
+    return false
+  end
+  if #others == 1 then redis.call('DEL', with) end
+  local heir = others[1]
+  local v = redis.call('HGET', P..'nicks', key)
+  if v and owner(v) == node then
+    redis.call('HSET', P..'nicks', key, heir..string.sub(v, #node + 1))
+  end
+  local inkey = P..'in:'..node..':'..key
+  for _, room in ipairs(redis.call('SMEMBERS', inkey)) do
+    local m = redis.call('HGET', P..'members:'..room, key)
+    if m and owner(m) == node then
+      redis.call('HSET', P..'members:'..room, key, heir..string.sub(m, #node + 1))
+    end
+  end
+  redis.call('DEL', inkey)
+  redis.call('SREM', P..'node:'..node, key)
+  for _, other in ipairs(others) do
+    redis.call('PUBLISH', P..'n:'..other, cjson.encode({node, 'a-', key, node}))
+  end
+  return true
+end
 -- A room whose last member went, unless it stays (general, a topic, an
 -- owner): removed, with a guest's room's rules.
 local function vacated(node, room)
@@ -26,11 +58,34 @@ local function vacated(node, room)
     end
   end
 end
+-- A nickname this node held, and nobody holds through another node: out of
+-- every room it is in (each told why, unless quiet), its nickname free.
+local function drop(node, key, reason, quiet)
+  local v = redis.call('HGET', P..'nicks', key)
+  if v and owner(v) == node then redis.call('HDEL', P..'nicks', key) end
+  local inkey = P..'in:'..node..':'..key
+  for _, room in ipairs(redis.call('SMEMBERS', inkey)) do
+    local m = redis.call('HGET', P..'members:'..room, key)
+    if m and owner(m) == node then
+      redis.call('HDEL', P..'members:'..room, key)
+      local name = redis.call('HGET', P..'roomnames', room) or room
+      if not quiet then
+        redis.call('PUBLISH', P..'r:'..room, cjson.encode({'', 'l', name,
+          string.match(m, '\\t(.*)$'), reason}))
+        vacated('', room)
+      end
+    end
+  end
+  redis.call('DEL', inkey)
+end
 """
 
 #: Take a nickname for a member of this node (or change one).
 #: ARGV: node, key, nick, account, old key ('' if none), guest ('1'/'0'),
 #: takeover ('1'/'0'), kick payload, old nick (for the rename event).
+#: A login (takeover) to an account connected on another node shares it
+#: instead: this node joins chatd:with:KEY, the others are told, and the
+#: answer is {'shared', the account's nick, its nodes..., '', its rooms...}.
 CLAIM = (
     _LUA_HEAD
     + """
@@ -41,6 +96,26 @@ end
 local held = redis.call('HGET', P..'nicks', key)
 if held and owner(held) ~= node then
   if ARGV[7] ~= '1' then return 'taken' end
+  local holder, held_nick, held_account = string.match(held, '^([^\\t]*)\\t([^\\t]*)\\t?(.*)$')
+  if account ~= '' and held_account == account then
+    local with = P..'with:'..key
+    local others = redis.call('SMEMBERS', with)
+    if #others == 0 then others = {holder} end
+    redis.call('SADD', with, holder, node)
+    redis.call('SADD', P..'node:'..node, key)
+    local out = {'shared', held_nick}
+    for _, other in ipairs(others) do
+      if other ~= node then
+        redis.call('PUBLISH', P..'n:'..other, cjson.encode({node, 'a+', key, node}))
+        table.insert(out, other)
+      end
+    end
+    table.insert(out, '')
+    for _, room in ipairs(redis.call('SMEMBERS', P..'in:'..holder..':'..key)) do
+      table.insert(out, room)
+    end
+    return out
+  end
   redis.call('PUBLISH', P..'n:'..owner(held), ARGV[8])
 end
 redis.call('HSET', P..'nicks', key, node..'\\t'..nick..'\\t'..account)
@@ -70,15 +145,17 @@ return 'ok'
 """
 )
 
-#: Let go of a nickname (if this node still holds it). ARGV: node, key.
+#: Let go of a nickname (if this node still holds it). ARGV: node, key,
+#: reason. An account still connected on another node passes to it
+#: (hand_over); else the rooms this node still has it in (it went quietly,
+#: thinking another node had it) are told it left, with ``reason``.
 RELEASE = (
     _LUA_HEAD
     + """
 local node, key = ARGV[1], ARGV[2]
-local v = redis.call('HGET', P..'nicks', key)
-if v and owner(v) == node then redis.call('HDEL', P..'nicks', key) end
+if hand_over(node, key) then return 1 end
+drop(node, key, ARGV[3] or '', false)
 redis.call('SREM', P..'node:'..node, key)
-redis.call('DEL', P..'in:'..node..':'..key)
 return 1
 """
 )
@@ -153,7 +230,9 @@ redis.call('PUBLISH', P..'r:'..ARGV[2], cjson.encode({ARGV[1], 'm', id, tonumber
 return id
 """
 
-#: A private message to whoever holds a nickname, on any node.
+#: A private message to whoever holds a nickname, on any node: to each node
+#: of an account connected on several, and a copy to the sender's account's
+#: other nodes.
 #: ARGV: node, target key, cap, ts, sender, text, sender account, sender key,
 #: notice ('1' or '0').
 #: Returns {id, target nick} or {0} if nobody holds it.
@@ -169,8 +248,19 @@ local id = redis.call('INCR', P..'msgid')
 redis.call('XADD', P..'conv:@'..a..':'..b, 'MAXLEN', '~', ARGV[3], id..'-0',
   'ts', ARGV[4], 'from', ARGV[5], 'to', to, 'text', ARGV[6], 'sa', ARGV[7], 'ta', account,
   'notice', ARGV[9])
-redis.call('PUBLISH', P..'n:'..target_node, cjson.encode({ARGV[1], 'd', id, tonumber(ARGV[4]),
-  ARGV[5], to, ARGV[6], ARGV[9] == '1'}))
+local dm = {ARGV[1], 'd', id, tonumber(ARGV[4]), ARGV[5], to, ARGV[6], ARGV[9] == '1'}
+local readers = redis.call('SMEMBERS', P..'with:'..ARGV[2])
+if #readers == 0 then readers = {target_node} end
+local payload = cjson.encode(dm)
+for _, reader in ipairs(readers) do redis.call('PUBLISH', P..'n:'..reader, payload) end
+local copies = redis.call('SMEMBERS', P..'with:'..ARGV[8])
+if #copies > 0 then
+  dm[2] = 'ds'
+  payload = cjson.encode(dm)
+  for _, other in ipairs(copies) do
+    if other ~= ARGV[1] then redis.call('PUBLISH', P..'n:'..other, payload) end
+  end
+end
 return {id, to}
 """
 )
@@ -198,22 +288,13 @@ else
 end
 for _, node in ipairs(dead) do
   for _, key in ipairs(redis.call('SMEMBERS', P..'node:'..node)) do
-    local v = redis.call('HGET', P..'nicks', key)
-    if v and owner(v) == node then redis.call('HDEL', P..'nicks', key) end
-    local inkey = P..'in:'..node..':'..key
-    for _, room in ipairs(redis.call('SMEMBERS', inkey)) do
-      local m = redis.call('HGET', P..'members:'..room, key)
-      if m and owner(m) == node then
-        redis.call('HDEL', P..'members:'..room, key)
-        local name = redis.call('HGET', P..'roomnames', room) or room
-        if ARGV[3] ~= '1' then
-          redis.call('PUBLISH', P..'r:'..room, cjson.encode({'', 'l', name,
-            string.match(m, '\\t(.*)$'), ARGV[2]}))
-          vacated('', room)
-        end
+    local sessions = redis.call('HGETALL', P..'sessions:'..key)
+    for i = 1, #sessions, 2 do
+      if owner(sessions[i + 1]) == node then
+        redis.call('HDEL', P..'sessions:'..key, sessions[i])
       end
     end
-    redis.call('DEL', inkey)
+    if not hand_over(node, key) then drop(node, key, ARGV[2], ARGV[3] == '1') end
   end
   redis.call('DEL', P..'node:'..node)
   redis.call('ZREM', P..'nodes', node)

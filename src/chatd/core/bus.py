@@ -27,7 +27,16 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, NamedTuple, Protocol
 
 from chatd.core.model import Member, Room
-from chatd.protocol import Direct, Event, Message, NickChanged, RoomChanged, RoomList, WhoList
+from chatd.protocol import (
+    Direct,
+    Event,
+    Message,
+    NickChanged,
+    RoomChanged,
+    RoomList,
+    SessionEntry,
+    WhoList,
+)
 from chatd.store import RoomRecord, Store, StoredMessage
 
 
@@ -61,8 +70,13 @@ class Hub(Protocol):
     store: Store
     history_on_join: int
 
-    def arrived(self, event: Message) -> bool: ...
+    def arrived(self, event: Message, *, here: bool = True) -> bool: ...
     def direct_arrived(self, event: Direct) -> None: ...
+    def direct_copy(self, event: Direct) -> None: ...
+    def follow(self, key: str, room_name: str) -> bool: ...
+    def unfollow(self, key: str, room_key: str) -> bool: ...
+    def tell_nick(self, key: str, event: Event) -> bool: ...
+    def end_session(self, key: str, session_id: str, reason: str) -> bool: ...
     def direct_sent(self, member: Member, event: Direct) -> None: ...
     def direct(self, member: Member, to: str, text: str, *, notice: bool = False) -> None: ...
     def event_arrived(self, room_key: str, event: Event) -> None: ...
@@ -137,8 +151,48 @@ class Bus(abc.ABC):
         """``member`` left ``room``; the bus decides whether the room goes."""
 
     @abc.abstractmethod
-    def released(self, key: str) -> None:
-        """A nickname (its key) is free again."""
+    def released(self, key: str, reason: str = "") -> None:
+        """A nickname (its key) is free again; ``reason``: why its holder
+        went, for any room that still has it (see Bus.went)."""
+
+    # -- an account connected through several nodes (a cluster's) ---------------
+
+    def elsewhere(self, key: str) -> bool:
+        """Whether the account holding ``key`` here is connected through
+        other nodes too (then its last connection here goes quietly)."""
+        return False
+
+    def present(self, key: str, room_key: str) -> bool:
+        """Whether the account holding ``key`` is in a room through another
+        node (then its first connection here joins it quietly)."""
+        return False
+
+    def went(self, member: Member, room: Room) -> None:  # noqa: B027 (optional hook)
+        """``member``, the account's last connection here, left ``room``
+        quietly: the account stays in it through other nodes."""
+
+    def account_event(self, key: str, event: Event) -> None:  # noqa: B027 (optional hook)
+        """An event for every connection of an account (a ``read``): this
+        node's are told already; the other nodes of the account tell theirs."""
+
+    def session_id(self, number: int) -> str:
+        """The id of this node's ``number``-th logged-in connection (``/sessions``)."""
+        return f"s{number}"
+
+    def session_opened(self, member: Member) -> None:  # noqa: B027 (optional hook)
+        """``member`` logged in (its session id and time are set)."""
+
+    def session_closed(self, member: Member) -> None:  # noqa: B027 (optional hook)
+        """``member``, logged in, logs out or goes."""
+
+    async def sessions(self, key: str) -> list[SessionEntry] | None:
+        """Every session of the account holding ``key``, through every node
+        (None: only this node has any, the room manager knows them)."""
+        return None
+
+    async def end_session(self, key: str, session_id: str, reason: str) -> bool:
+        """End a session of the account on another node; False if there is none."""
+        return False
 
     @abc.abstractmethod
     def publish(self, room: Room, event: Event) -> None:

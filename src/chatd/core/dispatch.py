@@ -238,16 +238,15 @@ class Dispatcher:
             case Logout() | ListSessions() | KickSession() if caller.account is None:
                 raise NotLoggedIn("you are not logged in")
             case Logout(everywhere) if everywhere:
-                self._end_others(caller, f"ended by another session of {caller.nick}")
-                return self._registered(caller, Logout())
+                return self._logout_everywhere(caller)
             case Logout() if caller.ops_pending():
                 return self._logout_after(caller)  # the messages before it are delivered first
             case Logout():
                 self._logout(caller)
             case ListSessions():
-                self._sessions(caller)
+                return self._sessions(caller)
             case KickSession(session_id):
-                self._kick_session(caller, session_id)
+                return self._kick_session(caller, session_id)
             case MarkRead(target, message_id):
                 return self._mark_read(caller, target, message_id)
             case ShowUnread():
@@ -594,31 +593,46 @@ class Dispatcher:
 
     # -- sessions, read markers, unread counts, search ---------------------------
 
-    def _sessions(self, caller: Caller) -> None:
-        devices = self.manager.devices(caller)
+    async def _sessions(self, caller: Caller) -> None:
+        """``/sessions``: the account's connections, on every node."""
+        assert caller.key is not None
+        entries = await self.manager.bus.sessions(caller.key)
+        if entries is None:
+            entries = [
+                SessionEntry(d.session_id, d.kind, d.address, d.since)
+                for d in self.manager.devices(caller)
+            ]
         caller.tell(
             SessionList(
-                tuple(
-                    SessionEntry(d.session_id, d.kind, d.address, d.since, d is caller)
-                    for d in devices
-                )
+                tuple(dataclasses.replace(e, current=e.id == caller.session_id) for e in entries)
             )
         )
 
-    def _kick_session(self, caller: Caller, session_id: str) -> None:
-        for device in self.manager.devices(caller):
-            if device.session_id == session_id:
-                if device is caller:
-                    raise BadArgs("that is this session: /logout or /quit to end it")
-                self.manager.end_session(device, f"ended by another session of {caller.nick}")
-                self._sessions(caller)
-                return
-        raise BadArgs(f"no session {session_id[:20]} of {caller.nick}; /sessions lists them")
+    async def _kick_session(self, caller: Caller, session_id: str) -> None:
+        """``/kick-session``: end another connection of the account, on any node."""
+        assert caller.key is not None
+        if session_id == caller.session_id:
+            raise BadArgs("that is this session: /logout or /quit to end it")
+        reason = f"ended by another session of {caller.nick}"
+        manager = self.manager
+        if not manager.end_session(caller.key, session_id, reason) and not (
+            await manager.bus.end_session(caller.key, session_id, reason)
+        ):
+            raise BadArgs(f"no session {session_id[:40]} of {caller.nick}; /sessions lists them")
+        if caller.key is not None and not caller.closing:
+            await self._sessions(caller)
 
-    def _end_others(self, caller: Caller, reason: str) -> None:
-        for device in list(self.manager.devices(caller)):
+    async def _end_others(self, caller: Caller, reason: str) -> None:
+        """Every other connection of the account ends, on every node."""
+        assert caller.key is not None
+        key, manager = caller.key, self.manager
+        entries = await manager.bus.sessions(key)
+        for device in list(manager.devices(caller)):
             if device is not caller:
-                self.manager.end_session(device, reason)
+                manager.end_session(key, device.session_id, reason)
+        for entry in entries or ():
+            if entry.id != caller.session_id:
+                await manager.bus.end_session(key, entry.id, reason)
 
     def _conversation(
         self, caller: Caller, target: str | None
@@ -661,11 +675,8 @@ class Dispatcher:
         if caller.key is None or caller.account != account:
             return
         event = Read(room, peer, marker)
-        for device in self.manager.devices(caller):
-            if device is caller:
-                device.tell(event)
-            else:
-                device.deliver(device.encode(event))
+        caller.tell(event)
+        self.manager.tell_account(caller, event, skip=caller)
 
     async def _counts(self, caller: Caller) -> list[Unread]:
         assert caller.account is not None
@@ -726,6 +737,13 @@ class Dispatcher:
     def _logout(self, caller: Caller) -> None:
         self.manager.logout(caller)
         caller.logged_out()
+
+    async def _logout_everywhere(self, caller: Caller) -> None:
+        await self._end_others(caller, f"ended by another session of {caller.nick}")
+        if caller.account is not None and not caller.closing:
+            pending = self._registered(caller, Logout())
+            if pending is not None and not isinstance(pending, str):
+                await pending
 
     async def _logout_after(self, caller: Caller) -> None:
         """/logout after messages still on their way: they reach the rooms

@@ -75,7 +75,7 @@ class LocalBus(Bus):
         ):
             self.hub.room_changed(RoomChanged(room.name, "removed", 0))
 
-    def released(self, key: str) -> None:
+    def released(self, key: str, reason: str = "") -> None:
         pass
 
     def publish(self, room: Room, event: Event) -> None:

@@ -262,7 +262,10 @@ class RoomManager:
     def check_rename(self, member: Member, nick: str) -> None:
         """Refuse a new nickname for a connection that shares its account
         with others: they keep the account's nickname."""
-        if member.devices is not None and nick != member.nick:
+        shared = member.devices is not None or (
+            member.key is not None and self.bus.elsewhere(member.key)
+        )
+        if shared and nick != member.nick:
             raise BadArgs(
                 f"your account {member.nick} is connected elsewhere too; /logout first "
                 "to use another nickname here"
@@ -277,6 +280,8 @@ class RoomManager:
             self.check_guest_nick(nick)
             leaves_account = member.account is not None
         was = principal(member)
+        if leaves_account:
+            self._unstamp(member)
         self._rename(member, nick)
         if leaves_account:
             member.account = None
@@ -323,17 +328,23 @@ class RoomManager:
                 self.add_device(holder, member, nick)
                 return
             self.end(key, "logged in from elsewhere", release=False)
-        if member.devices is not None and member.key != key:
-            # It leaves an account connected elsewhere too: as a new member.
+        if (
+            member.key is not None
+            and member.key != key
+            and (member.devices is not None or self.bus.elsewhere(key))
+        ):
+            # It leaves an account connected elsewhere too, or joins one
+            # connected through another node: as a new member.
             self.disconnect(member, f"logged in as {nick}")
         member.account = account
-        self._stamp(member)
         if member.key is None:
             self._register(member, nick, general)
         else:
+            self._unstamp(member)  # a session of another account before
             if member.nick != nick:
                 self._rename(member, nick)
             member.tell(Registered(nick, True))
+        self._stamp(member)
 
     def add_device(self, holder: Member, member: Member, nick: str) -> None:
         """``member`` logs in to the account ``holder`` is connected to
@@ -352,9 +363,16 @@ class RoomManager:
 
     def _stamp(self, member: Member) -> None:
         """A connection logs in: its session id, and since when."""
-        member.session_id = f"s{self._next_session}"
+        member.session_id = self.bus.session_id(self._next_session)
         self._next_session += 1
         member.since = self.now()
+        self.bus.session_opened(member)
+
+    def _unstamp(self, member: Member) -> None:
+        """A logged-in connection logs out or goes."""
+        if member.session_id:
+            self.bus.session_closed(member)
+            member.session_id = ""
 
     def end(self, key: str, reason: str, *, release: bool = True) -> None:
         """End every connection that holds a nickname here (a kill, a login
@@ -363,10 +381,15 @@ class RoomManager:
             self.disconnect(member, reason, release=release)
             member.kick(reason)
 
-    def end_session(self, member: Member, reason: str) -> None:
-        """End one connection of an account (``/kick-session``, ``/logout --all``)."""
-        self.disconnect(member, reason)
-        member.kick(reason)
+    def end_session(self, key: str, session_id: str, reason: str) -> bool:
+        """End one connection of an account here (``/kick-session``,
+        ``/logout --all``); False if it is not here."""
+        for member in self.sessions(key):
+            if member.session_id == session_id:
+                self.disconnect(member, reason)
+                member.kick(reason)
+                return True
+        return False
 
     def logout(self, member: Member) -> None:
         """Leave the account and every room; the member chooses a nickname again."""
@@ -413,16 +436,20 @@ class RoomManager:
                 self.moderator.admit(room, member, password)
             raise RoomExists(f"room #{room.name} already exists; /join it")
         devices = member.devices
+        here = devices is not None and any(key in d.rooms for d in devices)
         if (
             room is not None
             and key not in member.rooms
-            and devices is not None
-            and any(key in d.rooms for d in devices)
+            and (here or (member.key is not None and self.bus.present(member.key, key)))
         ):
-            # The account is in the room already: this connection follows
-            # it, told alone (its client learns its rooms from its joins).
+            # The account is in the room already (through another connection
+            # here, or another node): this connection follows it, told alone
+            # (its client learns its rooms from its joins).
             room.members[member] = None
             member.rooms[key] = room
+            if not here:
+                room.people += 1
+                self.bus.joined(member, room, False)
             member.tell(Joined(room.name, member.nick or ""))
             self._show(member, room, shown)
         elif room is None or key not in member.rooms:
@@ -557,9 +584,13 @@ class RoomManager:
         self.pushback.caught_up(member)
         if member.key is None:
             return
+        self._unstamp(member)
         devices = member.devices
         if devices is not None:
             self._detach(member, devices)
+            return
+        if release and self.bus.elsewhere(member.key):
+            self._went(member, reason)
             return
         told: set[Member] = set()  # readers whose codec says it once (Codec.one_quit)
         for room in list(member.rooms.values()):
@@ -593,6 +624,74 @@ class RoomManager:
             devices[0].devices = None
         member.key = None
 
+    def _went(self, member: Member, reason: str) -> None:
+        """The account's last connection here goes, the account staying
+        connected through other nodes: out of its rooms here, unannounced."""
+        assert member.key is not None
+        for room in list(member.rooms.values()):
+            del room.members[member]
+            del member.rooms[room.key]
+            room.people -= 1
+            self.bus.went(member, room)
+        member.current = None
+        del self._nicks[member.key]
+        self.bus.released(member.key, reason)
+        member.key = None
+
+    # -- an account through other nodes (see Bus.elsewhere) ------------------------
+
+    def follow(self, key: str, room_name: str) -> bool:
+        """The account holding ``key`` joined a room through another node:
+        its connections here follow it, unannounced, as a join on one of
+        them would. False if there is nobody here to follow it."""
+        holder = self._nicks.get(key)
+        room = self._rooms.get(name_key(room_name))
+        if holder is None or room is None or room.key in holder.rooms:
+            return False
+        devices = self.devices(holder)
+        if len(holder.rooms) >= self.max_rooms_per_session:
+            for device in devices:
+                device.tell(
+                    Error.of(TooManyRooms(f"not following into #{room.name}: too many rooms"))
+                )
+            return False
+        for device in devices:
+            room.members[device] = None
+            device.rooms[room.key] = room
+            device.tell(Joined(room.name, device.nick or ""))
+            self._show(device, room)
+        room.people += 1
+        return True
+
+    def unfollow(self, key: str, room_key: str) -> bool:
+        """The account holding ``key`` left a room through another node (the
+        room was told there): its connections here leave it too."""
+        holder = self._nicks.get(key)
+        room = holder.rooms.get(room_key) if holder is not None else None
+        if holder is None or room is None:
+            return False
+        devices = self.devices(holder)
+        was_current = [d for d in devices if d.current is room]
+        for device in devices:
+            del room.members[device]
+            del device.rooms[room.key]
+            if device.current is room:
+                device.current = None
+        room.people -= 1
+        for device in was_current:
+            device.current = next(reversed(device.rooms.values()), None)
+            device.tell(Current(device.current.name if device.current else None))
+        return True
+
+    def tell_account(self, member: Member, event: Event, *, skip: Member | None = None) -> None:
+        """An event for every connection of ``member``'s account, here and
+        through other nodes (``skip``: one that knows already)."""
+        for device in self.devices(member):
+            if device is not skip:
+                device.deliver(device.encode(event))
+        if member.key is not None:
+            self.bus.account_event(member.key, event)
+
     def watch_rooms(self, member: Member, on: bool) -> None:
         """Start or stop sending ``member`` the ``room`` events (``/rooms watch``)."""
         self.watchers.watch(member, on)
@@ -610,10 +709,12 @@ class RoomManager:
 
     # -- what arrives through the bus ------------------------------------------
 
-    def arrived(self, event: Message) -> bool:
+    def arrived(self, event: Message, *, here: bool = True) -> bool:
         """A stored room message, to every member of its room here: the one
         way a room message reaches its readers. False if it did not (no such
-        room here, or it was shown: a room joined again was seeded with it)."""
+        room here, or it was shown: a room joined again was seeded with it).
+        ``here``: it was sent by a connection of this node (else its
+        sender's connections here, if any, read it as anyone does)."""
         room = self._rooms.get(name_key(event.room))
         if room is None or event.id <= room.seen:
             return False
@@ -622,11 +723,11 @@ class RoomManager:
         members = room.members
         self.stats.messages_out += len(members)
         sender_key = name_key(event.sender)
-        author = self._author(sender_key, room.key) if self._authors else None
-        sender = self._nicks.get(sender_key)
+        author = self._author(sender_key, room.key) if here and self._authors else None
+        sender = self._nicks.get(sender_key) if here else None
         mentions = self._mentions(event, members, sender_key)
         if author is not None or mentions or (sender is not None and sender.devices is not None):
-            self._arrived_apart(room, event, author, mentions)
+            self._arrived_apart(room, event, author, mentions, here)
         elif sender is None or sender not in members:
             send_all(members, event)
         elif sender.awaits_echo():
@@ -659,7 +760,7 @@ class RoomManager:
         return found
 
     def _arrived_apart(
-        self, room: Room, event: Message, author: Member | None, mentions: list[Member]
+        self, room: Room, event: Message, author: Member | None, mentions: list[Member], here: bool
     ) -> None:
         """A room message whose readers do not all get the same bytes:
         those it mentions get it marked so, and an account with several
@@ -667,7 +768,7 @@ class RoomManager:
         own message (``author``; None: unknown, so on all of them)."""
         readers = dict.fromkeys(room.members)
         encoded: dict[Codec, bytes] = {}
-        if author is None:
+        if author is None and here:
             sender = self._nicks.get(name_key(event.sender))
             if sender is not None and sender.devices is None:
                 author = sender
@@ -713,15 +814,12 @@ class RoomManager:
         if account is None:
             return
         self.store.save_read(account, record.conversation, record.id)
-        devices = member.devices
-        if devices is not None:
+        if member.devices is not None or (member.key and self.bus.elsewhere(member.key)):
             if record.room is not None:
                 event = Read(record.room, None, record.id)
             else:
                 event = Read(None, record.to, record.id)
-            for device in devices:
-                if device is not member:
-                    device.deliver(device.encode(event))
+            self.tell_account(member, event, skip=member)
 
     def direct_arrived(self, event: Direct) -> None:
         """A private message for a member here, from anywhere: to each
@@ -729,6 +827,15 @@ class RoomManager:
         target = self._nicks.get(name_key(event.to))
         if target is not None:
             for member in self.devices(target):
+                member.deliver(member.encode(event))
+                self.stats.messages_out += 1
+
+    def direct_copy(self, event: Direct) -> None:
+        """A private message sent through another node by an account that
+        is connected here too: its connections here see it sent."""
+        sender = self._nicks.get(name_key(event.sender))
+        if sender is not None:
+            for member in self.devices(sender):
                 member.deliver(member.encode(event))
                 self.stats.messages_out += 1
 
