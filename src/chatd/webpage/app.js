@@ -15,6 +15,8 @@
   const BACKOFF_MAX = 30;
   const PAGE = 50; // older messages asked for at a time, when scrolled to the top
   const NEAR_TOP = 200; // pixels from the top of the timeline that load older messages
+  const READ_EVERY = 1000; // ms: at most one /read a second per conversation
+  const READ_SETTLE = 200; // ms: a burst of messages (a history) gets one /read, after it
 
   /** Create an element with a class and optional text (always textContent). */
   function el(tag, className, text) {
@@ -94,6 +96,8 @@
     quitting: false, // a /quit was typed: its bye is ours
     modeQuery: null, // lower(room) whose /mode answer fills the settings dialog
     keys: new Map(), // lower(room) -> the key (+k) it was joined with; in memory only
+    needUnread: false, // logged in: ask for the unread counts
+    search: null, // {base, page, pending, found, before}: the search its dialog shows
   };
 
   const roomKey = (name) => `#${lower(name)}`;
@@ -111,7 +115,11 @@
     let c = state.convs.get(key);
     if (!c) {
       c = {
-        key, kind, name, items: [], ids: new Set(), unread: 0, historyOpen: false, topic: '',
+        key, kind, name, items: [], ids: new Set(), historyOpen: false, topic: '',
+        // Unread messages and mentions of us among them, as badges; the newest id
+        // shown, the account's read marker (from the server), and our /read of it.
+        unread: 0, mentions: 0, newest: 0, lastRead: 0, seenUpTo: 0, sentRead: 0,
+        readAt: 0, readTimer: null,
         // Paging back: the id to ask before, whether the server has older messages
         // (undefined until its first history event), a page being received.
         before: null, more: undefined, loading: null,
@@ -227,6 +235,7 @@
       if (c.loading) {
         // An older page: shown all at once, above, when its history event comes.
         c.ids.add(ev.id);
+        if (ev.id > c.newest) c.newest = ev.id;
         c.loading.events.push(ev);
         return false;
       }
@@ -240,6 +249,7 @@
       }
     }
     c.ids.add(ev.id);
+    if (ev.id > c.newest) c.newest = ev.id;
     addItem(c, messageNode(ev, c.items[c.items.length - 1]));
     return true;
   }
@@ -259,7 +269,9 @@
     if (ev.history) { li.classList.add('msg--history'); li.dataset.history = 'true'; }
     if (ev.action) li.classList.add('msg--action');
     if (grouped) li.classList.add('msg--cont');
+    if (ev.mention) li.dataset.mention = 'true'; // the server says it mentions us
     if (isMe(ev.from)) li.classList.add('msg--me');
+    else if (ev.mention) li.classList.add('msg--mention');
     else if (state.me && new RegExp(`(^|[^\\w.-])${state.me.replace(/\./g, '\\.')}($|[^\\w-])`, 'i').test(ev.text)) {
       li.classList.add('msg--mention');
     }
@@ -348,10 +360,11 @@
       }
       return;
     }
-    if (!c.more || c.before === null) return;
+    if (!c.more) return;
     if (c.kind === 'room' && !state.joined.has(lower(c.name))) return; // history is for members
-    const target = c.kind === 'room' ? `#${c.name}` : `@${c.name}`;
-    if (!send(`/history ${target} ${PAGE} before=${c.before}`)) return;
+    // No `before` yet (a private conversation known from /unread only): its newest page.
+    const before = c.before === null ? '' : ` before=${c.before}`;
+    if (!send(`/history ${address(c)} ${PAGE}${before}`)) return;
     const marker = el('li', 'loading', 'Loading earlier messages…');
     marker.dataset.testid = 'history-loading';
     marker.setAttribute('role', 'status');
@@ -396,17 +409,205 @@
     }
   }
 
-  function bump(c) {
-    if (c.key === state.view && !document.hidden) return;
+  // ------------------------------------------------ unread, read markers
+
+  /** The page is in front of the user: its tab shown and its window focused. */
+  const pageSeen = () => !document.hidden && document.hasFocus();
+  /** A conversation is read when it is the one on screen and the page is seen. */
+  const seen = (c) => Boolean(c) && c.key === state.view && pageSeen();
+  const address = (c) => (c.kind === 'room' ? `#${c.name}` : `@${c.name}`);
+
+  /** A live message of someone else: counted unless it is read as it comes. */
+  function bump(c, ev) {
+    if (seen(c)) { markRead(c); return; }
     c.unread += 1;
+    if (ev.mention || c.kind === 'dm') notify(c, ev);
+    if (ev.mention) c.mentions += 1;
     renderSidebar();
   }
 
-  function badge(n) {
-    const b = el('span', 'badge', n > 99 ? '99+' : n);
+  /** A live message came in, on screen or not. */
+  function live(c, ev) {
+    if (isMe(ev.from)) ownMessage(c, ev);
+    else bump(c, ev);
+  }
+
+  /** Our own message (from here or another session): the server marks all before it read. */
+  function ownMessage(c, ev) {
+    if (ev.id > c.lastRead) c.lastRead = ev.id;
+    if (ev.id > c.sentRead) c.sentRead = ev.id;
+    if (!c.unread && !c.mentions) return;
+    c.unread = 0;
+    c.mentions = 0;
+    renderSidebar();
+  }
+
+  /** The conversation on screen was seen: nothing unread, and the marker follows. */
+  function readView() {
+    const c = state.convs.get(state.view);
+    if (!seen(c)) return;
+    if (c.unread || c.mentions) {
+      c.unread = 0;
+      c.mentions = 0;
+      renderSidebar();
+    }
+    markRead(c);
+  }
+
+  /**
+   * Move the account's read marker of `c` up to the newest message shown: one
+   * /read once a burst has settled, at most one a second, only forward.
+   */
+  function markRead(c) {
+    if (!state.account) return; // guests have no markers
+    if (c.newest > c.seenUpTo) c.seenUpTo = c.newest;
+    if (c.readTimer || c.seenUpTo <= Math.max(c.lastRead, c.sentRead)) return;
+    const wait = Math.max(READ_SETTLE, c.readAt + READ_EVERY - Date.now());
+    c.readTimer = setTimeout(() => {
+      c.readTimer = null;
+      const id = c.seenUpTo;
+      if (!state.account || state.convs.get(c.key) !== c) return;
+      if (id <= Math.max(c.lastRead, c.sentRead)) return;
+      if (c.kind === 'room' && !state.joined.has(lower(c.name))) return;
+      if (send(`/read ${address(c)} ${id}`)) {
+        c.sentRead = id;
+        c.readAt = Date.now();
+      }
+    }, wait);
+  }
+
+  /** The conversation of a read or unread entry, if this page has (or should have) it. */
+  function markerConv(entry, create) {
+    if (entry.peer) {
+      if (!create && !state.convs.has(dmKey(entry.peer))) return null;
+      return conv('dm', entry.peer);
+    }
+    if (!entry.room) return null;
+    if (!create && !state.convs.has(roomKey(entry.room))) return null;
+    return conv('room', entry.room);
+  }
+
+  /** The answer to /unread: the server's counts replace ours. */
+  function onUnread(ev) {
+    const listed = new Set();
+    for (const u of entries(ev.conversations)) {
+      const fresh = u.peer && !state.convs.has(dmKey(u.peer));
+      const c = markerConv(u, true);
+      if (!c) continue;
+      listed.add(c.key);
+      if (Number.isInteger(u.last_read) && u.last_read > c.lastRead) c.lastRead = u.last_read;
+      c.unread = Number.isInteger(u.unread) ? u.unread : 0;
+      c.mentions = Number.isInteger(u.mentions) ? u.mentions : 0;
+      if (fresh) {
+        // Known from here only: its messages are in the account's history, loaded when opened.
+        c.more = true;
+        c.before = null;
+      }
+    }
+    for (const c of state.convs.values()) {
+      if (!listed.has(c.key)) { c.unread = 0; c.mentions = 0; } // nothing unread there
+    }
+    renderSidebar();
+    readView();
+  }
+
+  /**
+   * A session of the account (this one or another) moved a marker: what this page
+   * counts as unread there is at most the messages after it that it knows of.
+   */
+  function onRead(ev) {
+    const c = markerConv(ev, false);
+    if (!c || !Number.isInteger(ev.id)) return;
+    if (ev.id > c.lastRead) c.lastRead = ev.id;
+    if (c.lastRead >= c.newest) {
+      c.unread = 0;
+      c.mentions = 0;
+    } else {
+      let unread = 0;
+      let mentions = 0;
+      for (const n of c.items) {
+        if (!n.classList.contains('msg') || Number(n.dataset.id) <= c.lastRead) continue;
+        if (state.me && n.dataset.from === lower(state.me)) continue;
+        unread += 1;
+        if (n.dataset.mention) mentions += 1;
+      }
+      c.unread = Math.min(c.unread, unread);
+      c.mentions = Math.min(c.mentions, mentions);
+    }
+    renderSidebar();
+  }
+
+  function badge(n, kind = '') {
+    const b = el('span', kind ? `badge badge--${kind}` : 'badge', n > 99 ? '99+' : n);
     b.dataset.testid = 'unread';
     b.setAttribute('aria-label', `${n} unread`);
     return b;
+  }
+
+  function mentionBadge(n) {
+    const b = el('span', 'badge badge--mention', `@${n > 99 ? '99+' : n}`);
+    b.dataset.testid = 'mentions';
+    b.title = `${n} mention${n === 1 ? '' : 's'} of you`;
+    b.setAttribute('aria-label', b.title);
+    return b;
+  }
+
+  // --------------------------------------------------------- notifications
+
+  const notifications = typeof Notification === 'function' && window.isSecureContext;
+  const notifyButton = $('notify-button');
+
+  /** The "Enable notifications" control: shown while the browser has not been asked. */
+  function syncNotifyButton() {
+    notifyButton.hidden = !notifications || Notification.permission !== 'default';
+  }
+
+  notifyButton.addEventListener('click', () => {
+    // Asked on a click only: browsers ignore (or punish) a request made on load.
+    let answered = false;
+    const asked = Notification.requestPermission((p) => done(p)); // old Safari: a callback
+    if (asked && typeof asked.then === 'function') asked.then(done, () => done('default'));
+    function done(permission) {
+      if (answered) return; // browsers that both call back and resolve
+      answered = true;
+      syncNotifyButton();
+      if (permission === 'denied') {
+        toast('Notifications are blocked for this site in the browser settings.', 'info');
+      } else if (permission === 'granted') {
+        toast('Notifications on: mentions and private messages, while this page is in the background.', 'info');
+      }
+    }
+  });
+
+  /** A mention or a private message while the page is not in front: a notification. */
+  function notify(c, ev) {
+    if (!notifications || Notification.permission !== 'granted' || pageSeen()) return;
+    const title = c.kind === 'dm' ? `${ev.from} (private message)` : `${ev.from} in #${ev.room}`;
+    const text = ev.action ? `* ${ev.from} ${ev.text}` : ev.text;
+    let n;
+    try {
+      // One per conversation (the tag): a newer one replaces it, in every tab of the page.
+      n = new Notification(title, {
+        body: text.length > 200 ? `${text.slice(0, 199)}…` : text, tag: c.key, icon: '/icon.svg',
+      });
+    } catch {
+      return; // a browser that only notifies from a service worker
+    }
+    const key = c.key;
+    n.addEventListener('click', () => {
+      window.focus();
+      n.close();
+      openConv(key);
+    });
+  }
+
+  /** Bring a conversation on screen: a room through the server (it becomes current). */
+  function openConv(key) {
+    const c = state.convs.get(key);
+    if (!c) return;
+    closeDrawers();
+    if (c.kind === 'dm') showView(key);
+    else if (state.joined.has(lower(c.name))) send(joinLine(c.name));
   }
 
   /** A room's member count: a person and a number, quiet, unlike the unread badge. */
@@ -444,7 +645,9 @@
       b.dataset.room = r.name;
       if (state.joined.has(lower(r.name))) b.classList.add('item--joined');
       if (roomKey(r.name) === state.view) { b.classList.add('item--active'); b.setAttribute('aria-current', 'page'); }
+      if (c && c.unread) b.classList.add('item--unread');
       b.append(el('span', 'item__sigil', '#'), el('span', 'item__name', r.name));
+      if (c && c.mentions) b.append(mentionBadge(c.mentions));
       if (c && c.unread) b.append(badge(c.unread));
       if (r.members !== null) b.append(memberCount(r.members));
       b.title = state.joined.has(lower(r.name)) ? `#${r.name}` : `Join #${r.name}`;
@@ -462,8 +665,10 @@
       b.dataset.testid = 'dm';
       b.dataset.peer = c.name;
       if (c.key === state.view) { b.classList.add('item--active'); b.setAttribute('aria-current', 'page'); }
+      if (c.unread) b.classList.add('item--unread');
       b.append(avatar(c.name), el('span', 'item__name', c.name));
-      if (c.unread) b.append(badge(c.unread));
+      // Every private message is for us: its count looks like a mention's.
+      if (c.unread) b.append(badge(c.unread, 'direct'));
       b.addEventListener('click', () => { closeDrawers(); showView(c.key); });
       const li = el('li');
       li.append(b);
@@ -471,7 +676,9 @@
     }));
 
     const unread = [...state.convs.values()].reduce((n, c) => n + c.unread, 0);
-    document.title = unread ? `(${unread}) chatd` : 'chatd';
+    const direct = [...state.convs.values()].reduce((n, c) => n + c.mentions +
+      (c.kind === 'dm' ? c.unread : 0), 0);
+    document.title = unread ? `(${unread}${direct ? ` · @${direct}` : ''}) chatd` : 'chatd';
   }
 
   function renderMembers() {
@@ -564,7 +771,7 @@
   function showView(key) {
     state.view = state.convs.has(key) ? key : null;
     const c = state.convs.get(state.view);
-    if (c) c.unread = 0;
+    if (seen(c)) { c.unread = 0; c.mentions = 0; markRead(c); }
     ui.messages.replaceChildren(...(c ? c.items : []));
     scrollToBottom();
     renderHeader();
@@ -975,7 +1182,117 @@
     if (key) state.keys.set(lower(settingsRoom), key);
     send(`/mode ${settingsRoom} ${words.join(' ')}`);
   });
-  for (const d of [actionDialog, settingsDialog]) {
+  // Search: /search, its results (messages marked "search") listed in a dialog.
+  const searchDialog = $('search-dialog');
+  const searchInput = $('search-input');
+  const searchHere = $('search-here');
+  const searchStatus = $('search-status');
+  const searchResults = $('search-results');
+  const searchMore = $('search-more');
+  const SEARCH_ERRORS = new Set(['bad_query', 'bad_args', 'bad_room', 'bad_nick', 'not_in_room',
+    'not_logged_in', 'storage_unavailable']);
+
+  function openSearch() {
+    const c = state.convs.get(state.view);
+    searchHere.disabled = !c;
+    if (!c) searchHere.checked = false;
+    $('search-here-label').textContent = c ? `Only in ${address(c)}` : 'Only in this conversation';
+    if (!searchDialog.open) searchDialog.showModal();
+    searchInput.focus();
+    searchInput.select();
+  }
+
+  /** Send /search BASE (a scope and the text), or its next page; results replace the list. */
+  function startSearch(base, before = null) {
+    const more = before !== null && state.search;
+    state.search = { base, page: [], pending: true, found: more ? state.search.found : 0, before: null };
+    searchStatus.textContent = 'Searching…';
+    searchMore.hidden = true;
+    if (!more) searchResults.replaceChildren();
+    if (!send(`/search ${base}${more ? ` before=${before}` : ''}`)) {
+      state.search.pending = false;
+      searchStatus.textContent = 'Not connected.';
+    }
+  }
+
+  /** A /search typed in the message box: its results go to the dialog too. */
+  function typedSearch(line) {
+    const args = line.replace(/^\/search\s+/i, '').trim();
+    // Its pages go on without the page size and the place it started from.
+    const base = args.replace(/\s+before=\d+(?=\s|$)/gi, '').replace(/\s+\d+$/, '');
+    searchInput.value = base;
+    searchHere.checked = false;
+    searchResults.replaceChildren();
+    state.search = { base, page: [], pending: true, found: 0, before: null };
+    searchStatus.textContent = 'Searching…';
+    searchMore.hidden = true;
+    openSearch();
+  }
+
+  function onSearchResult(ev) {
+    if (!state.search || !state.search.pending) {
+      state.search = { base: null, page: [], pending: true, found: 0, before: null };
+      searchResults.replaceChildren();
+    }
+    state.search.page.push(ev);
+  }
+
+  function onSearchEnd(ev) {
+    if (!state.search) state.search = { base: null, page: [], found: 0 };
+    const s = state.search;
+    s.pending = false;
+    searchResults.append(...s.page.map(resultNode));
+    s.page = [];
+    s.found += Number.isInteger(ev.count) ? ev.count : 0;
+    s.before = ev.before;
+    searchStatus.textContent = (s.found ? `${s.found} found` : 'Nothing found') +
+      (ev.cut ? ' (the search took too long and stopped early: older matches may be missing)' : '');
+    searchMore.hidden = !(ev.more && ev.before !== null && s.base !== null);
+    if (!searchDialog.open) openSearch();
+  }
+
+  /** One result: where, who, when and the text; a click goes to its conversation. */
+  function resultNode(ev) {
+    const dm = ev.type === 'dm';
+    const peer = dm ? (isMe(ev.from) ? ev.to : ev.from) : null;
+    const li = el('li', 'result');
+    li.dataset.testid = 'search-result';
+    li.dataset.id = ev.id;
+    const b = el('button', 'result__button');
+    b.type = 'button';
+    const meta = el('span', 'result__meta');
+    meta.append(el('span', 'result__where', dm ? `@${peer}` : `#${ev.room}`),
+      el('span', `result__from ${hue(ev.from)}`, ev.from), el('span', 'result__time', stamp(ev.ts)));
+    b.append(meta, el('span', 'result__text', ev.action ? `* ${ev.from} ${ev.text}` : ev.text));
+    b.title = dm ? `Open your conversation with ${peer}` : `Go to #${ev.room}`;
+    b.addEventListener('click', () => {
+      searchDialog.close();
+      closeDrawers();
+      if (dm) openDm(peer);
+      else send(joinLine(ev.room));
+    });
+    li.append(b);
+    return li;
+  }
+
+  $('search-button').addEventListener('click', openSearch);
+  $('search-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    let text = searchInput.value.replace(/\s+/g, ' ').trim();
+    if (!text) return;
+    const c = state.convs.get(state.view);
+    const scope = searchHere.checked && c ? `${address(c)} ` : '';
+    // Literal words: a first word with # or @ would name a conversation, a last one of digits N.
+    if (!scope) text = text.replace(/^([#@]\S*)/, '"$1"');
+    text = text.replace(/(^|\s)(\d+)$/, '$1"$2"');
+    startSearch(scope + text);
+  });
+  searchMore.addEventListener('click', () => {
+    const s = state.search;
+    if (s && s.base !== null && s.before !== null) startSearch(s.base, s.before);
+  });
+
+  for (const d of [actionDialog, settingsDialog, searchDialog]) {
     for (const b of d.querySelectorAll('[data-close]')) b.addEventListener('click', () => d.close());
     // A click on the backdrop (outside the card) closes it too.
     d.addEventListener('click', (e) => { if (e.target === d) d.close(); });
@@ -1042,6 +1359,12 @@
     if (outbox.length) toast(`${outbox.length} line(s) could not be sent.`);
     outbox.length = 0;
     dropPages();
+    for (const c of state.convs.values()) {
+      // A /read on its way may be lost: the next one may repeat it.
+      clearTimeout(c.readTimer);
+      c.readTimer = null;
+      c.sentRead = c.lastRead;
+    }
     if (wasOnline) {
       // Remember where we were, to get back there once reconnected.
       state.restore = { rooms: [...state.joined.values()], current: state.current, view: state.view };
@@ -1086,7 +1409,8 @@
 
   // ------------------------------------------------------------ the events
 
-  const JOIN_ERRORS = new Set(['bad_nick', 'nick_taken', 'nick_registered', 'bad_login', 'login_throttled', 'bad_args', 'banned']);
+  const JOIN_ERRORS = new Set(['bad_nick', 'nick_taken', 'nick_registered', 'bad_login', 'login_throttled', 'bad_args', 'banned',
+    'too_many_sessions']);
 
   function handle(ev) {
     switch (ev.type) {
@@ -1099,11 +1423,14 @@
       case 'leave': onLeave(ev); break;
       case 'current': onCurrent(ev); break;
       case 'message': {
+        if (ev.search) { onSearchResult(ev); break; }
         const c = conv('room', ev.room);
-        if (renderMessage(c, ev) && !ev.history && !isMe(ev.from)) bump(c);
+        if (renderMessage(c, ev) && !ev.history) live(c, ev);
+        else if (ev.history && seen(c)) markRead(c);
         break;
       }
       case 'dm': {
+        if (ev.search) { onSearchResult(ev); break; }
         const peer = isMe(ev.from) ? ev.to : ev.from;
         const fresh = !state.convs.has(dmKey(peer));
         const c = conv('dm', peer);
@@ -1112,8 +1439,11 @@
           // Started by this message: what came before it is in the account's history.
           c.more = true;
           c.before = ev.id;
+        } else if (!ev.history && c.more === true && c.before === null) {
+          c.before = ev.id; // known from /unread only: its history is before this one
         }
-        if (renderMessage(c, ev) && !ev.history && !isMe(ev.from)) bump(c);
+        if (renderMessage(c, ev) && !ev.history) live(c, ev);
+        else if (ev.history && seen(c)) markRead(c);
         break;
       }
       case 'history': {
@@ -1148,6 +1478,14 @@
         break;
       }
       case 'nick': onNick(ev); break;
+      case 'unread': onUnread(ev); break;
+      case 'read': onRead(ev); break;
+      case 'search': onSearchEnd(ev); break;
+      case 'sessions':
+        listBox(state.convs.get(state.view), 'Sessions of your account', entries(ev.sessions)
+          .map((x) => `${x.id}  ${x.transport}  ${x.address}  since ${stamp(x.since)}` +
+            (x.current ? '  (this one)' : '')), 'None.', 'sessions');
+        break;
       case 'rooms': state.roomList = ev.rooms; renderSidebar(); break;
       case 'room': onRoomEvent(ev); break;
       case 'who':
@@ -1192,6 +1530,7 @@
 
   function onRegistered(ev) {
     const first = state.phase !== 'online';
+    const wasAccount = state.account;
     state.me = ev.nick;
     state.wantNick = ev.nick;
     state.account = ev.account;
@@ -1200,7 +1539,13 @@
     state.pendingPassword = null;
     try { localStorage.setItem('chatd.nick', ev.nick); } catch { /* private mode */ }
     renderHeader();
-    if (!first) return; // a /login, /register or rename while online
+    // Logged in: the badges start from the account's read markers.
+    if (ev.account && (first || !wasAccount)) state.needUnread = true;
+    if (!first) {
+      // A /login, /register or rename while online.
+      if (state.needUnread) { state.needUnread = false; send('/unread'); }
+      return;
+    }
     state.phase = 'online';
     state.attempt = 0;
     state.joining = false;
@@ -1222,6 +1567,7 @@
       send('/ping restored'); // answered after everything above
     }
     send('/rooms watch'); // the list, then every room created or removed: no polling
+    if (state.needUnread) { state.needUnread = false; send('/unread'); }
   }
 
   function finishRestore() {
@@ -1319,6 +1665,12 @@
   }
 
   function onError(ev) {
+    if (state.search && state.search.pending && SEARCH_ERRORS.has(ev.code)) {
+      // Most likely the answer to the search: said where it was asked.
+      state.search.pending = false;
+      searchStatus.textContent = ev.text;
+      if (searchDialog.open) return;
+    }
     if (state.phase === 'choosing' && JOIN_ERRORS.has(ev.code)) {
       if (state.everRegistered && (ev.code === 'nick_taken' || ev.code === 'nick_registered')) {
         // Our old session may still hold the name: take a variant and say so.
@@ -1371,6 +1723,7 @@
     Object.assign(state, {
       me: null, account: false, password: null, everRegistered: false, restore: null,
       restoring: null, current: null, view: null, members: [], roomList: [], phase: 'choosing',
+      needUnread: false, search: null,
     });
     state.joined.clear();
     state.convs.clear();
@@ -1411,6 +1764,7 @@
         const m = line.match(/^\/(login|register|passwd)\s+(?:\S+\s+)?(\S+)\s*$/i);
         if (m) state.pendingPassword = m[2];
         if (/^\/quit(\s|$)/i.test(line)) state.quitting = true;
+        if (/^\/search\s+\S/i.test(line)) typedSearch(line);
         // Remember a room's key, to join it again after a reconnect.
         const k = line.match(/^\/join\s+#?(\S+)\s+(\S+)\s*$/i);
         if (k) state.keys.set(lower(k[1]), k[2]);
@@ -1521,13 +1875,15 @@
   // and do not make the user wait for a long backoff.
   document.addEventListener('visibilitychange', () => {
     if (document.hidden) return;
-    const c = state.convs.get(state.view);
-    if (c && c.unread) { c.unread = 0; renderSidebar(); }
+    readView();
+    syncNotifyButton(); // its permission may have been changed in the browser's settings
     if (state.phase === 'online') scheduleRefresh();
     else if (state.retryTimer && state.retryAt - Date.now() > 2000) reconnectNow();
   });
+  window.addEventListener('focus', readView);
   window.addEventListener('online', () => { if (state.retryTimer) reconnectNow(); });
 
   try { ui.nickInput.value = localStorage.getItem('chatd.nick') || ''; } catch { /* private mode */ }
+  syncNotifyButton();
   ui.nickInput.focus();
 })();
