@@ -151,7 +151,9 @@ async def test_the_room_limit_still_applies_to_a_login(start_server: StartServer
 async def test_the_terminal_client_logs_back_in_and_shows_only_what_it_missed(
     start_server: StartServer, spawn: Spawn, tmp_path: Path, history_on_join: int
 ) -> None:
-    """With 2 messages on join, the replay is not enough: the rest is fetched."""
+    """#b is on screen, so the client marked it read: the login shows all
+    that came after, even with 2 messages on join (a room not on screen is
+    replayed from its last messages and the rest fetched: see below)."""
     db = str(tmp_path / "chat.db")
     first = await start_server(db=db, history_on_join=history_on_join)
     port = first.port
@@ -235,36 +237,59 @@ def said_by_bob(client: PipeClient, room: str) -> list[str]:
 
 
 @pytest.mark.parametrize("elsewhere", ["chatd connect", "nc"])
-async def test_a_terminal_client_replaced_by_a_login_elsewhere_says_so_and_stays_away(
+async def test_a_terminal_client_stays_beside_a_login_elsewhere_until_that_one_ends_it(
     server: Server, spawn: Spawn, elsewhere: str
 ) -> None:
+    """A second login adds a session: the terminal client stays, and sees
+    the account join a room there; ``/kick-session`` from there sends it
+    away, and it says so and stays away."""
     dave = await spawn(server.port, "--nick", "dave")
     await dave.send(f"/register {PASSWORD}", "/join a")
     await dave.expect(r"^\* now talking in #a$")
     watcher = await json_client(server.port, "watcher")
-    await watcher.send("/join a")
+    await watcher.send("/join a", "/join b")
     await watcher.sync()
 
     if elsewhere == "nc":
         other, _ = await login(server.port, "dave")
-        await other.send("/ping still-here")
+        await other.send("/join b", "/sessions")
+        sessions = (await other.expect("sessions"))["sessions"]
+        (first,) = [s["id"] for s in sessions if not s["current"]]
     else:
         laptop = await spawn(server.port)
         await laptop.send(f"/login dave {PASSWORD}")
         await laptop.expect(r"^\* you are dave \(logged in\)$")
-    assert await dave.wait() == 1
-    assert dave.out[-1] == "* bye (logged in from elsewhere)"
-    assert dave.err == ["chatd connect: you logged in from somewhere else; not reconnecting"]
+        await laptop.send("/join b", "/sessions")
+        await laptop.expect(r"^\* sessions of your account: 2$")
+        listed = [await laptop.expect(r"^  s\d+ "), await laptop.expect(r"^  s\d+ ")]
+        (first,) = [row.split()[0] for row in listed if not row.endswith("(this one)")]
+    # The account joined #b over there: the terminal client is in it too,
+    # and still talks in #a; the others saw one join.
+    await dave.expect(r"^\* dave joined #b$")
+    await watcher.expect(lambda e: e.get("type") == "join" and e.get("room") == "b")
+    await dave.send("/who b", "still talking in a")
+    await dave.expect(r"^\* in #b: dave, @watcher$")
+    await dave.expect(r"^\d\d:\d\d \[a\] dave: still talking in a$")
+    assert dave.proc.returncode is None
 
-    # The new session keeps the account: nobody comes back to throw it off.
     if elsewhere == "nc":
-        await other.expect(lambda e: e.get("token") == "still-here")
-        await other.send("/who a", "/quit")
+        await other.send(f"/kick-session {first}")
+    else:
+        await laptop.send(f"/kick-session {first}")
+    assert await dave.wait() == 1
+    assert dave.out[-1] == "* bye (ended by another session of dave)"
+    assert dave.err == ["chatd connect: another session of dave ended this one; not reconnecting"]
+
+    # The session that remains keeps the account: nobody comes back to it.
+    if elsewhere == "nc":
+        await other.send("/sessions", "/who a", "/quit")
+        assert len((await other.expect("sessions"))["sessions"]) == 1
         assert (await other.expect("who"))["nicks"] == ["dave", "watcher"]
         await other.expect("bye")
         other.close()
     else:
-        await laptop.send("/who a")
+        await laptop.send("/sessions", "/who a")
+        await laptop.expect(r"^\* sessions of your account: 1$")
         await laptop.expect(r"^\* in #a: ~dave, watcher$")
         assert await laptop.finish() == 0
         assert laptop.err == []
@@ -278,8 +303,11 @@ async def test_the_terminal_client_catches_up_in_a_room_named_by_digits(
     db = str(tmp_path / "chat.db")
     first = await start_server(db=db, history_on_join=2)
     dave = await spawn(first.port, "--nick", "dave")
-    await dave.send(f"/register {PASSWORD}", "/join 2024")
+    # Talking in #general: #2024 is not on screen, so it is not marked read,
+    # and the login after the restart replays only its last messages.
+    await dave.send(f"/register {PASSWORD}", "/join 2024", "/join general")
     await dave.expect(r"^\* now talking in #2024$")
+    await dave.expect(r"^\* now talking in #general$")
     bob = await json_client(first.port, "bob")
     await bob.send("/join #2024", "seen before the restart")
     await dave.expect(r"\[2024\] bob: seen before the restart$")
@@ -289,7 +317,7 @@ async def test_the_terminal_client_catches_up_in_a_room_named_by_digits(
     _, bob = await _miss_while_away(
         dave, start_server, first, db, [f"2024 {text}" for text in missed]
     )
-    await dave.expect(r"reconnected as dave in #general, #2024; talking in #2024$", stream="err")
+    await dave.expect(r"reconnected as dave in #general, #2024; talking in #general$", stream="err")
     await bob.send("said live")
     await dave.expect(r"^\d\d:\d\d \[2024\] bob: said live$")
     assert said_by_bob(dave, "2024") == ["seen before the restart", *missed, "said live"]
@@ -306,8 +334,10 @@ async def test_a_failed_catch_up_fetch_holds_back_no_message(
     db = str(tmp_path / "chat.db")
     first = await start_server(db=db, history_on_join=2)
     dave = await spawn(first.port, "--nick", "dave")
-    await dave.send(f"/register {PASSWORD}", "/join b")
+    # Talking in #general: #b is not marked read (see the test above).
+    await dave.send(f"/register {PASSWORD}", "/join b", "/join general")
     await dave.expect(r"^\* now talking in #b$")
+    await dave.expect(r"^\* now talking in #general$")
     bob = await json_client(first.port, "bob")
     await bob.send("/join b", "seen before the restart")
     await dave.expect(r"\[b\] bob: seen before the restart$")
@@ -342,7 +372,7 @@ async def test_a_failed_catch_up_fetch_holds_back_no_message(
     await dave.expect(
         r"the missed messages could not be fetched; /history #b 1000 before=\d+$", stream="err"
     )
-    await dave.expect(r"reconnected as dave in #general, #b; talking in #b$", stream="err")
+    await dave.expect(r"reconnected as dave in #general, #b; talking in #general$", stream="err")
     await bob.send("said live")
     await dave.expect(r"^\d\d:\d\d \[b\] bob: said live$")
     # The replay (the last two) was held for the fetch and follows its failure.

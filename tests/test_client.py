@@ -310,7 +310,7 @@ async def test_pipe_mode_chats_both_ways(server: Server, connect: Connect, spawn
     assert (await bob.expect(_is("message", **{"from": "alice"})))["text"] == "/slash at the start"
 
     await bob.send("hi alice")
-    await alice.expect(r"^\d\d:\d\d \[general\] bob: hi alice$")
+    await alice.expect(r"^\d\d:\d\d !\[general\] bob: hi alice$")  # it mentions her
 
     assert await alice.finish() == 0
     assert alice.err == []

@@ -10,7 +10,7 @@ people; it reconnects on its own and shows what it missed meanwhile.
 * :mod:`chatd.client.terminal`: the prompt on a terminal, the plain mode on
   pipes, and :func:`run_client`;
 * :mod:`chatd.client.catchup`, :mod:`chatd.client.reconnect`,
-  :mod:`chatd.client.login`, :mod:`chatd.client.link`,
+  :mod:`chatd.client.login`, :mod:`chatd.client.marks`, :mod:`chatd.client.link`,
   :mod:`chatd.client.commands`, :mod:`chatd.client.options`: the parts
   :class:`~chatd.client.chat.ChatClient` is made of.
 """

@@ -83,9 +83,14 @@ class CatchUp:
         self._fetch_tokens.clear()
         self._restored_status = None
 
-    def show(self, event: Mapping[str, Any], raw: str | None) -> None:
-        """Print an event, noting the newest message shown in each room."""
-        self._ui.event(event, raw)
+    def show(self, event: Mapping[str, Any], raw: str | None, *, bell: bool = False) -> None:
+        """Print an event, noting the newest message shown in each room.
+
+        ``bell``: ring the bell with it (a mention, a private message).
+        """
+        self._ui.event(event, raw, bell=bell)
+        if event.get("search") is True:
+            return  # an old message found again: not what was shown of the room
         if (latest := any_mark(event)) is not None:
             self.newest = max(self.newest or latest, latest, key=lambda m: (m[1], m[0]))
         mark = message_mark(event)

@@ -14,6 +14,9 @@ What the client does not print, because the client caused it and not the user:
 * the answer to the client's own ``/format json``;
 * the pongs for its own ping tokens, and, in pipe mode, the ``bye`` of the
   ``/quit`` it sends at the end of input;
+* the answers to the ``/read`` marks it sends itself (below), and the
+  ``read`` events another connection of the account caused: only a
+  ``/read`` the user typed is answered on screen;
 * during a restore after a reconnect: the registration, its own joins and
   leaves, the ``current`` changes and the topics shown on join. One status
   line ("reconnected as ...") stands for them, printed after the missed
@@ -24,6 +27,18 @@ What the client does not print, because the client caused it and not the user:
   fetched with ``/history #ROOM`` and printed first, in order. A fetch the
   server answers with an error is said, with the command to try again, and
   what was held back for it follows.
+
+Logged in to an account, the client marks the room on screen (its current
+room) read, with ``/read #ROOM ID`` up to the newest message it received
+there: when messages arrive in it and when another room becomes current, at
+most once every 2 s (see :mod:`chatd.client.marks`), never for a guest
+(the server would refuse) and never during a restore. Each such ``/read``,
+and each one the user types, goes out between two ``/ping`` tokens of the
+client's: replies to one connection come in order, so what comes between
+their pongs answers that ``/read`` (a ``read`` event, or an error), and is
+hidden or shown accordingly. A message that mentions the user, and a
+private message from someone else, ring the terminal's bell (interactive
+mode only; see :mod:`chatd.client.ui`).
 
 ``/format`` typed by the user is refused locally: switching the server to
 text would break the client, so ``/help`` does not list it. ``/quit`` is
@@ -39,18 +54,20 @@ connection only counts as made (and resets the delay) once the server has
 acknowledged ``/format json``. On the new connection the client takes its
 nickname back (logging in again with the password of the ``/login`` or
 ``/register`` typed in this session, kept in memory only and updated by
-``/passwd``; the server then rejoins the account's rooms itself), rejoins its
-rooms in their old order, leaves ``general`` if it
-had left it, and makes its old current room current again. Lines typed at
+``/passwd``; the server then puts it back in the account's rooms itself, as
+they are now); a guest rejoins its rooms in their old order, leaves
+``general`` if it had left it, and makes its old current room current again. Lines typed at
 the prompt while disconnected are kept and sent after that; in pipe mode
 stdin is simply not read until the connection is back. If someone took the
 nickname meanwhile, the server's error is shown and the user picks another
 one. With ``--no-reconnect``, or when the very first connection fails, the
 client exits with status 1 instead. A ``bye`` the client did not ask for
-with ``/quit`` means the server sent this session away on purpose (the
-account logged in somewhere else, and later any kick): the client says so
-and exits with status 1 rather than come back, which would undo it (and
-throw the other session off in turn).
+with ``/quit`` means the server sent this session away on purpose (another
+connection of the account ended it with ``/kick-session`` or ``/logout
+--all``, a login on another daemon of a cluster took the account over, or
+any kick): the client says so and exits with status 1 rather than come
+back, which would undo it (and, in a cluster, throw the other session off in
+turn).
 """
 
 from __future__ import annotations
@@ -65,6 +82,7 @@ from chatd.client.catchup import CatchUp
 from chatd.client.commands import REFUSED_COMMANDS, command_name
 from chatd.client.link import Link
 from chatd.client.login import Relogin
+from chatd.client.marks import ReadMarks
 from chatd.client.options import ClientOptions
 from chatd.client.reconnect import Backoff, Snapshot, restore_commands
 from chatd.client.render import field, parse_server_line
@@ -79,6 +97,19 @@ logger = logging.getLogger("chatd.client")
 _MAX_SERVER_LINE: Final = 1 << 20
 #: Bytes asked for in one read, from the server or from stdin.
 READ_SIZE: Final = 65536
+#: Errors that answer a /read: hidden when the /read was the client's own.
+_READ_ERRORS: Final = frozenset(
+    {
+        "not_logged_in",
+        "not_in_room",
+        "no_such_room",
+        "bad_args",
+        "storage_unavailable",
+        "unknown_command",
+    }
+)
+#: The ``bye`` reason of a connection ended by another of its account.
+_ENDED_BY_SESSION: Final = "ended by another session of "
 
 
 def _describe(exc: BaseException) -> str:
@@ -123,6 +154,17 @@ class ChatClient:
         self._eof_token: str | None = None
         #: What was shown, and the missed messages of a reconnect.
         self._catchup = CatchUp(ui, self._new_token)
+        #: The server said we are logged in to an account (read marks are kept).
+        self._logged_in = False
+        #: The automatic /read of the room on screen.
+        self._marks = ReadMarks(self._send_mark)
+        #: The ping token sent before each /read -> whether the user typed it,
+        #: and the one sent after it: between their pongs comes its answer.
+        self._read_starts: dict[str, bool] = {}
+        self._read_ends: set[str] = set()
+        #: Inside the answer to a /read: True the user's (shown), False the
+        #: client's own (hidden); None outside.
+        self._reading: bool | None = None
         #: Called when what the prompt shows may have changed.
         self.on_change: Callable[[], None] = lambda: None
 
@@ -164,7 +206,7 @@ class ChatClient:
         # Pipe mode waits for a connection instead: stdin is read no faster than it is sent.
         while (link := self._link) is None or not link.ready:
             await self._ready.wait()
-        link.send(line)
+        self._send_line(link, line)
         await link.drain()
 
     def end_of_input(self) -> None:
@@ -331,9 +373,14 @@ class ChatClient:
         """Open the conversation: JSON first, then the nickname."""
         # A new connection is a new session: the server knows nothing of us yet.
         self._nick = None
+        self._logged_in = False
         self._rooms.clear()
         self._current = None
         self._catchup.reset()
+        self._marks.reset()
+        self._read_starts.clear()
+        self._read_ends.clear()
+        self._reading = None
         link.send("/format json")
         if self._snapshot is not None:
             link.restore = self._snapshot
@@ -348,10 +395,41 @@ class ChatClient:
         link.ready = True
         self._ready.set()
         for line in self._backlog:
-            link.send(line)
+            self._send_line(link, line)
         self._backlog.clear()
         if self._eof_token is not None:
             link.send(f"/ping {self._eof_token}")
+
+    def _send_line(self, link: Link, line: str) -> None:
+        """Send a line the user typed; a /read between ping tokens (see above)."""
+        if command_name(line) == "/read":
+            self._send_read(link, line, typed=True)
+        else:
+            link.send(line)
+
+    def _send_read(self, link: Link, line: str, *, typed: bool) -> None:
+        start, end = self._new_token(), self._new_token()
+        self._read_starts[start] = typed
+        self._read_ends.add(end)
+        link.send(f"/ping {start}")
+        link.send(line)
+        link.send(f"/ping {end}")
+
+    def _send_mark(self, room: str, message_id: int) -> bool:
+        """Mark ``room`` read up to ``message_id``, if it may be done now."""
+        link = self._link
+        if (
+            not self._logged_in
+            or self._quitting
+            or link is None
+            or not link.ready
+            or link.restoring
+            or name_key(room) not in self._rooms
+        ):
+            return False
+        # "#": a room named by digits alone would be read as the id.
+        self._send_read(link, f"/read #{room} {message_id}", typed=False)
+        return True
 
     def _new_token(self) -> str:
         self._token_count += 1
@@ -387,7 +465,7 @@ class ChatClient:
         event, is_json = parse_server_line(text)
         hidden = self._on_event(link, event)
         if not hidden and not self._catchup.hold(link, event, text if is_json else None):
-            self._catchup.show(event, text if is_json else None)
+            self._catchup.show(event, text if is_json else None, bell=self._rings(event))
         kind = event.get("type")
         if kind == "welcome" and not hidden and self._options.nick is None:
             self._ui.status("pick a nickname: type it, or /nick NAME")
@@ -404,6 +482,34 @@ class ChatClient:
             and name_key(nick) == name_key(self._nick)
         )
 
+    def _rings(self, event: Mapping[str, Any]) -> bool:
+        """Whether an event calls for the user: a mention, or someone's private message."""
+        if event.get("history") is True or event.get("search") is True:
+            return False
+        match event.get("type"):
+            case "message":
+                return event.get("mention") is True
+            case "dm":
+                return not self._is_me(event.get("from"))
+        return False
+
+    def _on_message(self, event: Mapping[str, Any]) -> None:
+        """Note a room message for the read marks; mark the room on screen."""
+        room, message_id = event.get("room"), event.get("id")
+        if (
+            not isinstance(room, str)
+            or not isinstance(message_id, int)
+            or isinstance(message_id, bool)
+            or event.get("search") is True
+        ):
+            return
+        self._marks.received(room, message_id)
+        if self._is_me(event.get("from")):
+            # Sending a message marks its room read up to it.
+            self._marks.read(room, message_id)
+        elif self._current is not None and name_key(room) == name_key(self._current):
+            self._marks.on_screen(room)
+
     def _on_event(self, link: Link, event: Mapping[str, Any]) -> bool:
         """Track our own state from an event; return True to hide it."""
         restoring = link.restoring
@@ -418,6 +524,8 @@ class ChatClient:
             case "registered":
                 nick = event.get("nick")
                 self._nick = nick if isinstance(nick, str) else None
+                self._logged_in = event.get("account") is True
+                self._marks.forget_reads()  # another account, or none
                 self._relogin.registered(
                     nick,
                     account=event.get("account") is True,
@@ -428,6 +536,8 @@ class ChatClient:
                 return restoring
             case "logout":
                 self._nick, self._relogin.line = None, None
+                self._logged_in = False
+                self._marks.reset()
                 self._rooms.clear()
                 self._current = None
                 self.on_change()
@@ -461,7 +571,22 @@ class ChatClient:
                 room = event.get("room")
                 self._current = room if isinstance(room, str) else None
                 self.on_change()
+                if self._current is not None:
+                    self._marks.on_screen(self._current)
                 return restoring
+            case "message":
+                self._on_message(event)
+                return False
+            case "read":
+                room, message_id = event.get("room"), event.get("id")
+                if (
+                    isinstance(room, str)
+                    and isinstance(message_id, int)
+                    and not isinstance(message_id, bool)
+                ):
+                    self._marks.read(room, message_id)
+                # Shown only as the answer to a /read the user typed.
+                return self._reading is not True
             case "topic":
                 return restoring and event.get("changed") is not True
             case "passwd":
@@ -472,25 +597,42 @@ class ChatClient:
             case "error":
                 if restoring and link.restore_token is None:
                     self._abandon_restore(link, event)
+                code = field(event, "code")
+                if self._reading is False and code in _READ_ERRORS:
+                    if code in ("not_logged_in", "unknown_command"):
+                        self._logged_in = False  # no more marks on this connection
+                    return True
                 return False
             case "bye":
                 if not self._quitting:
                     reason = field(event, "reason")
-                    self._sent_away = (
-                        "you logged in from somewhere else; not reconnecting"
-                        if reason == "logged in from elsewhere"
-                        else f"the server ended the session ({reason or 'no reason given'}); "
-                        "not reconnecting"
-                    )
+                    if reason == "logged in from elsewhere":
+                        self._sent_away = "you logged in from somewhere else; not reconnecting"
+                    elif reason.startswith(_ENDED_BY_SESSION):
+                        self._sent_away = (
+                            f"another session of {reason.removeprefix(_ENDED_BY_SESSION)} "
+                            "ended this one; not reconnecting"
+                        )
+                    else:
+                        self._sent_away = (
+                            f"the server ended the session ({reason or 'no reason given'}); "
+                            "not reconnecting"
+                        )
                 return self._quiet_quit
         return False
 
     def _send_restore(self, link: Link) -> None:
-        """Our nickname is back: rejoin the rooms, then let the user's lines through."""
+        """Our nickname is back: rejoin the rooms, then let the user's lines through.
+
+        Logged in, the server has put the connection back in the account's
+        rooms itself, as they are now: the account's other connections may
+        have joined or left rooms meanwhile, which rejoining the old list
+        would undo for all of them."""
         snapshot = link.restore
         assert snapshot is not None
-        for command in restore_commands(snapshot.rooms, snapshot.current, self._keys):
-            link.send(command)
+        if not self._logged_in:
+            for command in restore_commands(snapshot.rooms, snapshot.current, self._keys):
+                link.send(command)
         link.restore_token = self._new_token()
         link.send(f"/ping {link.restore_token}")
         self._make_ready(link)
@@ -511,13 +653,22 @@ class ChatClient:
     def _on_pong(self, link: Link, token: object) -> bool:
         if not isinstance(token, str) or token not in self._tokens:
             return False
-        if token == link.restore_token and link.restoring:
+        if token in self._read_starts:
+            self._tokens.discard(token)
+            self._reading = self._read_starts.pop(token)
+        elif token in self._read_ends:
+            self._tokens.discard(token)
+            self._read_ends.discard(token)
+            self._reading = None
+        elif token == link.restore_token and link.restoring:
             link.restored = True
             self._snapshot = None
             rooms = ", ".join(f"#{room}" for room in self._rooms.values()) or "no room"
             where = f"; talking in #{self._current}" if self._current else ""
             self._catchup.restored(f"reconnected as {self._nick} in {rooms}{where}")
             self.on_change()
+            if self._current is not None:
+                self._marks.on_screen(self._current)
         elif token == self._eof_token:
             self.quit(quiet=True)
         else:

@@ -4,9 +4,13 @@ Everything the server sends is untrusted: every field is passed through
 :func:`~chatd.protocol.clean_text` before it is printed, and malformed
 events are shown as well as possible, never trusted to have the right types.
 
-An event is one line, but for the lists of moderation (``bans``, ``klines``,
-``modlog``): a heading, then one indented line per entry, each cleaned on its
-own, so no field can start a line of its own.
+An event is one line, but for the lists (``bans``, ``klines``, ``modlog``,
+``sessions``): a heading, then one indented line per entry, each cleaned on
+its own, so no field can start a line of its own.
+
+A room message that mentions the reader (``"mention": true``) is marked
+with ``!`` before its ``[``, as in the server's text mode, and highlighted
+in colour; a result of ``/search`` starts with ``found`` and its date.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ DIM: Final = "\x1b[2m"
 RED: Final = "\x1b[31m"
 #: A server operator's notice (``/wall``): not an error, not to be missed either.
 BOLD: Final = "\x1b[1m"
+#: A line that mentions the reader: its room in bold reverse video.
+HIGHLIGHT: Final = "\x1b[1;7m"
+#: The mark before the ``[`` of a room message that mentions the reader.
+MENTION_MARK: Final = "!"
 #: Nick colours: no red (errors) and no dim (system lines), so a nick never looks like either.
 _NICK_COLOURS: Final = tuple(f"\x1b[{n}m" for n in (32, 33, 34, 35, 36, 92, 93, 94, 95, 96))
 
@@ -112,20 +120,43 @@ def _mask(entry: Mapping[str, Any]) -> str:
 
 
 _LIST_TITLES: Final = {"bans": "bans of #{room}", "klines": "server bans (klines)"}
+_LIST_KEYS: Final = {
+    "bans": "bans",
+    "klines": "klines",
+    "modlog": "entries",
+    "sessions": "sessions",
+}
+
+
+def _sessions_lines(entries: list[Mapping[str, Any]], tz: tzinfo | None) -> list[str]:
+    """``* sessions of your account: 2``, then one line per connection, in columns."""
+    cells = [(field(e, "id") or "?", field(e, "transport"), field(e, "address")) for e in entries]
+    widths = [max((len(row[i]) for row in cells), default=0) for i in range(3)]
+    rows = [
+        "  "
+        + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        + f"  since {_stamp(e.get('since'), tz, '%Y-%m-%d %H:%M:%S', '?')}"
+        + (" (this one)" if e.get("current") is True else "")
+        for row, e in zip(cells, entries, strict=True)
+    ]
+    return [f"* sessions of your account: {len(entries) or 'none'}", *rows]
 
 
 def list_lines(event: Mapping[str, Any], tz: tzinfo | None = None) -> list[str] | None:
-    """The lines of a ``bans``, ``klines`` or ``modlog`` event; None if it is not one.
+    """The lines of a ``bans``, ``klines``, ``modlog`` or ``sessions`` event;
+    None if it is not one.
 
     The server's wording, with times in ``tz`` (None: local time) like the
     stamps of messages. Entries that are not objects are skipped; missing or
     odd fields show as blanks (or ``?``), never as an exception.
     """
     kind = event.get("type")
-    key = {"bans": "bans", "klines": "klines", "modlog": "entries"}.get(str(kind))
+    key = _LIST_KEYS.get(str(kind))
     if key is None or not isinstance(event.get(key), list):
         return None
     entries = _entries(event.get(key))
+    if kind == "sessions":
+        return _sessions_lines(entries, tz)
     room = field(event, "room")
     if kind == "modlog":
         rows = [
@@ -189,7 +220,7 @@ def render_event(
 ) -> str:
     """Render one server event (a decoded JSON object) as one display line.
 
-    The lists of moderation (``bans``, ``klines``, ``modlog``) are several
+    The lists (``bans``, ``klines``, ``modlog``, ``sessions``) are several
     lines, joined by ``\n``: see :func:`list_lines`. ``colour`` adds ANSI
     colours; ``tz`` is the zone of the HH:MM stamps of messages and DMs, and
     of the times in those lists (None: local time). Every field is cleaned of
@@ -197,10 +228,12 @@ def render_event(
     untrusted.
     """
     kind = event.get("type")
-    if kind in ("message", "dm") and event.get("history") is True:
-        # The past: its date too, and the whole line dim, so it reads apart.
-        line = render_event({**event, "history": False}, colour=False, tz=tz)
-        return paint(f"{_stamp(event.get('ts'), tz, '%Y-%m-%d', '----------')} {line}", DIM, colour)
+    if kind in ("message", "dm") and (event.get("history") is True or event.get("search") is True):
+        # The past: its date too, and the whole line dim, so it reads apart;
+        # a search result says so first.
+        line = render_event({**event, "history": False, "search": False}, colour=False, tz=tz)
+        line = f"{_stamp(event.get('ts'), tz, '%Y-%m-%d', '----------')} {line}"
+        return paint(f"found {line}" if event.get("search") is True else line, DIM, colour)
     if kind in ("message", "dm"):
         when = paint(_stamp(event.get("ts"), tz), DIM, colour)
         sender = field(event, "from")
@@ -209,10 +242,13 @@ def render_event(
         if kind == "dm":
             to = field(event, "to")
             return f"{when} [{who} -> {paint(to, nick_colour(to), colour)}] {text}"
-        room = field(event, "room")
+        where = f"[{field(event, 'room')}]"
+        if event.get("mention") is True:
+            where = paint(MENTION_MARK + where, HIGHLIGHT, colour)
+            text = paint(text, BOLD, colour)
         if event.get("action") is True:
-            return f"{when} [{room}] * {who} {text}"
-        return f"{when} [{room}] {who}: {text}"
+            return f"{when} {where} * {who} {text}"
+        return f"{when} {where} {who}: {text}"
     if kind == "history":
         return paint(f"-- {_system_text(event)[2:]} --", DIM, colour)
     if kind == "error":

@@ -6,14 +6,16 @@ Two modes, chosen by whether stdin and stdout are terminals:
   ``patch_stdout(raw=True)``, so incoming lines are printed above the line
   being typed and never garble it. Lines are coloured when the terminal has
   colours (``NO_COLOR`` or ``TERM=dumb`` turn them off): nicks by a stable
-  hash, errors red, system lines dim, server notices (``/wall``) bold. The
-  typed line is erased on Enter; the server's echo of it takes its place.
-  Ctrl-D and Ctrl-C quit, as ``/quit``.
+  hash, errors red, system lines dim, server notices (``/wall``) bold, a
+  line that mentions the user highlighted. That line, and a private message
+  from someone else, ring the bell. The typed line is erased on Enter; the
+  server's echo of it takes its place. Ctrl-D and Ctrl-C quit, as ``/quit``.
 * **Pipe**: no prompt_toolkit. Each stdin line is sent; each event is printed
   as one plain line on stdout (with ``--json``: the server's JSON object,
-  control characters removed), so scripts can use it; the lists of
-  moderation (``/bans``, ``/klines``, ``/modlog``) are a heading line and
-  one indented line per entry, as in the server's text mode. Status messages
+  control characters removed), so scripts can use it; the lists
+  (``/bans``, ``/klines``, ``/modlog``, ``/sessions``) are a heading line
+  and one indented line per entry, as in the server's text mode. A mention
+  is marked in its line (``![room]``); no bell is written. Status messages
   (connection lost, reconnecting, fatal errors) go to stderr, prefixed
   ``chatd connect:``, so stdout carries only events. At the end of stdin the
   client sends ``/ping <token>`` and waits for that pong, which proves every

@@ -1,4 +1,9 @@
-"""Where event lines and status messages go: a terminal, or a pipe's stdout and stderr."""
+"""Where event lines and status messages go: a terminal, or a pipe's stdout and stderr.
+
+A mention of the user and a private message from someone else ring the
+terminal's bell: a BEL written with the line, on a terminal only. Pipe
+output stays one plain line per event, with no BEL in it.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,13 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from chatd.client.render import DIM, RED, help_lines, json_line, paint, render_event
 from chatd.protocol import clean_text
+
+#: The terminal's bell.
+BEL: Final = "\a"
 
 
 class Ui(Protocol):
@@ -17,8 +25,12 @@ class Ui(Protocol):
 
     interactive: bool
 
-    def event(self, event: Mapping[str, Any], raw: str | None) -> None:
-        """Show one server event; ``raw`` is the server's JSON text, if it sent JSON."""
+    def event(self, event: Mapping[str, Any], raw: str | None, *, bell: bool = False) -> None:
+        """Show one server event; ``raw`` is the server's JSON text, if it sent JSON.
+
+        ``bell``: the event is for the user's attention (a mention, a private
+        message): ring the bell where there is one to ring.
+        """
         ...
 
     def status(self, text: str, *, error: bool = False) -> None:
@@ -35,14 +47,17 @@ class TerminalUi:
         self.colour = colour and not json_output
         self.json_output = json_output
 
-    def event(self, event: Mapping[str, Any], raw: str | None) -> None:
+    def event(self, event: Mapping[str, Any], raw: str | None, *, bell: bool = False) -> None:
+        # The BEL goes with the line, in one write: alone, it would make the
+        # prompt be erased and drawn again for nothing.
+        ring = BEL if bell else ""
         if self.json_output:
-            self._print(json_line(event, raw))
+            self._print(ring + json_line(event, raw))
         elif event.get("type") == "help":
             for line in help_lines(event, colour=self.colour):
                 self._print(line)
         else:
-            self._print(render_event(event, colour=self.colour))
+            self._print(ring + render_event(event, colour=self.colour))
 
     def status(self, text: str, *, error: bool = False) -> None:
         line = clean_text(f"! {text}" if error else f"* {text}")
@@ -64,7 +79,8 @@ class PipeUi:
         self._on_broken = on_broken
         self._broken = False
 
-    def event(self, event: Mapping[str, Any], raw: str | None) -> None:
+    def event(self, event: Mapping[str, Any], raw: str | None, *, bell: bool = False) -> None:
+        # No bell: the output is for programs; a mention is marked in the line.
         self._emit(json_line(event, raw) if self.json_output else render_event(event))
 
     def status(self, text: str, *, error: bool = False) -> None:
