@@ -83,6 +83,36 @@ def test_bench_quick_history_and_login_on_a_database(tmp_path: Path) -> None:
     assert reports["fanout", "chatd"]["loss"] == 0  # every message stored and delivered
 
 
+def test_bench_quick_search_on_a_database_it_builds_once(tmp_path: Path) -> None:
+    """/search timed on 2000 stored messages; the second run finds them built."""
+    cache = tmp_path / "cache"
+    args = ("--scenario", "search", "--search-cache", str(cache))
+    first = bench(*args)["search", "chatd"]
+    assert first["messages"] == 2000
+    assert first["build"] == "new"
+    assert first["rounds"] == 2
+    for name in ("rare", "common", "prefix", "phrase", "room", "private", "paged", "nothing"):
+        command = first[f"{name}_command"]
+        assert isinstance(command, str), name
+        assert command.startswith("/search "), name
+        assert 0 < first[f"{name}_p50_ms"] <= first[f"{name}_max_ms"], name  # type: ignore[operator]
+        if first[f"{name}_cut"] == 0:
+            # Every result the index holds, up to the limit asked for.
+            limit = int(command.split()[-1])
+            assert first[f"{name}_count"] == min(limit, first[f"{name}_matches"]), name  # type: ignore[call-overload]
+    assert first["common_count"] == 20
+    assert first["nothing_matches"] == 0
+    second = bench(*args)["search", "chatd"]
+    assert second["build"] == "cached"
+    assert second["common_matches"] == first["common_matches"]
+    assert sorted(p.suffix for p in cache.iterdir()) == [".db", ".json"]
+
+
+def test_bench_refuses_search_without_sqlite() -> None:
+    assert "SQLite" in refused("--scenario", "search", "--db", ":memory:")
+    assert "SQLite" in refused("--scenario", "search", "--cluster", "2")
+
+
 def test_bench_quick_over_websockets() -> None:
     reports = bench("--transport", "ws")
     check_figures(reports, "chatd-ws")

@@ -59,8 +59,21 @@ confirmed by their own line coming back (echo-message); barriers are
 ``PING :token``, whose PONG comes after every earlier command of that
 connection has been carried out; listeners count `` PRIVMSG #`` in what
 arrives. A PING from the server is answered with its PONG. An IRC line is at
-most 512 bytes, so ``--payload`` is at most 400 there. history and login
-run over TCP only, as with ``ws``.
+most 512 bytes, so ``--payload`` is at most 400 there. history, login and
+search run over TCP only, as with ``ws``.
+
+chatd only, run when named (no Redis counterpart): ``history`` (``/history
+ROOM 1000`` on a room of a million stored messages), ``login`` (wrong
+passwords against the throttle) and ``search``: ``/search`` on a SQLite
+database of ``--search-messages`` stored messages (a million by default) in
+50 rooms and private conversations, their words drawn from a Zipf-like
+vocabulary. The database is built once per message count and schema (its
+rows with ``executemany``, then the full-text index by chatd's own
+migration) and kept in ``--search-cache``; each run starts a daemon on a
+copy of it. One client logs in to the account whose private messages it
+holds, joins every room, and times each kind of query (rare, common,
+prefix, phrase, one room, one private conversation, deep pages, no match)
+from its line to the ``search`` summary.
 
 ``--cluster N`` spawns a ``redis-server`` and N daemons joined through it
 (cluster mode) and spreads the clients of every scenario over the N daemons
@@ -73,11 +86,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gc
+import hashlib
+import itertools
 import json
 import multiprocessing
 import multiprocessing.connection
 import os
+import random
 import re
 import resource
 import shutil
@@ -107,7 +124,7 @@ _IRC_PING_RE = re.compile(rb"(?<=\n)(?::\S+ +)?PING +([^\r\n]*)\r?\n")
 IRC_MAX_PAYLOAD = 400
 SCENARIOS = ("fanout", "latency", "rooms", "idle", "storm")
 #: chatd-only scenarios (no Redis counterpart), run only when named.
-EXTRA_SCENARIOS = ("history", "login")
+EXTRA_SCENARIOS = ("history", "login", "search")
 
 
 # ---------------------------------------------------------------------------
@@ -151,6 +168,8 @@ class Target:
     db: str = ""
     #: A directory made for the spawned daemon's database, removed at stop.
     scratch: str | None = None
+    #: Seconds from the spawn to the daemon listening (a seed's copy included).
+    start_s: float = 0.0
 
     @property
     def label(self) -> str:
@@ -295,7 +314,11 @@ def _accepting(host: str, port: int, deadline: float) -> bool:
 
 
 def spawn_chatd(
-    loop: str, db: str | None = ":memory:", transport: str = "tcp", extra: Sequence[str] = ()
+    loop: str,
+    db: str | None = ":memory:",
+    transport: str = "tcp",
+    extra: Sequence[str] = (),
+    seed: str | None = None,
 ) -> Target:
     """Start ``chatd serve`` on a free loopback port, configured for load.
 
@@ -303,12 +326,20 @@ def spawn_chatd(
     of its own that is removed when the daemon stops. A named database file
     is emptied first: each spawn measures a fresh store.
     One that a running daemon holds is left alone, and the bench stops.
+    ``seed`` is a database file copied to the daemon's before it starts
+    (the file itself is never written).
     With ``transport="ws"`` the web port is opened too, with WebSocket pings
     off: the load generator frames what it sends but never parses frames.
     With ``transport="irc"`` the IRC port is opened too, on a free port, and
     the daemon is ready once that port takes a connection.
     """
+    began = time.monotonic()
+    if seed is not None and db == ":memory:":
+        raise SystemExit("chatd bench: a database to start from needs SQLite (not --db :memory:)")
     db, scratch = _fresh_database(db)
+    if seed is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(db)), exist_ok=True)
+        shutil.copyfile(seed, db)
     irc_port = _free_port() if transport == "irc" else 0
     cmd = _chatd_command(loop, db, transport, irc_port) + list(extra)
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -340,6 +371,7 @@ def spawn_chatd(
                 store=store,
                 db=path,
                 scratch=scratch,
+                start_s=round(time.monotonic() - began, 2),
             )
     proc.kill()
     proc.wait()
@@ -1145,32 +1177,44 @@ def run_storm(target: Target, opts: argparse.Namespace) -> Result:
 
 
 def run_all(
-    start: Callable[[], Target], opts: argparse.Namespace, scenarios: list[str]
+    start: Callable[[], Target],
+    opts: argparse.Namespace,
+    scenarios: list[str],
+    seeded: Callable[[str], Target] | None = None,
 ) -> list[Result]:
     """Every scenario (and every rate, every count) on a server of its own.
 
     A fresh server per measurement keeps one from inheriting another's
-    memory (the idle figures) or leftover connections.
+    memory (the idle figures) or leftover connections. ``seeded`` starts a
+    daemon on a copy of a given database (search), None if the bench does
+    not start the daemon.
     """
-    jobs: list[tuple[Callable[..., Result], tuple[Any, ...]]] = []
+    jobs: list[tuple[Callable[..., Result], tuple[Any, ...], Callable[[], Target]]] = []
     for name in scenarios:
         if name == "fanout":
-            jobs.append((run_fanout, ()))
+            jobs.append((run_fanout, (), start))
         elif name == "latency":
-            jobs += [(run_latency, (rate,)) for rate in opts.rates]
+            jobs += [(run_latency, (rate,), start) for rate in opts.rates]
         elif name == "rooms":
-            jobs.append((run_rooms, ()))
+            jobs.append((run_rooms, (), start))
         elif name == "idle":
-            jobs += [(run_idle, (count,)) for count in opts.idle]
+            jobs += [(run_idle, (count,), start) for count in opts.idle]
         elif name == "storm":
-            jobs.append((run_storm, ()))
+            jobs.append((run_storm, (), start))
         elif name == "history":
-            jobs.append((run_history, ()))
+            jobs.append((run_history, (), start))
         elif name == "login":
-            jobs.append((run_login, ()))
+            jobs.append((run_login, (), start))
+        elif name == "search":
+            if seeded is None:
+                jobs.append((run_search, (None,), start))
+            else:
+                # Built (or found) before any daemon runs.
+                database = search_database(opts)
+                jobs.append((run_search, (database,), functools.partial(seeded, database.path)))
     results = []
-    for job, args in jobs:
-        target = start()
+    for job, args, begin in jobs:
+        target = begin()
         try:
             result = job(target, opts, *args)
         finally:
@@ -1292,6 +1336,437 @@ def run_login(target: Target, opts: argparse.Namespace) -> Result:
 
 
 # ---------------------------------------------------------------------------
+# chatd only: /search through a database of stored messages
+
+#: Change it when what the database holds (words, mix) or the queries
+#: change: a database cached by another version is then built again.
+SEARCH_GENERATOR = 1
+SEARCH_ROOMS = 50
+#: Share of the messages that are private, and of those the share that the
+#: searching account sent or received (the only private ones it may search).
+SEARCH_PRIVATE = 0.05
+SEARCH_OWN_PRIVATE = 0.3
+SEARCH_SENDERS = 500
+SEARCH_NICK = "searcher"
+_SEARCH_PASSWORD = "search-bench-password"
+#: The first stored message's time (2026-01-01 UTC); one every 30 s after it.
+_SEARCH_EPOCH = 1_767_225_600.0
+_SEARCH_GAP = 30.0
+#: The most frequent words of the messages, most frequent first. Eight of
+#: them begin with "wor" (the prefix query). The rest of the vocabulary is
+#: made-up words of two to four syllables, none of them with a "w".
+_SEARCH_HEAD_WORDS = """
+the i to you a and it is that in of for on we this be have not just so but
+with can do are at what if was get all like my me no up about work one out
+there now they time know think will good how go need yes ok yeah thanks lol
+here when still should from some see then would did going back today make new
+right maybe build test working let look want sure got fix also more only use
+people why because any could well way day really try said deploy world thing
+code other first much meeting tomorrow word review please last worth branch
+issue done again after before morning worry release server error check push
+merge later lunch coffee week team bug change worse call help update question
+idea problem night weekend anyone everyone nice great worked ticket docs
+config staging prod log cache client database query index page
+"""
+_SEARCH_HEAD = tuple(_SEARCH_HEAD_WORDS.split())
+#: Stock phrases, one added to about 2% of the messages.
+_SEARCH_PHRASES = (
+    "see you tomorrow",
+    "ship it",
+    "good morning",
+    "merge conflict",
+    "on call today",
+    "sounds good",
+    "any update",
+    "lunch break",
+)
+_SEARCH_PHRASE_SHARE = 0.02
+_SEARCH_TAIL = 30_000
+
+
+def search_vocabulary() -> list[str]:
+    """Every word the generated messages use, the most frequent first; the
+    word of rank r is used in proportion to 1/r (Zipf's law)."""
+    rng = random.Random(7)
+    syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+    head = set(_SEARCH_HEAD)
+    tail: set[str] = set()
+    while len(tail) < _SEARCH_TAIL:
+        word = "".join(rng.choice(syllables) for _ in range(rng.choice((2, 3, 3, 4))))
+        if word not in head:
+            tail.add(word)
+    made = sorted(tail)  # a set's order changes from run to run; the ranks must not
+    rng.shuffle(made)
+    return [*_SEARCH_HEAD, *made]
+
+
+@dataclass(frozen=True)
+class SearchProbe:
+    """One /search the bench times."""
+
+    name: str
+    #: TEXT as typed after /search.
+    text: str
+    #: The same in FTS5's syntax, to count the matches when the database is built.
+    match: str
+    #: Only this room (``/search #ROOM TEXT``) or this private conversation
+    #: (``/search @NICK TEXT``).
+    room: str | None = None
+    peer: str | None = None
+    limit: int = 20
+    #: Walks back page by page, each with the ``before=`` the last one gave,
+    #: starting halfway back in the history.
+    paged: bool = False
+
+    def command(self, before: int | None) -> str:
+        where = f"#{self.room} " if self.room else f"@{self.peer} " if self.peer else ""
+        page = f" before={before}" if before is not None else ""
+        return f"/search {where}{self.text}{page} {self.limit}"
+
+
+def search_probes(vocabulary: Sequence[str]) -> list[SearchProbe]:
+    """The searches timed: a rare word (about 40 matches in a million
+    messages), the most common one, a prefix, a phrase, a word in one room,
+    the most common word in one small private conversation (about 30
+    messages in a million), pages deep in the history, and a word that is in
+    no message."""
+    rare = vocabulary[20_000]
+    return [
+        SearchProbe("rare", rare, f'"{rare}"', limit=100),
+        SearchProbe("common", "the", '"the"'),
+        SearchProbe("prefix", "wor*", '"wor" *'),
+        SearchProbe("phrase", '"see you tomorrow"', '"see you tomorrow"'),
+        SearchProbe("room", "deploy", '"deploy"', room="room7"),
+        SearchProbe("private", "the", '"the"', peer="user3"),
+        SearchProbe("paged", "the", '"the"', paged=True),
+        SearchProbe("nothing", "xylophone", '"xylophone"'),
+    ]
+
+
+SEARCH_PROBE_NAMES = ("rare", "common", "prefix", "phrase", "room", "private", "paged", "nothing")
+
+
+@dataclass(frozen=True)
+class SearchDatabase:
+    """A database built for the search scenario, and what it holds."""
+
+    path: str
+    #: Written when it was built: messages, build times, size, matches per probe.
+    facts: dict[str, Any]
+    #: Built by this run (not found in the cache).
+    built: bool
+
+
+def _search_paged_start(messages: int) -> int:
+    return messages // 2 + 1
+
+
+def build_search_database(path: str, messages: int, index: str) -> dict[str, Any]:
+    """Write ``messages`` stored messages to a new database at ``path``, the
+    schema made by chatd's own migrations, and return what it holds.
+
+    ``index="rebuild"`` stores the rows at the schema version before the
+    full-text index, then migrates: the index is built in one pass over the
+    table, as when a daemon upgrades a database. ``index="trigger"`` migrates
+    first, so the trigger indexes each row as it is stored, as the daemon
+    does with every message.
+    """
+    import sqlite3
+
+    import argon2
+
+    from chatd.store import MIGRATIONS, dm_key, migrate
+
+    t0 = time.monotonic()
+    vocabulary = search_vocabulary()
+    weights = list(itertools.accumulate(1 / rank for rank in range(1, len(vocabulary) + 1)))
+    senders = [f"user{n}" for n in range(SEARCH_SENDERS)]
+    rooms = [f"room{n}" for n in range(SEARCH_ROOMS)]
+    rng = random.Random(1)
+    conn = sqlite3.connect(path, isolation_level=None)
+    with contextlib.closing(conn):
+        # A scratch file until it is complete: nothing to keep after a crash.
+        conn.execute("PRAGMA journal_mode = OFF")
+        conn.execute("PRAGMA synchronous = OFF")
+        if index == "trigger":
+            migrate(conn)
+        else:
+            fts = next(
+                (n for n, m in enumerate(MIGRATIONS) if any("messages_fts" in s for s in m)), None
+            )
+            if fts is None:
+                raise SystemExit("chatd bench: this schema has no messages_fts index to search")
+            for number in range(fts):
+                for statement in MIGRATIONS[number]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number + 1}")
+        hasher = argon2.PasswordHasher.from_parameters(argon2.profiles.CHEAPEST)
+        account = conn.execute(
+            "INSERT INTO accounts (key, nick, password_hash, created) VALUES (?, ?, ?, ?)",
+            (SEARCH_NICK, SEARCH_NICK, hasher.hash(_SEARCH_PASSWORD), _SEARCH_EPOCH),
+        ).lastrowid
+        private = own = 0
+        conn.execute("BEGIN")
+        for start in range(0, messages, 50_000):
+            count = min(messages, start + 50_000) - start
+            lengths = [rng.randint(3, 15) for _ in range(count)]
+            words = rng.choices(vocabulary, cum_weights=weights, k=sum(lengths))
+            rows: list[tuple[Any, ...]] = []
+            at = 0
+            for length in lengths:
+                text = " ".join(words[at : at + length])
+                at += length
+                if rng.random() < _SEARCH_PHRASE_SHARE:
+                    text += " " + rng.choice(_SEARCH_PHRASES)
+                id_ = start + len(rows) + 1
+                room: str | None = None
+                sender_account = target_account = None
+                if rng.random() < SEARCH_PRIVATE:
+                    private += 1
+                    if rng.random() < SEARCH_OWN_PRIVATE:
+                        own += 1
+                        sender, target = SEARCH_NICK, rng.choice(senders)
+                        sender_account = account
+                        if rng.random() < 0.5:
+                            sender, target = target, sender
+                            sender_account, target_account = None, account
+                    else:
+                        sender, target = rng.sample(senders, 2)
+                    conv = dm_key(sender, target)
+                else:
+                    room = conv = rooms[rng.randrange(SEARCH_ROOMS)]
+                    sender, target = rng.choice(senders), None
+                action = int(rng.random() < 0.02)
+                ts = _SEARCH_EPOCH + id_ * _SEARCH_GAP
+                rows.append(
+                    (
+                        id_,
+                        ts,
+                        conv,
+                        room,
+                        sender,
+                        target,
+                        text,
+                        action,
+                        sender_account,
+                        target_account,
+                    )
+                )
+            conn.executemany(
+                "INSERT INTO messages (id, ts, conv, room, sender, target, text, action,"
+                " sender_account, target_account) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        conn.execute("COMMIT")
+        filled = time.monotonic()
+        migrate(conn)
+        indexed = time.monotonic()
+        conn.execute("PRAGMA journal_mode = WAL")
+        matches: dict[str, int] = {}
+        args: list[Any]
+        for probe in search_probes(vocabulary):
+            mine = "? IN (m.sender_account, m.target_account)"
+            if probe.room is not None:
+                scope, args = "m.conv = ?", [probe.room]
+            elif probe.peer is not None:
+                scope, args = f"m.conv = ? AND {mine}", [dm_key(SEARCH_NICK, probe.peer), account]
+            else:  # the searcher is in every room
+                scope, args = f"(m.room IS NOT NULL OR {mine})", [account]
+            before = _search_paged_start(messages) if probe.paged else 2**63 - 1
+            (matches[probe.name],) = conn.execute(
+                "SELECT count(*) FROM messages_fts JOIN messages AS m ON m.id = messages_fts.rowid"
+                f" WHERE messages_fts MATCH ? AND messages_fts.rowid < ? AND {scope}",
+                [probe.match, before, *args],
+            ).fetchone()
+    return {
+        "messages": messages,
+        "rooms": SEARCH_ROOMS,
+        "private": private,
+        "searcher_private": own,
+        "vocabulary": len(vocabulary),
+        "index": index,
+        "fill_s": round(filled - t0, 1),
+        "index_s": round(indexed - filled, 1),
+        "build_s": round(indexed - t0, 1),
+        "count_s": round(time.monotonic() - indexed, 1),
+        "db_bytes": os.path.getsize(path),
+        "matches": matches,
+    }
+
+
+def search_database(opts: argparse.Namespace) -> SearchDatabase:
+    """The database of ``--search-messages`` messages: from the cache
+    (``--search-cache``), or built there now. Its name holds the message
+    count, how it was indexed, the schema (version and a digest of its
+    migrations) and SEARCH_GENERATOR; databases of another schema or
+    generator are removed when a new one is built."""
+    from chatd.store import MIGRATIONS, SCHEMA_VERSION
+
+    digest = hashlib.sha256(repr(MIGRATIONS).encode()).hexdigest()[:10]
+    version = f"search-v{SCHEMA_VERSION}-{digest}-g{SEARCH_GENERATOR}-"
+    name = f"{version}{opts.search_index}-{opts.search_messages}"
+    cache = opts.search_cache or os.path.join(tempfile.gettempdir(), "chatd-bench-search")
+    os.makedirs(cache, exist_ok=True)
+    path, about = os.path.join(cache, name + ".db"), os.path.join(cache, name + ".json")
+    if os.path.exists(path):
+        with contextlib.suppress(FileNotFoundError, ValueError), open(about) as f:
+            facts = json.load(f)
+            if set(facts.get("matches", ())) >= set(SEARCH_PROBE_NAMES):
+                return SearchDatabase(path, facts, built=False)
+    for old in os.listdir(cache):
+        if old.startswith("search-v") and not old.startswith(version):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(cache, old))
+    sys.stderr.write(
+        f"chatd bench: building {opts.search_messages:,} messages to search in {path}"
+        " (kept for the next runs)\n"
+    )
+    partial = f"{path}.{os.getpid()}.tmp"
+    try:
+        facts = build_search_database(partial, opts.search_messages, opts.search_index)
+        with open(about + ".tmp", "w") as f:
+            json.dump(facts, f)
+        for stale in (path + "-wal", path + "-shm"):  # of a database replaced
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale)
+        os.replace(partial, path)
+        os.replace(about + ".tmp", about)
+    finally:
+        for leftover in (partial, partial + "-wal", partial + "-shm", about + ".tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+    return SearchDatabase(path, facts, built=True)
+
+
+async def _search_answer(reader: asyncio.StreamReader) -> tuple[dict[str, Any], int]:
+    """The ``search`` summary of one /search and the number of results
+    before it; an error raises."""
+    found = 0
+    while True:
+        line = await reader.readline()
+        if not line.endswith(b"\n"):
+            raise ConnectionError("the daemon closed the connection during a search")
+        if line.startswith(b'{"type":"search"'):
+            summary: dict[str, Any] = json.loads(line)
+            return summary, found
+        if line.startswith(b'{"type":"error"'):
+            raise RuntimeError(f"chatd bench: /search refused: {line.decode().strip()}")
+        found += b'"search":true' in line
+
+
+async def _ready(reader: asyncio.StreamReader, token: str) -> None:
+    """Read up to the pong of ``/ping token``; an error before it raises."""
+    while True:
+        line = await reader.readline()
+        if not line.endswith(b"\n"):
+            raise ConnectionError("the daemon closed the connection while logging in")
+        if line.startswith(b'{"type":"error"'):
+            raise RuntimeError(f"chatd bench: refused while logging in: {line.decode().strip()}")
+        if f'"token":"{token}"'.encode() in line:
+            return
+
+
+def _spawn_seeded(opts: argparse.Namespace, seed: str) -> Target:
+    """A daemon on a copy of ``seed`` (search), where the searching account
+    may bring every room it joins into use."""
+    return spawn_chatd(opts.loop, opts.db, extra=["--max-owned-rooms", "100000"], seed=seed)
+
+
+def run_search(target: Target, opts: argparse.Namespace, database: SearchDatabase | None) -> Result:
+    """/search on a database of ``--search-messages`` messages, end to end.
+
+    One client logs in to the account whose private messages the database
+    holds and joins every room, then sends each probe ``--search-rounds``
+    times (the probes in turn), one at a time, timing each from its line to
+    the ``search`` summary that ends the answer."""
+    result = Result("search", target.kind)
+    if database is None or not target.db:
+        result.notes.append("needs a daemon the bench spawns on the database it builds")
+        return result
+    facts = database.facts
+    probes = search_probes(search_vocabulary())
+    start = _search_paged_start(facts["messages"])
+
+    async def measure() -> dict[str, list[tuple[float, dict[str, Any], int]]]:
+        rooms = [f"/join room{n}" for n in range(facts["rooms"])]
+        hello = (f"/login {SEARCH_NICK} {_SEARCH_PASSWORD}", *rooms, "/ping ready")
+        reader, writer = await _open_json(target, *hello)
+        await asyncio.wait_for(_ready(reader, "ready"), 60)
+        answers: dict[str, list[tuple[float, dict[str, Any], int]]] = defaultdict(list)
+        before = start
+        for _ in range(opts.search_rounds):
+            for probe in probes:
+                line = probe.command(before if probe.paged else None) + "\n"
+                t = time.perf_counter()
+                writer.write(line.encode())
+                summary, found = await asyncio.wait_for(_search_answer(reader), 60)
+                answers[probe.name].append((time.perf_counter() - t, summary, found))
+                if found != summary["count"]:
+                    raise RuntimeError(f"{found} results, but the summary says {summary}")
+                if probe.paged:
+                    before = summary["before"] if summary["more"] else start
+        writer.close()
+        return answers
+
+    answers = asyncio.run(measure())
+    result.figures.update(
+        messages=facts["messages"],
+        rooms=facts["rooms"],
+        private_messages=facts["private"],
+        searcher_private=facts["searcher_private"],
+        db_mib=round(facts["db_bytes"] / 2**20, 1),
+        index=facts["index"],
+        fill_s=facts["fill_s"],
+        index_s=facts["index_s"],
+        build_s=facts["build_s"],
+        count_s=facts["count_s"],
+        build="new" if database.built else "cached",
+        daemon_start_s=target.start_s,
+        rounds=opts.search_rounds,
+    )
+    for probe in probes:
+        times = sorted(t for t, _, _ in answers[probe.name])
+        first = answers[probe.name][0][1]
+        result.figures.update(
+            {
+                f"{probe.name}_command": probe.command(start if probe.paged else None),
+                f"{probe.name}_p50_ms": round(_percentile(times, 0.5) * 1e3, 2),
+                f"{probe.name}_p95_ms": round(_percentile(times, 0.95) * 1e3, 2),
+                f"{probe.name}_max_ms": round(times[-1] * 1e3, 2),
+                f"{probe.name}_count": first["count"],
+                f"{probe.name}_cut": sum(bool(s.get("cut")) for _, s, _ in answers[probe.name]),
+                f"{probe.name}_matches": facts["matches"][probe.name],
+            }
+        )
+    return result
+
+
+def _search_table(result: Result) -> str:
+    f = result.figures
+    rows = [
+        f"== search ({result.server}, {f.get('store', 'sqlite')})",
+        f"  {f['messages']:,} messages in {f['rooms']} rooms and private conversations"
+        f" ({f['private_messages']:,} private, {f['searcher_private']:,} of them the searcher's);"
+        f" database {f['db_mib']} MiB",
+        f"  built in {f['build_s']} s (rows {f['fill_s']} s, index {f['index_s']} s by"
+        f" {f['index']}; matches counted in {f['count_s']} s; {f['build']});"
+        f" daemon up in {f['daemon_start_s']} s; {f['rounds']} rounds",
+        f"  {'query':<8} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'results':>7}"
+        f" {'cut':>4} {'matching':>9}  command",
+    ]
+    for name in SEARCH_PROBE_NAMES:
+        if f"{name}_p50_ms" not in f:
+            continue
+        rows.append(
+            f"  {name:<8} {f[f'{name}_p50_ms']:>8} {f[f'{name}_p95_ms']:>8}"
+            f" {f[f'{name}_max_ms']:>8} {f[f'{name}_count']:>7} {f[f'{name}_cut']:>4}"
+            f" {f[f'{name}_matches']:>9}  {f[f'{name}_command']}"
+        )
+    rows += [f"  note: {n}" for n in result.notes]
+    return "\n".join(rows)
+
+
+# ---------------------------------------------------------------------------
 # Command line
 
 
@@ -1309,7 +1784,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=",".join(SCENARIOS),
         help="comma-separated scenarios: "
         + ", ".join(SCENARIOS + EXTRA_SCENARIOS)
-        + f" (default: all but {' and '.join(EXTRA_SCENARIOS)})",
+        + f" (default: all but {', '.join(EXTRA_SCENARIOS[:-1])} and {EXTRA_SCENARIOS[-1]})",
     )
     parser.add_argument(
         "--baseline",
@@ -1338,7 +1813,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="tcp",
         help="how chatd's clients connect: TCP lines, WebSockets to the web port, or IRC "
         "(registered with echo-message) to the IRC port; with --host, --port is then that "
-        f"port; history and login are TCP only; --payload is at most {IRC_MAX_PAYLOAD} "
+        f"port; history, login and search are TCP only; --payload is at most {IRC_MAX_PAYLOAD} "
         "over IRC",
     )
     parser.add_argument(
@@ -1378,6 +1853,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--login-clients", type=int, default=20, help="connections guessing passwords at once"
     )
+    g = parser.add_argument_group("search (chatd only, SQLite; run when named)")
+    g.add_argument(
+        "--search-messages",
+        type=int,
+        default=1_000_000,
+        help="messages in the database searched (default: %(default)s)",
+    )
+    g.add_argument("--search-rounds", type=int, default=20, help="times each search is timed")
+    g.add_argument(
+        "--search-cache",
+        metavar="DIR",
+        help="where built databases are kept for the next runs "
+        "(default: chatd-bench-search in the temporary directory)",
+    )
+    g.add_argument(
+        "--search-index",
+        choices=("rebuild", "trigger"),
+        default="rebuild",
+        help="build the full-text index in one pass after the rows (as an upgrade does), "
+        "or row by row through its trigger (as the daemon stores messages); "
+        "default: %(default)s",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="a small, fast run that checks everything works"
     )
@@ -1390,6 +1887,7 @@ def _quick(opts: argparse.Namespace) -> None:
     opts.rooms_count, opts.rooms_rate = 20, 200.0
     opts.idle, opts.idle_rooms, opts.storm = [50], 10, 50
     opts.history_messages, opts.history_rounds, opts.login_clients = 3000, 2, 2
+    opts.search_messages, opts.search_rounds = 2000, 2
 
 
 def _median_results(runs: list[list[Result]]) -> list[Result]:
@@ -1427,8 +1925,16 @@ def main(opts: argparse.Namespace) -> int:
         raise SystemExit("chatd bench: --cluster spawns its daemons and runs over TCP")
     if opts.transport != "tcp" and set(scenarios) & set(EXTRA_SCENARIOS):
         raise SystemExit(
-            f"chatd bench: history and login run over TCP only (drop --transport {opts.transport})"
+            "chatd bench: history, login and search run over TCP only "
+            f"(drop --transport {opts.transport})"
         )
+    if "search" in scenarios and (opts.cluster > 1 or opts.db == ":memory:"):
+        raise SystemExit(
+            "chatd bench: search measures one daemon on a SQLite database "
+            "(drop --cluster and --db :memory:)"
+        )
+    if "search" in scenarios and (opts.search_messages < 1 or opts.search_rounds < 1):
+        raise SystemExit("chatd bench: --search-messages and --search-rounds must be at least 1")
     if opts.transport == "irc" and opts.payload > IRC_MAX_PAYLOAD:
         raise SystemExit(
             f"chatd bench: an IRC line is at most 512 bytes: --payload at most "
@@ -1453,7 +1959,10 @@ def main(opts: argparse.Namespace) -> int:
                 start = lambda: spawn_cluster(opts.loop, opts.cluster)  # noqa: E731
             else:
                 start = lambda: spawn_chatd(opts.loop, opts.db, opts.transport)  # noqa: E731
-            runs.append(run_all(start, opts, wanted))
+            seeded: Callable[[str], Target] | None = None
+            if kind == "chatd" and not opts.host:
+                seeded = functools.partial(_spawn_seeded, opts)
+            runs.append(run_all(start, opts, wanted, seeded))
     results = _median_results(chatd_runs)
     if redis_runs:
         baseline = _median_results(redis_runs)
@@ -1489,7 +1998,9 @@ def _add_ratios(results: list[Result], baseline: list[Result]) -> None:
 
 
 def _table(result: Result) -> str:
-    width = max(len(k) for k in result.figures)
+    if result.scenario == "search" and "rare_p50_ms" in result.figures:
+        return _search_table(result)
+    width = max((len(k) for k in result.figures), default=0)
     rows = [f"== {result.scenario} ({result.server})"]
     rows += [f"  {k:<{width}}  {v}" for k, v in result.figures.items()]
     rows += [f"  note: {n}" for n in result.notes]
