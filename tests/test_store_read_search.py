@@ -466,3 +466,27 @@ async def test_a_search_with_no_time_left_still_answers(tmp_path: Path) -> None:
             assert ([m.id for m in full.messages], full.cut) == (expected, False)
     finally:
         await store.close()
+
+
+async def test_one_conversation_is_searched_alike_small_or_large(tmp_path: Path) -> None:
+    """SQLite reads a small conversation message by message and a large one
+    through the index's matches: the answers are the same."""
+    store = SqliteStore(tmp_path / "chat.db")
+    await store.open()
+    try:
+        feed = Feed(store)
+        small_ids = await feed.say_many("small", "bob", [f"the note {i}" for i in range(30)])
+        await feed.say_many("noise", "bob", ["the other room"] * 50)
+        large_ids = await feed.say_many("large", "bob", [f"the line {i}" for i in range(2100)])
+        for room, ids in (("small", small_ids), ("large", large_ids)):
+            query = SearchQuery("the", (room, "noise"), None, conversation=room, limit=5)
+            result = await store.search(query)
+            assert [m.id for m in result.messages] == ids[::-1][:5], room
+            assert result.more
+            assert not result.cut
+            older = await store.search(
+                SearchQuery("the", (room,), None, conversation=room, before=ids[3], limit=5)
+            )
+            assert [m.id for m in older.messages] == ids[2::-1], room
+    finally:
+        await store.close()

@@ -737,11 +737,25 @@ class SqliteStore(Store):
             " ORDER BY messages_fts.rowid DESC LIMIT ?"
         )
         before = query.before if query.before is not None else 2**63 - 1
-        params = (match, before, *args, query.limit + 1)
+        params: tuple[Any, ...] = (match, before, *args, query.limit + 1)
+        conversation = query.conversation
+
+        def run(conn: sqlite3.Connection) -> tuple[list[tuple[Any, ...]], bool]:
+            if conversation is not None and _small(conn, conversation, before):
+                # A few messages: test each against the index, rather than
+                # walk every match of a common word in the whole history.
+                small_sql = (
+                    f"SELECT {_M_COLUMNS} FROM messages AS m CROSS JOIN messages_fts"
+                    " ON messages_fts.rowid = m.id"
+                    f" WHERE m.conv = ? AND m.id < ? AND messages_fts MATCH ? AND ({where})"
+                    " ORDER BY m.id DESC LIMIT ?"
+                )
+                small = (conversation, before, match, *args, query.limit + 1)
+                return _search(conn, small_sql, small, query.budget)
+            return _search(conn, sql, params, query.budget)
+
         await self._written()
-        rows, cut = await self._read_with(
-            lambda conn: _search(conn, sql, params, query.budget), searching=True
-        )
+        rows, cut = await self._read_with(run, searching=True)
         return SearchResult(
             [_row_message(row) for row in rows[: query.limit]],
             len(rows) > query.limit,
@@ -823,6 +837,19 @@ def _search_scope(query: SearchQuery) -> tuple[str, list[Any]] | None:
         parts.append(f"(substr(m.conv, 1, 1) = '@' AND {own})")
         args += [account, account]
     return (" OR ".join(parts), args) if parts else None
+
+
+#: A conversation with fewer messages than this (before the page asked for)
+#: is searched message by message (see SqliteStore.search).
+SMALL_CONVERSATION: Final = 2000
+
+
+def _small(conn: sqlite3.Connection, conversation: str, before: int) -> bool:
+    (count,) = conn.execute(
+        "SELECT count(*) FROM (SELECT 1 FROM messages WHERE conv = ? AND id < ? LIMIT ?)",
+        (conversation, before, SMALL_CONVERSATION),
+    ).fetchone()
+    return int(count) < SMALL_CONVERSATION
 
 
 def _search(
