@@ -764,3 +764,24 @@ async def test_one_session_too_many_is_refused(serve: StartServer) -> None:
     assert (await second.expect("registered"))["account"] is True
     await second.send("/sessions")
     assert len((await second.expect("sessions"))["sessions"]) == 1
+
+
+@pytest.mark.both_stores
+async def test_a_marker_is_never_set_past_the_newest_message(serve: StartServer) -> None:
+    """An id from the future would hide every message until then: it counts
+    as the newest, so what comes after is unread as it should be."""
+    server = await serve()
+    alice = await account(server.port, "alice")
+    bob = await client(server.port, "bob")
+    await bob.send("before")
+    said = await alice.expect(lambda e: e["type"] == "message" and e["text"] == "before")
+    await alice.send("/read general 999999999999999999")
+    read = await alice.expect("read")
+    assert read["id"] == said["id"]
+    await bob.send("after alice")
+    await alice.expect(lambda e: e["type"] == "message" and e["text"] == "after alice")
+    await alice.send("/unread")
+    general = (await alice.expect("unread"))["conversations"][0]
+    assert (general["room"], general["unread"], general["mentions"]) == ("general", 1, 1)
+    await alice.send("/read @nobody 77")
+    assert (await alice.expect("read"))["id"] == 0

@@ -240,3 +240,51 @@ async def test_a_mention_is_marked_for_its_reader_alone(start_server: StartServe
     assert "mention" not in for_carol  # the sender's own line never is
     await alice.send("bobby and bob.smith are other people")
     assert "mention" not in await bob.expect("message")
+
+
+async def test_a_login_lands_in_the_accounts_rooms_in_one_step(start_server: StartServer) -> None:
+    """A connection is one of the account's only once it is in its rooms: the
+    other connection dropping right after the login's ``registered`` is
+    unseen (no join again), and the member counts stay right."""
+    server = await start_server()
+    first = await account(server.port, "alice")
+    bob = await client(server.port, "bob")
+    rooms = [f"v{i}" for i in range(30)]
+    for room in rooms:
+        await bob.send(f"/join {room}")
+    await bob.sync()
+    for room in rooms:
+        await first.send(f"/join {room}", f"said in {room}")  # a read marker in each
+    await first.sync()
+    await bob.sync()
+    second = await client(server.port)
+    await second.send(f"/login alice {PASSWORD}")
+    await second.expect(lambda e: e["type"] == "registered" and e["account"], "registered")
+    first.writer.transport.abort()
+    events = await second.sync("landed")
+    assert {e["room"] for e in events if e["type"] == "join"} == {"general", *rooms}
+    bob_saw = await bob.sync("seen")
+    assert not [e for e in bob_saw if e.get("nick") == "alice"], bob_saw
+    await bob.send("/rooms")
+    counts = {r["name"]: r["members"] for r in (await bob.expect("rooms"))["rooms"]}
+    assert all(counts[room] == 2 for room in rooms), counts
+    await second.send("/quit")
+    await bob.expect(lambda e: e["type"] == "leave" and e["room"] == "v29", "alice leaves v29")
+    await bob.send("/rooms")
+    counts = {r["name"]: r["members"] for r in (await bob.expect("rooms"))["rooms"]}
+    assert all(counts[room] == 1 for room in rooms), counts
+
+
+async def test_as_many_logins_at_once_as_an_account_may_have_sessions(
+    start_server: StartServer,
+) -> None:
+    """Ten devices reconnecting together all get in: a login in progress
+    counts against the guessing limit, which leaves room for them."""
+    server = await start_server()
+    (await account(server.port, "alice")).close()
+    devices = [await client(server.port) for _ in range(10)]
+    for d in devices:
+        await d.send(f"/login alice {PASSWORD}")
+    for d in devices:
+        answer = await d.expect(lambda e: e["type"] in ("registered", "error"), "login")
+        assert answer["type"] == "registered", answer

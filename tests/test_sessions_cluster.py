@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.conftest import Nodes, StartServer
-from tests.helpers import REDIS, LineClient, RedisServer, open_json, who
+from tests.helpers import REDIS, LineClient, RedisServer, open_json, until, who
 
 if REDIS is None and os.environ.get("CI") == "true":
     pytest.fail("redis-server is required under CI (.ci/run installs it)", pytrace=False)
@@ -164,3 +164,57 @@ async def test_sessions_are_listed_and_ended_across_nodes(nodes: Nodes) -> None:
         await other.wait_closed()
     bob = await client(one.port, "bob")
     assert "alice" not in await who(bob, "general")
+
+
+async def test_an_account_on_two_nodes_outlives_a_redis_restart(
+    nodes: Nodes, redis_server: RedisServer
+) -> None:
+    """Each node writes its state back when Redis returns: the account stays
+    shared by both (no "taken elsewhere"), its sessions listed again."""
+    one, two = await nodes(2)
+    first = await client(one.port, "alice")
+    await first.send(f"/register {PASSWORD}")
+    await first.expect(lambda e: e["type"] == "registered" and e["account"], "registered")
+    second = await login(two.port, "alice")
+    bob = await client(two.port, "bob")
+    await redis_server.stop()
+    for server in (one, two):
+        await until(lambda s=server: bool(s.manager.bus.trouble), "Redis is gone")  # type: ignore[misc]
+    restarted = await RedisServer.start(REDIS or "", port=redis_server.port)
+    redis_server.proc = restarted.proc
+    for server in (one, two):
+        await until(lambda s=server: not s.manager.bus.trouble, "reconnected")  # type: ignore[misc]
+    events = await first.sync("after")
+    assert not [e for e in events if e["type"] in ("bye", "error")], events
+    await second.send("/sessions")
+    assert len((await second.expect("sessions"))["sessions"]) == 2
+    await bob.send("/msg alice still both?")
+    assert (await first.expect("dm"))["text"] == "still both?"
+    assert (await second.expect("dm"))["text"] == "still both?"
+
+
+async def test_the_first_node_letting_go_during_a_login_is_unseen(nodes: Nodes) -> None:
+    """The account's places pass to the node still logging in: the rooms it
+    has yet to join there are joined quietly, not announced again."""
+    one, two = await nodes(2)
+    first = await client(one.port, "alice")
+    await first.send(f"/register {PASSWORD}")
+    await first.expect(lambda e: e["type"] == "registered" and e["account"], "registered")
+    bob = await client(one.port, "bob")
+    rooms = [f"z{i}" for i in range(30)]
+    for room in rooms:
+        await bob.send(f"/join {room}")
+    await bob.sync()
+    for room in rooms:
+        await first.send(f"/join {room}")
+    await first.sync()
+    await bob.sync()
+    second = await client(two.port)
+    await second.send(f"/login alice {PASSWORD}")
+    await second.expect(lambda e: e["type"] == "registered" and e["account"], "registered")
+    first.writer.transport.abort()
+    events = await second.sync("landed")
+    assert {e["room"] for e in events if e["type"] == "join"} == {"general", *rooms}
+    seen = await bob.sync("seen")
+    assert not [e for e in seen if e.get("nick") == "alice"], seen
+    assert "alice" in await who(bob, "z29")

@@ -241,11 +241,22 @@ class ClusterBus(Bus):
     def session_id(self, number: int) -> str:
         return f"{self.node}.s{number}"  # one id space for the whole cluster
 
-    def session_opened(self, member: Member) -> None:
+    def _shared(self, key: str, answer: list[Any]) -> None:
+        """CLAIM's answer for an account connected through other nodes:
+        {'shared', nick, the other nodes..., '', the account's rooms...}."""
+        values = [as_text(v) for v in answer[2:]]
+        split = values.index("")
+        self._elsewhere[key] = set(values[:split])
+        self._remote_rooms[key] = set(values[split + 1 :])
+
+    def _session_entry(self, member: Member) -> tuple[str, str, str]:
+        """The hash, field and value that list a session in Redis."""
         assert member.key is not None
         doc = json.dumps([member.kind, member.address, member.since])
-        args = (P + "sessions:" + member.key, member.session_id, self.node + "\t" + doc)
-        self.link.submit("HSET", args, _log_failure)
+        return P + "sessions:" + member.key, member.session_id, self.node + "\t" + doc
+
+    def session_opened(self, member: Member) -> None:
+        self.link.submit("HSET", self._session_entry(member), _log_failure)
 
     def session_closed(self, member: Member) -> None:
         if member.key is not None:
@@ -292,8 +303,10 @@ class ClusterBus(Bus):
             if nodes is not None:
                 nodes.discard(data[3])
                 if not nodes:
+                    # Its places in rooms passed here (hand_over): rooms this
+                    # node's connections have not joined yet stay the
+                    # account's, joined quietly (see present).
                     del self._elsewhere[key]
-                    self._remote_rooms.pop(key, None)
         elif (origin == self.node and what != "ak") or hub.find(key) is None:
             return
         elif what == "aj":
@@ -410,10 +423,7 @@ class ClusterBus(Bus):
             member.nick or "",
         )
         if isinstance(result, list):  # shared with the account's other nodes
-            values = [as_text(v) for v in result[2:]]
-            split = values.index("")
-            self._elsewhere[key] = set(values[:split])
-            self._remote_rooms[key] = set(values[split + 1 :])
+            self._shared(key, result)
             return
         answer = as_text(result)
         if answer == "taken":
@@ -604,11 +614,23 @@ class ClusterBus(Bus):
             await link.run_script("bump_id", seen, client=pipe)
             pipe.hsetnx(P + "roomnames", DEFAULT_ROOM, DEFAULT_ROOM)
             for member in members:
-                account = "" if member.account is None else str(member.account)
-                args = (node, member.key, member.nick, account, "", "0", "0", "", "")
+                if member.account is None:
+                    args = (node, member.key, member.nick, "", "", "0", "0", "", "")
+                else:
+                    # An account may be connected through another node too:
+                    # shared again, as at its login.
+                    kick = json.dumps([node, "k", member.key, "logged in from elsewhere"])
+                    account = str(member.account)
+                    args = (node, member.key, member.nick, account, "", "0", "1", kick, "")
                 await link.run_script("claim", *args, client=pipe)
             answers = (await pipe.execute())[4:]
-        conflicts = [m for m, a in zip(members, answers, strict=True) if as_text(a) == "taken"]
+        conflicts = []
+        for member, answer in zip(members, answers, strict=True):
+            if isinstance(answer, list):
+                assert member.key is not None
+                self._shared(member.key, answer)
+            elif as_text(answer) == "taken":
+                conflicts.append(member)
         async with link.redis.pipeline(transaction=False) as pipe:
             for member in members:
                 if member in conflicts:
@@ -616,6 +638,9 @@ class ClusterBus(Bus):
                 for room in member.rooms.values():
                     joined = (node, member.key, member.nick, room.key, room.name)
                     await link.run_script("join", *joined, client=pipe)
+                for device in hub.devices(member):
+                    if device.session_id:
+                        pipe.hset(*self._session_entry(device))
             await pipe.execute()
         await self.listener.subscribe_all()
         for member in conflicts:

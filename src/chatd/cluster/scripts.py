@@ -36,6 +36,7 @@ local function hand_over(node, key)
     local m = redis.call('HGET', P..'members:'..room, key)
     if m and owner(m) == node then
       redis.call('HSET', P..'members:'..room, key, heir..string.sub(m, #node + 1))
+      redis.call('SADD', P..'in:'..heir..':'..key, room)
     end
   end
   redis.call('DEL', inkey)

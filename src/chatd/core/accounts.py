@@ -85,7 +85,7 @@ class LoginGuard:
     def __init__(
         self,
         *,
-        free_per_account: int = 5,
+        free_per_account: int = 10,
         free_per_ip: int = 20,
         base: float = 1.0,
         cap: float = 300.0,

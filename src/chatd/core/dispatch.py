@@ -474,12 +474,17 @@ class Dispatcher:
             raise StorageUnavailable(f"cannot log in now: {exc}") from None
         if caller.closing:
             return None
-        general = None
-        if caller.key is None and not caller.chooses_rooms and DEFAULT_ROOM in markers:
-            # It lands in general first: from where the account stopped reading.
-            general = await self._unread_history(DEFAULT_ROOM, markers[DEFAULT_ROOM])
-            if caller.closing:
-                return None
+        # What it is shown of each room it lands in at once: general, or the
+        # rooms of the account's connections here (it joins them in the
+        # same step as it joins the account, so that it is never one of
+        # its connections without being in its rooms).
+        holder = self._connected(caller, account)
+        landing = [room.key for room in holder.rooms.values()] if holder is not None else []
+        if caller.key is None and not caller.chooses_rooms:
+            landing.append(DEFAULT_ROOM)
+        shown = await self._unread_histories(landing, markers, caller.chooses_rooms)
+        if caller.closing:
+            return None
         holder = self._connected(caller, account)
         if holder is None:
             await manager.bus.claim(
@@ -490,19 +495,27 @@ class Dispatcher:
             holder = self._connected(caller, account)
         was = principal(caller) if caller.key is not None else None
         with manager.saved.rejoining(caller):
-            manager.login(caller, account.nick, account.id, general)
+            manager.login(caller, account.nick, account.id, shown, saved.current)
             manager.moderator.logged_in(caller, oper, was)
             logger.info("login %s from %s (%s)", caller.nick, caller.peer, caller.session_id)
-            if holder is not None:
-                # The account's other connections are in their rooms: so is this one.
-                rooms = tuple(room.name for room in holder.rooms.values())
-                current = saved.current
-                if current is None and holder.current is not None:
-                    current = holder.current.name
-                await self._rejoin(caller, AccountRooms(rooms, current), markers)
-            elif not caller.chooses_rooms:
+            if holder is None and not caller.chooses_rooms:
                 await self._rejoin(caller, saved, markers)
         return None
+
+    async def _unread_histories(
+        self, room_keys: list[str], markers: dict[str, int], skip: bool
+    ) -> dict[str, tuple[Sequence[Message], bool]]:
+        """What a login shows of each of these rooms that the account has a
+        read marker in (see _unread_history); none for an IRC client."""
+        shown: dict[str, tuple[Sequence[Message], bool]] = {}
+        if skip:
+            return shown
+        for key in room_keys:
+            if key in markers:
+                history = await self._unread_history(key, markers[key])
+                if history is not None:
+                    shown[key] = history
+        return shown
 
     def _connected(self, caller: Caller, account: Account) -> Member | None:
         """A connection of ``account`` here that ``caller`` would join (None:
@@ -660,12 +673,14 @@ class Dispatcher:
         conversation, room, peer = self._conversation(caller, target)
         store, account = self.manager.store, caller.account
         try:
-            if message_id is None:
-                newest, _ = await store.recent(conversation, 1, None, account)
-                message_id = newest[-1].id if newest else 0
-                live = caller.rooms.get(conversation)
-                if live is not None:
-                    message_id = max(message_id, live.seen)
+            # Never past the newest message: a marker only moves forward, so
+            # one set ahead would hide every message until then.
+            latest, _ = await store.recent(conversation, 1, None, account)
+            newest = latest[-1].id if latest else 0
+            live = caller.rooms.get(conversation)
+            if live is not None:
+                newest = max(newest, live.seen)
+            message_id = newest if message_id is None else min(message_id, newest)
             marker = (await store.read_markers(account)).get(conversation, 0)
         except StoreError as exc:
             raise StorageUnavailable(str(exc)) from None

@@ -19,7 +19,7 @@ from chatd.core.model import Member, Room
 from chatd.core.stats import Stats
 from chatd.core.window import MESSAGE_OVERHEAD, StoreWindow
 from chatd.errors import ChatError, StorageUnavailable
-from chatd.protocol import Direct, Error
+from chatd.protocol import Direct, Error, name_key
 from chatd.store import Store, StoredMessage
 
 #: Writes the store may have queued before new messages are refused.
@@ -82,6 +82,7 @@ class Messages:
         """A private message to a member here; both see it once it is stored."""
         self.check_store()
         nick, target_nick = member.nick or "", target.nick or ""
+        target_key = name_key(target_nick)
         event = Direct(self.bus.number(), self._now(), nick, target_nick, text, notice=notice)
         record = StoredMessage(
             event.id,
@@ -103,13 +104,15 @@ class Messages:
             audience = dict.fromkeys(self._devices(member))
             if not member.echoes:
                 del audience[member]
-            holder = self._nicks.get(target.key) if target.key is not None else None
-            if holder is not None:
-                readers = self._devices(holder)
-                if target in readers or (
-                    target.account is not None and holder.account == target.account
-                ):
-                    audience.update(dict.fromkeys(readers))
+            holder = self._nicks.get(target_key)
+            readers = self._devices(holder) if holder is not None else []
+            if holder is not None and (
+                target in readers
+                or (target.account is not None and holder.account == target.account)
+            ):
+                audience.update(dict.fromkeys(readers))
+            elif target.key is not None:
+                audience[target] = None  # it took another nickname meanwhile
             send_all(audience, event)
             self.stats.messages_out += len(audience)
             member.end_op(seq)

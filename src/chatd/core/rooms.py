@@ -312,20 +312,23 @@ class RoomManager:
         member: Member,
         nick: str,
         account: int,
-        general: tuple[Sequence[Message], bool] | None = None,
+        shown: dict[str, tuple[Sequence[Message], bool]] | None = None,
+        current: str | None = None,
     ) -> None:
         """Log a member in to an account whose password it proved.
 
         If the account is connected here already, ``member`` becomes one
-        more of its connections (see :meth:`add_device`). Anyone else who holds
-        the nickname is disconnected first. ``general``: what a member that
-        lands in general now is shown of it (what the account has not read).
+        more of its connections (see :meth:`add_device`), with ``current``
+        current if the account is in it. Anyone else who holds the nickname
+        is disconnected first. ``shown``: what the member is shown of the
+        rooms it lands in now, by room key (what the account has not read).
         """
+        shown = shown or {}
         key = name_key(nick)
         holder = self._nicks.get(key)
         if holder is not None and holder is not member:
             if holder.account == account and member.key != key:
-                self.add_device(holder, member, nick)
+                self.add_device(holder, member, nick, shown, current)
                 return
             self.end(key, "logged in from elsewhere", release=False)
         if (
@@ -338,7 +341,7 @@ class RoomManager:
             self.disconnect(member, f"logged in as {nick}")
         member.account = account
         if member.key is None:
-            self._register(member, nick, general)
+            self._register(member, nick, shown.get(DEFAULT_ROOM))
         else:
             self._unstamp(member)  # a session of another account before
             if member.nick != nick:
@@ -346,10 +349,18 @@ class RoomManager:
             member.tell(Registered(nick, True))
         self._stamp(member)
 
-    def add_device(self, holder: Member, member: Member, nick: str) -> None:
+    def add_device(
+        self,
+        holder: Member,
+        member: Member,
+        nick: str,
+        shown: dict[str, tuple[Sequence[Message], bool]],
+        current: str | None,
+    ) -> None:
         """``member`` logs in to the account ``holder`` is connected to
-        here: one more connection of it, with its nickname. The rooms are
-        joined by the caller (RoomManager.join sees the account is in them)."""
+        here: one more connection of it, with its nickname, in its rooms
+        (each shown as ``shown`` says, told to it alone), ``current``
+        current if the account is in it, else ``holder``'s current room."""
         if member.key is not None:
             self.disconnect(member, f"logged in as {nick}")  # a guest, or another account
         devices = holder.devices
@@ -360,6 +371,14 @@ class RoomManager:
         member.nick, member.key, member.account = holder.nick, holder.key, holder.account
         self._stamp(member)
         member.tell(Registered(holder.nick or nick, True))
+        for room in list(holder.rooms.values()):
+            room.members[member] = None
+            member.rooms[room.key] = room
+            member.tell(Joined(room.name, member.nick or ""))
+            self._show(member, room, shown.get(room.key))
+        landing = holder.rooms.get(name_key(current)) if current is not None else None
+        member.current = landing or holder.current
+        member.tell(Current(member.current.name if member.current is not None else None))
 
     def _stamp(self, member: Member) -> None:
         """A connection logs in: its session id, and since when."""
