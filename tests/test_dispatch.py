@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from chatd.config import Settings
-from chatd.core.dispatch import Caller, Dispatcher
+from chatd.core.caller import Caller
+from chatd.core.dispatch import Dispatcher
 from chatd.core.model import Member
 from chatd.core.order import ReplyOrder
 from chatd.core.rooms import RoomManager

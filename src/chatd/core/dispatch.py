@@ -21,12 +21,13 @@ import asyncio
 import dataclasses
 import logging
 import math
-from collections.abc import Coroutine, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from chatd.config import Settings
 from chatd.core.accounts import Auth
+from chatd.core.caller import Caller, Pending
 from chatd.core.model import Member, stored_event
+from chatd.core.reading import Reading
 from chatd.core.rooms import RoomManager
 from chatd.core.rules import principal
 from chatd.errors import (
@@ -49,7 +50,6 @@ from chatd.protocol import (
     Command,
     Create,
     Error,
-    Format,
     Help,
     HelpText,
     History,
@@ -72,79 +72,24 @@ from chatd.protocol import (
     Ping,
     Pong,
     Quit,
-    Read,
     Register,
     RoomList,
     Say,
     Search,
-    SearchDone,
     SessionEntry,
     SessionList,
     SetFormat,
     ShowHistory,
     ShowUnread,
     Topic,
-    UnreadEntry,
-    UnreadList,
     Who,
     check_nick,
     check_room,
     name_key,
 )
-from chatd.store import Account, AccountRooms, SearchQuery, StoreError, Unread, dm_key
+from chatd.store import Account, AccountRooms, StoreError, dm_key
 
 logger = logging.getLogger(__name__)
-
-#: A command that waits; it may end the connection (a reason) like any command.
-Pending = Coroutine[Any, Any, str | None]
-
-
-class Caller(Member):
-    """A member whose commands the dispatcher runs: a connection."""
-
-    __slots__ = ()
-
-    @property
-    def closing(self) -> bool:
-        """The connection is ending: a command that waited does nothing more."""
-        raise NotImplementedError
-
-    @property
-    def peer(self) -> str:
-        """The client's address, ``host:port``."""
-        raise NotImplementedError
-
-    @property
-    def page_bytes(self) -> int:
-        """The most bytes one page of history may take in the outbox."""
-        raise NotImplementedError
-
-    def set_format(self, fmt: Format) -> None:
-        """``/format``: raises BadArgs where the transport cannot."""
-        raise NotImplementedError
-
-    def set_keepalive(self, interval: float) -> None:
-        """``/ping every``: raises BadArgs for a bad interval."""
-        raise NotImplementedError
-
-    def charge(self, tokens: int) -> None:
-        """The last command costs ``tokens`` more of flood control (a big answer)."""
-
-    def logged_out(self) -> None:
-        """The connection chooses a nickname again, with its usual limits."""
-
-    async def pause(self, seconds: float) -> None:
-        """Sleep, but wake at once when the connection starts closing."""
-        raise NotImplementedError
-
-    async def ops_settled(self, seconds: float) -> None:
-        """Wait (at most ``seconds``) until this connection's operations ended."""
-        raise NotImplementedError
-
-    async def wait_for(self, wake: asyncio.Future[None], seconds: float | None) -> None:
-        """Wait for ``wake``, at most ``seconds``; return early when
-        the connection's output moves or it starts closing."""
-        raise NotImplementedError
 
 
 class Dispatcher:
@@ -154,6 +99,8 @@ class Dispatcher:
         self.manager = manager
         self.settings = settings
         self.auth = auth
+        #: /read, /unread, /search, and what a login is shown of its rooms.
+        self.reading = Reading(manager)
 
     def dispatch(self, caller: Caller, command: Command) -> str | Pending | None:
         """Carry out one command; return a reason when the connection should
@@ -248,11 +195,11 @@ class Dispatcher:
             case KickSession(session_id):
                 return self._kick_session(caller, session_id)
             case MarkRead(target, message_id):
-                return self._mark_read(caller, target, message_id)
+                return self.reading.mark_read(caller, target, message_id)
             case ShowUnread():
-                return self._unread(caller)
+                return self.reading.unread(caller)
             case Search():
-                return self._search(caller, command)
+                return self.reading.search(caller, command)
             case Passwd(old, new):
                 return self._passwd(caller, old, new)
             case ShowHistory():
@@ -381,7 +328,7 @@ class Dispatcher:
             if hidden:
                 rooms = RoomList(tuple(r for r in rooms.rooms if name_key(r[0]) not in hidden))
         if caller.account is not None and caller.rooms:
-            counts = await self._counts(caller)
+            counts = await self.reading.counts(caller)
             rooms = dataclasses.replace(
                 rooms,
                 unread=tuple(
@@ -482,7 +429,7 @@ class Dispatcher:
         landing = [room.key for room in holder.rooms.values()] if holder is not None else []
         if caller.key is None and not caller.chooses_rooms:
             landing.append(DEFAULT_ROOM)
-        shown = await self._unread_histories(landing, markers, caller.chooses_rooms)
+        shown = await self.reading.unread_histories(landing, markers, caller.chooses_rooms)
         if caller.closing:
             return None
         holder = self._connected(caller, account)
@@ -501,21 +448,6 @@ class Dispatcher:
             if holder is None and not caller.chooses_rooms:
                 await self._rejoin(caller, saved, markers)
         return None
-
-    async def _unread_histories(
-        self, room_keys: list[str], markers: dict[str, int], skip: bool
-    ) -> dict[str, tuple[Sequence[Message], bool]]:
-        """What a login shows of each of these rooms that the account has a
-        read marker in (see _unread_history); none for an IRC client."""
-        shown: dict[str, tuple[Sequence[Message], bool]] = {}
-        if skip:
-            return shown
-        for key in room_keys:
-            if key in markers:
-                history = await self._unread_history(key, markers[key])
-                if history is not None:
-                    shown[key] = history
-        return shown
 
     def _connected(self, caller: Caller, account: Account) -> Member | None:
         """A connection of ``account`` here that ``caller`` would join (None:
@@ -550,7 +482,7 @@ class Dispatcher:
         """Put a connection that just logged in back into its account's rooms.
 
         Each room is joined as by /join (created if gone), with what the
-        account has not read of it (see :meth:`_unread_history`); one that
+        account has not read of it (see :meth:`Reading.unread_history`); one that
         cannot be (a limit) is reported with its error and skipped. Then the
         account's current room is current again.
         """
@@ -564,7 +496,7 @@ class Dispatcher:
             try:
                 shown = None
                 if markers and key in markers and not caller.chooses_rooms:
-                    shown = await self._unread_history(key, markers[key])
+                    shown = await self.reading.unread_history(key, markers[key])
                     if caller.key is None or caller.closing or key in caller.rooms:
                         continue
                 if manager.is_live(name):
@@ -584,27 +516,7 @@ class Dispatcher:
         ):
             manager.join(caller, current)  # already in it: only makes it current
 
-    #: The most unread messages a login shows of a room.
-    UNREAD_ON_LOGIN = 100
-
-    async def _unread_history(
-        self, room_key: str, marker: int
-    ) -> tuple[Sequence[Message], bool] | None:
-        """What a login shows of a room the account read up to ``marker``:
-        the messages after it (at most UNREAD_ON_LOGIN), or the room's last
-        ``history_on_join`` if fewer are unread; None: as for any join."""
-        try:
-            messages, more = await self.manager.store.recent(room_key, self.UNREAD_ON_LOGIN)
-        except StoreError as exc:
-            logger.error("no unread history for #%s: %s", room_key, exc)
-            return None
-        unread = sum(1 for m in messages if m.id > marker)
-        keep = max(unread, self.manager.history_on_join)
-        shown = messages[-keep:] if keep else []
-        events = [e for m in shown if isinstance(e := stored_event(m), Message)]
-        return events, more or len(shown) < len(messages)
-
-    # -- sessions, read markers, unread counts, search ---------------------------
+    # -- sessions ------------------------------------------------------------------
 
     async def _sessions(self, caller: Caller) -> None:
         """``/sessions``: the account's connections, on every node."""
@@ -646,108 +558,6 @@ class Dispatcher:
         for entry in entries or ():
             if entry.id != caller.session_id:
                 await manager.bus.end_session(key, entry.id, reason)
-
-    def _conversation(
-        self, caller: Caller, target: str | None
-    ) -> tuple[str, str | None, str | None]:
-        """The conversation a command names: (key, room name, peer)."""
-        if target is None:
-            if caller.current is None:
-                raise NotInRoom("you are in no room; name one, or /join one")
-            return caller.current.key, caller.current.name, None
-        if target.startswith("@"):
-            if caller.account is None:
-                raise NotLoggedIn("log in to keep private conversations: /login NICK PASSWORD")
-            peer = target[1:]
-            return dm_key(caller.nick or "", peer), None, peer
-        room = caller.rooms.get(name_key(target))
-        if room is None:
-            raise NotInRoom(f"you are not in #{target}")
-        return room.key, room.name, None
-
-    async def _mark_read(self, caller: Caller, target: str | None, message_id: int | None) -> None:
-        """``/read``: move the account's marker forward; every connection of
-        the account is told."""
-        if caller.account is None:
-            raise NotLoggedIn("log in to keep read markers: /login NICK PASSWORD")
-        conversation, room, peer = self._conversation(caller, target)
-        store, account = self.manager.store, caller.account
-        try:
-            # Never past the newest message: a marker only moves forward, so
-            # one set ahead would hide every message until then.
-            latest, _ = await store.recent(conversation, 1, None, account)
-            newest = latest[-1].id if latest else 0
-            live = caller.rooms.get(conversation)
-            if live is not None:
-                newest = max(newest, live.seen)
-            message_id = newest if message_id is None else min(message_id, newest)
-            marker = (await store.read_markers(account)).get(conversation, 0)
-        except StoreError as exc:
-            raise StorageUnavailable(str(exc)) from None
-        if message_id > marker:
-            store.save_read(account, conversation, message_id)
-            marker = message_id
-        if caller.key is None or caller.account != account:
-            return
-        event = Read(room, peer, marker)
-        caller.tell(event)
-        self.manager.tell_account(caller, event, skip=caller)
-
-    async def _counts(self, caller: Caller) -> list[Unread]:
-        assert caller.account is not None
-        try:
-            return await self.manager.store.unread(
-                caller.account, caller.nick or "", tuple(caller.rooms)
-            )
-        except StoreError as exc:
-            raise StorageUnavailable(str(exc)) from None
-
-    async def _unread(self, caller: Caller) -> None:
-        if caller.account is None:
-            raise NotLoggedIn("log in to keep read markers: /login NICK PASSWORD")
-        counts = await self._counts(caller)
-        entries = []
-        for u in counts:
-            room = caller.rooms.get(u.conversation)
-            name = room.name if room is not None else u.room
-            entries.append(UnreadEntry(name, u.peer, u.unread, u.mentions, u.last_read))
-        caller.tell(UnreadList(tuple(entries)))
-
-    async def _search(self, caller: Caller, command: Search) -> None:
-        """``/search``: stored messages the caller may read, newest first,
-        then the summary."""
-        conversation: str | None = None
-        if command.target is not None:
-            conversation, _, _ = self._conversation(caller, command.target)
-        query = SearchQuery(
-            command.text,
-            tuple(caller.rooms),
-            caller.account,
-            conversation,
-            command.before,
-            command.count,
-            self.SEARCH_BUDGET,
-        )
-        try:
-            result = await self.manager.store.search(query)
-        except StoreError as exc:
-            raise StorageUnavailable(str(exc)) from None
-        budget, count, more, last = caller.page_bytes, 0, result.more, None
-        for m in result.messages:
-            data = caller.encode(dataclasses.replace(stored_event(m), search=True))
-            budget -= len(data)
-            if budget < 0:
-                more = True
-                break
-            caller.reply(data)
-            count += 1
-            last = m.id
-        before = last if more else None
-        caller.tell(SearchDone(command.text, count, more, before, result.cut))
-        caller.charge(count // 20)
-
-    #: Seconds one /search may take.
-    SEARCH_BUDGET = 2.0
 
     def _logout(self, caller: Caller) -> None:
         self.manager.logout(caller)

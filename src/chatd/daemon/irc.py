@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from typing import ClassVar
 
-from chatd.core.dispatch import Pending
+from chatd.core.caller import Pending
 from chatd.daemon.ircquery import IrcQueries, Step
 from chatd.daemon.ircsession import IrcSession, check_nick_ok, strip_formatting
 from chatd.errors import (

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from chatd import __version__
-from chatd.core.dispatch import Pending
+from chatd.core.caller import Pending
 from chatd.core.model import Room
 from chatd.core.rooms import RoomManager
 from chatd.daemon.ircsession import MOTD, IrcSession, strip_formatting

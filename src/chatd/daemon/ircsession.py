@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from chatd import __version__
-from chatd.core.dispatch import Dispatcher, Pending
+from chatd.core.caller import Pending
+from chatd.core.dispatch import Dispatcher
 from chatd.daemon.session import Session
 from chatd.errors import BadLogin, ChatError, LineTooLong, NotRegistered
 from chatd.protocol import (

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 
 from chatd import __version__
 from chatd.core.accounts import Auth
-from chatd.core.dispatch import Caller, Dispatcher, Pending
+from chatd.core.caller import Caller, Pending
+from chatd.core.dispatch import Dispatcher
 from chatd.daemon.flood import InputLimits
 from chatd.daemon.outbox import Outbox
 from chatd.errors import (
