@@ -39,6 +39,7 @@ from chatd.protocol import (
 from chatd.protocol.events import _json_encode
 from chatd.protocol.ircmap import IrcCodec
 from chatd.protocol.ircreplies import error_reply
+from chatd.protocol.mention import mentioned, named
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -464,3 +465,19 @@ def test_irc_readers_get_no_line_for_markers_counts_sessions_or_search(
     assert codec.encode(Message(5, 1.0, "general", "bob", "hi ann", mention=True)) == (
         codec.encode(live)
     )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "hey @Bob, and bobby",
+        "bob.",
+        "ask bob.smith or Bob...",
+        "ALICE: x",
+        "nobody here",
+        "a.b. a.b",
+    ],
+)
+def test_looking_names_up_finds_what_mentioned_says(text: str) -> None:
+    names = {key: key for key in ("bob", "alice", "a.b", "a.b.", "bob.smith", "x")}
+    assert set(named(text, names)) == mentioned(text) & set(names)

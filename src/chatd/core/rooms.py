@@ -74,7 +74,7 @@ from chatd.protocol import (
     name_key,
 )
 from chatd.protocol.codec import Codec
-from chatd.protocol.mention import mentioned
+from chatd.protocol.mention import named
 from chatd.store import MemoryStore, RoomRecord, Store, StoredMessage
 
 logger = logging.getLogger(__name__)
@@ -771,10 +771,8 @@ class RoomManager:
         """The members of the room whose nickname ``event`` mentions (the
         sender's connections never)."""
         found: list[Member] = []
-        nicks = self._nicks
-        for key in mentioned(event.text):
-            holder = nicks.get(key)
-            if holder is not None and key != sender_key:
+        for holder in named(event.text, self._nicks):
+            if holder.key != sender_key and (not found or holder not in found):
                 found.extend(m for m in self.devices(holder) if m in members)
         return found
 

@@ -10,7 +10,8 @@ punctuation (unless the nickname ends with one).
 from __future__ import annotations
 
 import re
-from typing import Final
+from collections.abc import Mapping
+from typing import Final, TypeVar
 
 from chatd.protocol.commands import name_key
 
@@ -26,6 +27,24 @@ def mentioned(text: str) -> set[str]:
         if word.endswith("."):
             keys.add(name_key(word.rstrip(".")))
     return keys
+
+
+T = TypeVar("T")
+
+
+def named(text: str, names: Mapping[str, T]) -> list[T]:
+    """The values of ``names`` (by name key) whose names ``text`` mentions:
+    what :func:`mentioned` finds, looked up word by word (a room message's
+    few words against the many nicknames of a daemon)."""
+    found: list[T] = []
+    for word in _WORD.findall(text):
+        key = word.lower()  # name_key
+        value = names.get(key)
+        if value is None and key[-1] == ".":
+            value = names.get(key.rstrip("."))
+        if value is not None:
+            found.append(value)
+    return found
 
 
 def mentions(text: str, nick: str) -> bool:
