@@ -8,47 +8,21 @@ from typing import Any
 
 import pytest
 
+from tests.accountclients import PASSWORD, account, client, close_all, device
 from tests.conftest import StartServer
-from tests.helpers import LineClient, open_json, who
+from tests.helpers import LineClient, who
 from tests.test_web import WsClient
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.both_stores]
 
-PASSWORD = "correct-horse"
 Event = dict[str, Any]
-
-_open: list[LineClient] = []
 
 
 @pytest.fixture(autouse=True)
 async def _close_clients() -> AsyncIterator[None]:
     """Clients are closed, on the test's loop, even when a test fails halfway."""
     yield
-    while _open:
-        _open.pop().close()
-
-
-async def client(port: int, nick: str | None = None) -> LineClient:
-    opened = await open_json(port, nick)
-    _open.append(opened)
-    return opened
-
-
-async def account(port: int, nick: str) -> LineClient:
-    """A connection that registers ``nick`` as an account."""
-    first = await client(port, nick)
-    await first.send(f"/register {PASSWORD}")
-    await first.expect(lambda e: e["type"] == "registered" and e["account"], "registered")
-    return first
-
-
-async def device(port: int, nick: str) -> LineClient:
-    """One more connection logged in to ``nick``'s account."""
-    more = await client(port)
-    await more.send(f"/login {nick} {PASSWORD}")
-    await more.expect(lambda e: e["type"] == "registered" and e["account"], "logged in")
-    await more.sync("logged-in")
-    return more
+    close_all()
 
 
 async def test_tcp_and_websocket_of_one_account_share_everything(

@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.accountclients import PASSWORD, client, close_all, device
 from tests.conftest import Nodes, StartServer
-from tests.helpers import REDIS, LineClient, RedisServer, open_json, until, who
+from tests.helpers import REDIS, RedisServer, until, who
 
 if REDIS is None and os.environ.get("CI") == "true":
     pytest.fail("redis-server is required under CI (.ci/run installs it)", pytrace=False)
@@ -21,9 +22,6 @@ pytestmark = [
     ),
 ]
 
-PASSWORD = "correct-horse"
-_open: list[LineClient] = []
-
 
 @pytest.fixture(autouse=True)
 async def _close_clients(
@@ -31,22 +29,7 @@ async def _close_clients(
 ) -> AsyncIterator[None]:
     """Clients close first, then the daemons stop, then Redis."""
     yield
-    while _open:
-        _open.pop().close()
-
-
-async def client(port: int, nick: str | None = None) -> LineClient:
-    opened = await open_json(port, nick)
-    _open.append(opened)
-    return opened
-
-
-async def login(port: int, nick: str) -> LineClient:
-    c = await client(port)
-    await c.send(f"/login {nick} {PASSWORD}")
-    await c.expect(lambda e: e["type"] == "registered" and e["account"], "logged in")
-    await c.sync("logged-in")
-    return c
+    close_all()
 
 
 async def test_one_account_through_two_nodes(nodes: Nodes) -> None:
@@ -112,7 +95,7 @@ async def test_the_account_stays_until_its_last_node_lets_go(nodes: Nodes) -> No
     first = await client(one.port, "alice")
     await first.send(f"/register {PASSWORD}")
     await first.expect(lambda e: e["type"] == "registered" and e["account"], "registered")
-    second = await login(two.port, "alice")
+    second = await device(two.port, "alice")
     bob = await client(two.port, "bob")
 
     first.close()  # the first node's connection, the nickname's first holder, goes
@@ -137,8 +120,8 @@ async def test_sessions_are_listed_and_ended_across_nodes(nodes: Nodes) -> None:
     first = await client(one.port, "alice")
     await first.send(f"/register {PASSWORD}")
     await first.expect(lambda e: e["type"] == "registered" and e["account"], "registered")
-    second = await login(two.port, "alice")
-    third = await login(two.port, "alice")
+    second = await device(two.port, "alice")
+    third = await device(two.port, "alice")
     await second.send("/sessions")
     sessions = (await second.expect("sessions"))["sessions"]
     assert len(sessions) == 3
@@ -156,7 +139,7 @@ async def test_sessions_are_listed_and_ended_across_nodes(nodes: Nodes) -> None:
     assert on_one["id"] not in {s["id"] for s in after}
 
     # /logout --all from node 2 ends the others, wherever they are.
-    fourth = await login(one.port, "alice")
+    fourth = await device(one.port, "alice")
     await third.send("/logout --all")
     assert (await third.expect("logout"))["nick"] == "alice"
     for other in (second, fourth):
@@ -175,7 +158,7 @@ async def test_an_account_on_two_nodes_outlives_a_redis_restart(
     first = await client(one.port, "alice")
     await first.send(f"/register {PASSWORD}")
     await first.expect(lambda e: e["type"] == "registered" and e["account"], "registered")
-    second = await login(two.port, "alice")
+    second = await device(two.port, "alice")
     bob = await client(two.port, "bob")
     await redis_server.stop()
     for server in (one, two):
