@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from tests.accountclients import PASSWORD, account, client, close_all
 from tests.conftest import Nodes, StartServer
-from tests.helpers import REDIS, LineClient, open_json, who
+from tests.helpers import REDIS, LineClient, who
 from tests.ircclient import IrcClient
 
 pytestmark = pytest.mark.timeout(60)
@@ -20,16 +21,13 @@ needs_redis = pytest.mark.skipif(
     REDIS is None, reason="redis-server is not installed (apt-get install redis-server)"
 )
 
-PASSWORD = "correct-horse"
 Event = dict[str, Any]
 
-_open: list[LineClient] = []
 _irc: list[IrcClient] = []
 
 
 def _close_clients() -> None:
-    while _open:
-        _open.pop().close()
+    close_all()
     while _irc:
         _irc.pop().close()
 
@@ -58,21 +56,6 @@ async def cluster(nodes: Nodes) -> AsyncIterator[Nodes]:
 
 # ---------------------------------------------------------------------------
 # Helpers
-
-
-async def client(port: int, nick: str | None = None) -> LineClient:
-    """A JSON client, registered as ``nick`` (a guest) if given."""
-    opened = await open_json(port, nick)
-    _open.append(opened)
-    return opened
-
-
-async def account(port: int, nick: str) -> LineClient:
-    """A connection that registers ``nick`` as an account."""
-    first = await client(port, nick)
-    await first.send(f"/register {PASSWORD}")
-    await first.expect(lambda e: e["type"] == "registered" and e["account"], "registered")
-    return first
 
 
 async def login(port: int, nick: str) -> tuple[LineClient, list[Event]]:
