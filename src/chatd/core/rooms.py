@@ -117,9 +117,10 @@ class RoomManager:
         #: Each nickname's member: for an account with several connections
         #: here, the first of them (``Member.devices`` has them all).
         self._nicks: dict[str, Member] = {}
-        #: Room messages of accounts with several connections here, on
-        #: their way to the store: which connection sent each, in order, by
-        #: (nickname key, room key). See arrived.
+        #: Room messages of logged-in members on their way to the store
+        #: (an account may have, or gain, several connections here): which
+        #: connection sent each, in order, by (nickname key, room key). See
+        #: arrived.
         self._authors: dict[tuple[str, str], deque[Member]] = {}
         #: The number the next logged-in connection's session id takes.
         self._next_session = 1
@@ -294,11 +295,15 @@ class RoomManager:
         assert member.key is not None
         key = name_key(nick)
         holder = self._nicks.get(key)
-        if holder is not None and holder is not member:
+        shared = member.devices is not None and holder is not None and holder in member.devices
+        if holder is not None and holder is not member and not shared:
             raise NickTaken(f"nickname {nick} is taken; pick another")
         old, old_key = member.nick, member.key
-        del self._nicks[member.key]
-        self._nicks[key] = member
+        if holder is None or holder is member:
+            del self._nicks[member.key]
+            self._nicks[key] = member
+        # else the account's nickname, unchanged (check_rename): its first
+        # connection stays the one the table holds.
         member.nick, member.key = nick, key
         self.moderator.renamed(member, old_key)
         self.away.renamed(old_key, key, nick, member.rooms)
@@ -504,6 +509,9 @@ class RoomManager:
             self._show(member, room, shown)
             for follower in followers:
                 self._show(follower, room)
+                if follower.current is None:  # in no room before: now in this one
+                    follower.current = room
+                    follower.tell(Current(room.name))
         member.current = room
         member.tell(Current(room.name))
         self._save(member)
@@ -514,6 +522,12 @@ class RoomManager:
         """What a member that just joined a room sees of it: topic, history."""
         if room.topic:
             member.tell(TopicIs(room.name, room.topic, room.topic_by))
+        if shown is not None:
+            # Read from the store: what is stored but not delivered yet
+            # arrives live, so it is not shown now as well.
+            messages, older = shown
+            if messages and messages[-1].id > room.seen:
+                shown = [m for m in messages if m.id <= room.seen], older
         if shown is not None or room.recent:
             member.show_history(room, shown)
 
@@ -557,10 +571,11 @@ class RoomManager:
         rules = room.rules
         if rules.mutes or rules.modes.moderated:
             self.moderator.check_speak(room, member)
-        if member.devices is None:
+        if member.account is None:
             self.messages.say(member, room, text, action, notice)
             return
-        # Which of the account's connections sent it, for its arrival.
+        # Which of the account's connections sent it, for its arrival (an
+        # account may gain connections while it is on its way).
         assert member.key is not None
         where = (member.key, room.key)
         self._authors.setdefault(where, deque()).append(member)
@@ -679,6 +694,9 @@ class RoomManager:
             device.rooms[room.key] = room
             device.tell(Joined(room.name, device.nick or ""))
             self._show(device, room)
+            if device.current is None:
+                device.current = room
+                device.tell(Current(room.name))
         room.people += 1
         return True
 
@@ -734,15 +752,16 @@ class RoomManager:
         room here, or it was shown: a room joined again was seeded with it).
         ``here``: it was sent by a connection of this node (else its
         sender's connections here, if any, read it as anyone does)."""
-        room = self._rooms.get(name_key(event.room))
+        room_key, sender_key = name_key(event.room), name_key(event.sender)
+        # Taken first, whatever happens to the message: the next one is the next's.
+        author = self._author(sender_key, room_key) if here and self._authors else None
+        room = self._rooms.get(room_key)
         if room is None or event.id <= room.seen:
             return False
         room.seen = event.id
         room.remember(event)
         members = room.members
         self.stats.messages_out += len(members)
-        sender_key = name_key(event.sender)
-        author = self._author(sender_key, room.key) if here and self._authors else None
         sender = self._nicks.get(sender_key) if here else None
         mentions = self._mentions(event, members, sender_key)
         if author is not None or mentions or (sender is not None and sender.devices is not None):
