@@ -171,6 +171,6 @@ class Reading:
             caller.reply(data)
             count += 1
             last = m.id
-        before = last if more else None
+        before = last if more or result.cut else None  # where to go on from
         caller.tell(SearchDone(command.text, count, more, before, result.cut))
         caller.charge(count // 20)
