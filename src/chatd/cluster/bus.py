@@ -33,6 +33,7 @@ from chatd.cluster.store import RedisStore, stream_message
 from chatd.core.bus import Bus, Hub, Opening, Person
 from chatd.core.model import Member, Room
 from chatd.errors import (
+    ChatError,
     ClusterUnavailable,
     NickRegistered,
     NickTaken,
@@ -337,7 +338,7 @@ class ClusterBus(Bus):
                     room = holder.rooms[name_key(room_name)]
                     args = (self.node, key, holder.nick, room.key, room.name)
                     self.link.submit("join", args, _log_failure, essential=True)
-        except ClusterUnavailable as exc:
+        except ChatError as exc:  # Redis away, too many rooms live here
             logger.warning("could not follow %s into #%s: %s", key, room_name, exc)
 
     def publish(self, room: Room, event: Event) -> None:
