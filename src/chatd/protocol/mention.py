@@ -19,26 +19,17 @@ from chatd.protocol.commands import name_key
 _WORD: Final = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
-def mentioned(text: str) -> set[str]:
-    """The name keys ``text`` mentions (every word that could be a nickname)."""
-    keys: set[str] = set()
-    for word in _WORD.findall(text):
-        keys.add(name_key(word))  # a nickname may end in "." itself
-        if word.endswith("."):
-            keys.add(name_key(word.rstrip(".")))
-    return keys
-
-
 T = TypeVar("T")
 
 
 def named(text: str, names: Mapping[str, T]) -> list[T]:
-    """The values of ``names`` (by name key) whose names ``text`` mentions:
-    what :func:`mentioned` finds, looked up word by word (a room message's
-    few words against the many nicknames of a daemon)."""
+    """The values of ``names`` (by name key) whose names ``text`` mentions,
+    looked up word by word (a room message's few words against the many
+    nicknames of a daemon). A word that ends in "." is tried whole first:
+    a nickname may end in one."""
     found: list[T] = []
     for word in _WORD.findall(text):
-        key = word.lower()  # name_key
+        key = name_key(word)
         value = names.get(key)
         if value is None and key[-1] == ".":
             value = names.get(key.rstrip("."))
@@ -50,4 +41,4 @@ def named(text: str, names: Mapping[str, T]) -> list[T]:
 def mentions(text: str, nick: str) -> bool:
     """Whether ``text`` mentions ``nick``."""
     key = name_key(nick)
-    return key in text.lower() and key in mentioned(text)
+    return key in text.lower() and bool(named(text, {key: True}))
