@@ -262,3 +262,21 @@ async def test_as_many_logins_at_once_as_an_account_may_have_sessions(
     for d in devices:
         answer = await d.expect(lambda e: e["type"] in ("registered", "error"), "login")
         assert answer["type"] == "registered", answer
+
+
+async def test_a_login_alone_makes_one_room_current(start_server: StartServer) -> None:
+    """A client takes its current room for the one on screen and marks it
+    read: a login that rejoins the account's rooms makes only the saved
+    current room current, not each room on the way."""
+    server = await start_server()
+    first = await account(server.port, "alice")
+    await first.send("/join dev", "/join ops", "/join dev")
+    await first.expect(lambda e: e["type"] == "current" and e["room"] == "ops", "in ops")
+    await first.expect(lambda e: e["type"] == "current" and e["room"] == "dev", "in dev")
+    await first.send("/quit")
+    await first.expect("bye")
+    back = await client(server.port)
+    await back.send(f"/login alice {PASSWORD}")
+    events = await back.sync("landed")
+    assert {e["room"] for e in events if e["type"] == "join"} == {"general", "dev", "ops"}
+    assert [e["room"] for e in events if e["type"] == "current"] == ["dev"]

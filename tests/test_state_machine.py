@@ -289,6 +289,9 @@ class Rejoin:
     markers: dict[str, int]
     #: The next of ``rooms`` to join.
     index: int = 0
+    #: The last room joined so far (made current at the end, if the saved
+    #: current room is not rejoined).
+    last: str | None = None
 
 
 class RoomMachine(RuleBasedStateMachine):
@@ -421,10 +424,17 @@ class RoomMachine(RuleBasedStateMachine):
         return None
 
     def joined(
-        self, member: Inbox, name: str, shown: tuple[Sequence[Message], bool] | None = None
+        self,
+        member: Inbox,
+        name: str,
+        shown: tuple[Sequence[Message], bool] | None = None,
+        *,
+        make_current: bool = True,
     ) -> None:
         """A join: of the account (each of its connections, announced once),
-        or of one connection where its account is already (told to it alone)."""
+        or of one connection where its account is already (told to it alone).
+        ``make_current=False``: a login's rejoin, which leaves the current
+        room as it is (the login makes one current at its end)."""
         state, key = self.model[member], name_key(name)
         assert state.nick is not None
         room = self.rooms.get(key)
@@ -459,8 +469,9 @@ class RoomMachine(RuleBasedStateMachine):
                     other.current = key
                     self.tell(follower, Current(room.name))
         assert room is not None
-        state.current = key
-        self.tell(member, Current(room.name))
+        if make_current:
+            state.current = key
+            self.tell(member, Current(room.name))
 
     def show(
         self, member: Inbox, room: ModelRoom, shown: tuple[Sequence[Message], bool] | None = None
@@ -469,6 +480,11 @@ class RoomMachine(RuleBasedStateMachine):
         if room.topic:
             self.tell(member, TopicIs(room.name, room.topic, room.topic_by))
         recent, older = shown if shown is not None else (room.recent, room.older)
+        if shown is not None:
+            # Read from the store: what is stored but not delivered yet
+            # comes live instead.
+            waiting = {p.event.id for p in self.queued} | {p.event.id for p, _ in self.written}
+            recent = [e for e in recent if e.id not in waiting]
         if shown is not None or recent:
             for event in recent:
                 self.tell(member, dataclasses.replace(event, history=True))
@@ -562,13 +578,18 @@ class RoomMachine(RuleBasedStateMachine):
             del self.rooms[key]
 
     def registered(
-        self, member: Inbox, nick: str, shown: tuple[Sequence[Message], bool] | None = None
+        self,
+        member: Inbox,
+        nick: str,
+        shown: tuple[Sequence[Message], bool] | None = None,
+        *,
+        make_current: bool = True,
     ) -> None:
         state = self.model[member]
         state.nick, state.key = nick, name_key(nick)
         self.conns[state.key] = [member]
         self.tell(member, Registered(nick, state.account is not None))
-        self.joined(member, DEFAULT_ROOM, shown)
+        self.joined(member, DEFAULT_ROOM, shown, make_current=make_current)
 
     def renamed(self, member: Inbox, nick: str) -> None:
         state = self.model[member]
@@ -670,7 +691,13 @@ class RoomMachine(RuleBasedStateMachine):
                 self.rejoin_room(member, name, None)
             plan.index += 1
         del self.rejoins[member]
+        # One room is made current at the end: the saved current one, or
+        # else the last one rejoined, or else any (it was in no room).
         current = plan.current
+        if current is None or name_key(current) not in state.rooms:
+            current = plan.last
+        if current is None and state.current is None and state.rooms:
+            current = self.rooms[state.rooms[-1]].name
         wanted = name_key(current) if current is not None else None
         if current is not None and wanted in state.rooms and state.current != wanted:
             self.manager.join(member, current)  # only makes it current
@@ -697,18 +724,19 @@ class RoomMachine(RuleBasedStateMachine):
         raised: ChatError | None = None
         try:
             if manager.is_live(name):
-                manager.join(member, name, shown=shown)
+                manager.join(member, name, shown=shown, make_current=False)
             else:
                 history = None
                 if manager.history_on_join:
                     history = run_now(self.store.recent(key, manager.history_on_join))
-                manager.join(member, name, history=history, shown=shown)
+                manager.join(member, name, history=history, shown=shown, make_current=False)
         except ChatError as exc:
             raised = exc
             member.tell(Error.of(exc))  # the login goes on with the next room
         assert (None if raised is None else type(raised)) is error, f"{error}, got {raised!r}"
         if raised is None:
-            self.joined(member, name, shown)
+            self.joined(member, name, shown, make_current=False)
+            self.rejoins[member].last = name
         else:
             self.tell(member, Error.of(raised))
 
@@ -971,7 +999,10 @@ class RoomMachine(RuleBasedStateMachine):
             self.disconnected(member, f"logged in as {login.nick}")
         state.account = login.account
         if state.key is None:
-            self.registered(member, login.nick, login.shown.get(DEFAULT_ROOM))
+            # General is made current at once only if it is the one to be.
+            current = login.saved.current
+            lands = current is None or name_key(current) == DEFAULT_ROOM
+            self.registered(member, login.nick, login.shown.get(DEFAULT_ROOM), make_current=lands)
         else:
             if state.nick != login.nick:
                 self.renamed(member, login.nick)
@@ -1002,6 +1033,8 @@ class RoomMachine(RuleBasedStateMachine):
         current = login.saved.current
         landing = name_key(current) if current is not None else None
         state.current = landing if landing in held.rooms else held.current
+        if state.current is None and held.rooms:
+            state.current = held.rooms[-1]  # its holder is still on its way in
         self.tell(member, Current(self.rooms[state.current].name if state.current else None))
 
     @precondition(lambda self: bool(self.rejoins))
@@ -1138,11 +1171,13 @@ class RoomMachine(RuleBasedStateMachine):
                 for room_key, room in member.rooms.items():
                     assert live.get(room_key) is room
                     assert member in room.members
-                if member.rooms:
+                if member.rooms and member not in self.rejoins:
                     assert member.current is not None
                     assert member.rooms.get(member.current.key) is member.current
-                else:
-                    assert member.current is None
+                elif member.current is not None:
+                    # A login on its way into its rooms makes one current
+                    # at its end; in none meanwhile, or in one it is in.
+                    assert member.rooms.get(member.current.key) is member.current
         assert len(set(map(id, nicks.values()))) == len(nicks)
         assert DEFAULT_ROOM in live
         assert manager.room_count == len(live) <= manager.max_rooms_on_server

@@ -303,6 +303,7 @@ class Dispatcher:
         create: bool,
         key: str | None = None,
         shown: tuple[Sequence[Message], bool] | None = None,
+        make_current: bool = True,
     ) -> None:
         """Join a room that is not live here, made ready by the bus (its
         rules and history from the store)."""
@@ -316,6 +317,7 @@ class Dispatcher:
                     password=key,
                     fresh=opening.fresh,
                     shown=shown,
+                    make_current=make_current,
                 )
 
     async def _rooms(self, caller: Caller) -> None:
@@ -483,10 +485,13 @@ class Dispatcher:
 
         Each room is joined as by /join (created if gone), with what the
         account has not read of it (see :meth:`Reading.unread_history`); one that
-        cannot be (a limit) is reported with its error and skipped. Then the
-        account's current room is current again.
+        cannot be (a limit) is reported with its error and skipped. None of
+        them becomes current on the way (a client takes the current room for
+        the one on screen, and marks it read); then the account's current
+        room is current again, the one ``current`` event.
         """
         manager = self.manager
+        last: str | None = None  # the last room rejoined
         for name in saved.rooms:
             if caller.key is None or caller.closing:
                 return
@@ -500,13 +505,21 @@ class Dispatcher:
                     if caller.key is None or caller.closing or key in caller.rooms:
                         continue
                 if manager.is_live(name):
-                    manager.join(caller, name, shown=shown)
+                    manager.join(caller, name, shown=shown, make_current=False)
                 else:
                     check_room(name, self.settings.max_room_len)
-                    await self._join_stored(caller, name, create=False, shown=shown)
+                    await self._join_stored(
+                        caller, name, create=False, shown=shown, make_current=False
+                    )
+                if key in caller.rooms:
+                    last = name
             except ChatError as exc:
                 caller.tell(Error.of(exc))
         current = saved.current
+        if current is None or name_key(current) not in caller.rooms:
+            current = last  # as if each rejoined room had been made current in turn
+        if current is None and caller.current is None and caller.rooms:
+            current = next(reversed(caller.rooms.values())).name  # general, say
         if (
             current is not None
             and name_key(current) in caller.rooms

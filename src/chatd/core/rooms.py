@@ -238,7 +238,11 @@ class RoomManager:
         self._register(member, nick)
 
     def _register(
-        self, member: Member, nick: str, shown: tuple[Sequence[Message], bool] | None = None
+        self,
+        member: Member,
+        nick: str,
+        shown: tuple[Sequence[Message], bool] | None = None,
+        make_current: bool = True,
     ) -> None:
         key = name_key(nick)
         if key in self._nicks:
@@ -250,7 +254,7 @@ class RoomManager:
         if member.chooses_rooms:
             return
         try:
-            self.join(member, DEFAULT_ROOM, shown=shown)
+            self.join(member, DEFAULT_ROOM, shown=shown, make_current=make_current)
         except ChatError as exc:  # banned from general: in no room, but connected
             member.tell(Error.of(exc))
 
@@ -346,7 +350,10 @@ class RoomManager:
             self.disconnect(member, f"logged in as {nick}")
         member.account = account
         if member.key is None:
-            self._register(member, nick, shown.get(DEFAULT_ROOM))
+            # Another saved current room is made current once the login has
+            # rejoined it (Dispatcher._rejoin): general is not, meanwhile.
+            lands = current is None or name_key(current) == DEFAULT_ROOM
+            self._register(member, nick, shown.get(DEFAULT_ROOM), lands)
         else:
             self._unstamp(member)  # a session of another account before
             if member.nick != nick:
@@ -382,7 +389,8 @@ class RoomManager:
             member.tell(Joined(room.name, member.nick or ""))
             self._show(member, room, shown.get(room.key))
         landing = holder.rooms.get(name_key(current)) if current is not None else None
-        member.current = landing or holder.current
+        # (``holder`` may itself be on its way into its rooms, with none current yet.)
+        member.current = landing or holder.current or next(reversed(holder.rooms.values()), None)
         member.tell(Current(member.current.name if member.current is not None else None))
 
     def _stamp(self, member: Member) -> None:
@@ -433,6 +441,7 @@ class RoomManager:
         password: str | None = None,
         fresh: bool = False,
         shown: tuple[Sequence[Message], bool] | None = None,
+        make_current: bool = True,
     ) -> None:
         """Join a room (creating it if needed) and make it current.
 
@@ -445,7 +454,10 @@ class RoomManager:
         (:meth:`Moderator.admit`, with its key ``password``); the member
         who brings a room into use owns it, or is its op (a guest).
         ``shown``: the messages to show instead of the room's last ones (a
-        login shows what the account has not read).
+        login shows what the account has not read). ``make_current=False``:
+        the member's current room stays (a login rejoining rooms, whose
+        client would take each for the room on screen; the login makes one
+        current at the end).
 
         An account's connections are in the same rooms: joining on one
         joins them all (each is told, and keeps its current room), and a
@@ -512,8 +524,9 @@ class RoomManager:
                 if follower.current is None:  # in no room before: now in this one
                     follower.current = room
                     follower.tell(Current(room.name))
-        member.current = room
-        member.tell(Current(room.name))
+        if make_current:
+            member.current = room
+            member.tell(Current(room.name))
         self._save(member)
 
     def _show(
