@@ -5,28 +5,28 @@
 #   docker run -p 9999:9999 -p 8080:8080 -v chatd-data:/data chatd
 #
 # docker-compose.yml runs one node, or two nodes and Redis with --profile cluster.
-# Needs BuildKit (the default builder since Docker 23) for RUN --mount.
+# Any builder builds it: BuildKit, Docker's classic builder, podman/buildah.
 
-# Stage 1: a wheel of chatd and wheels of everything it depends on.
+# Stage 1: chatd and everything it depends on, installed into a virtualenv.
 FROM python:3.11.11-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
 COPY src ./src
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# The base image's pip installs into it (--python), so pip itself stays out.
+RUN python -m venv --without-pip /opt/chatd \
+    && pip --python /opt/chatd/bin/python install --no-cache-dir .
 
-# Stage 2: those wheels installed into a clean image; no sources, no build tools.
+# Stage 2: that virtualenv in a clean image; no sources, no build tools.
 FROM python:3.11.11-slim-bookworm
 LABEL org.opencontainers.image.title="chatd" \
       org.opencontainers.image.description="A line-protocol chat daemon" \
       org.opencontainers.image.licenses="MIT"
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_ROOT_USER_ACTION=ignore \
-    PYTHONDONTWRITEBYTECODE=1 \
+ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
-# The wheels are mounted for this step only, so no layer of the image holds them.
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels /wheels/*.whl
+# The virtualenv's python is the base image's, at the same path in both stages.
+COPY --from=build /opt/chatd /opt/chatd
+ENV PATH=/opt/chatd/bin:$PATH
 # A fixed numeric uid/gid: files in the volume keep the same owner across
 # rebuilds, and USER needs no lookup in the image's /etc/passwd. /data is
 # created owned by it before VOLUME, so a new named volume starts out writable.

@@ -5,8 +5,8 @@ the Compose v2 binary validates the compose file and resolves which services
 each profile starts, and both files are parsed here and held against chatd's
 own argument parser (every command they run parses, every CHATD_* variable
 they set is one chatd reads, every port agrees). Building the image and
-running the containers is what this cannot check. ``chatd health`` runs
-against real daemons.
+running the containers is tests/test_container.py's part. ``chatd health``
+runs against real daemons.
 """
 
 from __future__ import annotations
