@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import ssl
@@ -17,7 +18,18 @@ from cryptography import x509
 from chatd.daemon.server import Server
 from chatd.transports.tls import generate_certificate
 from tests.conftest import Spawn, StartServer
-from tests.helpers import DEADLINE, Daemon, LineClient, open_json, signal_child, start_fails, until
+from tests.helpers import (
+    DEADLINE,
+    Daemon,
+    LineClient,
+    PipeClient,
+    child_env,
+    connect_argv,
+    open_json,
+    signal_child,
+    start_fails,
+    until,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -69,6 +81,30 @@ async def test_chatd_connect_insecure_skips_verification(tls_server: Server, spa
     client = await spawn(tls_server.tls_port, "--insecure", "--nick", "dan")
     await client.expect(r"^\* you are dan$")
     assert await client.finish() == 0
+
+
+async def test_chatd_connect_tls_takes_its_port_from_chatd_tls_port(tls_server: Server) -> None:
+    """Beside a daemon's environment (the container image sets CHATD_PORT),
+    ``chatd connect --tls`` without --port goes to CHATD_TLS_PORT, not to
+    the plain port."""
+    argv = [arg for arg in connect_argv(0, "--insecure", "--nick", "dan") if arg != "0"]
+    argv.remove("--port")
+    env = child_env(CHATD_PORT=str(tls_server.port), CHATD_TLS_PORT=str(tls_server.tls_port))
+    client = PipeClient(
+        await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+    )
+    try:
+        await client.expect(r"^\* you are dan$")
+        assert await client.finish() == 0
+        assert client.err == []
+    finally:
+        await client.aclose()
 
 
 async def test_raw_tls_client_speaks_the_line_protocol(

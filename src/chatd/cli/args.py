@@ -278,9 +278,8 @@ def _add_connect(sub: Subcommands) -> None:
     connect.add_argument(
         "--port",
         type=int,
-        default=os.environ.get("CHATD_PORT"),
-        help=f"server port (env CHATD_PORT; default: {_DEFAULTS.port}, "
-        f"or {_DEFAULTS.tls_port} with --tls)",
+        help=f"server port (env CHATD_PORT, or CHATD_TLS_PORT with --tls; default: "
+        f"{_DEFAULTS.port}, or {_DEFAULTS.tls_port} with --tls)",
     )
     connect.add_argument(
         "--tls", action="store_true", help="connect over TLS, verifying the server's certificate"

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -200,7 +201,18 @@ def connect(args: argparse.Namespace) -> int:
     from chatd.transports.tls import client_context
 
     use_tls = args.tls or args.cafile is not None or args.insecure
-    port = args.port or (_DEFAULTS.tls_port if use_tls else _DEFAULTS.port)
+    port = args.port
+    if port is None:
+        # The daemon's own variables: beside it (as in the container image)
+        # the client finds the port that speaks what it asked for.
+        name, default = (
+            ("CHATD_TLS_PORT", _DEFAULTS.tls_port) if use_tls else ("CHATD_PORT", _DEFAULTS.port)
+        )
+        raw = os.environ.get(name) or str(default)
+        if not raw.isdigit() or not 0 < int(raw) < 65536:
+            print(f"chatd connect: invalid port {raw!r} in {name}", file=sys.stderr)
+            return 2
+        port = int(raw)
     try:
         tls = client_context(args.cafile, insecure=args.insecure) if use_tls else None
     except OSError as exc:
