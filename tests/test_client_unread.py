@@ -272,6 +272,10 @@ async def test_a_mention_and_a_private_message_ring_the_terminal(
         pos = await term.expect(r"\x07\d\d:\d\d \[kim -> lou\] psst", pos)
         term.type("/msg kim back\r")
         pos = await term.expect(r"\d\d:\d\d \[lou -> kim\] back", pos)
+        # Ctrl-D at the prompt drawn again: typed between two prompts, the
+        # terminal is in cooked mode for a moment and its line discipline
+        # takes the byte for an end of file.
+        await term.expect(r"\[general\]>", pos)
         term.type("\x04")
         async with asyncio.timeout(DEADLINE):
             assert await proc.wait() == 0
