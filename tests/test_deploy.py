@@ -1,7 +1,7 @@
 """Container deployment: the Dockerfile, docker-compose.yml and ``chatd health``.
 
 No Docker engine is needed, and none is used: hadolint lints the Dockerfile,
-the Compose v2 binary validates the compose file and resolves which services
+the Docker Compose binary validates the compose file and resolves which services
 each profile starts, and both files are parsed here and held against chatd's
 own argument parser (every command they run parses, every CHATD_* variable
 they set is one chatd reads, every port agrees). Building the image and

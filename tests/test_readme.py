@@ -519,7 +519,7 @@ def test_tls_gencert_run_sh_chatd_connect_and_s_client(sandbox: Sandbox) -> None
             assert ports["https"] == sandbox.port(int(serve.text.split()[-1]))
             await check_web(ports["https"], "https", cafile=cert)
             bob = await children.client(plain, "bob")  # plain and TLS users meet
-            client = await children.start(command("tls: chatd connect"), CHATD_PORT=str(tls))
+            client = await children.start(command("tls: chatd connect"), CHATD_TLS_PORT=str(tls))
             await talk(client, "alice", bob, welcome=False)
             client = await children.start(command("tls: s_client"))
             await talk(client, "carol", bob)
@@ -819,7 +819,7 @@ def published(config: dict[str, Any]) -> dict[int, str]:
 
 @pytest.mark.parametrize("cmd", commands("docker compose"), ids=str)
 def test_docker_compose(cmd: ReadmeCommand) -> None:
-    """The file as each command reads it: the Compose v2 binary of the dev
+    """The file as each command reads it: the Docker Compose binary of the dev
     extras resolves it with the command's flags, the services it would start
     publish distinct host ports (the ones the README's ``nc`` commands use,
     for the cluster), and ``down`` names a set that ``up`` starts. The
