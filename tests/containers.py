@@ -256,6 +256,7 @@ class Podman:
         # The recipe is this method: a change to it makes a new stand-in.
         recipe = hashlib.sha256(
             (inspect.getsource(Podman._ensure_base) + BASE_PACKAGES).encode()
+            + b"".join(cert.read_bytes() for cert in _extra_certificates())
         ).hexdigest()[:16]
         if self.label(tag, "chatd.standin") in ("", recipe):
             return None  # the stand-in of this recipe, or the real image
@@ -287,8 +288,7 @@ class Podman:
                 link.unlink(missing_ok=True)
                 link.symlink_to(f"/usr/bin/{target}")
             # The machine's extra CA certificates (a proxy's, say) for pip.
-            extra = Path("/usr/local/share/ca-certificates")
-            for cert in sorted(extra.rglob("*.crt")) if extra.is_dir() else []:
+            for cert in _extra_certificates():
                 shutil.copy(cert, root / "usr/local/share/ca-certificates" / cert.name)
             run(["chroot", str(root), "update-ca-certificates"], timeout=120)
             for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
@@ -423,29 +423,43 @@ class Podman:
 
     def sweep(self) -> list[str]:
         """Remove what an earlier run left (one killed by its timeout, whose
-        clean-up never ran): containers, volumes, networks and images named
-        after a test run whose process is gone."""
+        clean-up never ran): containers, volumes and networks labelled by a
+        test run (``chatd.test``, or a compose project it named) and images it
+        tagged, whose process is gone."""
+        owner = re.compile(rf"^{PREFIX}(\d+)(?:-\d+)?$")
+        image = re.compile(rf"^localhost/{PREFIX}(?:image|build):(\d+)$")
         gone: list[str] = []
-        listings = [
-            (
-                "container",
-                ["ps", "--all", "--format", "{{.Names}}"],
-                ["rm", "--force", "--volumes", "--time", "0"],
-            ),
-            ("volume", ["volume", "ls", "--format", "{{.Name}}"], ["volume", "rm", "--force"]),
-            ("network", ["network", "ls", "--format", "{{.Name}}"], ["network", "rm", "--force"]),
-            ("image", ["images", "--format", "{{.Repository}}:{{.Tag}}"], ["rmi", "--force"]),
-        ]
-        for _, listing, removal in listings:
-            for name in self.out(*listing).split():
-                m = re.match(rf"^(?:localhost/)?{PREFIX}(?:build:|image:)?(\d+)", name)
-                if m and not _alive(int(m.group(1))):
-                    self(*removal, name, check=False)
-                    gone.append(name)
+
+        def take(name: str, made_by: str, removal: list[str], pattern: re.Pattern[str]) -> None:
+            m = pattern.match(made_by)
+            if m and not _alive(int(m.group(1))):
+                self(*removal, name, check=False)
+                gone.append(name)
+
+        for key in ("chatd.test", "com.docker.compose.project"):
+            template = f'{{{{index .Labels "{key}"}}}}'
+            rm = ["rm", "--force", "--volumes", "--time", "0"]
+            for line in self.out(
+                "ps", "--all", f"--filter=label={key}", "--format", "{{.Names}} " + template
+            ).splitlines():
+                name, _, value = line.partition(" ")
+                take(name, value, rm, owner)
+            for line in self.out(
+                "volume", "ls", f"--filter=label={key}", "--format", "{{.Name}} " + template
+            ).splitlines():
+                name, _, value = line.partition(" ")
+                take(name, value, ["volume", "rm", "--force"], owner)
+            for name in self.out(
+                "network", "ls", f"--filter=label={key}", "--format", "{{.Name}}"
+            ).split():
+                value = self.out("network", "inspect", "--format", template, name)
+                take(name, value, ["network", "rm", "--force"], owner)
+        for name in self.out("images", "--format", "{{.Repository}}:{{.Tag}}").split():
+            take(name, name, ["rmi", "--force"], image)
         return gone
 
     @contextlib.contextmanager
-    def host_lock(self, timeout: float = 900) -> Iterator[None]:
+    def host_lock(self, timeout: float = 300) -> Iterator[None]:
         """One run of the container tests at a time on this host: two would
         share the build cache, and one's clean-up would pull layers from under
         the other's build."""
@@ -497,6 +511,12 @@ class Podman:
             log.close()
 
 
+def _extra_certificates() -> list[Path]:
+    """The machine's own CA certificates (a proxy's, say), which pip needs."""
+    extra = Path("/usr/local/share/ca-certificates")
+    return sorted(extra.rglob("*.crt")) if extra.is_dir() else []
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -507,19 +527,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
+#: Ports quiet_port handed out in this process: never twice.
+_GIVEN: set[int] = set()
+
+
 def quiet_port() -> int:
-    """A free loopback port below the kernel's ephemeral range, so no
-    outgoing connection takes it between now and the container's start."""
+    """A free loopback port, never the same twice, below the kernel's
+    ephemeral range where that leaves room (so no outgoing connection takes
+    it between now and the container's start), else any free one."""
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for _ in range(1000):
-        port = random.randrange(10000, max(low, 10001))
+    span = range(10000, low) if low > 12000 else range(low, 65536)
+    for port in random.sample(span, k=min(len(span), 2000)):
+        if port in _GIVEN:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
-    raise AssertionError("no free port below the ephemeral range")
+        _GIVEN.add(port)
+        return port
+    raise AssertionError(f"no free port in {span}")
 
 
 def _answers(sock: Path) -> bool:

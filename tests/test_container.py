@@ -37,6 +37,7 @@ from tests.containers import (
     healthz,
     quiet_port,
     require_podman,
+    run,
 )
 from tests.helpers import DEADLINE
 from tests.test_readme import commands
@@ -158,8 +159,8 @@ def healthy(podman: Podman, container: str) -> None:
 
 
 def test_the_image_chats_keeps_its_data_and_stops_cleanly(podman: Podman, image: str) -> None:
-    """One container, as ``docker run`` starts it: the chat and web ports
-    published on loopback and a named volume on /data."""
+    """One container, as ``docker run`` starts it: the chat, web and IRC
+    ports published on loopback and a named volume on /data."""
     start = time.monotonic()
     name = f"{PREFIX}{os.getpid()}"
     volume = f"{name}-data"
@@ -167,7 +168,7 @@ def test_the_image_chats_keeps_its_data_and_stops_cleanly(podman: Podman, image:
     chat, web, irc = quiet_port(), quiet_port(), quiet_port()
     # A network of its own, as compose makes: not the default "podman"
     # network, whose subnet another network backend may hold on this host.
-    run = [
+    run_args = [
         "run", "--detach", "--label", label, "--network", name,
         "--publish", f"127.0.0.1:{chat}:9999", "--publish", f"127.0.0.1:{web}:8080",
         "--publish", f"127.0.0.1:{irc}:6667",
@@ -177,7 +178,7 @@ def test_the_image_chats_keeps_its_data_and_stops_cleanly(podman: Podman, image:
     try:
         podman("network", "create", "--label", label, name)
         podman("volume", "create", "--label", label, volume)
-        podman(*run, "--name", name, image)
+        podman(*run_args, "--name", name, image)
         healthz(web)
         healthy(podman, name)
 
@@ -212,7 +213,7 @@ def test_the_image_chats_keeps_its_data_and_stops_cleanly(podman: Podman, image:
 
         # A new container on the same volume (an upgrade): the data is there.
         podman("rm", name)
-        podman(*run, "--name", name, image)
+        podman(*run_args, "--name", name, image)
         healthz(web)
         dave = Chat(chat, "dave")
         clients.append(dave)
@@ -266,19 +267,7 @@ class Project:
         self.volumes: set[str] = set()
 
     def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [compose_binary(), *args],
-            env=self.env,
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if check:
-            assert result.returncode == 0, f"compose {args}: {result.stdout}{result.stderr}"
-        return result
+        return run([compose_binary(), *args], env=self.env, cwd=REPO, timeout=300, check=check)
 
     def start(self, args: list[str]) -> None:
         """``docker compose ... up`` in the foreground, as a user runs it."""

@@ -107,6 +107,20 @@ async def test_chatd_connect_tls_takes_its_port_from_chatd_tls_port(tls_server: 
         await client.aclose()
 
 
+def test_chatd_connect_refuses_a_tls_port_that_is_not_one() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "chatd", "connect", "--tls", "127.0.0.1"],
+        env=child_env(CHATD_TLS_PORT="70000"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr == "chatd connect: CHATD_TLS_PORT: invalid port '70000' (1-65535)\n"
+
+
 async def test_raw_tls_client_speaks_the_line_protocol(
     tls_server: Server, cert_pair: tuple[str, str]
 ) -> None:

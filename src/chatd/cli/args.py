@@ -50,6 +50,22 @@ def _port_number(value: str) -> int:
     return port
 
 
+def connect_port(port: int | None, tls: bool) -> int:
+    """``chatd connect``'s port: ``--port``, else the daemon's own variable for
+    what the client speaks (CHATD_TLS_PORT over TLS, CHATD_PORT without), so
+    that beside a daemon, as in the container image, it finds the right one.
+    ArgumentTypeError for a value that is not a port."""
+    if port is not None:
+        return port
+    name, default = (
+        ("CHATD_TLS_PORT", _DEFAULTS.tls_port) if tls else ("CHATD_PORT", _DEFAULTS.port)
+    )
+    try:
+        return _port_number(os.environ.get(name) or str(default))
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{name}: {exc}") from None
+
+
 def _log_level(value: str) -> str:
     level = value.lower()
     if level not in ("debug", "info", "warning", "error"):
@@ -277,7 +293,7 @@ def _add_connect(sub: Subcommands) -> None:
     )
     connect.add_argument(
         "--port",
-        type=int,
+        type=_port_number,
         help=f"server port (env CHATD_PORT, or CHATD_TLS_PORT with --tls; default: "
         f"{_DEFAULTS.port}, or {_DEFAULTS.tls_port} with --tls)",
     )

@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -19,7 +18,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from chatd.cli.accounts import manage_accounts
-from chatd.cli.args import build_parser, settings_from_args
+from chatd.cli.args import build_parser, connect_port, settings_from_args
 from chatd.cli.gencert import generate_certificate
 from chatd.cli.health import check_health
 from chatd.config import Settings
@@ -28,8 +27,6 @@ from chatd.store import StoreError
 logger = logging.getLogger("chatd")
 
 T = TypeVar("T")
-
-_DEFAULTS = Settings()
 
 
 class JsonFormatter(logging.Formatter):
@@ -201,18 +198,11 @@ def connect(args: argparse.Namespace) -> int:
     from chatd.transports.tls import client_context
 
     use_tls = args.tls or args.cafile is not None or args.insecure
-    port = args.port
-    if port is None:
-        # The daemon's own variables: beside it (as in the container image)
-        # the client finds the port that speaks what it asked for.
-        name, default = (
-            ("CHATD_TLS_PORT", _DEFAULTS.tls_port) if use_tls else ("CHATD_PORT", _DEFAULTS.port)
-        )
-        raw = os.environ.get(name) or str(default)
-        if not raw.isdigit() or not 0 < int(raw) < 65536:
-            print(f"chatd connect: invalid port {raw!r} in {name}", file=sys.stderr)
-            return 2
-        port = int(raw)
+    try:
+        port = connect_port(args.port, use_tls)
+    except argparse.ArgumentTypeError as exc:
+        print(f"chatd connect: {exc}", file=sys.stderr)
+        return 2
     try:
         tls = client_context(args.cafile, insecure=args.insecure) if use_tls else None
     except OSError as exc:
