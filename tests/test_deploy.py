@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
@@ -36,7 +35,7 @@ import pytest
 from chatd.cli import build_parser, settings_from_args
 from chatd.config import Settings
 from chatd.transports.tls import generate_certificate
-from tests.helpers import DEADLINE, Daemon, child_env, free_port, signal_child
+from tests.helpers import DEADLINE, Daemon, child_env, free_port, signal_child, tool
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
@@ -50,18 +49,6 @@ CLI_SOURCES = (
 
 # ---------------------------------------------------------------------------
 # The tools: dev extras, so they are in this virtualenv.
-
-
-def tool(name: str) -> str:
-    """A dev tool next to this Python (or on PATH); missing: skip, or fail under CI."""
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.is_file() else shutil.which(name)
-    if found is None:
-        reason = f"{name} is not installed (pip install -e '.[dev]')"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return found
 
 
 def run_tool(*argv: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:

@@ -35,7 +35,16 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.helpers import CI, DEADLINE, Daemon, Event, LineClient, needs, open_json, signal_child
+from tests.helpers import (
+    DEADLINE,
+    Daemon,
+    Event,
+    LineClient,
+    needs,
+    open_json,
+    signal_child,
+    unavailable,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -99,10 +108,7 @@ def weechat() -> str:
     prefix = Path(exe).resolve().parent.parent
     places = ("lib*/weechat/plugins/fifo.so", "lib*/*/weechat/plugins/fifo.so")
     if not any(found for place in places for found in prefix.glob(place)):
-        reason = "WeeChat's fifo plugin is not installed (apt-get install weechat-plugins)"
-        if CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable("WeeChat's fifo plugin is not installed (apt-get install weechat-plugins)")
     return exe
 
 
