@@ -208,15 +208,16 @@ class Podman:
 
     def label(self, image: str, name: str) -> str | None:
         """The image's label ``name`` ("" without it), or None without the image."""
-        if self("image", "exists", image, check=False).returncode != 0:
+        found = self("image", "inspect", "--format", "{{json .Labels}}", image, check=False)
+        if found.returncode != 0:
             return None
-        labels = json.loads(self.out("image", "inspect", "--format", "{{json .Labels}}", image))
-        return str((labels or {}).get(name, ""))
+        return str((json.loads(found.stdout) or {}).get(name, ""))
 
     def ensure_standins(self) -> Built:
         base, redis = dockerfile_base(), compose_redis_image()
         base_took = self._ensure_base(base)
-        base_id = self.out("image", "inspect", "--format", "{{.Id}}", base)
+        base_id = self._image_id(base)
+        assert base_id is not None, f"no {base} after making it"
         recipe = hashlib.sha256(
             (STANDIN / "redis.Containerfile").read_bytes() + base_id.encode()
         ).hexdigest()[:16]
@@ -407,39 +408,32 @@ class Podman:
 
     def sweep(self) -> list[str]:
         """Remove what an earlier run left (one killed by its timeout, whose
-        clean-up never ran): containers, volumes and networks labelled by a
-        test run (``chatd.test``, or a compose project it named) and images it
-        tagged, whose process is gone."""
+        clean-up never ran): the containers, volumes and networks labelled by
+        a test run (``chatd.test``, or a compose project it named) and the
+        images it tagged, when its process is gone. Returns what went: the
+        labels of the runs and the images."""
         owner = re.compile(rf"^{PREFIX}(\d+)(?:-\d+)?$")
         image = re.compile(rf"^localhost/{PREFIX}(?:image|build):(\d+)$")
+
+        def stale(pattern: re.Pattern[str], name: str) -> bool:
+            m = pattern.match(name)
+            return m is not None and not _alive(int(m.group(1)))
+
         gone: list[str] = []
-
-        def take(name: str, made_by: str, removal: list[str], pattern: re.Pattern[str]) -> None:
-            m = pattern.match(made_by)
-            if m and not _alive(int(m.group(1))):
-                self(*removal, name, check=False)
-                gone.append(name)
-
         for key in ("chatd.test", "com.docker.compose.project"):
-            template = f'{{{{index .Labels "{key}"}}}}'
-            rm = ["rm", "--force", "--volumes", "--time", "0"]
-            for line in self.out(
-                "ps", "--all", f"--filter=label={key}", "--format", "{{.Names}} " + template
-            ).splitlines():
-                name, _, value = line.partition(" ")
-                take(name, value, rm, owner)
-            for line in self.out(
-                "volume", "ls", f"--filter=label={key}", "--format", "{{.Name}} " + template
-            ).splitlines():
-                name, _, value = line.partition(" ")
-                take(name, value, ["volume", "rm", "--force"], owner)
-            for name in self.out(
-                "network", "ls", f"--filter=label={key}", "--format", "{{.Name}}"
-            ).split():
-                value = self.out("network", "inspect", "--format", template, name)
-                take(name, value, ["network", "rm", "--force"], owner)
+            value = f'{{{{index .Labels "{key}"}}}}'
+            labelled = f"--filter=label={key}"
+            owners = self.out("ps", "--all", labelled, "--format", value).split()
+            owners += self.out("volume", "ls", labelled, "--format", value).split()
+            for network in self.out("network", "ls", labelled, "--format", "{{.Name}}").split():
+                owners.append(self.out("network", "inspect", "--format", value, network))
+            for test_run in sorted({o for o in owners if stale(owner, o)}):
+                self.remove(f"label={key}={test_run}")
+                gone.append(f"{key}={test_run}")
         for name in self.out("images", "--format", "{{.Repository}}:{{.Tag}}").split():
-            take(name, name, ["rmi", "--force"], image)
+            if stale(image, name):
+                self("rmi", "--force", name, check=False)
+                gone.append(name)
         return gone
 
     @contextlib.contextmanager
