@@ -348,15 +348,15 @@ def child_env(**extra: str) -> dict[str, str]:
     return {**env, "CHATD_LOG_LEVEL": "warning", **extra}
 
 
-def connect_argv(port: int, *args: str) -> list[str]:
+def connect_argv(port: int | None, *args: str) -> list[str]:
+    """``chatd connect`` to 127.0.0.1 on ``port`` (None: no --port, the default)."""
     return [
         sys.executable,
         "-m",
         "chatd",
         "connect",
         "127.0.0.1",
-        "--port",
-        str(port),
+        *(["--port", str(port)] if port is not None else []),
         "--loop",
         loop_name(),
         *args,
@@ -380,13 +380,14 @@ class PipeClient:
         ]
 
     @classmethod
-    async def start(cls, port: int, *args: str) -> PipeClient:
+    async def start(cls, port: int | None, *args: str, **env: str) -> PipeClient:
+        """``chatd connect`` on ``port`` (see connect_argv), ``env`` added to its environment."""
         proc = await asyncio.create_subprocess_exec(
             *connect_argv(port, *args),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=child_env(),
+            env=child_env(**env),
         )
         return cls(proc)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import ssl
@@ -24,7 +23,6 @@ from tests.helpers import (
     LineClient,
     PipeClient,
     child_env,
-    connect_argv,
     open_json,
     signal_child,
     start_fails,
@@ -87,17 +85,13 @@ async def test_chatd_connect_tls_takes_its_port_from_chatd_tls_port(tls_server: 
     """Beside a daemon's environment (the container image sets CHATD_PORT),
     ``chatd connect --tls`` without --port goes to CHATD_TLS_PORT, not to
     the plain port."""
-    argv = [arg for arg in connect_argv(0, "--insecure", "--nick", "dan") if arg != "0"]
-    argv.remove("--port")
-    env = child_env(CHATD_PORT=str(tls_server.port), CHATD_TLS_PORT=str(tls_server.tls_port))
-    client = PipeClient(
-        await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )
+    client = await PipeClient.start(
+        None,
+        "--insecure",
+        "--nick",
+        "dan",
+        CHATD_PORT=str(tls_server.port),
+        CHATD_TLS_PORT=str(tls_server.tls_port),
     )
     try:
         await client.expect(r"^\* you are dan$")
